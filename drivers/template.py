@@ -1,0 +1,194 @@
+"""Device templates: a device model described as data, validated on load.
+
+A template maps the standard points of one nature (gateway.model.NATURES) to protocol
+addresses. Code exists per protocol, never per device model. Templates live in
+``drivers/templates/*.yaml``; the file stem is the template name used in site configs.
+
+Modbus point fields:
+  address   register (or coil) address, 0-based as sent on the wire
+  function  holding | input | coil | discrete
+  type      int16 | uint16 | int32 | uint32 | float32 | string | bool
+  count     registers for a string (2 characters each)
+  word_order  big (high word first, default) | little, for 32-bit types
+  scale     raw * scale = value in the point's unit (default 1)
+  scale_factor  address of a SunSpec scale-factor register (int16 exponent of 10,
+            holding); value = raw * 10**sf * scale
+  access    r | rw | w
+  enum      raw integer -> string, for state-like points
+  not_implemented  raw value meaning "no value" (SunSpec 0x8000 for int16, ...)
+The vendor's own register name goes in a YAML comment on the address line.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from gateway.model import NATURES, Kind, Nature
+from gateway.yamlsrc import Problem, Source, SourceError, load_yaml_file, parse_model
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+
+class Function(enum.StrEnum):
+    HOLDING = "holding"
+    INPUT = "input"
+    COIL = "coil"
+    DISCRETE = "discrete"
+
+    @property
+    def is_bit(self) -> bool:
+        return self in (Function.COIL, Function.DISCRETE)
+
+
+class RegType(enum.StrEnum):
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    FLOAT32 = "float32"
+    STRING = "string"
+    BOOL = "bool"  # a coil/discrete input, or a 16-bit register read as != 0
+
+    def registers(self, count: int | None) -> int:
+        if self in (RegType.INT32, RegType.UINT32, RegType.FLOAT32):
+            return 2
+        if self is RegType.STRING:
+            return count or 1
+        return 1
+
+
+class Access(enum.StrEnum):
+    R = "r"
+    RW = "rw"
+    W = "w"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModbusPoint(_Strict):
+    address: Annotated[int, Field(ge=0, le=65535)]
+    function: Function = Function.HOLDING
+    type: RegType = RegType.UINT16
+    count: Annotated[int, Field(ge=1, le=125)] | None = None
+    word_order: Literal["big", "little"] = "big"
+    scale: float = 1.0
+    scale_factor: Annotated[int, Field(ge=0, le=65535)] | None = None
+    access: Access = Access.R
+    enum: dict[int, str] | None = None
+    not_implemented: int | None = None
+
+    @property
+    def width(self) -> int:
+        """Registers (or bits) this point occupies."""
+        return 1 if self.function.is_bit else self.type.registers(self.count)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusPoint:
+        if self.function.is_bit and self.type is not RegType.BOOL:
+            raise ValueError(f"function '{self.function}' carries single bits, so type must be "
+                             f"'bool' (found '{self.type}')")
+        if self.type is RegType.STRING and self.count is None:
+            raise ValueError("type 'string' needs 'count' (registers, 2 characters each)")
+        if self.function in (Function.INPUT, Function.DISCRETE) and self.access is not Access.R:
+            raise ValueError(f"function '{self.function}' is read-only on the wire, so access "
+                             f"must be 'r' (found '{self.access}')")
+        if self.address + self.width - 1 > 65535:
+            raise ValueError(f"address {self.address} + {self.width} registers runs past 65535")
+        return self
+
+
+class ModbusTemplate(_Strict):
+    """A Modbus device model."""
+
+    protocol: Literal["modbus"] = "modbus"
+    nature: Nature
+    manufacturer: str = ""
+    model: str = ""
+    description: str = ""
+    sunspec: bool = False  # the device carries a SunSpec model chain (SunS at base)
+    sunspec_base: int = 40000
+    max_registers_per_read: Annotated[int, Field(ge=1, le=125)] = 125
+    points: dict[str, ModbusPoint]
+    # Registers the simulator exposes with fixed content (SunSpec common model strings,
+    # scale factors). address -> value; not polled unless a point needs it.
+    constants: dict[int, int] = Field(default_factory=dict)
+
+    @field_validator("points")
+    @classmethod
+    def _points_exist(cls, points: dict[str, ModbusPoint], info: ValidationInfo
+                      ) -> dict[str, ModbusPoint]:
+        nature = info.data.get("nature")
+        if nature is None:
+            return points
+        specs = NATURES[nature]
+        problems = []
+        for name, pt in points.items():
+            spec = specs.get(name)
+            if spec is None:
+                problems.append(f"'{name}' is not a point of nature '{nature}' "
+                                f"(known: {', '.join(sorted(specs))})")
+                continue
+            if pt.access is not Access.R and not spec.writable:
+                problems.append(f"'{name}' is read-only in nature '{nature}' but access is "
+                                f"'{pt.access}'")
+            if spec.kind is Kind.STR and pt.enum is None and pt.type is not RegType.STRING:
+                problems.append(f"'{name}' is a text point: give it 'enum' or type 'string'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return points
+
+    @property
+    def writable(self) -> list[str]:
+        return [n for n, p in self.points.items() if p.access is not Access.R]
+
+
+Template = ModbusTemplate  # DNP3 and CAN templates join this union when their drivers land
+
+
+def _check_overlaps(tpl: ModbusTemplate, src: Source) -> list[Problem]:
+    problems: list[Problem] = []
+    taken: dict[tuple[bool, int], str] = {}
+    for name, pt in tpl.points.items():
+        table = pt.function in (Function.HOLDING, Function.COIL)
+        for addr in range(pt.address, pt.address + pt.width):
+            key = (table, addr) if not pt.function.is_bit else (table, -addr - 1)
+            other = taken.get(key)
+            if other is not None and other != name:
+                problems.append(src.problem(("points", name, "address"),
+                                            f"register {addr} overlaps point '{other}'"))
+                break
+            taken[key] = name
+    return problems
+
+
+def load_template_file(path: str | Path) -> Template:
+    """Load and validate one template file; raise SourceError listing every problem."""
+    src = load_yaml_file(path)
+    if not isinstance(src.data, dict):
+        raise SourceError([Problem(src.file, src.mark(()), "",
+                                   "a template must be a mapping with 'nature' and 'points'")])
+    tpl = parse_model(ModbusTemplate, src)
+    problems = _check_overlaps(tpl, src)
+    if problems:
+        raise SourceError(problems)
+    return tpl
+
+
+def template_names(directory: Path = TEMPLATE_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+@cache
+def load_template(name: str) -> Template:
+    """The built-in template called ``name`` (file stem under drivers/templates)."""
+    path = TEMPLATE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown template '{name}' (known: {', '.join(template_names())})")
+    return load_template_file(path)

@@ -1,0 +1,1 @@
+"""Site configuration: schema (models), loading with positioned errors (loader)."""

@@ -1,0 +1,135 @@
+"""The site config schema (YAML), for site engineers. Unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.model import Nature
+
+Id = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
+                          description="letters, digits, '_', '.', '-'; starts with a letter")]
+PositiveS = Annotated[float, Field(gt=0, le=3600)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GridLimits(Strict):
+    import_limit_kw: Annotated[float, Field(ge=0)] | None = None
+    export_limit_kw: Annotated[float, Field(ge=0)] | None = None
+    nominal_v: Annotated[float, Field(gt=0)] = 230.0
+    nominal_f_hz: Literal[50, 60] = 50
+
+
+class Site(Strict):
+    name: str
+    timezone: str = "UTC"
+    country: Annotated[str, Field(min_length=2, max_length=2)] = "DE"
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
+    grid: GridLimits = Field(default_factory=GridLimits)
+
+
+class Gateway(Strict):
+    id: Id
+    description: str = ""
+    api_socket: Path | None = None  # default: <runtime dir>/autogrid-<id>.sock
+
+
+class _Conn(Strict):
+    id: Id
+    timeout_s: PositiveS = 1.0
+    retries: Annotated[int, Field(ge=0, le=5)] = 0
+    reconnect_delay_s: PositiveS = 0.5  # first delay after a lost link; doubles each try
+    reconnect_delay_max_s: PositiveS = 30.0
+
+
+class ModbusTcp(_Conn):
+    type: Literal["modbus_tcp"]
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+
+
+class ModbusRtuOverTcp(_Conn):
+    type: Literal["modbus_rtu_over_tcp"]
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+
+
+class ModbusSerial(_Conn):
+    type: Literal["modbus_serial"]
+    port: str  # /dev/ttyUSB0, /dev/serial/by-id/...
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+Connection = Annotated[ModbusTcp | ModbusRtuOverTcp | ModbusSerial, Field(discriminator="type")]
+
+
+class Ratings(Strict):
+    """Nameplate values; setpoints are clamped to these."""
+
+    p_max_kw: Annotated[float, Field(ge=0)] | None = None  # AC rating (generation or charge)
+    p_charge_max_kw: Annotated[float, Field(ge=0)] | None = None
+    p_discharge_max_kw: Annotated[float, Field(ge=0)] | None = None
+    capacity_kwh: Annotated[float, Field(gt=0)] | None = None
+    kwp: Annotated[float, Field(gt=0)] | None = None  # PV DC peak power
+    i_max_a: Annotated[float, Field(gt=0)] | None = None
+    v_nominal_v: Annotated[float, Field(gt=0)] | None = None
+
+
+class Device(Strict):
+    id: Id
+    nature: Nature
+    template: str
+    connection: str
+    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+    poll_interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 1.0
+    gateway: str | None = None  # owning gateway; may be omitted when there is only one
+    description: str = ""
+    enabled: bool = True
+    ratings: Ratings = Field(default_factory=Ratings)
+    points: list[str] | None = None  # poll only these (default: all in the template)
+    max_age_s: PositiveS | None = None  # a reading older than this is stale (default 3 polls)
+    safe_setpoints: dict[str, float | bool] = Field(default_factory=dict)  # written on stop
+
+
+class Historian(Strict):
+    enabled: bool = True
+    path: Path = Path("autogrid-history.sqlite")
+    retention_days: Annotated[float, Field(gt=0)] = 30.0
+    flush_interval_s: PositiveS = 2.0
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    deadband_pct: Annotated[float, Field(ge=0, le=100)] = 0.0  # 0 = store every sample
+
+
+class Logging(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    modules: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict)
+
+
+class SiteConfig(Strict):
+    site: Site
+    gateways: Annotated[list[Gateway], Field(min_length=1)]
+    connections: list[Connection] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    historian: Historian = Field(default_factory=Historian)
+    logging: Logging = Field(default_factory=Logging)
+    # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
+    simulation: dict[str, Any] | None = None
+
+    def connection(self, conn_id: str) -> ModbusTcp | ModbusRtuOverTcp | ModbusSerial:
+        for c in self.connections:
+            if c.id == conn_id:
+                return c
+        raise KeyError(conn_id)
+
+    def devices_of(self, gateway_id: str) -> list[Device]:
+        return [d for d in self.devices
+                if d.enabled and (d.gateway or self.gateways[0].id) == gateway_id]
