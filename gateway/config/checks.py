@@ -1,0 +1,167 @@
+"""Cross-reference checks of a schema-valid site config: ids, site, connections, historian.
+
+pydantic checks each field on its own; these checks look across fields and sections and
+at the machine (time zone database, directories). Each returns positioned problems and
+all of them run, so an engineer sees every mistake in one pass. Device checks (templates,
+points, unit ids) are in ``checks_devices``.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Sequence
+from pathlib import Path
+
+from drivers.template import TEMPLATE_DIR, Template
+from gateway.config.checks_devices import TemplateSet, check_devices
+from gateway.config.models import ModbusSerial, SiteConfig
+from gateway.config.suggest import unknown_name
+from gateway.yamlsrc import Mark, Problem, Source
+
+
+def _line(mark: Mark | None) -> str:
+    return f"line {mark.line}" if mark else "elsewhere"
+
+
+def check_ids(cfg: SiteConfig, src: Source) -> list[Problem]:
+    """Gateway, connection and device ids are each unique within their section."""
+    out: list[Problem] = []
+    sections: list[tuple[str, str, Sequence[str]]] = [
+        ("gateways", "gateway", [g.id for g in cfg.gateways]),
+        ("connections", "connection", [c.id for c in cfg.connections]),
+        ("devices", "device", [d.id for d in cfg.devices]),
+    ]
+    for section, kind, ids in sections:
+        first: dict[str, int] = {}
+        for i, ident in enumerate(ids):
+            if ident in first:
+                earlier = src.mark((section, first[ident], "id"))
+                out.append(src.problem((section, i, "id"),
+                                       f"duplicate {kind} id '{ident}' (first used at "
+                                       f"{_line(earlier)}, {section}[{first[ident]}])"))
+            else:
+                first[ident] = i
+    return out
+
+
+def check_site(cfg: SiteConfig, src: Source) -> list[Problem]:
+    """Time zone exists, coordinates come in pairs, grid limits make sense."""
+    out: list[Problem] = []
+    site = cfg.site
+    tz_problem = timezone_problem(site.timezone)
+    if tz_problem:
+        out.append(src.problem(("site", "timezone"), tz_problem))
+    if (site.latitude is None) != (site.longitude is None):
+        given, missing = (("latitude", "longitude") if site.latitude is not None
+                          else ("longitude", "latitude"))
+        out.append(src.problem(("site", given),
+                               f"'{given}' is given without '{missing}': give both or neither"))
+    grid = site.grid
+    if grid.import_limit_kw == 0:
+        out.append(src.problem(("site", "grid", "import_limit_kw"),
+                               "an import limit of 0 kW would shed every load whenever local "
+                               "generation is short; omit it for no limit"))
+    if not 100 <= grid.nominal_v <= 1000:
+        out.append(src.problem(("site", "grid", "nominal_v"),
+                               f"expected a low-voltage line-to-neutral voltage between 100 and "
+                               f"1000 V (found {grid.nominal_v:g})"))
+    return out
+
+
+def timezone_problem(name: str) -> str | None:
+    """None if ``name`` is an IANA time zone this machine knows, else the message."""
+    try:
+        zoneinfo.ZoneInfo(name)
+        return None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        pass
+    known = zoneinfo.available_timezones()
+    msg = unknown_name("time zone", name, known, where="IANA zones")
+    return msg + " (examples: UTC, Europe/Berlin, America/New_York)" if "mean" not in msg else msg
+
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
+
+
+def check_connections(cfg: SiteConfig, src: Source) -> list[Problem]:
+    """Hosts look like hosts, serial ports like ports; one connection per endpoint."""
+    out: list[Problem] = []
+    endpoints: dict[tuple[str, ...], int] = {}
+    for i, conn in enumerate(cfg.connections):
+        if isinstance(conn, ModbusSerial):
+            port = conn.port
+            if _HOST.match(port) and "." in port and not port.startswith("/"):
+                out.append(src.problem(("connections", i, "port"),
+                                       f"'{port}' looks like a network host, not a serial "
+                                       f"device; for Modbus over the network use type "
+                                       f"'modbus_tcp' or 'modbus_rtu_over_tcp' with 'host'"))
+            endpoint: tuple[str, ...] = ("serial", port)
+            what = f"serial port '{port}'"
+        else:
+            host = conn.host
+            if host.startswith("/dev/") or re.fullmatch(r"COM\d+", host):
+                out.append(src.problem(("connections", i, "host"),
+                                       f"'{host}' is a serial device: use type 'modbus_serial' "
+                                       f"with 'port: {host}'"))
+            elif "://" in host or (re.search(r":\d+$", host) and host.count(":") == 1):
+                out.append(src.problem(("connections", i, "host"),
+                                       f"expected a bare host name or IP address (found "
+                                       f"'{host}'); put the port number in 'port'"))
+            elif not _HOST.match(host):
+                out.append(src.problem(("connections", i, "host"),
+                                       f"expected a host name or IP address (found '{host}')"))
+            endpoint = ("net", host.lower(), str(conn.port))
+            what = f"{host}:{conn.port}"
+        if endpoint in endpoints:
+            other = cfg.connections[endpoints[endpoint]].id
+            out.append(src.problem(("connections", i),
+                                   f"{what} is already connection '{other}': define one "
+                                   f"connection per endpoint and let devices share it"))
+        else:
+            endpoints[endpoint] = i
+        if conn.reconnect_delay_max_s < conn.reconnect_delay_s:
+            out.append(src.problem(("connections", i, "reconnect_delay_max_s"),
+                                   f"must be at least reconnect_delay_s "
+                                   f"({conn.reconnect_delay_s:g} s), found "
+                                   f"{conn.reconnect_delay_max_s:g} s"))
+    return out
+
+
+def check_historian(cfg: SiteConfig, src: Source) -> list[Problem]:
+    """The historian's database can be created: its directory exists.
+
+    A relative path is taken from the daemon's working directory (the systemd unit sets
+    it to /var/lib/autogrid). Write permission is not checked: `autogrid check` often
+    runs as another user than the service.
+    """
+    hist = cfg.historian
+    if not hist.enabled:
+        return []
+    path = hist.path.expanduser()
+    if path.is_dir():
+        return [src.problem(("historian", "path"),
+                            f"expected a database file name, found the directory '{path}'")]
+    parent = path.parent
+    if not parent.is_dir():
+        return [src.problem(("historian", "path"),
+                            f"directory '{parent}' does not exist (create it, or point "
+                            f"'path' at an existing directory)")]
+    return []
+
+
+def run_checks(cfg: SiteConfig, src: Source, template_dir: Path | None = None
+               ) -> tuple[list[Problem], dict[str, Template]]:
+    """Every cross-reference check; problems in file order, and the templates loaded."""
+    templates = TemplateSet(template_dir or TEMPLATE_DIR)
+    problems = [*check_ids(cfg, src), *check_site(cfg, src), *check_connections(cfg, src),
+                *check_devices(cfg, src, templates), *check_historian(cfg, src)]
+    return sort_problems(problems), templates.loaded
+
+
+def sort_problems(problems: list[Problem]) -> list[Problem]:
+    """File order (by line and column); unpositioned problems last, stable otherwise."""
+    def key(p: Problem) -> tuple[int, int]:
+        return (p.mark.line, p.mark.col) if p.mark else (1 << 30, 0)
+
+    return sorted(problems, key=key)

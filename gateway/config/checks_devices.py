@@ -1,0 +1,213 @@
+"""Device checks: templates exist and load, natures match, connections, owning gateways,
+unit ids, point names and safe setpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drivers.template import (
+    TEMPLATE_DIR,
+    Template,
+    load_template,
+    load_template_file,
+    template_names,
+)
+from gateway.config.models import Device, ModbusRtuOverTcp, ModbusSerial, SiteConfig
+from gateway.config.suggest import unknown_name
+from gateway.model import NATURES, Kind, Nature
+from gateway.yamlsrc import PathKey, Problem, Source, SourceError, format_path
+
+# Which template protocol each connection type speaks.
+CONNECTION_PROTOCOL = {
+    "modbus_tcp": "modbus",
+    "modbus_rtu_over_tcp": "modbus",
+    "modbus_serial": "modbus",
+}
+
+# Ratings that only make sense for some natures (catches copy-paste between devices).
+RATING_NATURES: dict[str, set[Nature]] = {
+    "kwp": {Nature.PV_INVERTER},
+    "capacity_kwh": {Nature.BESS, Nature.BMS},
+}
+
+
+def key_problem(src: Source, path: PathKey, message: str) -> Problem:
+    """A problem positioned at the key of ``path`` rather than at its value."""
+    mark = src.keys.get(tuple(path)) or src.mark(path)
+    return Problem(src.file, mark, format_path(path), message)
+
+
+@dataclass
+class TemplateSet:
+    """Templates of one directory, each loaded at most once per check run."""
+
+    directory: Path
+    loaded: dict[str, Template] = field(default_factory=dict)
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (why, first user)
+    _names: list[str] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        if self._names is None:
+            self._names = template_names(self.directory) if self.directory.is_dir() else []
+        return self._names
+
+    def load(self, name: str) -> Template:
+        """The template ``name``; raises SourceError if its file is invalid."""
+        if name not in self.loaded:
+            if self.directory.resolve() == TEMPLATE_DIR.resolve():
+                self.loaded[name] = load_template(name)  # shared cache with the drivers
+            else:
+                self.loaded[name] = load_template_file(self.directory / f"{name}.yaml")
+        return self.loaded[name]
+
+
+def _template_of(dev: Device, i: int, src: Source, templates: TemplateSet,
+                 out: list[Problem]) -> Template | None:
+    here = ("devices", i, "template")
+    name = dev.template
+    if name not in templates.names:
+        out.append(src.problem(here, unknown_name("template", name, templates.names)))
+        return None
+    if name in templates.failed:
+        _why, first = templates.failed[name]
+        out.append(src.problem(here, f"template '{name}' does not load (see {first})"))
+        return None
+    try:
+        return templates.load(name)
+    except SourceError as err:
+        inner = "; ".join(str(p) for p in err.problems)
+        n = len(err.problems)
+        templates.failed[name] = (inner, format_path(here))
+        out.append(src.problem(here, f"template '{name}' does not load "
+                                     f"({n} problem{'s' if n != 1 else ''}): {inner}"))
+        return None
+
+
+def _check_points(dev: Device, i: int, tpl: Template, src: Source, out: list[Problem]) -> None:
+    """``points`` and ``safe_setpoints`` name points the template has (and can write)."""
+    if dev.points is not None:
+        if not dev.points:
+            out.append(src.problem(("devices", i, "points"),
+                                   "an empty list polls nothing; omit 'points' to poll every "
+                                   "point of the template"))
+        seen: set[str] = set()
+        for j, name in enumerate(dev.points):
+            here: PathKey = ("devices", i, "points", j)
+            if name in seen:
+                out.append(src.problem(here, f"point '{name}' is listed twice"))
+            elif name not in tpl.points:
+                out.append(src.problem(here, _unknown_point(name, dev.template,
+                                                            list(tpl.points), "its points")))
+            seen.add(name)
+    specs = NATURES[tpl.nature]
+    for name, value in dev.safe_setpoints.items():
+        key: PathKey = ("devices", i, "safe_setpoints", name)
+        if name not in tpl.points:
+            out.append(key_problem(src, key, _unknown_point(name, dev.template, tpl.writable,
+                                                             "writable points")))
+            continue
+        if name not in tpl.writable:
+            writable = ", ".join(sorted(tpl.writable)) or "none"
+            out.append(key_problem(src, key, f"point '{name}' of template '{dev.template}' is "
+                                              f"read-only; a safe setpoint must be writable "
+                                              f"(writable: {writable})"))
+            continue
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        if spec.kind is Kind.BOOL and not isinstance(value, bool):
+            out.append(src.problem(key, f"'{name}' is on/off: expected true or false "
+                                         f"(found {_yaml(value)})"))
+        elif spec.kind is not Kind.BOOL and isinstance(value, bool):
+            out.append(src.problem(key, f"'{name}' is a number in {spec.unit or 'no unit'}: "
+                                         f"expected a number (found {_yaml(value)})"))
+
+
+def _unknown_point(name: str, template: str, known: list[str], where: str) -> str:
+    msg = unknown_name("point", name, known, where=where)
+    return msg.replace(f"point '{name}'", f"point '{name}' in template '{template}'", 1)
+
+
+def _check_ratings(dev: Device, i: int, src: Source, out: list[Problem]) -> None:
+    for rating, natures in RATING_NATURES.items():
+        if getattr(dev.ratings, rating) is not None and dev.nature not in natures:
+            allowed = ", ".join(sorted(natures))
+            out.append(key_problem(src, ("devices", i, "ratings", rating),
+                                   f"'{rating}' applies to {allowed} devices, not to a "
+                                   f"{dev.nature}"))
+
+
+def check_devices(cfg: SiteConfig, src: Source, templates: TemplateSet) -> list[Problem]:
+    """Every per-device cross reference; see the module docstring."""
+    out: list[Problem] = []
+    conns = {c.id: c for c in cfg.connections}
+    gateway_ids = [g.id for g in cfg.gateways]
+    unit_users: dict[tuple[str, int], int] = {}
+    serial_owners: dict[str, dict[str, int]] = {}  # connection id -> gateway id -> device idx
+    for i, dev in enumerate(cfg.devices):
+        tpl = _template_of(dev, i, src, templates, out)
+        conn = conns.get(dev.connection)
+        if conn is None:
+            out.append(src.problem(("devices", i, "connection"),
+                                   unknown_name("connection", dev.connection, conns,
+                                                where="defined")))
+        owner = dev.gateway
+        if owner is None and len(gateway_ids) > 1:
+            out.append(src.problem(("devices", i, "gateway"),
+                                   f"required: this site has {len(gateway_ids)} gateways "
+                                   f"({', '.join(gateway_ids)}); say which one polls "
+                                   f"'{dev.id}'"))
+        elif owner is not None and owner not in gateway_ids:
+            out.append(src.problem(("devices", i, "gateway"),
+                                   unknown_name("gateway", owner, gateway_ids, where="defined")))
+        if tpl is not None:
+            if tpl.nature != dev.nature:
+                out.append(src.problem(("devices", i, "nature"),
+                                       f"template '{dev.template}' describes a "
+                                       f"{tpl.nature}, but the device says {dev.nature}"))
+            if conn is not None and CONNECTION_PROTOCOL.get(conn.type) != tpl.protocol:
+                out.append(src.problem(("devices", i, "connection"),
+                                       f"connection '{conn.id}' is {conn.type}, but template "
+                                       f"'{dev.template}' speaks {tpl.protocol}"))
+            _check_points(dev, i, tpl, src, out)
+        _check_ratings(dev, i, src, out)
+        if dev.max_age_s is not None and dev.max_age_s < dev.poll_interval_s:
+            out.append(src.problem(("devices", i, "max_age_s"),
+                                   f"must be at least poll_interval_s ({dev.poll_interval_s:g} "
+                                   f"s), or every reading is stale (found {dev.max_age_s:g} s)"))
+        if conn is None or not dev.enabled:
+            continue
+        written = ("devices", i, "unit_id") in src.values
+        unit_txt = f"unit id {dev.unit_id}" + ("" if written else " (the default)")
+        if dev.unit_id == 0 and isinstance(conn, ModbusSerial | ModbusRtuOverTcp):
+            out.append(src.problem(("devices", i, "unit_id"),
+                                   f"{unit_txt} is the broadcast address on a serial bus; "
+                                   f"devices never answer it (use 1..247)"))
+        key = (conn.id, dev.unit_id)
+        if key in unit_users:
+            other = unit_users[key]
+            out.append(src.problem(("devices", i, "unit_id"),
+                                   f"{unit_txt} on connection '{conn.id}' is already used by "
+                                   f"device '{cfg.devices[other].id}' (devices[{other}]); "
+                                   f"two devices on one connection need different unit ids"))
+        else:
+            unit_users[key] = i
+        if isinstance(conn, ModbusSerial):
+            owners = serial_owners.setdefault(conn.id, {})
+            gw = owner or gateway_ids[0]
+            if owners and gw not in owners:
+                other_gw, other = next(iter(owners.items()))
+                out.append(src.problem(("devices", i, "gateway"),
+                                       f"serial connection '{conn.id}' is wired to one box, "
+                                       f"but '{dev.id}' is owned by gateway '{gw}' and "
+                                       f"'{cfg.devices[other].id}' by '{other_gw}'"))
+            owners.setdefault(gw, i)
+    return out
+
+
+def _yaml(value: object) -> str:
+    """A value as the engineer wrote it in YAML (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)

@@ -1,0 +1,164 @@
+"""Load and check a site config: schema, then cross references, all problems at once.
+
+``load_config`` is what the daemon calls (it raises SourceError listing every problem);
+``check_config`` returns the problems instead; ``run_check`` is `autogrid check CONFIG`.
+No traceback reaches a site engineer for a bad file: every problem prints as
+``file:line:col: path: message``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from drivers.template import Template
+from gateway.config.checks import run_checks, sort_problems
+from gateway.config.models import SiteConfig
+from gateway.yamlsrc import (
+    Mark,
+    Problem,
+    Source,
+    SourceError,
+    load_yaml_text,
+    parse_model,
+    validation_problems,
+)
+
+SIMULATION_MODULE = "sim_devices.settings"
+
+
+class ConfigUnreadable(SourceError):
+    """The file is missing or cannot be read (exit code 2 rather than 1)."""
+
+
+@dataclass
+class LoadedConfig:
+    """A site config that passed every check, with the positions it came from."""
+
+    config: SiteConfig
+    source: Source
+    path: Path
+    templates: dict[str, Template] = field(default_factory=dict)  # by template name
+    simulation: Any = None  # what sim_devices.settings.load_simulation_settings returned
+
+    def template_of(self, device_id: str) -> Template:
+        """The loaded template of device ``device_id``."""
+        for dev in self.config.devices:
+            if dev.id == device_id:
+                return self.templates[dev.template]
+        raise KeyError(device_id)
+
+
+def read_source(path: str | Path) -> Source:
+    """Parse the YAML file; raise ConfigUnreadable or SourceError (syntax) with positions."""
+    p = Path(path)
+    name = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigUnreadable([Problem(name, None, "", "file not found")]) from None
+    except IsADirectoryError:
+        raise ConfigUnreadable([Problem(name, None, "", "is a directory, expected a YAML "
+                                                        "file")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigUnreadable([Problem(name, None, "", f"cannot read file: not UTF-8 text "
+                                                        f"(byte {exc.start})")]) from None
+    except OSError as exc:
+        raise ConfigUnreadable([Problem(name, None, "", f"cannot read file: "
+                                                        f"{exc.strerror or exc}")]) from None
+    try:
+        src = load_yaml_text(text, name)
+    except SourceError as err:
+        raise SourceError([_with_hint(p) for p in err.problems]) from None
+    if src.data is None or src.data == {}:
+        raise SourceError([Problem(name, Mark(1, 1), "", "the file is empty; a site config "
+                                                         "needs at least 'site' and "
+                                                         "'gateways'")])
+    if not isinstance(src.data, dict):
+        found = type(src.data).__name__
+        raise SourceError([Problem(name, src.mark(()) or Mark(1, 1), "",
+                                   f"expected a mapping with 'site', 'gateways', 'connections' "
+                                   f"and 'devices' at the top level (found a {found})")])
+    return src
+
+
+def _with_hint(problem: Problem) -> Problem:
+    """Say plainly when a syntax error is a tab (PyYAML only says it "cannot start any token")."""
+    if "'\\t'" not in problem.message:
+        return problem
+    return Problem(problem.file, problem.mark, problem.path,
+                   problem.message + " (a tab; YAML indentation must use spaces)")
+
+
+def _simulation(cfg: SiteConfig, src: Source) -> tuple[Any, list[Problem]]:
+    """Validate the ``simulation:`` section with sim_devices, if that module is installed."""
+    try:
+        module = importlib.import_module(SIMULATION_MODULE)
+    except ImportError as exc:
+        if exc.name in (SIMULATION_MODULE, "sim_devices"):
+            return None, []
+        raise
+    try:
+        return module.load_simulation_settings(cfg, src), []
+    except SourceError as err:
+        return None, err.problems
+    except ValidationError as err:
+        return None, validation_problems(err, src, ("simulation",))
+
+
+def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
+    src = read_source(path)
+    cfg = parse_model(SiteConfig, src)
+    problems, templates = run_checks(cfg, src, template_dir)
+    simulation, sim_problems = _simulation(cfg, src)
+    problems = sort_problems(problems + sim_problems)
+    if problems:
+        raise SourceError(problems)
+    return LoadedConfig(cfg, src, Path(path), templates, simulation)
+
+
+def load_config(path: str | Path, *, template_dir: Path | None = None) -> LoadedConfig:
+    """Load a site config; raise SourceError listing every problem, positioned.
+
+    Schema errors come first (and alone: cross references need a valid schema); then
+    every cross-reference problem at once. ``template_dir`` defaults to the built-in
+    drivers/templates. Raises ConfigUnreadable (a SourceError) for a missing file.
+    """
+    return _load(path, template_dir)
+
+
+def check_config(path: str | Path, *, template_dir: Path | None = None) -> list[Problem]:
+    """Every problem of a site config (empty list: it is fine). Never raises for bad input."""
+    try:
+        _load(path, template_dir)
+    except SourceError as err:
+        return err.problems
+    return []
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def run_check(path: str, out: TextIO, *, template_dir: Path | None = None) -> int:
+    """`autogrid check CONFIG`: print problems and a summary; 0 ok, 1 errors, 2 unreadable."""
+    try:
+        loaded = _load(path, template_dir)
+    except ConfigUnreadable as err:
+        for p in err.problems:
+            print(p, file=out)
+        return 2
+    except SourceError as err:
+        for p in err.problems:
+            print(p, file=out)
+        print(f"{path}: {_plural(len(err.problems), 'error')}", file=out)
+        return 1
+    cfg = loaded.config
+    print(f"{path}: OK — {_plural(len(cfg.devices), 'device')} on "
+          f"{_plural(len(cfg.connections), 'connection')}, "
+          f"{_plural(len(cfg.gateways), 'gateway')}", file=out)
+    return 0
