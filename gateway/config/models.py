@@ -94,6 +94,9 @@ class Device(Strict):
     gateway: str | None = None  # owning gateway; may be omitted when there is only one
     description: str = ""
     enabled: bool = True
+    # Meters: "grid" measures the point of common coupling (site import/export), "sub" a
+    # part of the site. Untagged meters count as "grid" when the site has only one meter.
+    role: Literal["grid", "sub"] | None = None
     ratings: Ratings = Field(default_factory=Ratings)
     points: list[str] | None = None  # poll only these (default: all in the template)
     max_age_s: PositiveS | None = None  # a reading older than this is stale (default 3 polls)

@@ -1,0 +1,204 @@
+"""`autogrid` command line. Every failure a user can cause ends in a message, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _repo_file(rel: str) -> Path:
+    """A file shipped in the source tree (site_configs/...), found from cwd or the package."""
+    here = Path(rel)
+    if here.is_file():
+        return here
+    return Path(__file__).resolve().parent.parent / rel
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="autogrid",
+        description="AutoGrid: gateway daemon for microgrid sites (poll, control, protect).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser("run", help="run the gateway daemon for a site config")
+    r.add_argument("-c", "--config", required=True, help="site config (YAML)")
+    r.add_argument("--gateway", help="which gateway of the site this is (if several)")
+    r.add_argument("--socket", help="API socket path (default: from config / runtime dir)")
+
+    s = sub.add_parser("sim", help="serve the site's simulated devices on 127.0.0.1")
+    s.add_argument("-c", "--config", required=True, help="site config (YAML)")
+    s.add_argument("--speed", type=float, help="simulated seconds per real second")
+    s.add_argument("--control-socket", help="Unix socket for fault injection and grid loss")
+
+    d = sub.add_parser("demo", help="simulated site + gateway with site_configs/demo.yaml")
+    d.add_argument("-c", "--config", default=None, help="site config (default: demo.yaml)")
+    d.add_argument("--duration", type=float, help="stop after this many seconds")
+    d.add_argument("--interval", type=float, default=1.0, help="refresh period of the summary")
+    d.add_argument("--speed", type=float, help="simulated seconds per real second")
+
+    c = sub.add_parser("check", help="validate a site config; lists every error")
+    c.add_argument("config", help="site config (YAML)")
+
+    st = sub.add_parser("status", help="show the running daemon's site summary")
+    st.add_argument("-c", "--config", help="site config, to find the daemon's socket")
+    st.add_argument("--gateway", help="gateway id (if the site has several)")
+    st.add_argument("--socket", help="API socket path")
+    st.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+
+    e = sub.add_parser("export", help="export historian data to CSV")
+    e.add_argument("-c", "--config", help="site config (to find the historian database)")
+    e.add_argument("--db", help="historian database path (instead of -c)")
+    e.add_argument("--from", dest="start", help="start time, ISO 8601 with offset")
+    e.add_argument("--to", dest="end", help="end time, ISO 8601 with offset")
+    e.add_argument("--device", action="append", help="only this device (repeatable)")
+    e.add_argument("--wide", action="store_true", help="one column per device.point")
+    e.add_argument("-o", "--output", help="CSV file (default: standard output)")
+    return p
+
+
+def _load(path: str) -> Any:
+    from gateway.config.loader import load_config
+
+    return load_config(path)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.config.loader import run_check
+
+    return run_check(args.config, sys.stdout)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import Daemon
+    from gateway.logsetup import setup_logging
+
+    loaded = _load(args.config)
+    setup_logging(loaded.config.logging, args.verbose)
+    daemon = Daemon(loaded.config, args.gateway, Path(args.socket) if args.socket else None)
+    asyncio.run(daemon.run())
+    return EXIT_OK
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from gateway.logsetup import setup_logging
+    from sim_devices.runner import serve_site
+
+    loaded = _load(args.config)
+    setup_logging(loaded.config.logging, args.verbose)
+    asyncio.run(serve_site(loaded.config, speed=args.speed,
+                           control_socket=Path(args.control_socket) if args.control_socket
+                           else None))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+    from gateway.logsetup import setup_logging
+
+    path = args.config or str(_repo_file("site_configs/demo.yaml"))
+    loaded = _load(path)
+    setup_logging(loaded.config.logging, args.verbose)
+    asyncio.run(run_demo(loaded.config, duration_s=args.duration, interval_s=args.interval,
+                         speed=args.speed, out=sys.stdout))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.apiclient import ApiClient
+    from gateway.summary import render
+
+    path = _socket_from_args(args)
+
+    async def fetch() -> Any:
+        async with ApiClient(path) as client:
+            return await client.request("snapshot")
+
+    snap = asyncio.run(fetch())
+    if args.json:
+        json.dump(snap, sys.stdout, indent=2)
+        print()
+    else:
+        print(render(snap, title=f"AutoGrid gateway {snap.get('gateway', '')}"))
+    return EXIT_OK
+
+
+def _socket_from_args(args: argparse.Namespace) -> Path:
+    from gateway.api import default_socket_path
+    from gateway.daemon import pick_gateway, socket_path_for
+
+    if args.socket:
+        return Path(args.socket)
+    if args.config:
+        cfg = _load(args.config).config
+        return socket_path_for(cfg, pick_gateway(cfg, args.gateway))
+    return default_socket_path(args.gateway or "gw1")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gateway.export import export_csv
+
+    if args.db:
+        db = Path(args.db)
+    elif args.config:
+        db = Path(_load(args.config).config.historian.path)
+    else:
+        raise UsageError("give the historian with --db PATH or -c CONFIG")
+    if args.output:
+        with open(args.output, "w", newline="", encoding="utf-8") as fh:
+            n = export_csv(db, fh, args.start, args.end, args.device, args.wide)
+        print(f"{args.output}: {n} rows", file=sys.stderr)
+    else:
+        export_csv(db, sys.stdout, args.start, args.end, args.device, args.wide)
+    return EXIT_OK
+
+
+class UsageError(Exception):
+    pass
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "sim": cmd_sim, "demo": cmd_demo, "check": cmd_check,
+    "status": cmd_status, "export": cmd_export,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from drivers.base import DriverError
+    from gateway.apiclient import ApiRequestError, ApiUnavailable
+    from gateway.daemon import ConfigRuntimeError
+    from gateway.yamlsrc import SourceError
+
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except SourceError as exc:
+        print(exc, file=sys.stderr)
+        n = len(exc.problems)
+        print(f"{n} error{'s' if n != 1 else ''}; nothing was started", file=sys.stderr)
+        return EXIT_ERROR
+    except (ApiUnavailable, ApiRequestError) as exc:
+        print(f"autogrid {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ConfigRuntimeError, UsageError, DriverError, KeyError, ValueError,
+            FileNotFoundError, PermissionError, RuntimeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"autogrid {args.command}: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"autogrid {args.command}: {exc.strerror or exc}"
+              f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The daemon: wires config, drivers, poller, state, historian and API on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from drivers.base import DeviceIO, Driver
+from drivers.registry import driver_for_connection_type, get_driver
+from drivers.template import load_template
+from gateway.api import ApiServer, default_socket_path
+from gateway.config.models import SiteConfig
+from gateway.historian import Historian
+from gateway.poller import Poller
+from gateway.state import DeviceState, SiteState
+
+log = logging.getLogger("autogrid.daemon")
+
+
+class ConfigRuntimeError(Exception):
+    """The config is valid but cannot be run here (e.g. unknown gateway id)."""
+
+
+def pick_gateway(cfg: SiteConfig, gateway_id: str | None) -> str:
+    ids = [g.id for g in cfg.gateways]
+    if gateway_id is None:
+        if len(ids) > 1:
+            raise ConfigRuntimeError(f"this site has {len(ids)} gateways ({', '.join(ids)}): "
+                                     f"say which one this is with --gateway")
+        return ids[0]
+    if gateway_id not in ids:
+        raise ConfigRuntimeError(f"gateway '{gateway_id}' is not in the config "
+                                 f"(known: {', '.join(ids)})")
+    return gateway_id
+
+
+def socket_path_for(cfg: SiteConfig, gateway_id: str) -> Path:
+    gw = next(g for g in cfg.gateways if g.id == gateway_id)
+    return gw.api_socket or default_socket_path(gateway_id)
+
+
+class Daemon:
+    def __init__(self, cfg: SiteConfig, gateway_id: str | None = None,
+                 socket_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.gateway_id = pick_gateway(cfg, gateway_id)
+        self.socket_path = socket_path or socket_path_for(cfg, self.gateway_id)
+        self.state = SiteState()
+        self.poller = Poller(self.state)
+        self.drivers: dict[str, Driver] = {}
+        self.ios: dict[str, DeviceIO] = {}
+        self.historian: Historian | None = None
+        self.api: ApiServer | None = None
+        self.started = 0.0
+        self._stop = asyncio.Event()
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring everything up; on failure, tear down what was started and re-raise."""
+        self.started = time.time()
+        try:
+            self._attach_devices()
+            if self.cfg.historian.enabled:
+                self.historian = Historian(self.cfg.historian)
+                await self.historian.start()
+                self.state.on_change(self.historian.record)
+            self.api = ApiServer(self.state, self.socket_path, self.gateway_id, self.stats)
+            await self.api.start()
+            for dev in self.cfg.devices_of(self.gateway_id):
+                self.poller.add(self.ios[dev.id], dev.poll_interval_s)
+        except BaseException:
+            await self.shutdown()
+            raise
+        log.info("gateway %s up: %d devices, API on %s", self.gateway_id, len(self.ios),
+                 self.socket_path)
+
+    def _attach_devices(self) -> None:
+        for dev in self.cfg.devices_of(self.gateway_id):
+            conn = self.cfg.connection(dev.connection)
+            name = driver_for_connection_type(conn.type)
+            driver = self.drivers.get(name)
+            if driver is None:
+                driver = get_driver(name)()
+                self.drivers[name] = driver
+            tpl = load_template(dev.template)
+            io = driver.attach(dev, tpl, conn)
+            self.ios[dev.id] = io
+            self.state.add_device(DeviceState(
+                device_id=dev.id, nature=dev.nature,
+                max_age_s=dev.max_age_s or max(3.0 * dev.poll_interval_s, 2.0),
+                protocol=conn.type, endpoint=io.endpoint, role=dev.role,
+                capacity_kwh=dev.ratings.capacity_kwh))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Stop polling, close device links, flush the historian, remove the socket."""
+        await self.poller.stop()
+        for driver in self.drivers.values():
+            try:
+                await asyncio.wait_for(driver.close(), 5.0)
+            except Exception as exc:  # keep shutting down the rest
+                log.warning("closing driver %s: %s", driver.name, exc)
+        self.drivers.clear()
+        if self.historian is not None:
+            await self.historian.stop()
+            self.historian = None
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
+
+    async def run(self, install_signals: bool = True) -> None:
+        """Start, serve until SIGINT/SIGTERM (or request_stop), shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self.wait()
+            log.info("stopping")
+        finally:
+            await self.shutdown()
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(Exception):
+                        loop.remove_signal_handler(sig)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "gateway": self.gateway_id,
+            "uptime_s": time.time() - self.started,
+            "historian": self.historian.stats() if self.historian else None,
+            "devices": {d: {"requests": io.stats.requests, "errors": io.stats.errors,
+                            "timeouts": io.stats.timeouts, "reconnects": io.stats.reconnects,
+                            "last_error": io.stats.last_error}
+                        for d, io in self.ios.items()},
+        }

@@ -1,0 +1,187 @@
+"""Historian: every reading that changed, in SQLite (WAL), written in batches.
+
+Readings are buffered in memory by the SiteState listener (cheap, on the event loop) and
+written by a flush task in a worker thread, so a slow disk never stalls polling. Old rows
+are deleted after ``retention_days``. ``export_csv`` turns a time range into a CSV with
+pandas for engineers who want a spreadsheet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from gateway.config.models import Historian as HistorianConfig
+from gateway.model import Quality, Reading
+
+log = logging.getLogger("autogrid.historian")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    point TEXT NOT NULL,
+    unit TEXT NOT NULL DEFAULT '',
+    UNIQUE (device, point)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    point_id INTEGER NOT NULL REFERENCES points(id),
+    ts REAL NOT NULL,
+    value REAL,
+    text TEXT,
+    quality INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);
+CREATE INDEX IF NOT EXISTS samples_point_ts ON samples (point_id, ts);
+"""
+
+QUALITY_CODE = {Quality.GOOD: 0, Quality.STALE: 1, Quality.OFFLINE: 2}
+QUALITY_NAME = {v: str(k) for k, v in QUALITY_CODE.items()}
+
+Row = tuple[int, float, float | None, str | None, int]
+
+
+class Historian:
+    def __init__(self, cfg: HistorianConfig) -> None:
+        self.cfg = cfg
+        self.path = Path(cfg.path)
+        self._buffer: list[tuple[str, str, Reading]] = []
+        self._point_ids: dict[tuple[str, str], int] = {}
+        self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.rows_written = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._open)
+        self._task = asyncio.create_task(self._flush_loop(), name="historian flush")
+
+    async def stop(self) -> None:
+        """Flush everything still buffered, then close."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+        await asyncio.to_thread(self._close)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        for pid, device, point in db.execute("SELECT id, device, point FROM points"):
+            self._point_ids[(device, point)] = pid
+        self._db = db
+
+    def _close(self) -> None:
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- input (event loop) ------------------------------------------------------------
+
+    def record(self, device_id: str, changed: dict[str, Reading]) -> None:
+        """SiteState listener: buffer the changed readings (no I/O here)."""
+        for point, reading in changed.items():
+            self._buffer.append((device_id, point, Reading(reading.value, reading.unit,
+                                                           reading.ts, reading.quality)))
+        if len(self._buffer) >= self.cfg.batch_size:
+            self._wake.set()
+        if len(self._buffer) > 50 * self.cfg.batch_size:  # disk gone: bound memory, say so
+            drop = len(self._buffer) - 50 * self.cfg.batch_size
+            del self._buffer[:drop]
+            self.dropped += drop
+
+    # -- output (worker thread) --------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        last_retention = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.cfg.flush_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+            if time.time() - last_retention > 3600:
+                last_retention = time.time()
+                await asyncio.to_thread(self._apply_retention)
+
+    async def flush(self) -> int:
+        if not self._buffer or self._db is None:
+            return 0
+        batch, self._buffer = self._buffer, []
+        try:
+            n = await asyncio.to_thread(self._write, batch)
+        except sqlite3.Error as exc:
+            if self.last_error != str(exc):
+                log.error("historian write failed (%d rows kept for retry): %s", len(batch), exc)
+            self.last_error = str(exc)
+            self._buffer[:0] = batch
+            return 0
+        if self.last_error is not None:
+            log.info("historian writes recovered")
+            self.last_error = None
+        return n
+
+    def _write(self, batch: list[tuple[str, str, Reading]]) -> int:
+        with self._db_lock:
+            db = self._db
+            if db is None:
+                return 0
+            rows: list[Row] = []
+            db.execute("BEGIN")
+            try:
+                for device, point, r in batch:
+                    pid = self._point_ids.get((device, point))
+                    if pid is None:
+                        cur = db.execute(
+                            "INSERT OR IGNORE INTO points (device, point, unit) VALUES (?,?,?)",
+                            (device, point, r.unit))
+                        pid = cur.lastrowid if cur.rowcount else db.execute(
+                            "SELECT id FROM points WHERE device=? AND point=?",
+                            (device, point)).fetchone()[0]
+                        assert pid is not None
+                        self._point_ids[(device, point)] = pid
+                    v = r.value
+                    if isinstance(v, bool):
+                        num, text = float(v), None
+                    elif isinstance(v, int | float):
+                        num, text = float(v), None
+                    else:
+                        num, text = None, v
+                    rows.append((pid, r.ts, num, text, QUALITY_CODE[r.quality]))
+                db.executemany("INSERT INTO samples VALUES (?,?,?,?,?)", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self.rows_written += len(rows)
+            return len(rows)
+
+    def _apply_retention(self) -> None:
+        cutoff = time.time() - self.cfg.retention_days * 86400.0
+        with self._db_lock:
+            if self._db is not None:
+                n = self._db.execute("DELETE FROM samples WHERE ts < ?", (cutoff,)).rowcount
+                if n:
+                    log.info("historian retention: deleted %d samples older than %.0f days",
+                             n, self.cfg.retention_days)
+
+    def stats(self) -> dict[str, object]:
+        size = self.path.stat().st_size if self.path.exists() else 0
+        return {"path": str(self.path), "rows_written": self.rows_written,
+                "buffered": len(self._buffer), "dropped": self.dropped, "size_bytes": size,
+                "last_error": self.last_error}

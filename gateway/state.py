@@ -1,0 +1,218 @@
+"""SiteState: the latest reading of every point, its quality, and who wants to know.
+
+The poller writes here; the historian, the API (and later protection and control) read or
+subscribe. Quality is derived, never stored stale: a reading older than its device's max
+age reads as STALE, a device whose last poll failed reads as OFFLINE.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from gateway.model import NATURES, DeviceHealth, Nature, PointValue, Quality, Reading
+
+ChangeListener = Callable[[str, dict[str, Reading]], None]
+HealthListener = Callable[[str, DeviceHealth], None]
+
+
+@dataclass
+class DeviceState:
+    device_id: str
+    nature: Nature
+    max_age_s: float
+    protocol: str = ""
+    endpoint: str = ""
+    role: str | None = None
+    capacity_kwh: float | None = None
+    readings: dict[str, Reading] = field(default_factory=dict)
+    health: DeviceHealth = field(default_factory=DeviceHealth)
+
+    def quality_at(self, reading: Reading, now: float) -> Quality:
+        if self.health.quality is Quality.OFFLINE:
+            return Quality.OFFLINE
+        if now - reading.ts > self.max_age_s:
+            return Quality.STALE
+        return reading.quality
+
+    def device_quality(self, now: float) -> Quality:
+        if self.health.quality is Quality.OFFLINE or self.health.last_ok is None:
+            return Quality.OFFLINE
+        if now - self.health.last_ok > self.max_age_s:
+            return Quality.STALE
+        return Quality.GOOD
+
+    def value(self, point: str, now: float | None = None, usable_only: bool = True
+              ) -> PointValue | None:
+        r = self.readings.get(point)
+        if r is None:
+            return None
+        if usable_only and self.quality_at(r, time.time() if now is None else now) \
+                is not Quality.GOOD:
+            return None
+        return r.value
+
+
+class SiteState:
+    """Latest readings of all devices of this gateway, with change notification."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, DeviceState] = {}
+        self._listeners: list[ChangeListener] = []
+        self._health_listeners: list[HealthListener] = []
+
+    def add_device(self, dev: DeviceState) -> None:
+        self.devices[dev.device_id] = dev
+
+    def remove_device(self, device_id: str) -> None:
+        self.devices.pop(device_id, None)
+
+    def on_change(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(device_id, changed_readings)`` after every update; returns unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def on_health(self, listener: HealthListener) -> Callable[[], None]:
+        self._health_listeners.append(listener)
+        return lambda: (self._health_listeners.remove(listener)
+                        if listener in self._health_listeners else None)
+
+    def update(self, device_id: str, values: dict[str, PointValue | None], ts: float,
+               latency_ms: float | None = None) -> dict[str, Reading]:
+        """Store a successful poll. Returns (and announces) the readings that changed."""
+        dev = self.devices[device_id]
+        specs = NATURES[dev.nature]
+        changed: dict[str, Reading] = {}
+        for point, value in values.items():
+            old = dev.readings.get(point)
+            if old is not None and old.value == value and old.quality is Quality.GOOD:
+                old.ts = ts
+                continue
+            spec = specs.get(point)
+            reading = Reading(value, spec.unit if spec else "", ts, Quality.GOOD)
+            dev.readings[point] = reading
+            changed[point] = reading
+        h = dev.health
+        was = h.quality
+        h.polls += 1
+        h.consecutive_errors = 0
+        h.last_ok = ts
+        h.quality = Quality.GOOD
+        h.latency_ms = latency_ms
+        if was is not Quality.GOOD:
+            for point, r in dev.readings.items():
+                if r.quality is not Quality.GOOD:
+                    r.quality = Quality.GOOD
+                    changed.setdefault(point, r)
+            self._announce_health(device_id, h)
+        if changed:
+            for listener in list(self._listeners):
+                listener(device_id, changed)
+        return changed
+
+    def fail(self, device_id: str, error: str, ts: float) -> bool:
+        """Record a failed poll: the device and its readings go OFFLINE.
+
+        Returns True when this is a change of state (first failure after good polls).
+        """
+        dev = self.devices[device_id]
+        h = dev.health
+        h.polls += 1
+        h.errors += 1
+        h.consecutive_errors += 1
+        h.last_error = error
+        first = h.quality is not Quality.OFFLINE or h.consecutive_errors == 1
+        if h.quality is not Quality.OFFLINE:
+            h.quality = Quality.OFFLINE
+            changed = {}
+            for point, r in dev.readings.items():
+                r.quality = Quality.OFFLINE
+                changed[point] = r
+            self._announce_health(device_id, h)
+            if changed:
+                for listener in list(self._listeners):
+                    listener(device_id, changed)
+        return first
+
+    def _announce_health(self, device_id: str, health: DeviceHealth) -> None:
+        for listener in list(self._health_listeners):
+            listener(device_id, health)
+
+    # -- views -------------------------------------------------------------------------
+
+    def of_nature(self, *natures: Nature) -> Iterable[DeviceState]:
+        return (d for d in self.devices.values() if d.nature in natures)
+
+    def device_snapshot(self, device_id: str, now: float | None = None) -> dict[str, object]:
+        now = time.time() if now is None else now
+        dev = self.devices[device_id]
+        h = dev.health
+        return {
+            "id": dev.device_id,
+            "nature": str(dev.nature),
+            "protocol": dev.protocol,
+            "endpoint": dev.endpoint,
+            "quality": str(dev.device_quality(now)),
+            "last_ok": h.last_ok,
+            "last_error": h.last_error,
+            "polls": h.polls,
+            "errors": h.errors,
+            "latency_ms": h.latency_ms,
+            "points": {p: {"value": r.value, "unit": r.unit, "ts": r.ts,
+                           "quality": str(dev.quality_at(r, now))}
+                       for p, r in dev.readings.items()},
+        }
+
+    def snapshot(self, now: float | None = None) -> dict[str, object]:
+        now = time.time() if now is None else now
+        return {
+            "ts": now,
+            "summary": self.summary(now),
+            "devices": {d: self.device_snapshot(d, now) for d in self.devices},
+        }
+
+    def summary(self, now: float | None = None) -> dict[str, object]:
+        """Site power flow from good readings only (kW; grid + = import, battery + = discharge)."""
+        now = time.time() if now is None else now
+
+        def total(natures: tuple[Nature, ...], point: str = "p_kw") -> tuple[float | None, int]:
+            s, n = 0.0, 0
+            for d in self.of_nature(*natures):
+                v = d.value(point, now)
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    s += float(v)
+                    n += 1
+            return (s if n else None), n
+
+        meters = list(self.of_nature(Nature.METER))
+        grid_meters = [m for m in meters if m.role == "grid"] or (
+            meters if len(meters) == 1 and meters[0].role is None else [])
+        grid = None
+        for m in grid_meters:
+            v = m.value("p_kw", now)
+            if isinstance(v, int | float):
+                grid = (grid or 0.0) + float(v)
+        pv, _ = total((Nature.PV_INVERTER,))
+        wind, _ = total((Nature.WIND_TURBINE,))
+        batt, _ = total((Nature.BESS,))
+        ev, _ = total((Nature.EVSE,))
+        load = None
+        if grid is not None:
+            load = grid + (pv or 0.0) + (wind or 0.0) + (batt or 0.0) - (ev or 0.0)
+        soc_num = soc_den = 0.0
+        for b in self.of_nature(Nature.BESS):
+            soc = b.value("soc_pct", now)
+            if isinstance(soc, int | float):
+                w = b.capacity_kwh or 1.0
+                soc_num += float(soc) * w
+                soc_den += w
+        counts = {q: 0 for q in ("good", "stale", "offline")}
+        for d in self.devices.values():
+            counts[str(d.device_quality(now))] += 1
+        return {
+            "grid_kw": grid, "pv_kw": pv, "wind_kw": wind, "battery_kw": batt,
+            "battery_soc_pct": (soc_num / soc_den) if soc_den else None,
+            "ev_kw": ev, "load_kw": load,
+            "devices": counts,
+        }

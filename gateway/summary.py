@@ -1,0 +1,79 @@
+"""A readable text picture of the site: power flow and device health (demo, status)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+_FLOW = [
+    ("Grid", "grid_kw", "importing", "exporting"),
+    ("PV", "pv_kw", "producing", "consuming"),
+    ("Wind", "wind_kw", "producing", "consuming"),
+    ("Battery", "battery_kw", "discharging", "charging"),
+    ("EV chargers", "ev_kw", "charging EVs", "V2G to site"),
+    ("Site load", "load_kw", "consuming", "feeding back"),
+]
+
+_QUALITY_MARK = {"good": "ok ", "stale": "old", "offline": "OFF"}
+
+
+def _kw(value: Any) -> str:
+    return f"{value:8.1f} kW" if isinstance(value, int | float) else "     --   "
+
+
+def _direction(value: Any, pos: str, neg: str) -> str:
+    if not isinstance(value, int | float):
+        return "no data"
+    if abs(value) < 0.05:
+        return "idle"
+    return pos if value > 0 else neg
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return "--" if v is None else str(v)
+
+
+# The points worth one glance per nature, in the demo's device table.
+_KEY_POINTS = {
+    "pv_inverter": ["p_kw", "p_limit_pct", "state"],
+    "wind_turbine": ["p_kw", "wind_speed_ms", "state"],
+    "bess": ["p_kw", "soc_pct", "cell_temp_max_c"],
+    "bms": ["soc_pct", "i_pack_a", "cell_temp_max_c"],
+    "evse": ["p_kw", "state", "ev_soc_pct"],
+    "meter": ["p_kw", "v_v", "f_hz"],
+    "breaker": ["closed", "i_a"],
+    "load": ["p_kw", "enabled"],
+}
+
+
+def render(snapshot: dict[str, Any], title: str = "AutoGrid", now: float | None = None) -> str:
+    """The snapshot (from SiteState.snapshot or the API) as an operator-readable page."""
+    now = time.time() if now is None else now
+    s = snapshot["summary"]
+    lines = [f"{title} — {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}", "",
+             "Power flow"]
+    for label, key, pos, neg in _FLOW:
+        if key == "wind_kw" and s.get(key) is None:
+            continue
+        lines.append(f"  {label:<12}{_kw(s.get(key))}  {_direction(s.get(key), pos, neg)}")
+    soc = s.get("battery_soc_pct")
+    if isinstance(soc, int | float):
+        lines.append(f"  {'Battery SOC':<12}{soc:8.1f} %")
+    counts = s.get("devices", {})
+    lines += ["", f"Devices  {counts.get('good', 0)} ok, {counts.get('stale', 0)} stale, "
+                  f"{counts.get('offline', 0)} offline"]
+    for dev_id, d in sorted(snapshot.get("devices", {}).items()):
+        pts = d.get("points", {})
+        keys = _KEY_POINTS.get(d.get("nature", ""), [])
+        vals = "  ".join(f"{k}={_fmt_value(pts[k]['value'])}{pts[k].get('unit') and ' ' + pts[k]['unit'] or ''}"
+                         for k in keys if k in pts)
+        mark = _QUALITY_MARK.get(d.get("quality", ""), "?  ")
+        line = f"  [{mark}] {dev_id:<14} {d.get('nature', ''):<12} {vals}"
+        if d.get("quality") == "offline" and d.get("last_error"):
+            line += f"  ({d['last_error'][:60]})"
+        lines.append(line)
+    return "\n".join(lines)
