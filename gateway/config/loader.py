@@ -9,6 +9,7 @@ No traceback reaches a site engineer for a bad file: every problem prints as
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,9 +18,11 @@ from pydantic import ValidationError
 
 from drivers.template import Template
 from gateway.config.checks import run_checks, sort_problems
+from gateway.config.checks_devices import CONNECTION_PROTOCOL
 from gateway.config.models import SiteConfig
 from gateway.yamlsrc import (
     Mark,
+    PathKey,
     Problem,
     Source,
     SourceError,
@@ -94,6 +97,32 @@ def _with_hint(problem: Problem) -> Problem:
                    problem.message + " (a tab; YAML indentation must use spaces)")
 
 
+_BAD_TAG = re.compile(r"^Input tag '(?P<tag>.*)' found using '(?P<key>\w+)' does not match any "
+                      r"of the expected tags: (?P<tags>.*?)(?: \(found .*\))?$")
+_NO_TAG = re.compile(r"^Unable to extract tag using discriminator '(?P<key>\w+)'")
+
+
+def _parse_path(text: str) -> PathKey:
+    return tuple(int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", text))
+
+
+def _refine(problem: Problem, src: Source) -> Problem:
+    """Point a union-tag error at the ``type:`` key instead of the whole mapping."""
+    bad, none = _BAD_TAG.match(problem.message), _NO_TAG.match(problem.message)
+    if not (bad or none):
+        return problem
+    key = (bad or none).group("key")  # type: ignore[union-attr]
+    path = (*_parse_path(problem.path), key)
+    if bad:
+        msg = f"unknown {key} '{bad.group('tag')}' (expected one of: {bad.group('tags')})"
+    elif problem.path.startswith("connections"):
+        msg = (f"required field is missing (one of: "
+               f"{', '.join(repr(t) for t in CONNECTION_PROTOCOL)})")
+    else:
+        msg = "required field is missing"
+    return Problem(problem.file, src.mark(path) or problem.mark, f"{problem.path}.{key}", msg)
+
+
 def _simulation(cfg: SiteConfig, src: Source) -> tuple[Any, list[Problem]]:
     """Validate the ``simulation:`` section with sim_devices, if that module is installed."""
     try:
@@ -112,7 +141,10 @@ def _simulation(cfg: SiteConfig, src: Source) -> tuple[Any, list[Problem]]:
 
 def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
     src = read_source(path)
-    cfg = parse_model(SiteConfig, src)
+    try:
+        cfg = parse_model(SiteConfig, src)
+    except SourceError as err:
+        raise SourceError([_refine(p, src) for p in err.problems]) from None
     problems, templates = run_checks(cfg, src, template_dir)
     simulation, sim_problems = _simulation(cfg, src)
     problems = sort_problems(problems + sim_problems)
