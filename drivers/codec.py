@@ -47,7 +47,7 @@ def raw_from_registers(point: ModbusPoint, regs: list[int]) -> int | float | str
     if t is RegType.BOOL:
         return 1 if regs[0] else 0
     data = _words_to_bytes(regs, point.word_order)
-    return struct.unpack(_FMT[t], data)[0]  # type: ignore[no-any-return]
+    return struct.unpack(_FMT[t], data)[0]
 
 
 def raw_to_raw_bits(raw: int | float | str, point: ModbusPoint) -> int:

@@ -26,7 +26,8 @@ def read_history(db_path: Path, start: str | None = None, end: str | None = None
     """Samples as a long table: time (UTC), device, point, value, unit, quality."""
     if not db_path.is_file():
         raise FileNotFoundError(f"{db_path}: no historian database here")
-    where, args = [], []
+    where: list[str] = []
+    args: list[float | str] = []
     t0, t1 = _epoch(start), _epoch(end)
     if t0 is not None:
         where.append("s.ts >= ?")

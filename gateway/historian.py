@@ -9,6 +9,7 @@ pandas for engineers who want a spreadsheet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -109,10 +110,8 @@ class Historian:
     async def _flush_loop(self) -> None:
         last_retention = 0.0
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.flush_interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.flush()
             if time.time() - last_retention > 3600:
@@ -156,9 +155,7 @@ class Historian:
                         assert pid is not None
                         self._point_ids[(device, point)] = pid
                     v = r.value
-                    if isinstance(v, bool):
-                        num, text = float(v), None
-                    elif isinstance(v, int | float):
+                    if isinstance(v, int | float):  # bool is an int too
                         num, text = float(v), None
                     else:
                         num, text = None, v

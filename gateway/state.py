@@ -69,7 +69,7 @@ class SiteState:
         self.devices.pop(device_id, None)
 
     def on_change(self, listener: ChangeListener) -> Callable[[], None]:
-        """Call ``listener(device_id, changed_readings)`` after every update; returns unsubscribe."""
+        """Call ``listener(device_id, changed)`` after every update; returns unsubscribe."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
@@ -128,7 +128,9 @@ class SiteState:
             changed = {}
             for point, r in dev.readings.items():
                 r.quality = Quality.OFFLINE
-                changed[point] = r
+                # Announced at the time of the failure; the stored reading keeps the time
+                # of its last good read.
+                changed[point] = Reading(r.value, r.unit, ts, Quality.OFFLINE)
             self._announce_health(device_id, h)
             if changed:
                 for listener in list(self._listeners):

@@ -37,6 +37,11 @@ def _fmt_value(v: Any) -> str:
     return "--" if v is None else str(v)
 
 
+def _fmt_point(name: str, p: dict[str, Any]) -> str:
+    unit = p.get("unit") or ""
+    return f"{name}={_fmt_value(p.get('value'))}{' ' + unit if unit else ''}"
+
+
 # The points worth one glance per nature, in the demo's device table.
 _KEY_POINTS = {
     "pv_inverter": ["p_kw", "p_limit_pct", "state"],
@@ -69,8 +74,7 @@ def render(snapshot: dict[str, Any], title: str = "AutoGrid", now: float | None 
     for dev_id, d in sorted(snapshot.get("devices", {}).items()):
         pts = d.get("points", {})
         keys = _KEY_POINTS.get(d.get("nature", ""), [])
-        vals = "  ".join(f"{k}={_fmt_value(pts[k]['value'])}{pts[k].get('unit') and ' ' + pts[k]['unit'] or ''}"
-                         for k in keys if k in pts)
+        vals = "  ".join(_fmt_point(k, pts[k]) for k in keys if k in pts)
         mark = _QUALITY_MARK.get(d.get("quality", ""), "?  ")
         line = f"  [{mark}] {dev_id:<14} {d.get('nature', ''):<12} {vals}"
         if d.get("quality") == "offline" and d.get("last_error"):
