@@ -118,12 +118,13 @@ def _check_points(dev: Device, i: int, tpl: Template, src: Source, out: list[Pro
         spec = specs.get(name)
         if spec is None:
             continue
+        written = _raw(src, key, value)
         if spec.kind is Kind.BOOL and not isinstance(value, bool):
             out.append(src.problem(key, f"'{name}' is on/off: expected true or false "
-                                         f"(found {_yaml(value)})"))
+                                         f"(found {_yaml(written)})"))
         elif spec.kind is not Kind.BOOL and isinstance(value, bool):
             out.append(src.problem(key, f"'{name}' is a number in {spec.unit or 'no unit'}: "
-                                         f"expected a number (found {_yaml(value)})"))
+                                         f"expected a number (found {_yaml(written)})"))
 
 
 def _unknown_point(name: str, template: str, known: list[str], where: str) -> str:
@@ -206,6 +207,17 @@ def check_devices(cfg: SiteConfig, src: Source, templates: TemplateSet) -> list[
                                        f"'{cfg.devices[other].id}' by '{other_gw}'"))
             owners.setdefault(gw, i)
     return out
+
+
+def _raw(src: Source, path: PathKey, default: object) -> object:
+    """The value as parsed from the YAML, before pydantic coerced it (1, not 1.0)."""
+    node = src.data
+    try:
+        for part in path:
+            node = node[part]
+    except (KeyError, IndexError, TypeError):
+        return default
+    return node
 
 
 def _yaml(value: object) -> str:
