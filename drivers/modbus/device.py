@@ -1,0 +1,202 @@
+"""One Modbus device (a unit id behind an endpoint): planned reads, verified writes."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+from drivers import codec
+from drivers.base import DeviceIO, DriverError, IOStats, UnknownPoint, WriteError
+from drivers.modbus.decoders import Decoder, compile_decoder, sf_exponent
+from drivers.modbus.endpoint import ILLEGAL_DATA_ADDRESS, Endpoint, ModbusExceptionResponse
+from drivers.modbus.planner import Block, Item, plan_reads, sf_key, split_block
+from drivers.template import Access, Function, ModbusPoint, ModbusTemplate
+from gateway.model import PointValue
+
+log = logging.getLogger("drivers.modbus")
+
+# (block index, offset in block, point name, decoder, scale-factor address or None)
+_Slot = tuple[int, int, str, Decoder, "int | None"]
+
+
+def poll_items(template: ModbusTemplate, names: Sequence[str]) -> list[Item]:
+    """Items to read for the named points, plus the scale-factor registers they need."""
+    items: list[Item] = []
+    sfs: set[int] = set()
+    for name in names:
+        pt = template.points[name]
+        items.append(Item(name, pt.function, pt.address, pt.width))
+        if pt.scale_factor is not None:
+            sfs.add(pt.scale_factor)
+    items.extend(Item(sf_key(a), Function.HOLDING, a, 1) for a in sorted(sfs))
+    return items
+
+
+class ModbusDeviceIO(DeviceIO):
+    """Reads every polled point of one device with a precomputed plan; writes with read-back.
+
+    When a coalesced read is answered ILLEGAL DATA ADDRESS the block is split into reads
+    of declared registers only, and the device keeps the split plan from then on.
+    """
+
+    def __init__(self, device_id: str, unit: int, template: ModbusTemplate,
+                 endpoint: Endpoint, points: Sequence[str] | None = None, max_gap: int = 0,
+                 on_close: Callable[[ModbusDeviceIO], None] | None = None) -> None:
+        self.device_id = device_id
+        self.unit = unit
+        self.template = template
+        self.endpoint = endpoint.key
+        self.stats = IOStats()
+        self._ep = endpoint
+        self._on_close = on_close
+        names = list(template.points) if points is None else list(points)
+        unknown = [n for n in names if n not in template.points]
+        if unknown:
+            raise UnknownPoint(f"{device_id}: points {unknown} are not in the template "
+                               f"(known: {', '.join(template.points)})")
+        # write-only registers are often unreadable: they are written, never polled
+        self.polled = tuple(n for n in names if template.points[n].access is not Access.W)
+        fillers = frozenset(template.constants)
+        self._blocks = plan_reads(poll_items(template, self.polled),
+                                  max_registers=template.max_registers_per_read,
+                                  max_gap=max_gap, fillers=fillers)
+        self._decoders = {n: compile_decoder(template.points[n]) for n in self.polled}
+        self._compile()
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        """The current read plan (one Modbus request per block)."""
+        return tuple(self._blocks)
+
+    def _compile(self) -> None:
+        where: dict[str, tuple[int, int]] = {}
+        for bi, blk in enumerate(self._blocks):
+            for it in blk.items:
+                where[it.key] = (bi, it.address - blk.address)
+        self._sf_slots = []
+        for key, (bi, off) in where.items():
+            if key.startswith("sf@"):
+                self._sf_slots.append((bi, off, int(key[3:])))
+        self._slots: list[_Slot] = []
+        for name in self.polled:
+            bi, off = where[name]
+            self._slots.append((bi, off, name, self._decoders[name],
+                                self.template.points[name].scale_factor))
+        self.stats.extra["requests_per_read"] = len(self._blocks)
+
+    def _split(self, index: int) -> bool:
+        parts = split_block(self._blocks[index])
+        if len(parts) == 1:
+            return False
+        blk = self._blocks[index]
+        log.warning("%s: %s answered ILLEGAL DATA ADDRESS; reading it as %d requests from now "
+                    "on", self.device_id, blk.describe(), len(parts))
+        self._blocks[index:index + 1] = parts
+        self.stats.extra["plan_splits"] = self.stats.extra.get("plan_splits", 0) + 1
+        self._compile()
+        return True
+
+    # ---- read -----------------------------------------------------------------------
+
+    async def read(self) -> dict[str, PointValue | None]:
+        try:
+            results = await self._read_blocks()
+        except DriverError as exc:
+            self.stats.errors += 1
+            self.stats.last_error = str(exc)
+            raise
+        sfs: dict[int, int | None] = {}
+        for bi, off, addr in self._sf_slots:
+            sfs[addr] = sf_exponent(results[bi][off])
+        out: dict[str, PointValue | None] = {}
+        for bi, off, name, decode, sf_addr in self._slots:
+            if sf_addr is None:
+                out[name] = decode(results[bi], off, None)
+            else:
+                sf = sfs[sf_addr]
+                out[name] = None if sf is None else decode(results[bi], off, sf)
+        return out
+
+    async def _read_blocks(self) -> list[Sequence[int]]:
+        ep, unit, stats = self._ep, self.unit, self.stats
+        while True:
+            results: list[Sequence[int]] = []
+            for index, blk in enumerate(self._blocks):
+                try:
+                    results.append(await ep.read(blk.function, blk.address, blk.count, unit,
+                                                 stats))
+                except ModbusExceptionResponse as exc:
+                    if exc.code == ILLEGAL_DATA_ADDRESS and self._split(index):
+                        break  # read again with the finer plan
+                    raise
+            else:
+                return results
+
+    # ---- write ----------------------------------------------------------------------
+
+    async def write(self, point: str, value: PointValue) -> PointValue | None:
+        self.stats.writes += 1
+        try:
+            return await self._write(point, value)
+        except DriverError as exc:
+            self.stats.errors += 1
+            self.stats.last_error = str(exc)
+            raise
+
+    def _writable_point(self, point: str) -> ModbusPoint:
+        pt = self.template.points.get(point)
+        writable = ", ".join(self.template.writable) or "none"
+        if pt is None:
+            raise UnknownPoint(f"{self.device_id}: '{point}' is not in the template "
+                               f"(writable: {writable})")
+        if pt.access is Access.R:
+            raise UnknownPoint(f"{self.device_id}: '{point}' is read-only "
+                               f"(writable: {writable})")
+        return pt
+
+    async def _write(self, point: str, value: PointValue) -> PointValue | None:
+        pt = self._writable_point(point)
+        ep, unit, stats = self._ep, self.unit, self.stats
+        sf: int | None = None
+        if pt.scale_factor is not None:
+            raw_sf = await ep.read(Function.HOLDING, pt.scale_factor, 1, unit, stats)
+            sf = sf_exponent(int(raw_sf[0]))
+            if sf is None:
+                raise WriteError(f"{self.device_id}: scale factor of '{point}' (register "
+                                 f"{pt.scale_factor}) is not implemented; not writing")
+        try:
+            regs = codec.encode(pt, value, sf)
+        except codec.CodecError as exc:
+            raise WriteError(f"{self.device_id}: cannot write {value!r} to '{point}': "
+                             f"{exc}") from None
+        try:
+            if pt.function is Function.COIL:
+                await ep.write_coil(pt.address, bool(regs[0]), unit, stats)
+            else:
+                await ep.write_registers(pt.address, regs, unit, stats)
+        except ModbusExceptionResponse as exc:
+            raise WriteError(f"{self.device_id}: device refused '{point}' = {value!r}: "
+                             f"{exc}") from None
+        if pt.access is Access.W:
+            return None
+        back = await ep.read(pt.function, pt.address, pt.width, unit, stats)
+        expected = codec.decode(pt, regs, sf)
+        got = codec.decode(pt, [int(x) for x in back[:pt.width]], sf)
+        if not _same(expected, got):
+            raise WriteError(f"{self.device_id}: wrote '{point}' = {value!r} but read back "
+                             f"{got!r}")
+        return got
+
+    async def close(self) -> None:
+        """Detach from the endpoint (its connection closes with the last device)."""
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
+
+
+def _same(a: PointValue | None, b: PointValue | None) -> bool:
+    if (isinstance(a, (int, float)) and isinstance(b, (int, float))
+            and not isinstance(a, bool) and not isinstance(b, bool)):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    return a == b

@@ -1,0 +1,275 @@
+"""One physical Modbus link (a TCP endpoint or a serial port), shared by every unit id.
+
+Only this module knows pymodbus clients, sockets and reconnecting. pymodbus' own
+reconnect and retries are switched off; instead a lost link sets a "not before" time
+(reconnect_delay_s doubling up to reconnect_delay_max_s, reset on success) and every
+request before it fails at once with DeviceOffline, so a poller is never held up by a
+dead device. After a timeout or a garbled frame the connection is dropped and reopened
+on the next request, so a late answer can never be taken for the next request's (RTU
+framing has no transaction id to tell them apart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from time import monotonic
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+
+from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError
+from drivers.template import Function
+from gateway.config.models import ModbusRtuOverTcp, ModbusSerial, ModbusTcp
+
+log = logging.getLogger("drivers.modbus")
+
+ConnectionConfig = ModbusTcp | ModbusRtuOverTcp | ModbusSerial
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+EXCEPTION_NAMES = {
+    1: "ILLEGAL FUNCTION", 2: "ILLEGAL DATA ADDRESS", 3: "ILLEGAL DATA VALUE",
+    4: "SERVER DEVICE FAILURE", 5: "ACKNOWLEDGE", 6: "SERVER DEVICE BUSY",
+    7: "NEGATIVE ACKNOWLEDGE", 8: "MEMORY PARITY ERROR", 10: "GATEWAY PATH UNAVAILABLE",
+    11: "GATEWAY TARGET DEVICE FAILED TO RESPOND",
+}
+ILLEGAL_DATA_ADDRESS = 2
+
+_READ_METHOD = {
+    Function.HOLDING: "read_holding_registers", Function.INPUT: "read_input_registers",
+    Function.COIL: "read_coils", Function.DISCRETE: "read_discrete_inputs",
+}
+
+
+class ModbusExceptionResponse(ProtocolError):
+    """The device answered with a Modbus exception; ``code`` is its exception code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _LinkLost(Exception):
+    """Set on the pending response when the transport closes under a request."""
+
+    def __init__(self, cause: Exception | None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def endpoint_key(conn: ConnectionConfig) -> str:
+    """The physical link a connection config names; equal keys share one connection."""
+    if isinstance(conn, ModbusSerial):
+        return f"serial://{conn.port}"
+    scheme = "rtu+tcp" if isinstance(conn, ModbusRtuOverTcp) else "tcp"
+    return f"{scheme}://{conn.host}:{conn.port}"
+
+
+def make_client(conn: ConnectionConfig, name: str) -> Client:
+    """A pymodbus client with its own reconnects and retries switched off."""
+    common: dict[str, Any] = {"name": name, "timeout": conn.timeout_s, "retries": 0,
+                              "reconnect_delay": 0, "reconnect_delay_max": 0}
+    if isinstance(conn, ModbusSerial):
+        return AsyncModbusSerialClient(conn.port, framer=FramerType.RTU,
+                                       baudrate=conn.baudrate, bytesize=conn.bytesize,
+                                       parity=conn.parity, stopbits=conn.stopbits, **common)
+    framer = FramerType.RTU if isinstance(conn, ModbusRtuOverTcp) else FramerType.SOCKET
+    return AsyncModbusTcpClient(conn.host, port=conn.port, framer=framer, **common)
+
+
+def _what(verb: str, function: str, address: int, count: int, unit: int) -> str:
+    return f"{verb} {function} {address}+{count} from unit {unit}"
+
+
+class Endpoint:
+    """A shared, lazily opened, reference-counted connection with one lock."""
+
+    def __init__(self, conn: ConnectionConfig,
+                 client_factory: Callable[[ConnectionConfig, str], Client] = make_client
+                 ) -> None:
+        self.conn = conn
+        self.key = endpoint_key(conn)
+        self.lock = asyncio.Lock()
+        self.refs = 0
+        self.connects = 0  # successful connects over the endpoint's life
+        self._factory = client_factory
+        self._client: Client | None = None
+        self._in_flight = False
+        self._delay = conn.reconnect_delay_s
+        self._not_before = 0.0
+        self._down_reason: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    # ---- requests -------------------------------------------------------------------
+
+    async def read(self, function: Function, address: int, count: int, unit: int,
+                   stats: IOStats) -> Sequence[int]:
+        """Registers (or bits) ``address..address+count-1``; exactly ``count`` of them."""
+        rsp = await self._call(_READ_METHOD[function], (address,), {"count": count}, unit,
+                               stats, "reading", function, address, count)
+        if function.is_bit:
+            bits: Sequence[bool] = rsp.bits
+            if len(bits) < count:
+                raise ProtocolError(f"short response: {len(bits)} of {count} bits "
+                                    f"{_what('reading', function, address, count, unit)} "
+                                    f"on {self.key}")
+            return bits
+        regs: Sequence[int] = rsp.registers
+        if len(regs) != count:
+            # pymodbus accepts a response with fewer registers than asked for.
+            raise ProtocolError(f"short response: {len(regs)} of {count} registers "
+                                f"{_what('reading', function, address, count, unit)} "
+                                f"on {self.key}")
+        return regs
+
+    async def write_registers(self, address: int, values: list[int], unit: int,
+                              stats: IOStats) -> None:
+        """FC6 for one register, FC16 for more."""
+        if len(values) == 1:
+            await self._call("write_register", (address, values[0]), {}, unit, stats,
+                             "writing", Function.HOLDING, address, 1)
+        else:
+            await self._call("write_registers", (address, values), {}, unit, stats,
+                             "writing", Function.HOLDING, address, len(values))
+
+    async def write_coil(self, address: int, value: bool, unit: int, stats: IOStats) -> None:
+        await self._call("write_coil", (address, value), {}, unit, stats,
+                         "writing", Function.COIL, address, 1)
+
+    async def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    unit: int, stats: IOStats, verb: str, function: Function, address: int,
+                    count: int) -> ModbusPDU:
+        if self._not_before and monotonic() < self._not_before:
+            raise self._backoff_error()
+        async with self.lock:
+            for attempt in range(self.conn.retries + 1):
+                client = self._client or await self._connect(stats)
+                stats.requests += 1
+                self._in_flight = True
+                try:
+                    rsp: ModbusPDU = await getattr(client, method)(*args, device_id=unit,
+                                                                   **kwargs)
+                except ModbusIOException as exc:
+                    self._drop()
+                    if "No response" not in str(exc):
+                        raise ProtocolError(f"{exc} {_what(verb, function, address, count, unit)}"
+                                            f" on {self.key}") from None
+                    stats.timeouts += 1
+                    if attempt < self.conn.retries:
+                        continue
+                    raise DeviceTimeout(f"no answer within {self.conn.timeout_s} s "
+                                        f"{_what(verb, function, address, count, unit)} "
+                                        f"on {self.key}") from None
+                except _LinkLost as exc:
+                    if isinstance(exc.cause, ModbusException):
+                        self._drop()
+                        raise ProtocolError(f"garbled response ({exc.cause}) "
+                                            f"{_what(verb, function, address, count, unit)}"
+                                            f" on {self.key}") from None
+                    raise DeviceOffline(f"connection to {self.key} lost "
+                                        f"{_what(verb, function, address, count, unit)}"
+                                        ) from None
+                except ConnectionException as exc:
+                    self._lost(client, str(exc))
+                    raise DeviceOffline(f"{self.key}: {exc}") from None
+                except asyncio.CancelledError:
+                    self._drop()  # an answer may still come: never pair it with the next request
+                    raise
+                except Exception as exc:  # a malformed frame pymodbus could not handle
+                    self._drop()
+                    raise ProtocolError(f"bad response ({type(exc).__name__}: {exc}) "
+                                        f"{_what(verb, function, address, count, unit)} "
+                                        f"on {self.key}") from None
+                finally:
+                    self._in_flight = False
+                if rsp.isError():
+                    code = int(getattr(rsp, "exception_code", 0))
+                    name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
+                    raise ModbusExceptionResponse(
+                        f"{name} ({code}) {_what(verb, function, address, count, unit)}", code)
+                return rsp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- connection -----------------------------------------------------------------
+
+    async def _connect(self, stats: IOStats) -> Client:
+        if self._not_before and monotonic() < self._not_before:
+            raise self._backoff_error()
+        client = self._factory(self.conn, self.key)
+        self._watch(client)
+        try:
+            ok = await client.connect()
+        except Exception as exc:  # pymodbus handles OSError; anything else is a failure too
+            log.debug("connect to %s raised %r", self.key, exc)
+            ok = False
+        if not ok:
+            client.close()
+            self._lost(None, "cannot connect")
+            raise self._backoff_error()
+        if self.connects:
+            stats.reconnects += 1
+        if self._down_reason is not None:
+            log.info("%s: connected again", self.key)
+        self.connects += 1
+        self._delay = self.conn.reconnect_delay_s
+        self._not_before = 0.0
+        self._down_reason = None
+        self._client = client
+        return client
+
+    def _watch(self, client: Client) -> None:
+        """Fail the pending request at once when the link drops (pymodbus would wait)."""
+        ctx = client.ctx
+        original = ctx.callback_disconnected
+
+        def disconnected(exc: Exception | None) -> None:
+            original(exc)
+            if client is not self._client:
+                return  # we closed it ourselves
+            if self._in_flight and not ctx.response_future.done():
+                ctx.response_future.set_exception(_LinkLost(exc))
+            if isinstance(exc, ModbusException):
+                self._drop()  # a garbled frame: resynchronise, no backoff
+            else:
+                self._lost(client, f"connection lost ({exc or 'closed by peer'})")
+
+        setattr(ctx, "callback_disconnected", disconnected)  # noqa: B010
+
+    def _lost(self, client: Client | None, reason: str) -> None:
+        """The link is down: close it and back off before the next connect."""
+        if client is not None and client is self._client:
+            self._client = None
+            client.close()
+        if self._down_reason is None:
+            log.warning("%s: %s; reconnecting with backoff", self.key, reason)
+        self._down_reason = reason
+        self._not_before = monotonic() + self._delay
+        self._delay = min(self._delay * 2, self.conn.reconnect_delay_max_s)
+
+    def _drop(self) -> None:
+        """Close the connection to resynchronise; the next request reconnects at once."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _backoff_error(self) -> DeviceOffline:
+        wait = max(0.0, self._not_before - monotonic())
+        return DeviceOffline(f"{self.key}: {self._down_reason or 'link down'}; "
+                             f"next reconnect in {wait:.2f} s")
+
+    def close(self) -> None:
+        """Close the connection now (any request in flight fails with DeviceOffline)."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        fut = client.ctx.response_future
+        if self._in_flight and not fut.done():
+            fut.set_exception(_LinkLost(None))
+        client.close()
