@@ -8,13 +8,10 @@ No traceback reaches a site engineer for a bad file: every problem prints as
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
-
-from pydantic import ValidationError
+from typing import TextIO
 
 from drivers.template import Template
 from gateway.config.checks import run_checks, sort_problems
@@ -28,10 +25,8 @@ from gateway.yamlsrc import (
     SourceError,
     load_yaml_text,
     parse_model,
-    validation_problems,
 )
-
-SIMULATION_MODULE = "sim_devices.settings"
+from sim_devices.settings import SimulationSettings, load_simulation_settings
 
 
 class ConfigUnreadable(SourceError):
@@ -46,7 +41,7 @@ class LoadedConfig:
     source: Source
     path: Path
     templates: dict[str, Template] = field(default_factory=dict)  # by template name
-    simulation: Any = None  # what sim_devices.settings.load_simulation_settings returned
+    simulation: SimulationSettings | None = None  # the validated ``simulation:`` section
 
     def template_of(self, device_id: str) -> Template:
         """The loaded template of device ``device_id``."""
@@ -123,20 +118,12 @@ def _refine(problem: Problem, src: Source) -> Problem:
     return Problem(problem.file, src.mark(path) or problem.mark, f"{problem.path}.{key}", msg)
 
 
-def _simulation(cfg: SiteConfig, src: Source) -> tuple[Any, list[Problem]]:
-    """Validate the ``simulation:`` section with sim_devices, if that module is installed."""
+def _simulation(cfg: SiteConfig, src: Source) -> tuple[SimulationSettings | None, list[Problem]]:
+    """Validate the ``simulation:`` section (clock, weather, per-device physics)."""
     try:
-        module = importlib.import_module(SIMULATION_MODULE)
-    except ImportError as exc:
-        if exc.name in (SIMULATION_MODULE, "sim_devices"):
-            return None, []
-        raise
-    try:
-        return module.load_simulation_settings(cfg, src), []
+        return load_simulation_settings(cfg, src), []
     except SourceError as err:
         return None, err.problems
-    except ValidationError as err:
-        return None, validation_problems(err, src, ("simulation",))
 
 
 def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
