@@ -110,11 +110,14 @@ class EvSession(_Strict):
     v2g: bool = False
     p_max_kw: Annotated[float, Field(gt=0)] | None = None  # vehicle's own limit
 
-    @field_validator("arrival", "departure")
+    @field_validator("arrival", "departure", mode="before")
     @classmethod
-    def _when(cls, v: datetime | str) -> datetime | str:
+    def _when(cls, v: object) -> object:
         if isinstance(v, str) and not _HHMM.match(v):
-            raise ValueError(f"expected an ISO datetime or 'HH:MM', found {v!r}")
+            try:
+                return datetime.fromisoformat(v)
+            except ValueError:
+                raise ValueError(f"expected an ISO datetime or 'HH:MM', found {v!r}") from None
         return v
 
     def daily(self) -> bool:

@@ -60,7 +60,8 @@ class Pack:
         self.p_dc_kw = 0.0  # + = discharge, at the cells
         self.v_pack_v = self.n_series * self.ocv_cell_v()
         self.i_a = 0.0
-        self.cell_v_min_v = self.cell_v_max_v = self.v_pack_v / self.n_series
+        self.cell_v_min_v = self.cell_v_max_v = 0.0
+        self._voltages()
 
     @property
     def capacity_kwh(self) -> float:

@@ -120,7 +120,7 @@ class Weather:
         sp = pvlib.solarposition.get_solarposition(times, self.latitude, self.longitude)
         zenith = sp["apparent_zenith"].to_numpy(dtype=float)
         azimuth = sp["azimuth"].to_numpy(dtype=float)
-        doy = times.dayofyear.to_numpy()
+        doy = times.day_of_year.to_numpy()
         if self.settings.model == "tmy":
             ghi, temp, wind = self._tmy(times)
             ghi = np.where(zenith < 90, ghi, 0.0)
@@ -164,7 +164,7 @@ class Weather:
         """TMY values at the same local day-of-year and hour as the site's local time."""
         data = tmy3()
         local = times.tz_convert(self.timezone)
-        hour = np.minimum(local.dayofyear.to_numpy() - 1, 364) * 24.0 + (
+        hour = np.minimum(local.day_of_year.to_numpy() - 1, 364) * 24.0 + (
             local.hour + local.minute / 60.0).to_numpy()
         # TMY3 rows are labelled at the end of their hour: row k covers hour k..k+1.
         pos = np.clip(hour - 0.5, 0, len(data) - 1)
