@@ -127,6 +127,17 @@ def test_unknown_template_far_from_any_lists_known(tmp_path: Path, tpl_dir: Path
                          "tiny_meter)")
 
 
+def test_built_in_templates_by_default(tmp_path: Path) -> None:
+    text = BASE.replace("template: tiny_bess", "template: generic_bes") \
+               .replace("template: tiny_meter", "template: meter_3ph")
+    f = tmp_path / "site.yaml"
+    f.write_text(text, encoding="utf-8")
+    p = only(check_config(f))
+    assert p.path == "devices[0].template"
+    assert p.message.startswith("unknown template 'generic_bes'; did you mean 'generic_bess'")
+    assert "sunspec_inverter" in p.message  # the known ones are listed
+
+
 def test_template_name_cannot_escape_the_directory(tmp_path: Path, tpl_dir: Path) -> None:
     (tmp_path / "evil.yaml").write_text(TINY_BESS)
     p = only(problems(tmp_path, tpl_dir, edited("template: tiny_bess", "template: ../evil")))

@@ -221,6 +221,15 @@ def test_file_not_found(tmp_path: Path) -> None:
     assert [p.message for p in check_config(missing)] == ["file not found"]
 
 
+def test_schema_errors_in_file_order(tmp_path: Path, tpl_dir: Path) -> None:
+    text = "devices: 5\nconnections: 7\nsite: {name: x}\ngateways: []\n"
+    found = check_config(write(tmp_path, text), template_dir=tpl_dir)
+    assert [(where(p), p.path) for p in found] == [
+        ("site.yaml:1:10", "devices"), ("site.yaml:2:14", "connections"),
+        ("site.yaml:4:11", "gateways")]
+    assert "at least 1 item" in found[2].message
+
+
 def test_schema_errors_all_reported_at_once(tmp_path: Path, tpl_dir: Path) -> None:
     text = (BASE.replace("port: 15020", "port: 0")
                 .replace("nature: meter", "nature: metre")

@@ -131,7 +131,7 @@ def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
     try:
         cfg = parse_model(SiteConfig, src)
     except SourceError as err:
-        raise SourceError([_refine(p, src) for p in err.problems]) from None
+        raise SourceError(sort_problems([_refine(p, src) for p in err.problems])) from None
     problems, templates = run_checks(cfg, src, template_dir)
     simulation, sim_problems = _simulation(cfg, src)
     problems = sort_problems(problems + sim_problems)
