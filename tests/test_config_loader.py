@@ -304,3 +304,22 @@ def test_no_traceback_in_a_real_process(tmp_path: Path, tpl_dir: Path) -> None:
         assert proc.stderr == ""
         assert "Traceback" not in proc.stdout
         assert proc.stdout.startswith(str(path))
+
+
+def test_autogrid_check_command(tmp_path: Path) -> None:
+    """`autogrid check` end to end: the shipped demo is OK, a broken copy is not."""
+    demo = REPO / "site_configs" / "demo.yaml"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(demo.read_text(encoding="utf-8").replace("unit_id: 5", "unit_id: 4"),
+                      encoding="utf-8")
+    code = "import sys; from gateway.cli import main; sys.exit(main(['check', sys.argv[1]]))"
+    ok = subprocess.run([sys.executable, "-c", code, str(demo)], cwd=REPO,
+                        capture_output=True, text=True, timeout=60)
+    assert (ok.returncode, ok.stderr) == (0, "")
+    assert ok.stdout == f"{demo}: OK — 7 devices on 1 connection, 1 gateway\n"
+    bad = subprocess.run([sys.executable, "-c", code, str(broken)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "Traceback" not in bad.stdout + bad.stderr
+    first = bad.stdout.splitlines()[0]
+    assert first.startswith(f"{broken}:") and ": devices[4].unit_id: unit id 4 on connection " \
+        "'lan' is already used by device 'ev_bay1'" in first
