@@ -6,7 +6,7 @@ from drivers.modbus.device import poll_items
 from drivers.modbus.planner import Block, Item, plan_reads, split_block
 from drivers.template import Function, ModbusTemplate
 
-H, I, C, D = Function.HOLDING, Function.INPUT, Function.COIL, Function.DISCRETE
+H, IN, C, D = Function.HOLDING, Function.INPUT, Function.COIL, Function.DISCRETE
 
 
 def items(function: Function, *spans: tuple[int, int]) -> list[Item]:
@@ -41,7 +41,7 @@ def test_declared_constants_are_not_a_gap() -> None:
     blocks = plan_reads(spans, fillers=frozenset({2, 3, 4, 5}))
     assert addresses(blocks) == [("holding", 0, 7)]
     # constants are holding registers: they do not bridge input registers
-    assert len(plan_reads(items(I, (0, 2), (6, 1)), fillers=frozenset({2, 3, 4, 5}))) == 2
+    assert len(plan_reads(items(IN, (0, 2), (6, 1)), fillers=frozenset({2, 3, 4, 5}))) == 2
 
 
 def test_span_over_125_registers_is_split() -> None:
@@ -59,7 +59,7 @@ def test_template_limit_is_respected() -> None:
 
 
 def test_functions_are_never_mixed_and_bits_coalesce_to_2000() -> None:
-    spans = (items(H, (0, 1), (1, 1)) + items(I, (0, 1), (1, 1)) + items(C, (0, 1), (5, 1))
+    spans = (items(H, (0, 1), (1, 1)) + items(IN, (0, 1), (1, 1)) + items(C, (0, 1), (5, 1))
              + items(D, *[(a, 1) for a in range(2500)]))
     blocks = plan_reads(spans, max_gap=8)
     assert addresses(blocks) == [("holding", 0, 2), ("input", 0, 2), ("coil", 0, 6),

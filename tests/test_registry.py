@@ -1,0 +1,166 @@
+"""Driver registry: built-in table, entry points, lazy import, loud failures."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers import registry
+from drivers.base import Driver
+from drivers.template import ModbusTemplate
+from gateway.config.models import Device, ModbusTcp
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry() -> Iterator[None]:
+    registry.reset()
+    yield
+    registry.reset()
+
+
+def fake_entry_points(monkeypatch: pytest.MonkeyPatch, *eps: tuple[str, str]) -> None:
+    """Make importlib.metadata report these (name, "module:Class") driver entry points."""
+    entries = [importlib.metadata.EntryPoint(name=n, value=v, group=registry.ENTRY_POINT_GROUP)
+               for n, v in eps]
+
+    def entry_points(**kw: object) -> list[importlib.metadata.EntryPoint]:
+        assert kw == {"group": registry.ENTRY_POINT_GROUP}
+        return entries
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+
+def plugin_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module: str,
+                  conn_type: str = "acme_bus") -> None:
+    """A plug-in driver module on sys.path, not yet imported."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(f"""
+        from drivers.base import Driver
+
+        class AcmeDriver(Driver):
+            name = "acme"
+            connection_types = ("{conn_type}",)
+
+            def attach(self, device, template, connection):
+                raise NotImplementedError
+
+            async def close(self):
+                pass
+
+        class NotADriver:
+            pass
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+
+
+def test_builtin_modbus_driver_and_connection_types() -> None:
+    cls = registry.get_driver("modbus")
+    assert issubclass(cls, Driver)
+    assert cls.__module__ == "drivers.modbus.driver"
+    for conn_type in ("modbus_tcp", "modbus_rtu_over_tcp", "modbus_serial"):
+        assert registry.driver_for_connection_type(conn_type) == "modbus"
+    assert isinstance(registry.create_driver("modbus"), cls)
+
+
+def test_unknown_driver_names_it_and_lists_the_known_ones() -> None:
+    with pytest.raises(registry.UnknownDriver) as err:
+        registry.get_driver("dnp4")
+    assert str(err.value) == "unknown driver 'dnp4' (known: modbus)"
+    with pytest.raises(registry.UnknownDriver,
+                       match=r"no driver serves connection type 'can_bus' \(known: "
+                             r"modbus_rtu_over_tcp, modbus_serial, modbus_tcp\)"):
+        registry.driver_for_connection_type("can_bus")
+
+
+def test_importing_the_registry_imports_no_driver() -> None:
+    code = textwrap.dedent("""
+        import sys
+        import drivers.registry as r
+        assert "drivers.modbus.driver" not in sys.modules, "imported too early"
+        assert "pymodbus" not in sys.modules, "pymodbus imported too early"
+        assert r.driver_names() == ["modbus"]
+        assert "drivers.modbus.driver" not in sys.modules, "listing names imported it"
+        r.get_driver("modbus")
+        assert "drivers.modbus.driver" in sys.modules
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_entry_point_driver_is_imported_only_when_asked_for(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    plugin_module(monkeypatch, tmp_path, "acme_lazy_plugin")
+    fake_entry_points(monkeypatch, ("acme", "acme_lazy_plugin:AcmeDriver"))
+    assert registry.driver_names() == ["acme", "modbus"]
+    assert "acme_lazy_plugin" not in sys.modules
+    cls = registry.get_driver("acme")
+    assert "acme_lazy_plugin" in sys.modules
+    assert cls.__name__ == "AcmeDriver" and issubclass(cls, Driver)
+    assert registry.driver_for_connection_type("acme_bus") == "acme"
+    assert registry.driver_for_connection_type("modbus_tcp") == "modbus"
+
+
+def test_entry_point_reusing_a_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_entry_points(monkeypatch, ("modbus", "acme_plugin:AcmeDriver"))
+    with pytest.raises(registry.DuplicateDriver,
+                       match=r"driver 'modbus' from an installed package \(acme_plugin:"
+                             r"AcmeDriver\) is already registered \(built in: "
+                             r"drivers.modbus.driver:ModbusDriver\)"):
+        registry.get_driver("modbus")
+
+
+def test_two_entry_points_with_one_name_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_entry_points(monkeypatch, ("acme", "a:AcmeDriver"), ("acme", "b:AcmeDriver"))
+    with pytest.raises(registry.DuplicateDriver, match=r"driver 'acme' .* already registered"):
+        registry.driver_names()
+
+
+def test_the_same_class_declared_again_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_entry_points(monkeypatch, ("modbus", registry.BUILTIN["modbus"]))
+    assert registry.driver_names() == ["modbus"]
+
+
+def test_two_drivers_claiming_one_connection_type_are_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    plugin_module(monkeypatch, tmp_path, "acme_greedy_plugin", conn_type="modbus_tcp")
+    fake_entry_points(monkeypatch, ("acme", "acme_greedy_plugin:AcmeDriver"))
+    with pytest.raises(registry.DuplicateDriver,
+                       match="connection type 'modbus_tcp' is served by both driver 'modbus' "
+                             "and driver 'acme'"):
+        registry.driver_for_connection_type("modbus_tcp")
+
+
+def test_broken_entry_points_fail_with_the_target_named(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    plugin_module(monkeypatch, tmp_path, "acme_broken_plugin")
+    fake_entry_points(monkeypatch, ("gone", "acme_no_such_module:X"),
+                      ("wrong", "acme_broken_plugin:NotADriver"))
+    with pytest.raises(registry.RegistryError,
+                       match=r"driver 'gone' \(acme_no_such_module:X\) cannot be loaded"):
+        registry.get_driver("gone")
+    with pytest.raises(registry.RegistryError, match=r"is not a drivers\.base\.Driver subclass"):
+        registry.get_driver("wrong")
+
+
+async def test_blueprint_driver_runs_through_an_entry_point(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_entry_points(monkeypatch, ("blueprint", "drivers._blueprint:BlueprintDriver"))
+    assert registry.driver_for_connection_type("blueprint_memory") == "blueprint"
+    driver = registry.create_driver("blueprint")
+    tpl = ModbusTemplate(nature="bess", points={
+        "soc_pct": {"address": 0}, "p_set_kw": {"address": 1, "access": "rw"}})
+    dev = Device(id="b1", nature="bess", template="x", connection="mem")  # type: ignore[arg-type]
+    conn = ModbusTcp(id="mem", type="modbus_tcp", host="127.0.0.1")
+    io = driver.attach(dev, tpl, conn)
+    assert await io.write("p_set_kw", 3.5) == 3.5
+    assert await io.read() == {"soc_pct": None, "p_set_kw": 3.5}
+    await driver.close()
