@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from test_modbus_driver_support import (
     serving,
 )
 
-from drivers.base import UnknownPoint
+from drivers.base import DeviceOffline, UnknownPoint
 from drivers.modbus.driver import ModbusDriver
 from drivers.template import ModbusTemplate
 from gateway.config.models import ModbusTcp
@@ -130,8 +131,8 @@ async def test_two_unit_ids_share_one_connection() -> None:
         io2 = drv.attach(config_device("m2", unit=2), METER, srv.tcp("c2"))
         try:
             assert io1.endpoint == io2.endpoint == f"tcp://127.0.0.1:{srv.port}"
-            r1, r2 = await io1.read(), await io2.read()
-            r1, r2 = await io1.read(), await io2.read()
+            for _ in range(5):  # concurrent reads queue on the endpoint's lock
+                r1, r2 = await asyncio.gather(io1.read(), io2.read())
             assert srv.connects == 1
             ep = drv.endpoint(io1.endpoint)
             assert ep is not None and ep.refs == 2 and ep.connected
@@ -141,6 +142,9 @@ async def test_two_unit_ids_share_one_connection() -> None:
             await io2.close()  # the last one leaves: the link closes
             assert not ep.connected
             assert drv.endpoint(io1.endpoint) is None
+            with pytest.raises(DeviceOffline, match="m2: detached"):
+                await io2.read()
+            assert srv.connects == 1
         finally:
             await drv.close()
     assert r1 == {"p_kw": pytest.approx(1.5), "f_hz": pytest.approx(50.0)}

@@ -252,3 +252,14 @@ async def test_close_fails_a_request_in_flight() -> None:
         with pytest.raises(DeviceOffline, match="lost"):
             await reading
         release.set()
+
+
+async def test_reads_after_the_driver_closed_fail_without_reconnecting() -> None:
+    async with serving(device_from(1, tables())) as srv:
+        drv = ModbusDriver()
+        io = drv.attach(config_device(), METER, srv.tcp())
+        assert await io.read() == pytest.approx(VALUES)
+        await drv.close()
+        with pytest.raises(DeviceOffline, match="closed"):
+            await io.read()
+        assert srv.connects == 1

@@ -7,7 +7,14 @@ import math
 from collections.abc import Callable, Sequence
 
 from drivers import codec
-from drivers.base import DeviceIO, DriverError, IOStats, UnknownPoint, WriteError
+from drivers.base import (
+    DeviceIO,
+    DeviceOffline,
+    DriverError,
+    IOStats,
+    UnknownPoint,
+    WriteError,
+)
 from drivers.modbus.decoders import Decoder, compile_decoder, sf_exponent
 from drivers.modbus.endpoint import ILLEGAL_DATA_ADDRESS, Endpoint, ModbusExceptionResponse
 from drivers.modbus.planner import Block, Item, plan_reads, sf_key, split_block
@@ -50,6 +57,7 @@ class ModbusDeviceIO(DeviceIO):
         self.stats = IOStats()
         self._ep = endpoint
         self._on_close = on_close
+        self._attached = True
         names = list(template.points) if points is None else list(points)
         unknown = [n for n in names if n not in template.points]
         if unknown:
@@ -101,6 +109,8 @@ class ModbusDeviceIO(DeviceIO):
 
     async def read(self) -> dict[str, PointValue | None]:
         try:
+            if not self._attached:
+                raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
             results = await self._read_blocks()
         except DriverError as exc:
             self.stats.errors += 1
@@ -138,6 +148,8 @@ class ModbusDeviceIO(DeviceIO):
     async def write(self, point: str, value: PointValue) -> PointValue | None:
         self.stats.writes += 1
         try:
+            if not self._attached:
+                raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
             return await self._write(point, value)
         except DriverError as exc:
             self.stats.errors += 1
@@ -190,6 +202,7 @@ class ModbusDeviceIO(DeviceIO):
 
     async def close(self) -> None:
         """Detach from the endpoint (its connection closes with the last device)."""
+        self._attached = False
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close(self)

@@ -102,6 +102,7 @@ class Endpoint:
         self._delay = conn.reconnect_delay_s
         self._not_before = 0.0
         self._down_reason: str | None = None
+        self._closed = False
 
     @property
     def connected(self) -> bool:
@@ -148,6 +149,8 @@ class Endpoint:
                     count: int) -> ModbusPDU:
         if self._not_before and monotonic() < self._not_before:
             raise self._backoff_error()
+        if self._closed:
+            raise self._closed_error()
         async with self.lock:
             for attempt in range(self.conn.retries + 1):
                 client = self._client or await self._connect(stats)
@@ -200,6 +203,8 @@ class Endpoint:
     # ---- connection -----------------------------------------------------------------
 
     async def _connect(self, stats: IOStats) -> Client:
+        if self._closed:
+            raise self._closed_error()
         if self._not_before and monotonic() < self._not_before:
             raise self._backoff_error()
         client = self._factory(self.conn, self.key)
@@ -209,6 +214,9 @@ class Endpoint:
         except Exception as exc:  # pymodbus handles OSError; anything else is a failure too
             log.debug("connect to %s raised %r", self.key, exc)
             ok = False
+        if self._closed:  # closed while connecting
+            client.close()
+            raise self._closed_error()
         if not ok:
             client.close()
             self._lost(None, "cannot connect")
@@ -264,8 +272,12 @@ class Endpoint:
         return DeviceOffline(f"{self.key}: {self._down_reason or 'link down'}; "
                              f"next reconnect in {wait:.2f} s")
 
+    def _closed_error(self) -> DeviceOffline:
+        return DeviceOffline(f"{self.key}: closed (driver closed or device detached)")
+
     def close(self) -> None:
-        """Close the connection now (any request in flight fails with DeviceOffline)."""
+        """Close for good (any request in flight fails with DeviceOffline)."""
+        self._closed = True
         client, self._client = self._client, None
         if client is None:
             return
