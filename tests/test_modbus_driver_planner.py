@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers.modbus.device import poll_items
+from drivers.modbus.device import poll_items, readable_fillers
 from drivers.modbus.planner import Block, Item, plan_reads, split_block
 from drivers.template import Function, ModbusTemplate
 
@@ -87,3 +87,21 @@ def test_scale_factor_registers_join_the_plan() -> None:
     assert addresses(blocks) == [("holding", 40079, 1), ("holding", 40082, 5)]
     keys = {i.key for b in blocks for i in b.items}
     assert keys == {"p_kw", "f_hz", "v_v", "sf@40084", "sf@40086", "sf@40082"}
+
+
+def test_sunspec_map_is_read_whole_because_every_register_of_it_exists() -> None:
+    points = {
+        "p_kw": {"address": 40084, "type": "int16", "scale_factor": 40085},
+        "e_total_kwh": {"address": 40094, "type": "uint32", "scale_factor": 40096},
+        "state": {"address": 40108, "type": "uint16", "enum": {4: "mppt"}},
+        "dc_p_kw": {"address": 5, "function": "input", "type": "int16"},
+    }
+    plain = ModbusTemplate(nature="pv_inverter", points=points)
+    sunspec = ModbusTemplate(nature="pv_inverter", sunspec=True, points=points)
+    names = list(points)
+    assert readable_fillers(plain, poll_items(plain, names)) == frozenset()
+    fill = readable_fillers(sunspec, poll_items(sunspec, names))
+    assert min(fill) == 40000 and max(fill) == 40108
+    assert addresses(plan_reads(poll_items(sunspec, names), fillers=fill)) == [
+        ("holding", 40084, 25), ("input", 5, 1)]
+    assert len(plan_reads(poll_items(plain, names))) == 4

@@ -40,6 +40,22 @@ def poll_items(template: ModbusTemplate, names: Sequence[str]) -> list[Item]:
     return items
 
 
+def readable_fillers(template: ModbusTemplate, items: Sequence[Item]) -> frozenset[int]:
+    """Undeclared holding registers known to exist, which reads may bridge freely.
+
+    The template's constants, and on a SunSpec device every register from the base to
+    the last one polled: SunSpec models are contiguous and every register of a model is
+    readable (points a device lacks read as their not-implemented value).
+    """
+    out = set(template.constants)
+    if template.sunspec:
+        ends = [i.end for i in items if i.function is Function.HOLDING
+                and i.address >= template.sunspec_base]
+        if ends:
+            out.update(range(template.sunspec_base, max(ends)))
+    return frozenset(out)
+
+
 class ModbusDeviceIO(DeviceIO):
     """Reads every polled point of one device with a precomputed plan; writes with read-back.
 
@@ -65,10 +81,10 @@ class ModbusDeviceIO(DeviceIO):
                                f"(known: {', '.join(template.points)})")
         # write-only registers are often unreadable: they are written, never polled
         self.polled = tuple(n for n in names if template.points[n].access is not Access.W)
-        fillers = frozenset(template.constants)
-        self._blocks = plan_reads(poll_items(template, self.polled),
+        items = poll_items(template, self.polled)
+        self._blocks = plan_reads(items,
                                   max_registers=template.max_registers_per_read,
-                                  max_gap=max_gap, fillers=fillers)
+                                  max_gap=max_gap, fillers=readable_fillers(template, items))
         self._decoders = {n: compile_decoder(template.points[n]) for n in self.polled}
         self._compile()
 
