@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.aio import cancel_and_wait
 from gateway.model import DeviceHealth, Reading
 from gateway.state import SiteState
 
@@ -95,9 +96,7 @@ class ApiServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for t in list(self._clients):
-            t.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
+        await cancel_and_wait(list(self._clients))
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -159,8 +158,7 @@ class ApiServer:
             for u in unsubscribe:
                 u()
             if sub and sub.task:
-                sub.task.cancel()
-                await asyncio.gather(sub.task, return_exceptions=True)
+                await cancel_and_wait([sub.task])
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

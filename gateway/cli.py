@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +91,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from gateway.logsetup import setup_logging
-    from sim_devices.runner import serve_site
+    from sim_devices.control import serve_site
 
     loaded = _load(args.config)
     setup_logging(loaded.config.logging, args.verbose)
-    asyncio.run(serve_site(loaded.config, speed=args.speed,
-                           control_socket=Path(args.control_socket) if args.control_socket
-                           else None))
+    asyncio.run(_until_signal(serve_site(
+        loaded.config, speed=args.speed,
+        control_socket=Path(args.control_socket) if args.control_socket else None)))
     return EXIT_OK
+
+
+async def _until_signal(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends or SIGINT/SIGTERM arrives; then cancel it and let it clean up."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

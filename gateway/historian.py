@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from gateway.aio import cancel_and_wait
 from gateway.config.models import Historian as HistorianConfig
 from gateway.model import Quality, Reading
 
@@ -69,8 +70,7 @@ class Historian:
     async def stop(self) -> None:
         """Flush everything still buffered, then close."""
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
         await self.flush()
         await asyncio.to_thread(self._close)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from drivers.base import DeviceIO, DriverError
+from gateway.aio import cancel_and_wait, cancel_requested
 from gateway.state import SiteState
 
 log = logging.getLogger("autogrid.poller")
@@ -41,14 +42,10 @@ class Poller:
     async def remove(self, device_id: str) -> None:
         job = self.jobs.pop(device_id, None)
         if job and job.task:
-            job.task.cancel()
-            await asyncio.gather(job.task, return_exceptions=True)
+            await cancel_and_wait([job.task])
 
     async def stop(self) -> None:
-        tasks = [j.task for j in self.jobs.values() if j.task]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([j.task for j in self.jobs.values() if j.task])
         self.jobs.clear()
 
     async def poll_once(self, job: PollJob) -> bool:
@@ -89,6 +86,8 @@ class Poller:
         next_due = loop.time()
         while True:
             await self.poll_once(job)
+            if cancel_requested():  # a library swallowed our cancel (3.11 wait_for)
+                raise asyncio.CancelledError
             next_due += job.interval_s
             now = loop.time()
             if next_due < now:  # overran (slow device): skip missed slots, keep the phase
