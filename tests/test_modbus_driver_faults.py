@@ -263,3 +263,32 @@ async def test_reads_after_the_driver_closed_fail_without_reconnecting() -> None
         with pytest.raises(DeviceOffline, match="closed"):
             await io.read()
         assert srv.connects == 1
+
+
+async def test_a_cancel_racing_with_the_answer_is_not_lost() -> None:
+    # Python 3.11's asyncio.wait_for (used inside pymodbus) returns the answer and drops
+    # the cancel when both are ready at once; a poller's stop() would then wait forever.
+    victim: dict[str, asyncio.Task[Any]] = {}
+
+    def trace(sending: bool, data: bytes) -> bytes:
+        if not sending and "task" in victim:
+            victim.pop("task").cancel()  # the cancel lands together with the answer
+        return data
+
+    def factory(conn: ConnectionConfig, name: str) -> Client:
+        client = make_client(conn, name)
+        client.ctx.trace_packet = trace
+        return client
+
+    async with serving(device_from(1, tables())) as srv:
+        drv = ModbusDriver(client_factory=factory)
+        io = drv.attach(config_device(), METER, srv.tcp())
+        try:
+            assert await io.read() == pytest.approx(VALUES)  # connected, plan warmed up
+            task = asyncio.create_task(io.read())
+            victim["task"] = task
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert io.stats.requests == 3  # 2 for the first read, then it stopped
+        finally:
+            await drv.close()

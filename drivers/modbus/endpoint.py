@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import current_task
 from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import Any
@@ -192,6 +193,11 @@ class Endpoint:
                                         f"on {self.key}") from None
                 finally:
                     self._in_flight = False
+                task = current_task()
+                if task is not None and task.cancelling():
+                    # Python 3.11's wait_for (inside pymodbus) returns the answer and drops
+                    # a cancel that raced with it; honour the cancel or the task polls on.
+                    raise asyncio.CancelledError
                 if rsp.isError():
                     code = int(getattr(rsp, "exception_code", 0))
                     name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
