@@ -22,9 +22,10 @@ The vendor's own register name goes in a YAML comment on the address line.
 from __future__ import annotations
 
 import enum
+import importlib
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -149,7 +150,23 @@ class ModbusTemplate(_Strict):
         return [n for n, p in self.points.items() if p.access is not Access.R]
 
 
-Template = ModbusTemplate  # DNP3 and CAN templates join this union when their drivers land
+# Every template model has `protocol` (its discriminator), `nature` and `points`. Other
+# protocols register their template model here by protocol name, as "module:Class", so
+# this module never imports a driver package.
+TEMPLATE_MODELS: dict[str, str] = {
+    "modbus": "drivers.template:ModbusTemplate",
+}
+
+Template = Any  # a ModbusTemplate, or another protocol's model from TEMPLATE_MODELS
+
+
+def template_model(protocol: str) -> type[BaseModel]:
+    target = TEMPLATE_MODELS.get(protocol)
+    if target is None:
+        raise KeyError(protocol)
+    module, _, cls = target.partition(":")
+    model: type[BaseModel] = getattr(importlib.import_module(module), cls)
+    return model
 
 
 def _check_overlaps(tpl: ModbusTemplate, src: Source) -> list[Problem]:
@@ -174,10 +191,22 @@ def load_template_file(path: str | Path) -> Template:
     if not isinstance(src.data, dict):
         raise SourceError([Problem(src.file, src.mark(()), "",
                                    "a template must be a mapping with 'nature' and 'points'")])
-    tpl = parse_model(ModbusTemplate, src)
-    problems = _check_overlaps(tpl, src)
-    if problems:
-        raise SourceError(problems)
+    protocol = src.data.get("protocol", "modbus")
+    try:
+        model = template_model(str(protocol))
+    except KeyError:
+        raise SourceError([src.problem(("protocol",), f"unknown protocol {protocol!r} (known: "
+                                       f"{', '.join(sorted(TEMPLATE_MODELS))})")]) from None
+    tpl = parse_model(model, src)
+    if isinstance(tpl, ModbusTemplate):
+        problems = _check_overlaps(tpl, src)
+        if problems:
+            raise SourceError(problems)
+    check = getattr(tpl, "check_source", None)  # other protocols' cross-field checks
+    if check is not None:
+        problems = check(src)
+        if problems:
+            raise SourceError(problems)
     return tpl
 
 
