@@ -2,8 +2,11 @@
 
 Request  ``{"id": 1, "cmd": "snapshot"}``
 Reply    ``{"id": 1, "ok": true, "result": {...}}`` or ``{"id": 1, "ok": false, "error": "..."}``
-Commands: ping, summary, snapshot, devices, device {device}, stats,
-          subscribe {devices?: [ids], interval_s?: 0.5}, unsubscribe.
+Commands: ping, summary, snapshot, devices, device {device}, stats, commands,
+          subscribe {devices?: [ids], interval_s?: 0.5}, unsubscribe, and whatever other
+          components register with ``ApiServer.register`` (control, analytics, ...).
+Every connection is identified by the peer's Unix credentials (SO_PEERCRED); each command
+needs a role (viewer < operator < engineer) and is refused with the reason otherwise.
 A subscription streams ``{"event": "update", "ts": ..., "changes": {dev: {point: reading}},
 "health": {dev: quality}}`` at most every ``interval_s``, coalescing changes in between,
 so a slow client costs memory bounded by the number of points, never a growing queue.
@@ -13,11 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
+import pwd
+import socket
+import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,53 @@ PROTOCOL_VERSION = 1
 
 class ApiError(Exception):
     """A request that cannot be served; the message goes back to the client."""
+
+
+ROLES = ("viewer", "operator", "engineer")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is on the other end of the socket (from the kernel, not from the client)."""
+
+    uid: int
+    gid: int
+    pid: int
+    user: str
+    role: str = "viewer"
+
+    def may(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+Handler = Callable[[dict[str, Any], Caller], Any]  # may return an awaitable
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Handler
+    role: str
+    help: str
+
+
+def default_role(uid: int, gid: int) -> str:
+    """Until roles are configured: root and the daemon's own user may do anything, others view."""
+    return "engineer" if uid in (0, os.getuid()) else "viewer"
+
+
+def peer_caller(writer: asyncio.StreamWriter,
+                role_of: Callable[[int, int], str] = default_role) -> Caller:
+    sock = writer.get_extra_info("socket")
+    pid, uid, gid = -1, -1, -1
+    if sock is not None and hasattr(socket, "SO_PEERCRED"):
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        user = f"uid {uid}"
+    return Caller(uid, gid, pid, user, role_of(uid, gid))
 
 
 class _Subscription:
@@ -82,6 +137,28 @@ class ApiServer:
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self.started = time.time()
+        self.role_of: Callable[[int, int], str] = default_role
+        self.commands: dict[str, Command] = {}
+        for name, fn, help_ in (
+                ("ping", self._ping, "daemon identity and uptime"),
+                ("summary", lambda r, c: self.state.summary(), "site power flow"),
+                ("snapshot", self._snapshot, "every device with every point"),
+                ("devices", self._devices, "device list with health"),
+                ("device", self._device, "one device: {device}"),
+                ("stats", lambda r, c: self.extra_stats() if self.extra_stats else {},
+                 "communication and historian statistics"),
+                ("commands", self._commands, "the commands you may use")):
+            self.register(name, fn, role="viewer", help=help_)
+
+    def register(self, name: str, handler: Handler, *, role: str = "viewer",
+                 help: str = "") -> None:
+        """Add an API command. ``handler(request, caller)`` returns the result (or an
+        awaitable of it) and raises ApiError to refuse with a reason."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        if name in self.commands or name in ("subscribe", "unsubscribe"):
+            raise ValueError(f"API command {name!r} is already registered")
+        self.commands[name] = Command(name, handler, role, help)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +186,7 @@ class ApiServer:
         self._clients.add(task)
         sub: _Subscription | None = None
         unsubscribe: list[Callable[[], None]] = []
+        caller = peer_caller(writer, self.role_of)
         try:
             while True:
                 try:
@@ -143,7 +221,7 @@ class ApiServer:
                         sub = None
                         result = {"subscribed": []}
                     else:
-                        result = self._handle(cmd, req)
+                        result = await self._dispatch(cmd, req, caller)
                     reply = {"id": req_id, "ok": True, "result": result}
                 except json.JSONDecodeError as exc:
                     reply = {"id": req_id, "ok": False, "error": f"not valid JSON: {exc.msg}"}
@@ -178,33 +256,48 @@ class ApiServer:
         return _Subscription(writer, set(devices) if devices is not None else None,
                              float(interval))
 
-    def _handle(self, cmd: Any, req: dict[str, Any]) -> Any:
-        if cmd == "ping":
-            return {"gateway": self.gateway_id, "version": PROTOCOL_VERSION,
-                    "uptime_s": time.time() - self.started}
-        if cmd == "summary":
-            return self.state.summary()
-        if cmd == "snapshot":
-            snap = self.state.snapshot()
-            snap["gateway"] = self.gateway_id
-            return snap
-        if cmd == "devices":
-            now = time.time()
-            return [{"id": d.device_id, "nature": str(d.nature), "protocol": d.protocol,
-                     "endpoint": d.endpoint, "quality": str(d.device_quality(now)),
-                     "last_ok": d.health.last_ok, "errors": d.health.errors,
-                     "last_error": d.health.last_error}
-                    for d in self.state.devices.values()]
-        if cmd == "device":
-            dev = req.get("device")
-            if dev not in self.state.devices:
-                raise ApiError(f"unknown device {dev!r} (known: "
-                               f"{', '.join(sorted(self.state.devices))})")
-            return self.state.device_snapshot(dev)
-        if cmd == "stats":
-            return self.extra_stats() if self.extra_stats else {}
-        known = "ping, summary, snapshot, devices, device, stats, subscribe, unsubscribe"
-        raise ApiError(f"unknown command {cmd!r} (known: {known})")
+    async def _dispatch(self, cmd: Any, req: dict[str, Any], caller: Caller) -> Any:
+        command = self.commands.get(cmd) if isinstance(cmd, str) else None
+        if command is None:
+            known = ", ".join(sorted([*self.commands, "subscribe", "unsubscribe"]))
+            raise ApiError(f"unknown command {cmd!r} (known: {known})")
+        if not caller.may(command.role):
+            raise ApiError(f"'{cmd}' needs the {command.role} role; {caller.user} is "
+                           f"{caller.role}")
+        result = command.handler(req, caller)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _ping(self, req: dict[str, Any], caller: Caller) -> Any:
+        return {"gateway": self.gateway_id, "version": PROTOCOL_VERSION,
+                "uptime_s": time.time() - self.started, "user": caller.user,
+                "role": caller.role}
+
+    def _snapshot(self, req: dict[str, Any], caller: Caller) -> Any:
+        snap = self.state.snapshot()
+        snap["gateway"] = self.gateway_id
+        return snap
+
+    def _devices(self, req: dict[str, Any], caller: Caller) -> Any:
+        now = time.time()
+        return [{"id": d.device_id, "nature": str(d.nature), "protocol": d.protocol,
+                 "endpoint": d.endpoint, "quality": str(d.device_quality(now)),
+                 "last_ok": d.health.last_ok, "errors": d.health.errors,
+                 "last_error": d.health.last_error}
+                for d in self.state.devices.values()]
+
+    def _device(self, req: dict[str, Any], caller: Caller) -> Any:
+        dev = req.get("device")
+        if dev not in self.state.devices:
+            raise ApiError(f"unknown device {dev!r} (known: "
+                           f"{', '.join(sorted(self.state.devices))})")
+        return self.state.device_snapshot(dev)
+
+    def _commands(self, req: dict[str, Any], caller: Caller) -> Any:
+        return [{"cmd": c.name, "role": c.role, "help": c.help,
+                 "allowed": caller.may(c.role)} for c in sorted(self.commands.values(),
+                                                                 key=lambda c: c.name)]
 
 
 async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:

@@ -208,3 +208,36 @@ async def test_api_rejects_garbage(tmp_path: Path) -> None:
         await w.wait_closed()
     finally:
         await api.stop()
+
+
+async def test_api_registered_command_and_role_refusal(tmp_path: Path) -> None:
+    s = site()
+    sock = tmp_path / "api.sock"
+    api = ApiServer(s, sock, "gw1")
+    calls: list[tuple[dict[str, object], str]] = []
+
+    async def estop(req: dict[str, object], caller: object) -> dict[str, object]:
+        calls.append((req, getattr(caller, "user", "")))
+        return {"mode": "emergency_stop"}
+
+    api.register("estop", estop, role="operator", help="stop everything")
+    with pytest.raises(ValueError, match="already registered"):
+        api.register("estop", estop)
+    await api.start()
+    try:
+        async with ApiClient(sock) as c:  # we are the daemon's own user: engineer
+            assert (await c.request("estop", reason="test"))["mode"] == "emergency_stop"
+            me = await c.request("ping")
+            assert me["role"] == "engineer" and calls[0][1] == me["user"]
+            listed = {x["cmd"]: x for x in await c.request("commands")}
+            assert listed["estop"] == {"cmd": "estop", "role": "operator",
+                                       "help": "stop everything", "allowed": True}
+        api.role_of = lambda uid, gid: "viewer"
+        async with ApiClient(sock) as c:
+            with pytest.raises(ApiRequestError, match="'estop' needs the operator role; .* is "
+                                                      "viewer"):
+                await c.request("estop")
+            assert (await c.request("summary"))["devices"]["good"] == 0  # viewing still works
+        assert len(calls) == 1
+    finally:
+        await api.stop()
