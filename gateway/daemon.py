@@ -14,6 +14,7 @@ from drivers.base import DeviceIO, Driver
 from drivers.registry import driver_for_connection_type, get_driver
 from drivers.template import load_template
 from gateway.api import ApiServer, default_socket_path
+from gateway.components import Component, build_components
 from gateway.config.models import SiteConfig
 from gateway.historian import Historian
 from gateway.poller import Poller
@@ -57,6 +58,7 @@ class Daemon:
         self.historian: Historian | None = None
         self.api: ApiServer | None = None
         self.started = 0.0
+        self.components: list[Component] = []
         self._stop = asyncio.Event()
 
     # -- life cycle --------------------------------------------------------------------
@@ -74,6 +76,9 @@ class Daemon:
             await self.api.start()
             for dev in self.cfg.devices_of(self.gateway_id):
                 self.poller.add(self.ios[dev.id], dev.poll_interval_s)
+            for comp in build_components(self):
+                await comp.start()
+                self.components.append(comp)
         except BaseException:
             await self.shutdown()
             raise
@@ -104,7 +109,13 @@ class Daemon:
         await self._stop.wait()
 
     async def shutdown(self) -> None:
-        """Stop polling, close device links, flush the historian, remove the socket."""
+        """Stop components, polling, device links; flush the historian; remove the socket."""
+        while self.components:
+            comp = self.components.pop()
+            try:
+                await asyncio.wait_for(comp.stop(), 10.0)
+            except Exception as exc:  # keep shutting down the rest
+                log.warning("stopping %s: %s", comp.name, exc)
         await self.poller.stop()
         for driver in self.drivers.values():
             try:

@@ -1,0 +1,44 @@
+"""Optional parts of the daemon (control, metrics, analytics, ...) as pluggable components.
+
+A component is started after the devices, historian and API are up, and stopped, in reverse
+order, before them. It registers its API commands on ``daemon.api`` and listens to
+``daemon.state``. To add one, append a factory to ``FACTORIES`` (one line): a function of the
+daemon that returns a Component, or None when its config section leaves it off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.daemon import Daemon
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+Factory = Callable[["Daemon"], "Component | None"]
+
+# Each entry: "module:function". Imported lazily so a component's dependencies load only
+# when it is used.
+FACTORIES: list[str] = [
+]
+
+
+def build_components(daemon: Daemon) -> list[Component]:
+    import importlib
+
+    out: list[Component] = []
+    for target in FACTORIES:
+        module, _, fn = target.partition(":")
+        factory: Factory = getattr(importlib.import_module(module), fn)
+        comp = factory(daemon)
+        if comp is not None:
+            out.append(comp)
+    return out
