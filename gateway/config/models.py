@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gateway.model import Nature
 
@@ -117,6 +117,28 @@ class Logging(Strict):
     modules: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict)
 
 
+class Metrics(Strict):
+    """Prometheus endpoint (http://host:port/metrics); loopback only unless allow_remote."""
+
+    allow_remote: bool = False  # before host: the host check reads it
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9108
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, host: str, info: ValidationInfo) -> str:
+        import ipaddress
+
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback and not info.data.get("allow_remote"):
+            raise ValueError(f"metrics are served on loopback only (127.0.0.1, ::1); to serve "
+                             f"them on '{host}' set allow_remote: true and firewall the port")
+        return host
+
+
 class SiteConfig(Strict):
     site: Site
     gateways: Annotated[list[Gateway], Field(min_length=1)]
@@ -124,6 +146,7 @@ class SiteConfig(Strict):
     devices: list[Device] = Field(default_factory=list)
     historian: Historian = Field(default_factory=Historian)
     logging: Logging = Field(default_factory=Logging)
+    metrics: Metrics | None = None  # off unless configured
     # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
     simulation: dict[str, Any] | None = None
 
