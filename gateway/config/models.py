@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from gateway.control.scheduler_config import SchedulerSettings, Tariff
 from gateway.model import Nature
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
@@ -147,6 +148,8 @@ class SiteConfig(Strict):
     historian: Historian = Field(default_factory=Historian)
     logging: Logging = Field(default_factory=Logging)
     metrics: Metrics | None = None  # off unless configured
+    tariff: Tariff | None = None  # time-of-use prices (scheduler, controller, simulate)
+    scheduler: SchedulerSettings | None = None  # LP planning; on (defaults) when a tariff is set
     # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
     simulation: dict[str, Any] | None = None
 

@@ -1,0 +1,112 @@
+"""The ``control:`` section (site controller, strategies, protection thresholds, emergency
+behaviour) and the per-device ``control:`` options (load priority, EV defaults, ramps).
+
+Every field is optional with a safe default, so ``control: {}`` switches control on with
+protection and grid limits only doing their job. Models are pydantic, unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Kw = Annotated[float, Field(ge=0)]
+Pct = Annotated[float, Field(ge=0, le=100)]
+Seconds = Annotated[float, Field(ge=0, le=86400)]
+
+PriorityClass = Literal["emergency", "fleet", "public"]
+LoadPriority = Literal["critical", "essential", "deferrable"]
+CLASS_RANK: dict[str, int] = {"emergency": 0, "fleet": 1, "public": 2}
+LOAD_RANK: dict[str, int] = {"critical": 0, "essential": 1, "deferrable": 2}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvDefaults(_Strict):
+    """Session defaults of one charger, until the vehicle or an operator says otherwise."""
+
+    priority: PriorityClass = "public"
+    dwell_h: Annotated[float, Field(gt=0, le=72)] = 8.0  # departure = arrival + dwell
+    energy_kwh: Annotated[float, Field(gt=0)] = 20.0  # wanted, when the car does not say
+    v2g_allowed: bool = True  # the driver's consent (the car must also be able to)
+    departure_soc_pct: Pct = 0.0  # the SOC the driver needs when leaving (V2G never below)
+
+
+class DeviceControl(_Strict):
+    """``devices[].control``: how the controller treats this device."""
+
+    priority: LoadPriority | None = None  # loads: shed deferrable first, critical never
+    ramp_kw_per_s: Annotated[float, Field(gt=0)] | None = None  # setpoint rate limit
+    deadband_kw: Kw = 0.2  # smaller changes are not written (unless the watchdog is due)
+    ev: EvDefaults | None = None  # chargers
+
+
+class Strategies(_Strict):
+    """Switches and parameters; each strategy can be turned off alone."""
+
+    grid_limits: bool = True  # hard; import/export limits from site.grid
+    peak_shaving: bool = True
+    peak_threshold_kw: Kw | None = None  # default: 90 % of the import limit
+    self_consumption: bool = True
+    pv_curtailment: bool = True  # at the export limit
+    reserve_soc_pct: Pct = 20.0  # battery kept for backup (not used for economics)
+    time_of_use: bool = True  # needs the top-level `tariff:` section (prices per kWh)
+    cheap_below_per_kwh: float = 0.15  # import price at or below which the battery charges
+    expensive_above_per_kwh: float = 0.35  # at or above which it discharges to cover load
+    tou_target_soc_pct: Pct = 90.0
+    ev_charging: bool = True
+    ev_pv_surplus: bool = True  # give EVs the PV surplus the battery does not take
+    ev_site_limit_kw: Kw | None = None  # all chargers together
+    v2g: bool = True
+    v2g_min_soc_pct: Pct = 30.0  # never discharge a car below this (or its departure need)
+    v2g_margin_h: Annotated[float, Field(ge=0, le=24)] = 1.0  # time kept to recharge
+    load_shedding: bool = True
+    restore_hysteresis_kw: Kw = 2.0
+    restore_delay_s: Seconds = 10.0
+    plan_tracking: bool = True
+    plan_stale_s: Annotated[float, Field(gt=0)] = 1800.0
+
+
+class Protection(_Strict):
+    """Thresholds (relative to site.grid nominal values) and how long they must hold."""
+
+    enabled: bool = True
+    over_voltage_pct: Annotated[float, Field(gt=0, le=50)] = 10.0
+    under_voltage_pct: Annotated[float, Field(gt=0, le=100)] = 15.0
+    voltage_delay_s: Seconds = 0.0
+    over_frequency_hz: Annotated[float, Field(gt=0, le=10)] = 1.5
+    under_frequency_hz: Annotated[float, Field(gt=0, le=10)] = 2.5
+    frequency_delay_s: Seconds = 0.0
+    over_current_pct: Annotated[float, Field(gt=0, le=500)] = 100.0  # of ratings.i_max_a
+    current_delay_s: Seconds = 1.0
+    cell_temp_max_c: float = 55.0
+    cell_v_max_v: float = 3.65
+    cell_v_min_v: float = 2.5
+    battery_delay_s: Seconds = 0.0
+    stale_after_s: Annotated[float, Field(gt=0)] | None = None  # default: device max age
+    critical: list[str] = Field(default_factory=list)  # device ids (default: grid meter, bess)
+    grid_loss_trip: bool = True  # open the PCC breaker and island on loss of grid
+    reset_after_s: Seconds = 5.0  # a zeroed device is released this long after it is fine
+
+
+class Emergency(_Strict):
+    pcc_breaker: str | None = None  # breaker between the site and the grid
+    estop_open_breakers: list[str] = Field(default_factory=list)  # opened on emergency stop
+    reconnect_delay_s: Seconds = 5.0  # grid back and healthy this long before reconnecting
+    step_delay_s: Seconds = 1.0  # between the steps of reconnection and black start
+    island_shed_essential_soc_pct: Pct = 40.0  # below this, islands keep critical loads only
+
+
+class ControlConfig(_Strict):
+    """The ``control:`` section; absent = no control (the gateway only monitors)."""
+
+    controller: bool = True  # run the site controller here (protection runs regardless)
+    cycle_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    rewrite_s: Annotated[float, Field(gt=0, le=3600)] = 30.0  # when a device has no watchdog
+    state_path: str | None = None  # alarms + audit SQLite (default: next to the historian)
+    strategies: Strategies = Field(default_factory=Strategies)
+    protection: Protection = Field(default_factory=Protection)
+    emergency: Emergency = Field(default_factory=Emergency)
