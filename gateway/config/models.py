@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gateway.control.scheduler_config import SchedulerSettings, Tariff
+from gateway.control.config import ControlConfig, DeviceControl
 from gateway.model import Nature
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
@@ -102,6 +103,7 @@ class Device(Strict):
     points: list[str] | None = None  # poll only these (default: all in the template)
     max_age_s: PositiveS | None = None  # a reading older than this is stale (default 3 polls)
     safe_setpoints: dict[str, float | bool] = Field(default_factory=dict)  # written on stop
+    control: DeviceControl | None = None  # load priority, ramp, EV defaults (site control)
 
 
 class Historian(Strict):
@@ -147,6 +149,7 @@ class SiteConfig(Strict):
     devices: list[Device] = Field(default_factory=list)
     historian: Historian = Field(default_factory=Historian)
     logging: Logging = Field(default_factory=Logging)
+    control: ControlConfig | None = None  # site control and protection; absent = monitor only
     metrics: Metrics | None = None  # off unless configured
     tariff: Tariff | None = None  # time-of-use prices (scheduler, controller, simulate)
     scheduler: SchedulerSettings | None = None  # LP planning; on (defaults) when a tariff is set
