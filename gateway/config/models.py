@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from gateway.control.scheduler_config import SchedulerSettings, Tariff
 from gateway.control.config import ControlConfig, DeviceControl
+from gateway.config.dnp3 import Dnp3Tcp
 from gateway.model import Nature
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
@@ -71,7 +72,8 @@ class ModbusSerial(_Conn):
     bytesize: Literal[7, 8] = 8
 
 
-Connection = Annotated[ModbusTcp | ModbusRtuOverTcp | ModbusSerial, Field(discriminator="type")]
+AnyConnection = ModbusTcp | ModbusRtuOverTcp | ModbusSerial | Dnp3Tcp
+Connection = Annotated[AnyConnection, Field(discriminator="type")]
 
 
 class Ratings(Strict):
@@ -156,7 +158,7 @@ class SiteConfig(Strict):
     # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
     simulation: dict[str, Any] | None = None
 
-    def connection(self, conn_id: str) -> ModbusTcp | ModbusRtuOverTcp | ModbusSerial:
+    def connection(self, conn_id: str) -> AnyConnection:
         for c in self.connections:
             if c.id == conn_id:
                 return c
