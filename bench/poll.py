@@ -104,7 +104,7 @@ async def _baseline(cfg: SiteConfig, seconds: float) -> int:
     async def endpoint(conn_id: str) -> None:
         nonlocal count
         conn = cfg.connection(conn_id)
-        client = AsyncModbusTcpClient(conn.host, port=conn.port, timeout=2.0, retries=0)  # type: ignore[union-attr]
+        client = AsyncModbusTcpClient(conn.host, port=conn.port, timeout=2.0, retries=0)  # type: ignore[union-attr,arg-type]
         await client.connect()
         calls = {"holding": client.read_holding_registers, "input": client.read_input_registers,
                  "coil": client.read_coils, "discrete": client.read_discrete_inputs}
