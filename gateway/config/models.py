@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from gateway.control.scheduler_config import SchedulerSettings, Tariff
 from gateway.control.config import ControlConfig, DeviceControl
+from gateway.control.scheduler_config import SchedulerSettings, Tariff
 from gateway.config.dnp3 import Dnp3Tcp
 from gateway.model import Nature
 
