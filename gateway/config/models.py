@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from gateway.config.dnp3 import Dnp3Tcp
 from gateway.control.config import ControlConfig, DeviceControl
 from gateway.control.scheduler_config import SchedulerSettings, Tariff
-from gateway.config.dnp3 import Dnp3Tcp
 from gateway.model import Nature
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
