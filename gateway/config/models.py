@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from gateway.config.can import CanConnection
 from gateway.config.dnp3 import Dnp3Tcp
 from gateway.control.config import ControlConfig, DeviceControl
 from gateway.control.scheduler_config import SchedulerSettings, Tariff
@@ -72,7 +73,7 @@ class ModbusSerial(_Conn):
     bytesize: Literal[7, 8] = 8
 
 
-AnyConnection = ModbusTcp | ModbusRtuOverTcp | ModbusSerial | Dnp3Tcp
+AnyConnection = ModbusTcp | ModbusRtuOverTcp | ModbusSerial | Dnp3Tcp | CanConnection
 Connection = Annotated[AnyConnection, Field(discriminator="type")]
 
 
