@@ -110,8 +110,9 @@ NATURES: dict[Nature, dict[str, PointSpec]] = {
         _p("cell_v_max_v", "V", "highest cell voltage"),
         _p("cell_temp_min_c", "°C", "coldest cell temperature"),
         _p("cell_temp_max_c", "°C", "hottest cell temperature"),
-        _p("i_charge_max_a", "A", "charge current limit"),
-        _p("i_discharge_max_a", "A", "discharge current limit"),
+        # writable where the BMS takes a lower limit from the gateway (CAN EMS request)
+        _p("i_charge_max_a", "A", "charge current limit", writable=True),
+        _p("i_discharge_max_a", "A", "discharge current limit", writable=True),
         _p("alarms", "", "alarm / protection bit field", Kind.INT),
     ]},
     Nature.EVSE: {p.name: p for p in [
