@@ -15,9 +15,10 @@ from drivers.registry import driver_for_connection_type, get_driver
 from drivers.template import load_template
 from gateway.api import ApiServer, default_socket_path
 from gateway.components import Component, build_components
-from gateway.config.models import SiteConfig
+from gateway.config.models import Device, SiteConfig
 from gateway.historian import Historian
 from gateway.poller import Poller
+from gateway.service.safestop import write_safe_setpoints
 from gateway.state import DeviceState, SiteState
 
 log = logging.getLogger("autogrid.daemon")
@@ -87,20 +88,25 @@ class Daemon:
 
     def _attach_devices(self) -> None:
         for dev in self.cfg.devices_of(self.gateway_id):
-            conn = self.cfg.connection(dev.connection)
-            name = driver_for_connection_type(conn.type)
-            driver = self.drivers.get(name)
-            if driver is None:
-                driver = get_driver(name)()
-                self.drivers[name] = driver
-            tpl = load_template(dev.template)
-            io = driver.attach(dev, tpl, conn)
+            io, dev_state = self.attach_device(dev, self.cfg)
             self.ios[dev.id] = io
-            self.state.add_device(DeviceState(
-                device_id=dev.id, nature=dev.nature,
-                max_age_s=dev.max_age_s or max(3.0 * dev.poll_interval_s, 2.0),
-                protocol=conn.type, endpoint=io.endpoint, role=dev.role,
-                capacity_kwh=dev.ratings.capacity_kwh))
+            self.state.add_device(dev_state)
+
+    def attach_device(self, dev: Device, cfg: SiteConfig) -> tuple[DeviceIO, DeviceState]:
+        """Attach one device to its driver (no I/O yet); a config reload uses it too."""
+        conn = cfg.connection(dev.connection)
+        name = driver_for_connection_type(conn.type)
+        driver = self.drivers.get(name)
+        if driver is None:
+            driver = get_driver(name)()
+            self.drivers[name] = driver
+        tpl = load_template(dev.template)
+        io = driver.attach(dev, tpl, conn)
+        return io, DeviceState(
+            device_id=dev.id, nature=dev.nature,
+            max_age_s=dev.max_age_s or max(3.0 * dev.poll_interval_s, 2.0),
+            protocol=conn.type, endpoint=io.endpoint, role=dev.role,
+            capacity_kwh=dev.ratings.capacity_kwh)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -117,6 +123,7 @@ class Daemon:
             except Exception as exc:  # keep shutting down the rest
                 log.warning("stopping %s: %s", comp.name, exc)
         await self.poller.stop()
+        await write_safe_setpoints(self)  # leave devices as configured, before links close
         for driver in self.drivers.values():
             try:
                 await asyncio.wait_for(driver.close(), 5.0)
