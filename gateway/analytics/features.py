@@ -1,0 +1,130 @@
+"""Forecast features: calendar (site-local, with the country's holidays), lags, clear sky.
+
+Every lag is at least one day old, so a forecast issued at any time for the next 24 h
+sees only the past; longer horizons feed predictions back in (``forecast`` does that).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import holidays
+import numpy as np
+import pandas as pd
+import pvlib
+
+from gateway.analytics.data import local_days
+from gateway.analytics.site import SiteInfo
+
+DAY = 96  # quarter hours per day
+WEEK = 7 * DAY
+PV_DERATE = 0.9 * 0.97  # system losses x inverter efficiency, as the simulator assumes
+
+
+@functools.lru_cache(maxsize=64)
+def _holiday_set(country: str, years: tuple[int, ...]) -> frozenset[object]:
+    try:
+        cal = holidays.country_holidays(country, years=list(years))
+    except NotImplementedError:
+        return frozenset()
+    return frozenset(cal.keys())
+
+
+def calendar(index: pd.DatetimeIndex, info: SiteInfo) -> pd.DataFrame:
+    """Site-local calendar: quarter of day, weekday, day type (workday/sat/sun+holiday)."""
+    local = index.tz_convert(info.timezone)
+    dates = local.date
+    hol_set = _holiday_set(info.country, tuple(sorted(set(local.year.tolist()))))
+    hol = np.fromiter((d in hol_set for d in dates), dtype=bool, count=len(dates))
+    dow = local.dayofweek.to_numpy()
+    daytype = np.where(hol | (dow == 6), 2, np.where(dow == 5, 1, 0))
+    qh = (local.hour * 4 + local.minute // 15).to_numpy()
+    doy = local.dayofyear.to_numpy()
+    out = pd.DataFrame({
+        "qh": qh, "dow": dow, "daytype": daytype, "holiday": hol.astype(float),
+        "hour_sin": np.sin(2 * np.pi * qh / DAY), "hour_cos": np.cos(2 * np.pi * qh / DAY),
+        "doy_sin": np.sin(2 * np.pi * doy / 365.25), "doy_cos": np.cos(2 * np.pi * doy / 365.25),
+    }, index=index)
+    hours = qh // 4
+    for h in range(24):  # one-hot hour x day type: lets the linear model draw the profile
+        for d in range(3):
+            out[f"h{h}_d{d}"] = ((hours == h) & (daytype == d)).astype(float)
+    return out
+
+
+def clear_sky_pv(index: pd.DatetimeIndex, info: SiteInfo) -> np.ndarray:
+    """Clear-sky AC power (kW) of the site's PV arrays at each quarter's midpoint."""
+    if not info.pv:
+        return np.zeros(len(index))
+    mid = index + pd.Timedelta(minutes=7.5)
+    loc = pvlib.location.Location(info.latitude, info.longitude)
+    sp = loc.get_solarposition(mid)
+    cs = loc.get_clearsky(mid, model="haurwitz", solar_position=sp)
+    zen = sp["apparent_zenith"].to_numpy(dtype=float)
+    ghi = np.nan_to_num(cs["ghi"].to_numpy(dtype=float)).clip(min=0.0)
+    parts = pvlib.irradiance.erbs(ghi, zen, mid.dayofyear.to_numpy())
+    total = np.zeros(len(index))
+    for a in info.pv:
+        irr = pvlib.irradiance.get_total_irradiance(
+            a.tilt_deg, a.azimuth_deg, zen, sp["azimuth"].to_numpy(dtype=float),
+            np.nan_to_num(np.asarray(parts["dni"], dtype=float)), ghi,
+            np.nan_to_num(np.asarray(parts["dhi"], dtype=float)), model="isotropic")
+        poa = np.where(zen < 90, np.nan_to_num(np.asarray(irr["poa_global"], dtype=float)), 0.0)
+        total += np.minimum(a.kwp * poa.clip(min=0.0) / 1000.0 * PV_DERATE, a.p_rated_kw)
+    return total
+
+
+def _prev_day(values: pd.Series, local_day: np.ndarray, days_back: int, how: str) -> np.ndarray:
+    """Per row: the daily aggregate (sum/mean) of the local day ``days_back`` before."""
+    g = values.groupby(local_day)
+    total, count = g.sum(), g.count()
+    daily = (total if how == "sum" else total / count.clip(lower=1)).where(count >= 80)
+    keys = local_day - days_back  # a day with < 80 of its ~96 quarters known counts as unknown
+    return daily.reindex(keys).to_numpy(dtype=float)
+
+
+def build(y: pd.Series, target: str, info: SiteInfo, cs: np.ndarray | None = None
+          ) -> pd.DataFrame:
+    """Features for every row of ``y`` (15-minute kW, UTC index); NaN where lags are missing."""
+    idx = pd.DatetimeIndex(y.index)
+    f = calendar(idx, info)
+    local_day = local_days(idx, info.timezone)
+    f["lag_1d"] = y.shift(DAY).to_numpy()
+    f["lag_2d"] = y.shift(2 * DAY).to_numpy()
+    f["lag_7d"] = y.shift(WEEK).to_numpy()
+    f["mean_1d"] = _prev_day(y, local_day, 1, "mean")
+    f["mean_7d"] = _prev_day(y, local_day, 7, "mean")
+    if target == "pv":
+        c = clear_sky_pv(idx, info) if cs is None else cs
+        f["cs"] = c
+        cs_s = pd.Series(c, index=idx)
+        for k in (1, 2):
+            num = _prev_day(y, local_day, k, "sum")
+            den = _prev_day(cs_s, local_day, k, "sum")
+            f[f"kt_{k}d"] = np.clip(num / np.maximum(den, 1e-6), 0.0, 1.5)
+        f["cs_kt"] = c * f["kt_1d"].to_numpy()
+        f["cs_kt2"] = c * 0.5 * (f["kt_1d"].to_numpy() + f["kt_2d"].to_numpy())
+        # The site's own clear-day shape: the best of the last 14 days at each quarter hour
+        # (catches shading, orientation and weather-file quirks a clear-sky model misses).
+        lagged = np.column_stack([y.shift(k * DAY).to_numpy() for k in range(1, 15)])
+        env = np.nanmax(np.where(np.isnan(lagged), -np.inf, lagged), axis=1)
+        env = np.where(np.isfinite(env), env, np.nan)
+        f["env"] = env
+        env_s = pd.Series(env, index=idx)
+        den = _prev_day(env_s.shift(-DAY), local_day, 1, "sum")  # yesterday's own envelope
+        num = _prev_day(y, local_day, 1, "sum")
+        f["env_kt"] = env * np.clip(num / np.maximum(den, 1e-6), 0.0, 1.5)
+    return f
+
+
+def baselines(feats: pd.DataFrame, target: str) -> dict[str, np.ndarray]:
+    """Reference forecasts from the feature table: seasonal naive (+ CS persistence for PV)."""
+    if target == "pv":
+        return {"seasonal_naive_1d": feats["lag_1d"].to_numpy(),
+                "cs_persistence": feats["cs_kt"].to_numpy()}
+    return {"seasonal_naive_7d": feats["lag_7d"].to_numpy(),
+            "seasonal_naive_1d": feats["lag_1d"].to_numpy()}
+
+
+SEASONAL_NAIVE = {"pv": "seasonal_naive_1d", "load": "seasonal_naive_7d",
+                  "wind": "seasonal_naive_1d"}

@@ -1,0 +1,197 @@
+"""Forecaster: the chosen model per target, its bands, and ``predict`` for the scheduler.
+
+``train`` backtests both model kinds on a rolling origin, keeps the better one per target,
+takes its out-of-sample residual quantiles per local hour as the p10/p90 band, and refits
+it on the whole history. ``predict(start, horizon, step)`` returns, per target, a frame of
+p50/p10/p90 in kW; beyond a day ahead the forecast feeds itself as history.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gateway.analytics import backtest, features, models
+from gateway.analytics.data import STEP
+from gateway.analytics.site import SiteInfo
+
+HISTORY_KEEP = pd.Timedelta(days=15)
+INTRADAY_TAU_S = 7200.0  # how fast the latest observed error fades out of a forecast
+FORMAT = 1
+
+
+@dataclass
+class TargetModel:
+    target: str
+    kind: str
+    estimator: Any
+    cols: list[str]
+    resid_q: np.ndarray  # (24, 2): p10, p90 residual per local hour
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    coverage: float = float("nan")
+
+
+@dataclass
+class Forecaster:
+    info: SiteInfo
+    models: dict[str, TargetModel]
+    history: pd.DataFrame  # recent 15-minute targets ({target}_kw), UTC index
+    version: int = 1
+    trained_at: float = 0.0
+    window: tuple[str, str] = ("", "")  # training data start, end (ISO, UTC)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.models)
+
+    def observe(self, frame: pd.DataFrame) -> None:
+        """Add newer observations (same columns); keeps the last 15 days."""
+        h = pd.concat([self.history, frame])
+        h = h[~h.index.duplicated(keep="last")].sort_index()
+        self.history = h[h.index >= h.index[-1] - HISTORY_KEEP]
+
+    def predict(self, start: pd.Timestamp | None = None,
+                horizon: pd.Timedelta = pd.Timedelta(hours=24),
+                step: pd.Timedelta = STEP, targets: list[str] | None = None,
+                intraday: bool = True) -> dict[str, pd.DataFrame]:
+        """Per target: DataFrame(index = UTC step starts, columns p50, p10, p90) in kW.
+
+        start defaults to the quarter after the last observation. With ``intraday`` the
+        error of the last observed hour is carried into the first hours (fading, 2 h).
+        """
+        last = self.history.index[-1]
+        t0 = pd.Timestamp(start).tz_convert("UTC") if start is not None else last + STEP
+        t0 = t0.floor(STEP)
+        end = t0 + pd.Timedelta(horizon)
+        out: dict[str, pd.DataFrame] = {}
+        for tg in targets or self.targets:
+            q = self._predict_quarters(self.models[tg], last, t0, end, intraday)
+            out[tg] = _resample(q, t0, end, pd.Timedelta(step))
+        return out
+
+    def _predict_quarters(self, tm: TargetModel, last: pd.Timestamp, t0: pd.Timestamp,
+                          end: pd.Timestamp, intraday: bool) -> pd.DataFrame:
+        col = f"{tm.target}_kw"
+        hist = self.history[col].astype(float)
+        future = pd.date_range(last + STEP, max(end, last + STEP), freq=STEP, inclusive="left")
+        y = pd.concat([hist, pd.Series(np.nan, index=future)])
+        fitted = np.full(len(y), np.nan)
+        cs = features.clear_sky_pv(pd.DatetimeIndex(y.index), self.info) if (
+            tm.target == "pv") else None
+        todo = np.isnan(y.to_numpy())
+        todo[: len(hist)] = False
+        first = True
+        while todo.any():
+            f = models.complete(features.build(y, tm.target, self.info, cs))
+            p = models.predict(tm.estimator, tm.cols, f, tm.target)
+            if first:
+                fitted = p.copy()
+                first = False
+            now = todo & np.isfinite(p)
+            if not now.any():  # no history to go on: hold the last known day
+                y.iloc[np.flatnonzero(todo)] = 0.0
+                break
+            vals = y.to_numpy().copy()
+            vals[now] = p[now]
+            y = pd.Series(vals, index=y.index)
+            todo &= ~now
+        p50 = y.copy()
+        if intraday and len(hist):
+            recent = slice(max(0, len(hist) - 4), len(hist))
+            err = hist.to_numpy()[recent] - fitted[recent]
+            e0 = float(np.nanmean(err)) if np.isfinite(err).any() else 0.0
+            dt = (y.index - last).total_seconds().to_numpy()
+            boost = np.where(dt > 0, e0 * np.exp(-dt / INTRADAY_TAU_S), 0.0)
+            if tm.target == "pv" and cs is not None:
+                boost = np.where(cs > 0, boost, 0.0)
+            p50 = p50 + boost
+        sel = (y.index >= t0) & (y.index < end)
+        idx = pd.DatetimeIndex(y.index[sel])
+        mid = p50.to_numpy()[sel].clip(min=0.0)
+        hours = idx.tz_convert(self.info.timezone).hour.to_numpy()
+        lo = (mid + tm.resid_q[hours, 0]).clip(min=0.0)
+        hi = (mid + tm.resid_q[hours, 1]).clip(min=0.0)
+        if tm.target == "pv":
+            cap = sum(a.p_rated_kw for a in self.info.pv)
+            night = (cs if cs is not None else np.ones(len(y)))[sel] <= 0
+            mid, lo, hi = (np.where(night, 0.0, np.minimum(v, cap)) for v in (mid, lo, hi))
+        return pd.DataFrame({"p50": mid, "p10": np.minimum(lo, mid), "p90": np.maximum(hi, mid)},
+                            index=idx)
+
+    # -- persistence -------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {"version": self.version, "trained_at": self.trained_at,
+                "window": list(self.window), "format": FORMAT,
+                "models": {t: {"kind": models.KIND_NAMES[m.kind], "coverage_p10_p90":
+                               m.coverage, "metrics": m.metrics} for t, m in self.models.items()}}
+
+    def save(self, directory: Path) -> Path:
+        """Write forecast-v{version}.pkl (atomically) and return its path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"forecast-v{self.version}.pkl"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump({"format": FORMAT, "forecaster": self}, fh)
+        tmp.replace(path)
+        return path
+
+    @staticmethod
+    def load_latest(directory: Path) -> Forecaster | None:
+        """The highest saved version in ``directory`` that loads, or None."""
+        found = sorted(directory.glob("forecast-v*.pkl"),
+                       key=lambda p: int(p.stem.split("-v")[-1]), reverse=True)
+        for path in found:
+            try:
+                with open(path, "rb") as fh:
+                    blob = pickle.load(fh)  # our own files, written by save()
+                if blob.get("format") == FORMAT:
+                    fc: Forecaster = blob["forecaster"]
+                    return fc
+            except (OSError, pickle.UnpicklingError, EOFError, AttributeError, KeyError):
+                continue
+        return None
+
+
+def _resample(q: pd.DataFrame, t0: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta
+              ) -> pd.DataFrame:
+    if step == STEP:
+        return q
+    if step > STEP:
+        return q.resample(step, origin=t0).mean()
+    fine = pd.date_range(t0, end, freq=step, inclusive="left")
+    return q.reindex(q.index.union(fine)).interpolate(method="time").ffill().reindex(fine)
+
+
+def train(frame: pd.DataFrame, info: SiteInfo, version: int = 1, n_trees: int = 100,
+          n_jobs: int = 1, backtest_days: int = 14, retrain_days: int = 7,
+          tick: Callable[[], None] | None = None,
+          results: dict[str, backtest.BacktestResult] | None = None) -> Forecaster:
+    """Backtest both kinds per target, keep the better, refit it on all of ``frame``."""
+    targets = [t for t in info.targets if f"{t}_kw" in frame]
+    if not targets or len(frame) < 96 * (backtest_days + 3):
+        raise ValueError(f"training needs {backtest_days + 3} days of 15-minute history, "
+                         f"found {len(frame) / 96:.1f} days")
+    out: dict[str, TargetModel] = {}
+    for tg in targets:
+        res = backtest.rolling_origin(frame, info, tg, backtest_days, retrain_days,
+                                      n_trees=n_trees, n_jobs=n_jobs, tick=tick)
+        if results is not None:
+            results[tg] = res
+        y = frame[f"{tg}_kw"].astype(float)
+        feats = models.complete(features.build(y, tg, info))
+        est, cols = models.fit(res.best, tg, feats, y, n_trees, n_jobs)
+        if tick:
+            tick()
+        out[tg] = TargetModel(tg, res.best, est, cols, res.resid_q,
+                              res.metrics.to_dict(orient="index"), res.coverage)
+    idx = pd.DatetimeIndex(frame.index)
+    hist = frame[[f"{t}_kw" for t in targets]]
+    return Forecaster(info, out, hist[hist.index >= idx[-1] - HISTORY_KEEP], version,
+                      time.time(), (idx[0].isoformat(), (idx[-1] + STEP).isoformat()))
