@@ -103,7 +103,7 @@ def historian_targets(db_path: Path, info: SiteInfo, since_s: float | None = Non
     sql = ("SELECT p.device, s.ts, s.value FROM samples s JOIN points p ON p.id = s.point_id "
            f"WHERE p.point = 'p_kw' AND s.quality = 0 AND p.device IN "
            f"({','.join('?' * len(devs))})")
-    args: list[object] = list(devs)
+    args: list[str | float] = list(devs)
     if since_s is not None:
         sql += " AND s.ts >= ?"
         args.append(since_s)

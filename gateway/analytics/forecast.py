@@ -25,6 +25,7 @@ from gateway.analytics.site import SiteInfo
 HISTORY_KEEP = pd.Timedelta(days=15)
 INTRADAY_TAU_S = 7200.0  # how fast the latest observed error fades out of a forecast
 FORMAT = 1
+DAY_AHEAD = pd.Timedelta(hours=24)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Forecaster:
         self.history = h[h.index >= h.index[-1] - HISTORY_KEEP]
 
     def predict(self, start: pd.Timestamp | None = None,
-                horizon: pd.Timedelta = pd.Timedelta(hours=24),
+                horizon: pd.Timedelta = DAY_AHEAD,
                 step: pd.Timedelta = STEP, targets: list[str] | None = None,
                 intraday: bool = True) -> dict[str, pd.DataFrame]:
         """Per target: DataFrame(index = UTC step starts, columns p50, p10, p90) in kW.
@@ -107,7 +108,7 @@ class Forecaster:
             recent = slice(max(0, len(hist) - 4), len(hist))
             err = hist.to_numpy()[recent] - fitted[recent]
             e0 = float(np.nanmean(err)) if np.isfinite(err).any() else 0.0
-            dt = (y.index - last).total_seconds().to_numpy()
+            dt = (pd.DatetimeIndex(y.index) - last).total_seconds().to_numpy()
             boost = np.where(dt > 0, e0 * np.exp(-dt / INTRADAY_TAU_S), 0.0)
             if tm.target == "pv" and cs is not None:
                 boost = np.where(cs > 0, boost, 0.0)
@@ -190,7 +191,9 @@ def train(frame: pd.DataFrame, info: SiteInfo, version: int = 1, n_trees: int = 
         if tick:
             tick()
         out[tg] = TargetModel(tg, res.best, est, cols, res.resid_q,
-                              res.metrics.to_dict(orient="index"), res.coverage)
+                              {str(k): {str(c): float(v) for c, v in row.items()}
+                               for k, row in res.metrics.to_dict(orient="index").items()},
+                              res.coverage)
     idx = pd.DatetimeIndex(frame.index)
     hist = frame[[f"{t}_kw" for t in targets]]
     return Forecaster(info, out, hist[hist.index >= idx[-1] - HISTORY_KEEP], version,

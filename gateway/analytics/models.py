@@ -26,7 +26,7 @@ def columns(kind: str, target: str, feats: pd.DataFrame) -> list[str]:
     if target == "pv":
         return _LR_PV
     onehot = [c for c in feats.columns if c.startswith("h") and "_d" in c]
-    return onehot + ["lag_1d", "lag_7d", "mean_1d", "mean_7d", "holiday"]
+    return [*onehot, "lag_1d", "lag_7d", "mean_1d", "mean_7d", "holiday"]
 
 
 def complete(feats: pd.DataFrame) -> pd.DataFrame:
