@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", action="append", help="only this device (repeatable)")
     e.add_argument("--wide", action="store_true", help="one column per device.point")
     e.add_argument("-o", "--output", help="CSV file (default: standard output)")
+
+    from gateway.service.install import add_commands as add_install_commands
+
+    add_install_commands(sub)
     return p
 
 
@@ -79,14 +83,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.daemon import Daemon
-    from gateway.logsetup import setup_logging
+    from gateway.service.runner import serve  # sd_notify, watchdog, SIGHUP reload, safe stop
 
-    loaded = _load(args.config)
-    setup_logging(loaded.config.logging, args.verbose)
-    daemon = Daemon(loaded.config, args.gateway, Path(args.socket) if args.socket else None)
-    asyncio.run(daemon.run())
-    return EXIT_OK
+    return serve(args.config, args.gateway, Path(args.socket) if args.socket else None,
+                 args.verbose)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from gateway.service.install import cmd_install as run_install
+
+    return run_install(args)
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from gateway.service.install import cmd_uninstall as run_uninstall
+
+    return run_uninstall(args)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -183,6 +195,7 @@ class UsageError(Exception):
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "sim": cmd_sim, "demo": cmd_demo, "check": cmd_check,
     "status": cmd_status, "export": cmd_export,
+    "install": cmd_install, "uninstall": cmd_uninstall,
 }
 
 
