@@ -15,6 +15,7 @@ from gateway.model import NATURES, DeviceHealth, Nature, PointValue, Quality, Re
 
 ChangeListener = Callable[[str, dict[str, Reading]], None]
 HealthListener = Callable[[str, DeviceHealth], None]
+PollListener = Callable[[str, bool, float | None], None]  # device, ok, latency_ms
 
 
 @dataclass
@@ -61,6 +62,7 @@ class SiteState:
         self.devices: dict[str, DeviceState] = {}
         self._listeners: list[ChangeListener] = []
         self._health_listeners: list[HealthListener] = []
+        self._poll_listeners: list[PollListener] = []
 
     def add_device(self, dev: DeviceState) -> None:
         self.devices[dev.device_id] = dev
@@ -77,6 +79,12 @@ class SiteState:
         self._health_listeners.append(listener)
         return lambda: (self._health_listeners.remove(listener)
                         if listener in self._health_listeners else None)
+
+    def on_poll(self, listener: PollListener) -> Callable[[], None]:
+        """Call ``listener(device_id, ok, latency_ms)`` after every poll (metrics)."""
+        self._poll_listeners.append(listener)
+        return lambda: (self._poll_listeners.remove(listener)
+                        if listener in self._poll_listeners else None)
 
     def update(self, device_id: str, values: dict[str, PointValue | None], ts: float,
                latency_ms: float | None = None) -> dict[str, Reading]:
@@ -100,6 +108,8 @@ class SiteState:
         h.last_ok = ts
         h.quality = Quality.GOOD
         h.latency_ms = latency_ms
+        for poll_listener in list(self._poll_listeners):
+            poll_listener(device_id, True, latency_ms)
         if was is not Quality.GOOD:
             for point, r in dev.readings.items():
                 if r.quality is not Quality.GOOD:
@@ -122,6 +132,8 @@ class SiteState:
         h.errors += 1
         h.consecutive_errors += 1
         h.last_error = error
+        for poll_listener in list(self._poll_listeners):
+            poll_listener(device_id, False, None)
         first = h.quality is not Quality.OFFLINE or h.consecutive_errors == 1
         if h.quality is not Quality.OFFLINE:
             h.quality = Quality.OFFLINE
