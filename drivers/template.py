@@ -155,6 +155,7 @@ class ModbusTemplate(_Strict):
 # this module never imports a driver package.
 TEMPLATE_MODELS: dict[str, str] = {
     "modbus": "drivers.template:ModbusTemplate",
+    "dnp3": "drivers.dnp3.template:Dnp3Template",
 }
 
 Template = Any  # a ModbusTemplate, or another protocol's model from TEMPLATE_MODELS

@@ -1,0 +1,70 @@
+"""The DNP3 driver: dnp3_tcp connections, one shared link per outstation association."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from drivers.base import Driver, DriverError
+from drivers.dnp3.device import Dnp3DeviceIO
+from drivers.dnp3.link import Dnp3Link, link_key
+from drivers.dnp3.template import Dnp3Template
+from gateway.config.dnp3 import Dnp3Tcp
+from gateway.config.models import Device
+
+
+class Dnp3Driver(Driver):
+    """Attach devices; every device on one association (host, port, master and outstation
+    address) shares one link, one lock and one set of polls; the link closes when the
+    last device detaches."""
+
+    name: ClassVar[str] = "dnp3"
+    connection_types: ClassVar[tuple[str, ...]] = ("dnp3_tcp",)
+
+    def __init__(self) -> None:
+        self._links: dict[str, Dnp3Link] = {}
+        self._devices: dict[int, Dnp3DeviceIO] = {}
+        self._closing: list[Dnp3Link] = []
+
+    def attach(self, device: Any, template: Any, connection: Any) -> Dnp3DeviceIO:
+        """Bind ``device`` (config Device) to ``template`` over ``connection``; no I/O yet."""
+        if not isinstance(device, Device):
+            raise TypeError(f"expected a gateway.config.models.Device, got {type(device)}")
+        if not isinstance(template, Dnp3Template):
+            raise DriverError(f"{device.id}: template is not a DNP3 template")
+        if not isinstance(connection, Dnp3Tcp):
+            raise DriverError(f"{device.id}: the dnp3 driver cannot use connection "
+                              f"'{getattr(connection, 'id', connection)}' of type "
+                              f"'{getattr(connection, 'type', type(connection).__name__)}' "
+                              f"(it serves {', '.join(self.connection_types)})")
+        key = link_key(connection)
+        link = self._links.get(key)
+        if link is None:
+            link = Dnp3Link(connection)
+        io = Dnp3DeviceIO(device.id, template, link, device.points, self._detach)
+        self._links[key] = link
+        link.refs += 1
+        self._devices[id(io)] = io
+        return io
+
+    @property
+    def links(self) -> dict[str, Dnp3Link]:
+        return dict(self._links)
+
+    def _detach(self, io: Dnp3DeviceIO) -> None:
+        if self._devices.pop(id(io), None) is None:
+            return
+        link = self._links.get(io.endpoint)
+        if link is None:
+            return
+        link.refs -= 1
+        if link.refs <= 0:
+            del self._links[io.endpoint]
+            self._closing.append(link)
+
+    async def close(self) -> None:
+        links = list(self._links.values()) + self._closing
+        self._links.clear()
+        self._closing.clear()
+        self._devices.clear()
+        for link in links:
+            await link.close()
