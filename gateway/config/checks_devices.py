@@ -24,6 +24,7 @@ CONNECTION_PROTOCOL = {
     "modbus_tcp": "modbus",
     "modbus_rtu_over_tcp": "modbus",
     "modbus_serial": "modbus",
+    "dnp3_tcp": "dnp3",
 }
 
 # Ratings that only make sense for some natures (catches copy-paste between devices).
@@ -179,8 +180,8 @@ def check_devices(cfg: SiteConfig, src: Source, templates: TemplateSet) -> list[
             out.append(src.problem(("devices", i, "max_age_s"),
                                    f"must be at least poll_interval_s ({dev.poll_interval_s:g} "
                                    f"s), or every reading is stale (found {dev.max_age_s:g} s)"))
-        if conn is None or not dev.enabled:
-            continue
+        if conn is None or not dev.enabled or conn.type == "dnp3_tcp":
+            continue  # DNP3 devices on one connection share its outstation: no unit ids
         written = ("devices", i, "unit_id") in src.values
         unit_txt = f"unit id {dev.unit_id}" + ("" if written else " (the default)")
         if dev.unit_id == 0 and isinstance(conn, ModbusSerial | ModbusRtuOverTcp):
