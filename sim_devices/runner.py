@@ -17,6 +17,7 @@ from drivers.template import ModbusTemplate, load_template
 from gateway.config.models import ModbusRtuOverTcp, ModbusTcp, SiteConfig
 from gateway.model import PointValue
 from sim_devices.clock import ManualClock
+from sim_devices.dnp3_server import attach_dnp3
 from sim_devices.faults import ENDPOINT_KINDS, Fault, FaultKind, make_fault
 from sim_devices.modbus_server import HOST, SERVED_TYPES, EndpointServer
 from sim_devices.registers import DeviceImage, Generation
@@ -89,6 +90,7 @@ class SimRunner:
             conn = cfg.connection(conn_id)
             assert isinstance(conn, ModbusTcp | ModbusRtuOverTcp)
             self.endpoints[conn_id] = EndpointServer(conn, images, overrides.get(conn_id), host)
+        attach_dnp3(self, overrides, host, templates)  # DNP3 outstations, same physics
         for dev_id, why in self.skipped.items():
             log.info("not serving %s: %s", dev_id, why)
 
