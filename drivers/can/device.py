@@ -1,0 +1,321 @@
+"""One CAN device: latest periodic frames decoded into points; command frames written.
+
+Frames are stored as they arrive (bytes and receive time, nothing decoded); ``read()``
+decodes the latest payload of each message with compiled decoders. Staleness is per
+device: if any message the polled points need is older than the connection's
+``frame_timeout_s``, ``read()`` raises DeviceTimeout naming the silent frames, so the
+device goes offline (a BMS whose limits frame stopped is not to be trusted with the rest
+either). A frame shorter than its DBC length is malformed: counted, logged once, ignored
+(the last good payload ages out instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cantools.database.can import Message, Signal
+
+from drivers.base import DeviceIO, DeviceTimeout, IOStats, UnknownPoint, WriteError
+from drivers.can.dbc import compile_flags, compile_signal, decimals, resolution, signal_of
+from drivers.can.link import CanLink, frame_key
+from drivers.can.template import CanPoint, CanTemplate
+from gateway.model import NATURES, Kind, PointValue
+
+log = logging.getLogger("drivers.can")
+
+PointDecoder = Callable[[bytes], PointValue | None]
+
+
+@dataclass
+class Slot:
+    """The latest payload of one periodic message of one device."""
+
+    message: Message
+    arbitration_id: int
+    data: bytes | None = None
+    ts: float = 0.0
+    malformed: int = 0
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_frame(self, data: bytes, ts: float) -> None:
+        if len(data) < self.message.length:
+            self.malformed += 1
+            if self.malformed == 1:
+                log.warning("%s (0x%X): %d-byte frame, the DBC says %d; ignored (counted "
+                            "from now on)", self.message.name, self.arbitration_id, len(data),
+                            self.message.length)
+            return
+        self.data = data
+        self.ts = ts
+        self.event.set()
+        self.event = asyncio.Event()
+
+
+def point_decoder(msg: Message, pt: CanPoint, kind: Kind) -> PointDecoder:
+    """payload -> engineering value of one point (scale, invert, enum, kind applied)."""
+    if pt.flags is not None:
+        sigs = [signal_of(msg, n) for n in pt.flags]
+        return compile_flags(msg, [s for s in sigs if s is not None])
+    assert pt.signal is not None
+    sig = signal_of(msg, pt.signal)
+    assert sig is not None
+    dec = compile_signal(msg, sig)
+    scale = pt.scale
+    if kind is Kind.BOOL:
+        inv = pt.invert
+        return lambda d: (dec(d) != 0) != inv
+    if kind is Kind.INT:
+        return lambda d: round(dec(d) * scale)
+    if kind is Kind.STR:
+        table = pt.enum or {int(k): str(v) for k, v in (sig.choices or {}).items()}
+        return lambda d: table.get(int(dec(d)))
+    if scale == 1.0:
+        return dec
+    places = decimals(float(sig.scale) * scale, float(sig.offset) * scale)
+    return lambda d: round(dec(d) * scale, places)
+
+
+class CanDeviceIO(DeviceIO):
+    """Points of one device from the frames it sends; setpoints as command frames."""
+
+    def __init__(self, device_id: str, unit: int, template: CanTemplate, link: CanLink,
+                 points: Sequence[str] | None = None,
+                 on_close: Callable[[CanDeviceIO], bool] | None = None) -> None:
+        self.device_id = device_id
+        self.unit = unit
+        self.template = template
+        self.link = link
+        self.endpoint = link.key
+        self.stats = IOStats()
+        self.frame_timeout_s = link.conn.frame_timeout_s
+        self._on_close = on_close
+        self._offset = template.id_stride * max(unit - 1, 0)
+        names = list(template.points) if points is None else list(points)
+        unknown = [n for n in names if n not in template.points]
+        if unknown:
+            raise UnknownPoint(f"{device_id}: points {unknown} are not in the template "
+                               f"(known: {', '.join(template.points)})")
+        specs = NATURES[template.nature]
+        self.slots: dict[str, Slot] = {}
+        self._decoders: list[tuple[str, Slot, PointDecoder]] = []
+        for name in names:
+            pt = template.points[name]
+            if pt.message is None:
+                continue  # write-only
+            slot = self._slot(pt.message)
+            self._decoders.append((name, slot, point_decoder(slot.message, pt,
+                                                             specs[name].kind)))
+        self.polled = tuple(n for n, _, _ in self._decoders)
+        self._handlers = [(self._key(s), s.on_frame) for s in self.slots.values()]
+        for key, handler in self._handlers:
+            link.subscribe(key, handler)
+        self._sent: dict[tuple[str, str], float] = {}  # (message, signal) -> last sent value
+
+    def _slot(self, message: str) -> Slot:
+        slot = self.slots.get(message)
+        if slot is None:
+            msg = self.template.message(message)
+            slot = Slot(msg, msg.frame_id + self._offset)
+            self.slots[message] = slot
+        return slot
+
+    def _key(self, slot: Slot) -> int:
+        return frame_key(slot.arbitration_id, slot.message.is_extended_frame)
+
+    # ---- read -----------------------------------------------------------------------
+
+    async def read(self) -> dict[str, PointValue | None]:
+        self.stats.requests += 1
+        try:
+            await self.link.ensure_open()
+            await self._first_frames()
+            self._check_fresh()
+        except Exception as exc:
+            self.stats.errors += 1
+            self.stats.last_error = str(exc)
+            raise
+        return {name: dec(slot.data) for name, slot, dec in self._decoders
+                if slot.data is not None}
+
+    async def _first_frames(self) -> None:
+        """Right after the bus opens, wait (up to the frame timeout) for frames never seen."""
+        opened = self.link.opened_at or time.monotonic()
+        for slot in self.slots.values():
+            if slot.data is not None and slot.ts >= opened:
+                continue
+            left = opened + self.frame_timeout_s - time.monotonic()
+            if left <= 0:
+                continue
+            try:
+                async with asyncio.timeout(left):
+                    while slot.data is None or slot.ts < opened:
+                        await slot.event.wait()
+            except TimeoutError:
+                pass
+
+    def _check_fresh(self) -> None:
+        now = time.monotonic()
+        silent = []
+        for slot in self.slots.values():
+            if slot.data is None:
+                silent.append(f"{slot.message.name} (0x{slot.arbitration_id:X}) never seen")
+            elif now - slot.ts > self.frame_timeout_s:
+                silent.append(f"{slot.message.name} (0x{slot.arbitration_id:X}) "
+                              f"{now - slot.ts:.1f} s old")
+        if silent:
+            self.stats.timeouts += 1
+            raise DeviceTimeout(f"{self.device_id}: no fresh frame within "
+                                f"{self.frame_timeout_s:g} s: {'; '.join(silent)}")
+
+    @property
+    def malformed(self) -> int:
+        return sum(s.malformed for s in self.slots.values())
+
+    # ---- write ----------------------------------------------------------------------
+
+    async def write(self, point: str, value: PointValue) -> PointValue | None:
+        self.stats.writes += 1
+        try:
+            return await self._write(point, value)
+        except Exception as exc:
+            self.stats.errors += 1
+            self.stats.last_error = str(exc)
+            raise
+
+    def _command_point(self, point: str) -> CanPoint:
+        pt = self.template.points.get(point)
+        writable = ", ".join(self.template.writable) or "none"
+        if pt is None:
+            raise UnknownPoint(f"{self.device_id}: '{point}' is not in the template "
+                               f"(writable: {writable})")
+        if pt.command is None:
+            raise UnknownPoint(f"{self.device_id}: '{point}' is read-only "
+                               f"(writable: {writable})")
+        return pt
+
+    def _physical(self, point: str, pt: CanPoint, sig: Signal, value: PointValue) -> float:
+        assert pt.command is not None
+        if isinstance(value, bool):
+            return float(value != pt.invert)
+        if isinstance(value, str) or not math.isfinite(float(value)):
+            raise WriteError(f"{self.device_id}: '{point}' needs a number, found {value!r}")
+        phys = float(value) / pt.command.scale
+        lo, hi = sig.minimum, sig.maximum
+        if (lo is not None and phys < lo - 1e-9) or (hi is not None and phys > hi + 1e-9):
+            unit = f" {sig.unit}" if sig.unit else ""
+            raise WriteError(f"{self.device_id}: {value!r} for '{point}' is outside what "
+                             f"{pt.command.message}.{sig.name} carries ({lo:g}..{hi:g}{unit})")
+        return phys
+
+    def _frame_values(self, msg: Message, point: str, phys: float) -> dict[str, float]:
+        """Every signal of a command frame: the new value, and for the others what the
+        device reports now (their read-back), else what we sent last, else the DBC's
+        initial value."""
+        pt = self.template.points[point]
+        assert pt.command is not None
+        current: dict[str, float] = {}
+        for name, other in self.template.points.items():
+            cmd = other.command
+            if cmd is None or cmd.message != msg.name or name == point:
+                continue
+            slot = self.slots.get(other.message) if other.message else None
+            if slot is not None and slot.data is not None and other.signal is not None:
+                sig = signal_of(slot.message, other.signal)
+                if sig is not None:
+                    reported = compile_signal(slot.message, sig)(slot.data)
+                    if NATURES[self.template.nature][name].kind is Kind.BOOL:
+                        reported = float((reported != 0) != other.invert)
+                    else:
+                        reported = reported * other.scale / cmd.scale
+                    current[cmd.signal] = reported
+        out: dict[str, float] = {}
+        for sig in msg.signals:
+            if sig.name == pt.command.signal:
+                out[sig.name] = phys
+            elif sig.name in current:
+                out[sig.name] = current[sig.name]
+            elif (msg.name, sig.name) in self._sent:
+                out[sig.name] = self._sent[(msg.name, sig.name)]
+            else:
+                out[sig.name] = _initial(sig)
+        return out
+
+    async def _write(self, point: str, value: PointValue) -> PointValue | None:
+        pt = self._command_point(point)
+        assert pt.command is not None
+        msg = self.template.message(pt.command.message)
+        sig = signal_of(msg, pt.command.signal)
+        assert sig is not None
+        phys = self._physical(point, pt, sig, value)
+        values = self._frame_values(msg, point, phys)
+        try:
+            data = msg.encode(values, scaling=True, strict=True)
+        except Exception as exc:  # cantools EncodeError: a value out of its signal's range
+            raise WriteError(f"{self.device_id}: cannot encode {msg.name} for '{point}' = "
+                             f"{value!r}: {exc}") from None
+        sent_phys = compile_signal(msg, sig)(data)
+        for name, v in values.items():
+            self._sent[(msg.name, name)] = v
+        self._sent[(msg.name, sig.name)] = sent_phys
+        sent_at = time.monotonic()
+        await self.link.send(msg.frame_id + self._offset, data, msg.is_extended_frame)
+        if pt.message is None or pt.verify == "none":
+            return None
+        expected = float(value) if isinstance(value, bool) else sent_phys * pt.command.scale
+        return await self._verify(point, pt, expected, sent_at, sig)
+
+    async def _verify(self, point: str, pt: CanPoint, expected: float, sent_at: float,
+                      sig: Signal) -> PointValue | None:
+        """Wait for frames sent after the command until one shows it applied."""
+        assert pt.message is not None
+        slot = self.slots.get(pt.message) or self._slot(pt.message)
+        dec = next((d for n, _, d in self._decoders if n == point), None)
+        if dec is None:  # not polled on this device: decode on the fly
+            dec = point_decoder(slot.message, pt, NATURES[self.template.nature][point].kind)
+        tol = resolution(sig) * abs(pt.command.scale if pt.command else 1.0) / 2 + 1e-9
+        got: PointValue | None = None
+        try:
+            async with asyncio.timeout(self.frame_timeout_s):
+                while True:
+                    if slot.data is not None and slot.ts > sent_at:
+                        got = dec(slot.data)
+                        if _applied(got, expected, pt.verify, tol):
+                            return got
+                    await slot.event.wait()
+        except TimeoutError:
+            pass
+        if got is None:
+            raise WriteError(f"{self.device_id}: sent '{point}' = {expected:g} but no "
+                             f"{slot.message.name} frame confirmed it within "
+                             f"{self.frame_timeout_s:g} s")
+        how = "at most" if pt.verify == "at_most" else ""
+        raise WriteError(f"{self.device_id}: sent '{point}' = {expected:g} but the device "
+                         f"reports {got!r} (expected {how} {expected:g})".replace("  ", " "))
+
+    async def close(self) -> None:
+        for key, handler in self._handlers:
+            self.link.unsubscribe(key, handler)
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None and on_close(self):  # the last device on the link
+            await self.link.close()
+
+
+def _applied(got: PointValue | None, expected: float, verify: str, tol: float) -> bool:
+    if got is None or isinstance(got, str):
+        return False
+    if isinstance(got, bool):
+        return got == bool(expected)
+    if verify == "at_most":
+        return float(got) <= expected + tol
+    return abs(float(got) - expected) <= tol
+
+
+def _initial(sig: Signal) -> float:
+    """A signal's DBC initial value (physical), or the physical value of raw 0."""
+    raw = getattr(sig, "raw_initial", None)
+    return float(raw if raw is not None else 0) * float(sig.scale) + float(sig.offset)
