@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "autogrid.drivers"
 BUILTIN: dict[str, str] = {
     "modbus": "drivers.modbus.driver:ModbusDriver",
     "dnp3": "drivers.dnp3.driver:Dnp3Driver",
+    "can": "drivers.can.driver:CanDriver",
 }
 
 
