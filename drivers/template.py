@@ -156,6 +156,7 @@ class ModbusTemplate(_Strict):
 TEMPLATE_MODELS: dict[str, str] = {
     "modbus": "drivers.template:ModbusTemplate",
     "dnp3": "drivers.dnp3.template:Dnp3Template",
+    "can": "drivers.can.template:CanTemplate",
 }
 
 Template = Any  # a ModbusTemplate, or another protocol's model from TEMPLATE_MODELS
