@@ -138,6 +138,9 @@ class ApiServer:
         self._clients: set[asyncio.Task[None]] = set()
         self.started = time.time()
         self.role_of: Callable[[int, int], str] = default_role
+        # Set by the console policy when tokens are configured: a request carrying
+        # "token" runs as the token's name and role (an unknown token raises ApiError).
+        self.token_caller: Callable[[str, Caller], Caller] | None = None
         self.commands: dict[str, Command] = {}
         for name, fn, help_ in (
                 ("ping", self._ping, "daemon identity and uptime"),
@@ -257,6 +260,11 @@ class ApiServer:
                              float(interval))
 
     async def _dispatch(self, cmd: Any, req: dict[str, Any], caller: Caller) -> Any:
+        token = req.pop("token", None)
+        if token is not None:
+            if self.token_caller is None or not isinstance(token, str):
+                raise ApiError("this gateway accepts no tokens (none are configured)")
+            caller = self.token_caller(token, caller)
         command = self.commands.get(cmd) if isinstance(cmd, str) else None
         if command is None:
             known = ", ".join(sorted([*self.commands, "subscribe", "unsubscribe"]))
