@@ -8,11 +8,14 @@ tests (udp_multicast only when loopback carries the group; see drivers.can.link)
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.yamlsrc import Problem, Source
+
+if TYPE_CHECKING:
+    from gateway.config.models import SiteConfig
 
 PositiveS = Annotated[float, Field(gt=0, le=3600)]
 
@@ -58,4 +61,41 @@ def check_can_connection(conn: CanConnection, index: int, src: Source) -> list[P
                                f"must be at least reconnect_delay_s "
                                f"({conn.reconnect_delay_s:g} s), found "
                                f"{conn.reconnect_delay_max_s:g} s"))
+    return out
+
+
+def check_can_frames(cfg: SiteConfig, src: Source, templates: dict[str, Any]) -> list[Problem]:
+    """Two devices on one CAN bus must not claim the same frame id (same model with
+    ``id_stride: 0``, or unit ids that shift one onto the other)."""
+    from drivers.can.template import CanTemplate  # drivers import config, not vice versa
+
+    out: list[Problem] = []
+    conns = {c.id: c for c in cfg.connections}
+    owners: dict[tuple[str, int, bool], tuple[str, str]] = {}
+    for i, dev in enumerate(cfg.devices):
+        conn = conns.get(dev.connection)
+        tpl = templates.get(dev.template)
+        if not (isinstance(conn, CanConnection) and isinstance(tpl, CanTemplate)
+                and dev.enabled):
+            continue
+        try:
+            db = tpl.database
+        except Exception:  # the template check reported it already
+            continue
+        names = {p.message for p in tpl.points.values() if p.message}
+        offset = tpl.id_stride * max(dev.unit_id - 1, 0)
+        for msg in db.messages:
+            if msg.name not in names:
+                continue
+            fid = msg.frame_id + offset
+            key = (conn.id, fid, msg.is_extended_frame)
+            other = owners.get(key)
+            if other is not None and other[0] != dev.id:
+                out.append(src.problem(("devices", i, "unit_id"),
+                                       f"frame 0x{fid:X} ({msg.name}) on CAN connection "
+                                       f"'{conn.id}' is already sent by device '{other[0]}' "
+                                       f"({other[1]}); give the devices different unit ids "
+                                       f"(template id_stride {tpl.id_stride}) or separate buses"))
+                break
+            owners[key] = (dev.id, msg.name)
     return out
