@@ -25,6 +25,7 @@ CONNECTION_PROTOCOL = {
     "modbus_rtu_over_tcp": "modbus",
     "modbus_serial": "modbus",
     "dnp3_tcp": "dnp3",
+    "can": "can",
 }
 
 # Ratings that only make sense for some natures (catches copy-paste between devices).
@@ -180,8 +181,8 @@ def check_devices(cfg: SiteConfig, src: Source, templates: TemplateSet) -> list[
             out.append(src.problem(("devices", i, "max_age_s"),
                                    f"must be at least poll_interval_s ({dev.poll_interval_s:g} "
                                    f"s), or every reading is stale (found {dev.max_age_s:g} s)"))
-        if conn is None or not dev.enabled or conn.type == "dnp3_tcp":
-            continue  # DNP3 devices on one connection share its outstation: no unit ids
+        if conn is None or not dev.enabled or conn.type in ("dnp3_tcp", "can"):
+            continue  # DNP3 devices share an outstation; CAN ids are checked by frame id
         written = ("devices", i, "unit_id") in src.values
         unit_txt = f"unit id {dev.unit_id}" + ("" if written else " (the default)")
         if dev.unit_id == 0 and isinstance(conn, ModbusSerial | ModbusRtuOverTcp):
