@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from drivers.template import TEMPLATE_DIR, Template
+from gateway.config.can import CanConnection, check_can_connection, check_can_frames
 from gateway.config.checks_devices import TemplateSet, check_devices
 from gateway.config.models import ModbusSerial, SiteConfig
 from gateway.config.suggest import unknown_name
@@ -89,6 +90,9 @@ def check_connections(cfg: SiteConfig, src: Source) -> list[Problem]:
     out: list[Problem] = []
     endpoints: dict[tuple[str, ...], int] = {}
     for i, conn in enumerate(cfg.connections):
+        if isinstance(conn, CanConnection):
+            out.extend(check_can_connection(conn, i, src))
+            continue
         if isinstance(conn, ModbusSerial):
             port = conn.port
             if _HOST.match(port) and "." in port and not port.startswith("/"):
@@ -156,6 +160,7 @@ def run_checks(cfg: SiteConfig, src: Source, template_dir: Path | None = None
     templates = TemplateSet(template_dir or TEMPLATE_DIR)
     problems = [*check_ids(cfg, src), *check_site(cfg, src), *check_connections(cfg, src),
                 *check_devices(cfg, src, templates), *check_historian(cfg, src)]
+    problems += check_can_frames(cfg, src, templates.loaded)
     return sort_problems(problems), templates.loaded
 
 
