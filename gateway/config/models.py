@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from gateway.config.can import CanConnection
 from gateway.config.dnp3 import Dnp3Tcp
+from gateway.console.policy import ConsoleSettings
 from gateway.control.config import ControlConfig, DeviceControl
 from gateway.control.scheduler_config import SchedulerSettings, Tariff
 from gateway.model import Nature
@@ -154,6 +155,7 @@ class SiteConfig(Strict):
     logging: Logging = Field(default_factory=Logging)
     control: ControlConfig | None = None  # site control and protection; absent = monitor only
     metrics: Metrics | None = None  # off unless configured
+    console: ConsoleSettings | None = None  # API roles/tokens; absent = root/daemon user only
     tariff: Tariff | None = None  # time-of-use prices (scheduler, controller, simulate)
     scheduler: SchedulerSettings | None = None  # LP planning; on (defaults) when a tariff is set
     # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
