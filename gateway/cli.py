@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--socket", help="API socket path")
     st.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
 
+    co = sub.add_parser("console", help="operator console (terminal UI) for the running daemon")
+    co.add_argument("-c", "--config", help="site config, to find the daemon's socket")
+    co.add_argument("--gateway", help="gateway id (if the site has several)")
+    co.add_argument("--socket", help="API socket path")
+    co.add_argument("--no-color", action="store_true", help="monochrome (also: NO_COLOR=1)")
+    co.add_argument("--token-file", help="file holding an API token (or AUTOGRID_TOKEN)")
+    co.add_argument("--screen", help="screen to open first (overview, devices, alarms, ...)")
+
     e = sub.add_parser("export", help="export historian data to CSV")
     e.add_argument("-c", "--config", help="site config (to find the historian database)")
     e.add_argument("--db", help="historian database path (instead of -c)")
@@ -170,6 +178,12 @@ def _socket_from_args(args: argparse.Namespace) -> Path:
     return default_socket_path(args.gateway or "gw1")
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from gateway.console.main import console_main
+
+    return console_main(args, _socket_from_args(args))
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from gateway.export import export_csv
 
@@ -194,7 +208,7 @@ class UsageError(Exception):
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "sim": cmd_sim, "demo": cmd_demo, "check": cmd_check,
-    "status": cmd_status, "export": cmd_export,
+    "status": cmd_status, "export": cmd_export, "console": cmd_console,
     "install": cmd_install, "uninstall": cmd_uninstall,
 }
 
