@@ -1,0 +1,135 @@
+"""The control component of the daemon: protection on every sample, the site controller
+on a fixed cycle in one task, the setpoint applier, alarms and audit (SQLite next to the
+historian), and the control API commands. Present when the config has a ``control:``
+section; ``build(daemon)`` is its factory in gateway.components.FACTORIES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.aio import cancel_and_wait
+from gateway.control.alarms import ControlStore
+from gateway.control.applier import Applier
+from gateway.control.controller import Controller
+from gateway.control.protection import Protection
+
+if TYPE_CHECKING:
+    from gateway.daemon import Daemon
+
+log = logging.getLogger("autogrid.control")
+STALE_CHECK_S = 0.25
+
+
+def state_path(daemon: Daemon) -> Path | None:
+    c = daemon.cfg.control
+    assert c is not None
+    if c.state_path:
+        return Path(c.state_path)
+    h = daemon.cfg.historian
+    return Path(h.path).with_suffix(".control.sqlite") if h.enabled else None
+
+
+class ControlComponent:
+    name = "control"
+
+    def __init__(self, daemon: Daemon) -> None:
+        cfg = daemon.cfg
+        assert cfg.control is not None
+        self.daemon = daemon
+        self.control = cfg.control
+        self.store = ControlStore(state_path(daemon))
+        self.controller = Controller(cfg, self.control)
+        self.applier = Applier(daemon.ios, daemon.state, self.store, self.control.rewrite_s,
+                               {d.id: d.control.deadband_kw for d in cfg.devices if d.control})
+        self.protection = Protection(cfg, self.control.protection, daemon.state, self.store,
+                                     self.applier.command, self.controller.lockouts,
+                                     self._grid_loss)
+        self.cycle_ms: deque[float] = deque(maxlen=5000)
+        self.lateness_ms: deque[float] = deque(maxlen=5000)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _grid_loss(self, why: str) -> None:
+        """Protection saw the grid go: island now (PCC breaker opens at once)."""
+        c = self.controller
+        if c.modes.mode != "normal" or self.control.emergency.pcc_breaker is None \
+                or not self.control.protection.grid_loss_trip:
+            return
+        c.grid_ok = False
+        if c.request_mode("island", f"protection: {why}") is None:
+            for dev, point, value in c.pending_commands:
+                self.applier.command(dev, point, value)
+            c.pending_commands = []
+            self.store.audit("protection", "mode", {"to": "island", "why": why})
+
+    async def start(self) -> None:
+        self.store.open()
+        if self.daemon.api is not None:
+            from gateway.control.api_commands import register
+            register(self, self.daemon.api)
+        self.protection.attach()
+        self.store.audit("daemon", "control_start", {"controller": self.control.controller,
+                                                     "cycle_s": self.control.cycle_s})
+        self._tasks.append(asyncio.create_task(self._stale_loop(), name="protection stale"))
+        if self.control.controller:
+            self._tasks.append(asyncio.create_task(self._cycle_loop(), name="site controller"))
+
+    async def stop(self) -> None:
+        self.protection.detach()
+        await cancel_and_wait(self._tasks)
+        self._tasks = []
+        await self.applier.stop()
+        self.store.close()
+
+    async def _stale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STALE_CHECK_S)
+            self.protection.check_stale()
+
+    def run_cycle(self) -> None:
+        """One cycle: compute and hand to the applier (which writes in the background)."""
+        c = self.controller
+        t0 = time.perf_counter()
+        try:
+            setpoints = c.cycle(self.daemon.state, c.clock(), time.time())
+            for dev, points in setpoints.items():  # breaker commands are one-shot
+                for point in [p for p in points if p in ("trip", "close")]:
+                    self.applier.command(dev, point, points.pop(point))
+            self.applier.submit(setpoints)
+        except Exception:  # a strategy bug must not stop the cycle (or protection)
+            log.exception("control cycle failed")
+            self.store.raise_("controller", "cycle", "warning", "control cycle failed; "
+                              "see the log")
+        self.cycle_ms.append((time.perf_counter() - t0) * 1000.0)
+
+    async def _cycle_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.control.cycle_s
+        due = loop.time()
+        while True:
+            self.lateness_ms.append(max(0.0, loop.time() - due) * 1000.0)
+            self.run_cycle()
+            due += period
+            now = loop.time()
+            if due < now:
+                due += ((now - due) // period + 1) * period
+            await asyncio.sleep(due - now)
+
+    def stats(self) -> dict[str, Any]:
+        def pct(xs: deque[float], q: float) -> float | None:
+            s = sorted(xs)
+            return s[min(len(s) - 1, int(q * len(s)))] if s else None
+        return {"cycles": self.controller.cycles,
+                "cycle_ms_p50": pct(self.cycle_ms, 0.5), "cycle_ms_p99": pct(self.cycle_ms, 0.99),
+                "lateness_ms_p50": pct(self.lateness_ms, 0.5),
+                "lateness_ms_p99": pct(self.lateness_ms, 0.99),
+                "applier": self.applier.stats(), "protection": self.protection.status()}
+
+
+def build(daemon: Daemon) -> ControlComponent | None:
+    return ControlComponent(daemon) if daemon.cfg.control is not None else None

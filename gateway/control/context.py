@@ -1,0 +1,139 @@
+"""One cycle's view of the site (from SiteState, good readings only) and the decision the
+strategies build together. Strategies read ``Site`` and edit ``Decision``; the grid import
+a decision would cause is predicted from the measured import plus the changes it makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.control.config import LOAD_RANK, Strategies
+from gateway.control.plan import PlanStep
+from gateway.control.sessions import EvSession
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+@dataclass
+class BatteryView:
+    id: str
+    soc_pct: float
+    p_kw: float  # + = discharge
+    charge_max_kw: float
+    discharge_max_kw: float
+    capacity_kwh: float
+
+
+@dataclass
+class ChargerView:
+    id: str
+    p_kw: float  # + = charging
+    p_max_kw: float
+    discharge_max_kw: float  # 0 unless the charger is bidirectional
+    session: EvSession | None
+
+
+@dataclass
+class LoadView:
+    id: str
+    p_kw: float
+    enabled: bool
+    priority: str
+    p_on_kw: float  # what it draws when on (last seen, or its rating)
+
+    @property
+    def rank(self) -> int:
+        return LOAD_RANK[self.priority]
+
+
+@dataclass
+class PvView:
+    id: str
+    p_kw: float
+    rated_kw: float
+    limit_pct: float
+
+
+@dataclass
+class Site:
+    """Everything the strategies may look at in one cycle."""
+
+    now: float
+    cfg: Strategies
+    grid_kw: float | None  # PCC import (+) / export (-); None = not measured now
+    import_limit_kw: float | None
+    export_limit_kw: float | None
+    batteries: list[BatteryView] = field(default_factory=list)
+    chargers: list[ChargerView] = field(default_factory=list)
+    loads: list[LoadView] = field(default_factory=list)
+    pvs: list[PvView] = field(default_factory=list)
+    price: tuple[float, float] | None = None  # (import, export) per kWh now
+    plan_step: PlanStep | None = None
+    mode: str = "normal"
+    memory: dict[str, Any] = field(default_factory=dict)  # kept across cycles
+
+    @property
+    def peak_threshold_kw(self) -> float | None:
+        if self.cfg.peak_threshold_kw is not None:
+            return self.cfg.peak_threshold_kw
+        return 0.9 * self.import_limit_kw if self.import_limit_kw is not None else None
+
+
+@dataclass
+class Decision:
+    battery_kw: dict[str, float] = field(default_factory=dict)  # + = discharge
+    ev_kw: dict[str, float] = field(default_factory=dict)  # + = charge
+    pv_limit_pct: dict[str, float] = field(default_factory=dict)
+    load_on: dict[str, bool] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # strategy -> what it did
+
+    def note(self, strategy: str, text: str) -> None:
+        self.notes[strategy] = text
+
+
+def predicted_grid(site: Site, d: Decision) -> float | None:
+    """Grid import after the decision takes effect (measured import + changes)."""
+    if site.grid_kw is None:
+        return None
+    g = site.grid_kw
+    for b in site.batteries:
+        g -= d.battery_kw.get(b.id, b.p_kw) - b.p_kw
+    for c in site.chargers:
+        g += d.ev_kw.get(c.id, c.p_kw) - c.p_kw
+    for pv in site.pvs:
+        lim = d.pv_limit_pct.get(pv.id)
+        if lim is not None:
+            g += pv.p_kw - min(pv.p_kw, lim / 100.0 * pv.rated_kw)
+    for ld in site.loads:
+        on = d.load_on.get(ld.id, ld.enabled)
+        if on and not ld.enabled:
+            g += ld.p_on_kw
+        elif not on and ld.enabled:
+            g -= ld.p_kw
+    return g
+
+
+def battery_room(site: Site, d: Decision, discharge: bool, reserve: bool = True
+                 ) -> dict[str, float]:
+    """Per battery: how much more it could discharge (or charge) beyond the decision."""
+    out = {}
+    for b in site.batteries:
+        now = d.battery_kw.get(b.id, 0.0)
+        if discharge:
+            ok = not reserve or b.soc_pct > site.cfg.reserve_soc_pct
+            out[b.id] = max(0.0, b.discharge_max_kw - now) if ok else max(0.0, -now)
+        else:
+            out[b.id] = max(0.0, b.charge_max_kw + now)
+    return out
+
+
+def spread(room: dict[str, float], amount: float) -> dict[str, float]:
+    """Split ``amount`` over the ids in proportion to their room (never beyond it)."""
+    total = sum(room.values())
+    if total <= 0 or amount <= 0:
+        return {k: 0.0 for k in room}
+    f = min(1.0, amount / total)
+    return {k: v * f for k, v in room.items()}

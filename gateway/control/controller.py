@@ -1,0 +1,224 @@
+"""The site controller: one cycle reads SiteState, runs the strategies in priority order
+and returns one safe setpoint per controllable device (plus breaker commands).
+
+``Controller.cycle(state, now)`` is synchronous and does no I/O, so ``autogrid simulate``
+runs it in lockstep with the physics; the daemon component calls it every ``cycle_s`` and
+hands the result to the setpoint applier.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config.models import SiteConfig
+from gateway.control.config import ControlConfig, EvDefaults
+from gateway.control.context import (
+    BatteryView,
+    ChargerView,
+    Decision,
+    LoadView,
+    PvView,
+    Site,
+    _num,
+)
+from gateway.control.modes import ModeMachine
+from gateway.control.plan import Plan
+from gateway.control.safety import Override, Setpoints, build_setpoints
+from gateway.control.sessions import SessionBook
+from gateway.control.strategies import Strategy, pipeline
+from gateway.model import Nature, Quality
+from gateway.state import DeviceState, SiteState
+
+log = logging.getLogger("autogrid.control")
+INF = float("inf")
+
+
+class Controller:
+    def __init__(self, cfg: SiteConfig, control: ControlConfig | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.control = control or cfg.control or ControlConfig()
+        self.clock = clock
+        self.devices = {d.id: d for d in cfg.devices}
+        self.plan: Plan | None = None
+        self.modes = ModeMachine(self.control)
+        self.sessions = SessionBook({d.id: (d.control.ev if d.control and d.control.ev
+                                            else EvDefaults())
+                                     for d in cfg.devices if d.nature is Nature.EVSE})
+        self.strategies: list[Strategy] = pipeline()
+        self.overrides: dict[tuple[str, str], Override] = {}
+        self.lockouts: dict[str, str] = {}  # device -> why (set by protection)
+        self.memory: dict[str, Any] = {}
+        self.last: Setpoints = {}
+        self.last_now: float | None = None
+        self.last_decision: Decision | None = None
+        self.grid_ok = True
+        self.pending_commands: list[tuple[str, str, bool]] = []
+        self.cycles = 0
+
+    # -- the cycle --------------------------------------------------------------------------
+    def cycle(self, state: SiteState, now: float, quality_now: float | None = None
+              ) -> Setpoints:
+        """Run one control cycle at ``now`` (control time: deadlines, tariff, plan);
+        readings are judged fresh at ``quality_now`` (default: ``now``). Returns
+        {device id: {point: value}}; breaker commands appear once, when issued."""
+        qnow = now if quality_now is None else quality_now
+        for key in [k for k, o in self.overrides.items() if o.expires_s <= now]:
+            del self.overrides[key]
+        site = self.site_view(state, now, qnow)
+        breakers = {d.device_id: _bool(d.value("closed", qnow))
+                    for d in state.of_nature(Nature.BREAKER)}
+        commands = self.pending_commands + self.modes.step(now, self.grid_ok, breakers)
+        self.pending_commands = []
+        site.mode = self.modes.mode
+        self.memory["stage"] = self.modes.stage
+        d = Decision()
+        for s in self.strategies:
+            if s.enabled(site):
+                s.apply(site, d)
+        dt = now - self.last_now if self.last_now is not None else 0.0
+        out = build_setpoints(site, d, self.devices, self.last, dt, self.overrides,
+                              self.lockouts)
+        for dev, point, value in commands:
+            out.setdefault(dev, {})[point] = value
+        self.last = {k: dict(v) for k, v in out.items()}
+        self.last_now = now
+        self.last_decision = d
+        self.cycles += 1
+        return out
+
+    def site_view(self, state: SiteState, now: float, qnow: float) -> Site:
+        c = self.control
+        g = self.cfg.site.grid
+        st = c.strategies
+        site = Site(now=now, cfg=st, grid_kw=None, import_limit_kw=g.import_limit_kw,
+                    export_limit_kw=g.export_limit_kw, memory=self.memory)
+        tariff = getattr(self.cfg, "tariff", None)
+        if tariff is not None:
+            try:
+                site.price = tariff.price_at(now, self.cfg.site.timezone)
+            except Exception:  # a tariff bug must not stop control
+                log.exception("tariff lookup failed")
+        plan = self.plan
+        if plan is not None and plan.ok and now - plan.created_s <= st.plan_stale_s:
+            site.plan_step = plan.at(now)
+        self.memory.pop("plan_ev_kw", None)
+        self.memory["cell_temp_max_c"] = c.protection.cell_temp_max_c
+        temps: dict[str, float] = {}
+        self.memory["cell_temp_c"] = temps
+        meters = list(state.of_nature(Nature.METER))
+        pcc = [m for m in meters if m.role == "grid"] or (
+            meters if len(meters) == 1 and meters[0].role is None else [])
+        v = f = None
+        for m in pcc:
+            p = _num(m.value("p_kw", qnow))
+            if p is not None:
+                site.grid_kw = (site.grid_kw or 0.0) + p
+            v, f = _num(m.value("v_v", qnow)), _num(m.value("f_hz", qnow))
+        prot = c.protection
+        self.grid_ok = bool(pcc) and v is not None and f is not None and (
+            g.nominal_v * (1 - prot.under_voltage_pct / 100) <= v
+            <= g.nominal_v * (1 + prot.over_voltage_pct / 100)) and (
+            g.nominal_f_hz - prot.under_frequency_hz <= f <= g.nominal_f_hz
+            + prot.over_frequency_hz) if pcc else True
+        for dev in state.devices.values():
+            if dev.device_quality(qnow) is not Quality.GOOD:
+                continue  # offline or stale: planned around, not waited for
+            cfgdev = self.devices.get(dev.device_id)
+            r = cfgdev.ratings if cfgdev else None
+            if dev.nature is Nature.BESS:
+                soc = _num(dev.value("soc_pct", qnow))
+                if soc is None:
+                    continue
+                ch = _num(dev.value("p_charge_max_kw", qnow))
+                dis = _num(dev.value("p_discharge_max_kw", qnow))
+                rc = (r.p_charge_max_kw or r.p_max_kw) if r else None
+                rd = (r.p_discharge_max_kw or r.p_max_kw) if r else None
+                site.batteries.append(BatteryView(
+                    dev.device_id, soc, _num(dev.value("p_kw", qnow)) or 0.0,
+                    _min(ch, rc), _min(dis, rd),
+                    _num(dev.value("capacity_kwh", qnow)) or (r.capacity_kwh if r and
+                                                               r.capacity_kwh else 0.0)))
+                t = _num(dev.value("cell_temp_max_c", qnow))
+                if t is not None:
+                    temps[dev.device_id] = t
+            elif dev.nature is Nature.EVSE:
+                site.chargers.append(self._charger(dev, now, qnow))
+            elif dev.nature is Nature.LOAD:
+                p = _num(dev.value("p_kw", qnow)) or 0.0
+                on = dev.value("enabled", qnow) is not False
+                key = f"p_on:{dev.device_id}"
+                if on and p > 0:
+                    self.memory[key] = p
+                dc = cfgdev.control if cfgdev else None
+                site.loads.append(LoadView(
+                    dev.device_id, p, on, (dc.priority if dc and dc.priority else "essential"),
+                    self.memory.get(key, (r.p_max_kw if r and r.p_max_kw else 0.0))))
+            elif dev.nature is Nature.PV_INVERTER:
+                rated = (r.p_max_kw if r and r.p_max_kw else None) or _num(
+                    dev.value("p_rated_kw", qnow)) or 0.0
+                site.pvs.append(PvView(dev.device_id, _num(dev.value("p_kw", qnow)) or 0.0,
+                                       rated, _num(dev.value("p_limit_pct", qnow)) or 100.0))
+        return site
+
+    def _charger(self, dev: DeviceState, now: float, qnow: float) -> ChargerView:
+        points = {p: dev.value(p, qnow) for p in dev.readings}
+        cfgdev = self.devices.get(dev.device_id)
+        r = cfgdev.ratings if cfgdev else None
+        connected = points.get("connected")
+        session = self.sessions.observe(dev.device_id, now,
+                                        connected if isinstance(connected, bool) else None,
+                                        points)
+        p_max = _min(_num(points.get("p_max_kw")),
+                     (r.p_charge_max_kw or r.p_max_kw) if r else None)
+        dis = (r.p_discharge_max_kw if r and r.p_discharge_max_kw is not None else p_max) \
+            if points.get("v2g") is True else 0.0
+        return ChargerView(dev.device_id, _num(points.get("p_kw")) or 0.0,
+                           p_max if p_max < INF else 0.0, dis if dis < INF else 0.0, session)
+
+    # -- operator side --------------------------------------------------------------------
+    def set_override(self, device: str, point: str, value: Any, duration_s: float,
+                     user: str) -> Override:
+        now = self.clock()
+        o = Override(device, point, value, now + duration_s, user, now)
+        self.overrides[(device, point)] = o
+        return o
+
+    def request_mode(self, want: str, reason: str) -> str | None:
+        """Enter a mode (estop, island, reconnect, reset, black_start); the reason it was
+        refused, or None when done. Breaker commands go out with the next cycle."""
+        why = self.modes.refuse(want, self.grid_ok)
+        if why is not None:
+            return why
+        self.pending_commands += self.modes.request(want, self.clock(), reason)
+        return None
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        plan = self.plan
+        return {
+            "mode": self.modes.as_dict(), "grid_ok": self.grid_ok, "cycles": self.cycles,
+            "setpoints": self.last, "lockouts": dict(self.lockouts),
+            "notes": dict(self.last_decision.notes) if self.last_decision else {},
+            "overrides": [o.as_dict() for o in self.overrides.values()],
+            "shed": list(self.memory.get("shed", [])),
+            "curtail": dict(self.memory.get("curtail", {})),
+            "plan": None if plan is None else {
+                "created_s": plan.created_s, "solver": plan.solver, "status": plan.status,
+                "steps": len(plan.steps), "tracking": plan.ok and plan.at(now) is not None},
+            "strategies": self.control.strategies.model_dump(),
+            "limits": {"import_limit_kw": self.cfg.site.grid.import_limit_kw,
+                       "export_limit_kw": self.cfg.site.grid.export_limit_kw},
+        }
+
+
+def _min(a: float | None, b: float | None) -> float:
+    vals = [x for x in (a, b) if x is not None]
+    return max(0.0, min(vals)) if vals else INF
+
+
+def _bool(v: object) -> bool | None:
+    return v if isinstance(v, bool) else None

@@ -1,0 +1,17 @@
+"""The strategy interface."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.control.context import Decision, Site
+
+
+class Strategy(Protocol):
+    name: str
+
+    def enabled(self, site: Site) -> bool:
+        """Whether it runs this cycle (its config switch, the mode, the data it needs)."""
+
+    def apply(self, site: Site, d: Decision) -> None:
+        """Edit the decision."""

@@ -1,0 +1,80 @@
+"""EV smart charging: every car gets the power that still meets its deadline (emergency
+vehicles first, then fleet, then public; least laxity first within a class), then the
+headroom under the peak threshold and the PV surplus are shared by class, fairly (equal
+shares, water-filling) among equals. Per-charger ratings and a site EV limit apply."""
+
+from __future__ import annotations
+
+from gateway.control.context import ChargerView, Decision, Site, predicted_grid
+
+
+def _order(site: Site, chargers: list[ChargerView]) -> list[ChargerView]:
+    def key(c: ChargerView) -> tuple[int, float]:
+        s = c.session
+        assert s is not None
+        return (s.rank(), s.laxity_h(site.now, c.p_max_kw))
+    return sorted(chargers, key=key)
+
+
+def water_fill(caps: dict[str, float], amount: float) -> dict[str, float]:
+    """Equal shares of ``amount``, none above its cap; the rest goes to the others."""
+    out = {k: 0.0 for k in caps}
+    left = dict(caps)
+    while amount > 1e-9 and left:
+        share = amount / len(left)
+        for k, cap in list(left.items()):
+            give = min(share, cap - out[k])
+            out[k] += give
+            amount -= give
+            if out[k] >= cap - 1e-9:
+                del left[k]
+    return out
+
+
+class EvCharging:
+    name = "ev_charging"
+
+    def enabled(self, site: Site) -> bool:
+        return site.cfg.ev_charging and bool(site.chargers)
+
+    def apply(self, site: Site, d: Decision) -> None:
+        now = site.now
+        cars = [c for c in site.chargers if c.session is not None and c.session.need_kwh > 0]
+        for c in site.chargers:
+            d.ev_kw[c.id] = 0.0
+        site_left = site.cfg.ev_site_limit_kw if site.cfg.ev_site_limit_kw is not None \
+            else float("inf")
+        planned = site.memory.get("plan_ev_kw") or {}
+        must: dict[str, float] = {}
+        for c in _order(site, cars):
+            s = c.session
+            assert s is not None
+            want = min(c.p_max_kw, max(s.min_power_kw(now), planned.get(c.id, 0.0)))
+            give = max(0.0, min(want, site_left))
+            must[c.id] = give
+            site_left -= give
+            d.ev_kw[c.id] = give
+        base = predicted_grid(site, d)
+        cap = site.peak_threshold_kw if site.cfg.peak_shaving else site.import_limit_kw
+        if base is None:
+            headroom = 0.0  # no PCC reading: deadlines only
+        elif cap is None:
+            headroom = float("inf")
+        else:
+            headroom = max(0.0, cap - base)
+        if site.price is not None and site.price[0] >= site.cfg.expensive_above_per_kwh:
+            headroom = min(headroom, max(0.0, -(base or 0.0)))  # dear: PV surplus only
+        elif not site.cfg.ev_pv_surplus and base is not None and base < 0:
+            headroom = max(0.0, headroom + base)
+        extra = min(headroom, site_left)
+        for rank in (0, 1, 2):
+            group = [c for c in cars if c.session is not None and c.session.rank() == rank]
+            caps = {c.id: c.p_max_kw - must[c.id] for c in group}
+            got = water_fill(caps, extra)
+            for k, v in got.items():
+                d.ev_kw[k] += v
+                extra -= v
+        total = sum(d.ev_kw.values())
+        d.note(self.name, f"{len(cars)} cars, {total:.1f} kW "
+                          f"({sum(must.values()):.1f} kW for deadlines)")
+        site.memory["ev_must_kw"] = must

@@ -1,0 +1,26 @@
+"""Time-of-use arbitrage: charge the battery when import is cheap, discharge when dear."""
+
+from __future__ import annotations
+
+from gateway.control.context import Decision, Site
+
+
+class TimeOfUse:
+    name = "time_of_use"
+
+    def enabled(self, site: Site) -> bool:
+        return site.cfg.time_of_use and site.price is not None and site.mode == "normal"
+
+    def apply(self, site: Site, d: Decision) -> None:
+        assert site.price is not None
+        price = site.price[0]
+        cfg = site.cfg
+        for b in site.batteries:
+            if price <= cfg.cheap_below_per_kwh and b.soc_pct < cfg.tou_target_soc_pct:
+                d.battery_kw[b.id] = -b.charge_max_kw
+                d.note(self.name, f"cheap ({price:.3f}/kWh): charging")
+            elif price >= cfg.expensive_above_per_kwh:
+                d.note(self.name, f"expensive ({price:.3f}/kWh): discharging to cover load")
+                site.memory["tou_discharge"] = True
+                continue
+        site.memory["tou_cheap"] = price <= cfg.cheap_below_per_kwh
