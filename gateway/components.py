@@ -30,6 +30,7 @@ Factory = Callable[["Daemon"], "Component | None"]
 FACTORIES: list[str] = [
     "gateway.console.policy:component",  # API roles/tokens from `console:` (first: no gap)
     "gateway.service.metrics:build",  # Prometheus endpoint, when `metrics:` is set
+    "gateway.control.component:build",  # protection + site controller, when `control:` is set
 ]
 
 
