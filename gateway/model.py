@@ -125,6 +125,8 @@ NATURES: dict[Nature, dict[str, PointSpec]] = {
         _p("ev_soc_pct", "%", "vehicle state of charge (if reported)"),
         _p("v2g", "", "vehicle and charger support discharge", Kind.BOOL),
         _p("e_session_kwh", "kWh", "energy delivered this session"),
+        _p("ev_departure_s", "s", "time until the vehicle's planned departure (ISO 15118)"),
+        _p("ev_energy_req_kwh", "kWh", "energy the vehicle still requests (ISO 15118)"),
         _p("e_total_kwh", "kWh", "lifetime energy delivered"),
         _p("watchdog_s", "s", "communication watchdog timeout", writable=True),
     ]},
