@@ -63,6 +63,7 @@ class Evse(SimModel):
         self.e_total_kwh = 0.0
         self.e_session_kwh = 0.0
         self.car: Session | None = None
+        self.now_s = 0.0  # physics time of the last step
         self.completed: list[Session] = []  # departed sessions, oldest first
         self._planned: list[Session] = []
         self._days_done: set[date] = set()
@@ -113,6 +114,7 @@ class Evse(SimModel):
 
     # --- physics -------------------------------------------------------------------------
     def step(self, now_s: float, dt_s: float) -> None:
+        self.now_s = now_s
         t0 = now_s - dt_s
         today = datetime.fromtimestamp(now_s, self.tz).date()
         if not self._days_done:
@@ -194,7 +196,10 @@ class Evse(SimModel):
                 "ev_soc_pct": car.soc_pct if car else 0.0,
                 "v2g": bool(self.v2g_capable and car is not None and car.v2g),
                 "e_session_kwh": self.e_session_kwh, "e_total_kwh": self.e_total_kwh,
-                "watchdog_s": self.watchdog_s or 0.0}
+                "watchdog_s": self.watchdog_s or 0.0,
+                # ISO 15118: what the car tells the charger (0 when no car is plugged in)
+                "ev_departure_s": max(0.0, car.departure_s - self.now_s) if car else 0.0,
+                "ev_energy_req_kwh": car.wants_kwh if car else 0.0}
 
     def _apply(self, point: str, value: PointValue) -> PointValue:
         if point == "enabled":
