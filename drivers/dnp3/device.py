@@ -59,6 +59,7 @@ class Dnp3DeviceIO(DeviceIO):
             assert pt.group is not None and pt.index is not None
             out[name] = decode(values.get((pt.group, pt.index)), pt, kind)
         self.stats.extra["unsolicited"] = self.link.unsolicited_received
+        self.stats.extra["malformed"] = self.link.malformed_received
         self.stats.extra.update({f"{k}_polls" if k != "commands" else k: v
                                  for k, v in self.link.counts.items()})
         return out
@@ -115,6 +116,7 @@ class Dnp3DeviceIO(DeviceIO):
                 f"{self.device_id}: outstation refused '{point}' = {value!r} "
                 f"(g{status.group} index {status.index}, {step}): {status.name}", status)
         if not pt.readable:
+            self.link.after_command()
             return None
         await self.link.refresh(self.stats, force_integrity=True)
         assert pt.group is not None and pt.index is not None

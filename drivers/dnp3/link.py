@@ -103,8 +103,11 @@ class _CapturingMaster(Master):
     last_objects: tuple[ObjectBlock, ...] = field(default=(), init=False)
     last_iin: int = field(default=0, init=False)
     unsolicited: int = field(default=0, init=False)
+    malformed: int = field(default=0, init=False)  # fragments cut short by the parser
 
     def _process_response_fragment(self, response: ResponseFragment) -> ResponseInfo:
+        if response.truncation is not None:
+            self.malformed += 1
         if response.header.control.uns:
             self.unsolicited += 1
         else:
@@ -141,6 +144,11 @@ class Dnp3Link:
     def unsolicited_received(self) -> int:
         return self._master.unsolicited if self._master is not None else 0
 
+    @property
+    def malformed_received(self) -> int:
+        """Response fragments the parser cut short (values up to the bad block kept)."""
+        return self._master.malformed if self._master is not None else 0
+
     # ---- polls ----------------------------------------------------------------------
 
     async def refresh(self, stats: IOStats, *, force_integrity: bool = False) -> None:
@@ -148,7 +156,7 @@ class Dnp3Link:
         unsolicited responses waiting on the socket."""
         self._check_open()
         async with self.lock:
-            connects = self.connects
+            connects, requests = self.connects, stats.requests
             runner = await self._ensure(stats)
             now = time.monotonic()
             fresh = self.connects != connects  # _ensure just ran the integrity poll
@@ -163,7 +171,9 @@ class Dnp3Link:
                 for c in due:
                     self.counts[f"class{c}"] += 1
                     self._scheduled(c)
-            if self.conn.unsolicited:
+            if self.conn.unsolicited or (not fresh and requests == stats.requests):
+                # take in unsolicited responses; on an idle link this also notices a
+                # connection the outstation closed (EOF), which nothing else would
                 await self._drain(runner, stats)
 
     def _scheduled(self, what: int) -> None:
@@ -203,6 +213,11 @@ class Dnp3Link:
                                            blocks, "OPERATE")
             return await self._command(runner, master, stats, build_direct_operate_request,
                                        blocks, "DIRECT OPERATE")
+
+    def after_command(self) -> None:
+        """An output changed: the next read starts with an integrity poll, so the state it
+        caused is seen even when event polls are off."""
+        self._due[0] = 1.0  # long past
 
     async def _command(self, runner: MasterTcpRunner, master: _CapturingMaster,
                        stats: IOStats, build: Any, blocks: tuple[ObjectBlock, ...],
