@@ -28,6 +28,9 @@ SHORTFALL_COST = {"emergency": 100.0, "fleet": 10.0, "public": 2.0}
 CYCLE_COST = 0.002  # per kWh through the battery: no pointless cycling, no charge+discharge
 V2G_COST = 0.03  # per kWh taken from a car: its battery wear, so V2G only pays at real peaks
 EARLY_COST = 1e-5  # per kWh, rising over the horizon
+# per kWh stored per step: of equal plans, store surplus now rather than later (a PV
+# forecast errs; energy already in the battery does not)
+STORE_EARLY = 2e-6
 CURTAIL_COST = 0.0005  # per kWh of PV thrown away: only when it has to be
 
 
@@ -165,7 +168,7 @@ def solve(p: ProblemInput, time_limit_s: float = 10.0, now_s: float | None = Non
         hi = b.capacity_kwh * b.soc_max_pct / 100.0
         e0 = b.capacity_kwh * b.soc_pct / 100.0
         # SOC after each step; a start outside the band may only move towards it
-        soc = v.block(min(lo, e0), max(hi, e0), 0.0)
+        soc = v.block(min(lo, e0), max(hi, e0), -STORE_EARLY)
         value = (p.terminal_value_per_kwh if p.terminal_value_per_kwh is not None
                  else float(np.mean(p.import_price)))
         v.cost[soc + n - 1] = -value * b.eta_discharge
