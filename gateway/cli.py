@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.service.install import add_commands as add_install_commands
 
     add_install_commands(sub)
+    from gateway.simulate.cliargs import add_parser as add_simulate_parser
+
+    add_simulate_parser(sub)
     return p
 
 
@@ -101,6 +104,12 @@ def cmd_install(args: argparse.Namespace) -> int:
     from gateway.service.install import cmd_install as run_install
 
     return run_install(args)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.simulate.cliargs import cmd_simulate as run
+
+    return run(args)
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
@@ -209,7 +218,7 @@ class UsageError(Exception):
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "sim": cmd_sim, "demo": cmd_demo, "check": cmd_check,
     "status": cmd_status, "export": cmd_export, "console": cmd_console,
-    "install": cmd_install, "uninstall": cmd_uninstall,
+    "install": cmd_install, "uninstall": cmd_uninstall, "simulate": cmd_simulate,
 }
 
 
