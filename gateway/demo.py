@@ -15,7 +15,7 @@ from gateway.summary import render
 
 log = logging.getLogger("autogrid.demo")
 
-_SERVED = ("modbus_tcp", "modbus_rtu_over_tcp")
+_SERVED = ("modbus_tcp", "modbus_rtu_over_tcp", "dnp3_tcp")
 
 
 def with_ports(cfg: SiteConfig, ports: dict[str, int]) -> SiteConfig:
