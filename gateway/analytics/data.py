@@ -136,3 +136,22 @@ def _quarter_means(g: pd.DataFrame) -> pd.Series:
     s = s[~s.index.duplicated(keep="last")]
     fine = s.resample("1min").last().ffill()
     return fine.resample(STEP).mean()
+
+
+def historian_device_frame(db_path: Path, device: str, points: list[str],
+                           since_s: float | None = None, step: str = "1min") -> pd.DataFrame:
+    """One device's points from the historian on a regular grid (held between changes)."""
+    sql = ("SELECT p.point, s.ts, s.value FROM samples s JOIN points p ON p.id = s.point_id "
+           f"WHERE p.device = ? AND s.quality = 0 AND p.point IN ({','.join('?' * len(points))})")
+    args: list[str | float] = [device, *points]
+    if since_s is not None:
+        sql += " AND s.ts >= ?"
+        args.append(since_s)
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        rows = pd.read_sql_query(sql + " ORDER BY s.ts", db, params=args)
+    cols = {}
+    for point, g in rows.groupby("point"):
+        t = pd.to_datetime(g["ts"].to_numpy(), unit="s", utc=True)
+        s = pd.Series(g["value"].to_numpy(dtype=float), index=t)
+        cols[str(point)] = s[~s.index.duplicated(keep="last")].resample(step).last().ffill()
+    return pd.DataFrame(cols).dropna()

@@ -33,7 +33,7 @@ class SiteInfo:
     load_ids: tuple[str, ...] = ()  # loads and EV chargers (when no grid meter)
     bess_ids: tuple[str, ...] = ()
     grid_meter: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    bess_kwh: dict[str, float] = field(default_factory=dict)  # rated capacity per battery
 
     @property
     def pv_kwp(self) -> float:
@@ -59,6 +59,7 @@ def site_info(cfg: SiteConfig) -> SiteInfo:
     wind: list[str] = []
     loads: list[str] = []
     bess: list[str] = []
+    bess_kwh: dict[str, float] = {}
     meters = [d for d in cfg.devices if d.nature is Nature.METER]
     grid = next((m.id for m in meters if m.role == "grid"), None)
     if grid is None and len(meters) == 1 and meters[0].role is None:
@@ -75,5 +76,6 @@ def site_info(cfg: SiteConfig) -> SiteInfo:
             loads.append(d.id)
         elif d.nature is Nature.BESS:
             bess.append(d.id)
+            bess_kwh[d.id] = r.capacity_kwh or 100.0
     return SiteInfo(lat, lon, s.timezone, s.country, tuple(pv), tuple(wind), tuple(loads),
-                    tuple(bess), grid)
+                    tuple(bess), grid, bess_kwh)

@@ -1,0 +1,188 @@
+"""Analytics in the daemon: training off the event loop, on a schedule and on demand.
+
+Training (forecast models) and detection read the historian in a worker thread; the
+event loop only starts the work and swaps in the result. A model is saved with its
+version and training window; a failed training keeps the last good model and raises an
+``Anomaly`` (device ``analytics``) that the alarm list shows. API commands: ``forecast``,
+``anomalies``, ``battery_health``, ``analytics_train``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from gateway.aio import cancel_and_wait
+from gateway.analytics.anomaly import Anomaly
+from gateway.analytics.data import historian_targets
+from gateway.analytics.forecast import Forecaster, train
+from gateway.analytics.site import SiteInfo
+
+if TYPE_CHECKING:
+    from gateway.daemon import Daemon
+
+log = logging.getLogger("autogrid.analytics")
+
+TrainFn = Callable[[int], Forecaster]
+
+
+class AnalyticsService:
+    name = "analytics"
+
+    def __init__(self, info: SiteInfo, model_dir: Path, db_path: Path | None,
+                 retrain_interval_s: float = 86400.0, n_trees: int = 100,
+                 train_fn: TrainFn | None = None) -> None:
+        self.info = info
+        self.model_dir = model_dir
+        self.db_path = db_path
+        self.retrain_interval_s = retrain_interval_s
+        self.n_trees = n_trees
+        self.train_fn = train_fn or self._train_from_historian
+        self.forecaster: Forecaster | None = None
+        self.anomalies: collections.deque[Anomaly] = collections.deque(maxlen=500)
+        self.training: asyncio.Task[bool] | None = None
+        self.last_error: str | None = None
+        self.health: dict[str, Any] = {}
+        self._schedule: asyncio.Task[None] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analytics")
+
+    async def start(self) -> None:
+        self.forecaster = await asyncio.get_running_loop().run_in_executor(
+            self._pool, Forecaster.load_latest, self.model_dir)
+        self._schedule = asyncio.create_task(self._every(), name="analytics schedule")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._schedule, self.training) if t is not None]
+        await cancel_and_wait(tasks)
+        self._pool.shutdown(wait=True)
+
+    async def _every(self) -> None:
+        while True:
+            await asyncio.sleep(self.retrain_interval_s)
+            await self.train_now()
+
+    def request_training(self) -> bool:
+        """Start a training unless one runs; True if started."""
+        if self.training is not None and not self.training.done():
+            return False
+        self.training = asyncio.create_task(self.train_now(), name="analytics training")
+        return True
+
+    async def train_now(self) -> bool:
+        """Train in the worker thread; on failure keep the last good model and raise an alarm."""
+        version = (self.forecaster.version + 1) if self.forecaster else 1
+        t0 = time.monotonic()
+        try:
+            fc = await asyncio.get_running_loop().run_in_executor(self._pool, self.train_fn,
+                                                                  version)
+            await asyncio.get_running_loop().run_in_executor(self._pool, fc.save,
+                                                             self.model_dir)
+        except Exception as exc:  # any failure of the model code must not reach the loop
+            kept = f"keeping model v{self.forecaster.version}" if self.forecaster else (
+                "no forecast until a training succeeds")
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("forecast training failed (%s): %s", kept, self.last_error)
+            self.anomalies.append(Anomaly(
+                "analytics", "forecast_training", 1.0,
+                f"forecast training v{version} failed: {self.last_error}; {kept}",
+                datetime.now(UTC).isoformat(), "training"))
+            return False
+        self.forecaster = fc
+        self.last_error = None
+        log.info("forecast model v%d trained in %.1f s (window %s .. %s)", fc.version,
+                 time.monotonic() - t0, *fc.window)
+        return True
+
+    def _train_from_historian(self, version: int) -> Forecaster:
+        if self.db_path is None:
+            raise ValueError("the historian is disabled: nothing to train on")
+        frame = historian_targets(self.db_path, self.info)
+        return train(frame, self.info, version=version, n_trees=self.n_trees)
+
+    # -- API -------------------------------------------------------------------------------
+    def api_forecast(self, req: dict[str, Any]) -> Any:
+        fc = self.forecaster
+        if fc is None:
+            return {"available": False, "error": self.last_error}
+        hours = float(req.get("horizon_h", 24))
+        step = float(req.get("step_min", 15))
+        if not (0 < hours <= 168 and 1 <= step <= 1440):
+            raise ValueError("horizon_h must be in (0, 168] and step_min in [1, 1440]")
+        pred = fc.predict(horizon=pd.Timedelta(hours=hours), step=pd.Timedelta(minutes=step))
+        return {"available": True, **fc.meta(),
+                "forecast": {t: {"time": [i.isoformat() for i in df.index],
+                                 **{c: [round(float(v), 3) for v in df[c]] for c in df}}
+                             for t, df in pred.items()}}
+
+    def api_anomalies(self, req: dict[str, Any]) -> Any:
+        limit = int(req.get("limit", 100))
+        return [a.as_dict() for a in list(self.anomalies)[-limit:]]
+
+    async def api_battery_health(self, req: dict[str, Any]) -> Any:
+        """Per battery: SOH by coulomb counting, resistance, trend (computed in the worker)."""
+        if self.db_path is None or not self.db_path.is_file():
+            return {"batteries": list(self.info.bess_ids), "reports": self.health}
+        self.health = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._health_from_historian)
+        return {"batteries": list(self.info.bess_ids), "reports": self.health}
+
+    def _health_from_historian(self) -> dict[str, Any]:
+        from gateway.analytics.battery_health import assess
+        from gateway.analytics.data import historian_device_frame
+
+        assert self.db_path is not None
+        out: dict[str, Any] = {}
+        for dev in self.info.bess_ids:
+            df = historian_device_frame(self.db_path, dev, ["i_dc_a", "soc_pct", "v_dc_v",
+                                                            "capacity_kwh"])
+            if df.empty or not {"i_dc_a", "soc_pct", "v_dc_v"} <= set(df.columns):
+                out[dev] = {"device": dev, "error": "no battery telemetry in the historian yet"}
+                continue
+            out[dev] = assess(dev, df, self.info.bess_kwh.get(dev, 100.0)).as_dict()
+        return out
+
+    def api_train(self, req: dict[str, Any]) -> Any:
+        return {"started": self.request_training()}
+
+    def commands(self) -> dict[str, Callable[[dict[str, Any]], Any]]:  # may return awaitables
+        return {"forecast": self.api_forecast, "anomalies": self.api_anomalies,
+                "battery_health": self.api_battery_health, "analytics_train": self.api_train}
+
+
+def build(daemon: Daemon) -> AnalyticsService | None:
+    """Daemon component: on when the historian is (it is what analytics learns from)."""
+    from gateway.analytics.site import site_info
+
+    cfg = daemon.cfg
+    if not cfg.historian.enabled or daemon.api is None:
+        return None
+    db = Path(cfg.historian.path)
+    svc = AnalyticsService(site_info(cfg), db.parent / "models", db)
+    help_ = {"forecast": "load/PV forecast p50/p10/p90: {horizon_h?, step_min?}",
+             "anomalies": "recent anomaly alarms: {limit?}",
+             "battery_health": "SOH, resistance and remaining life per battery",
+             "analytics_train": "retrain the forecast models now (in the background)"}
+    for name, fn in svc.commands().items():
+        daemon.api.register(name, _adapt(fn), role="operator" if name == "analytics_train"
+                            else "viewer", help=help_[name])
+    return svc
+
+
+def _adapt(fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any], Any], Any]:
+    def handler(req: dict[str, Any], caller: Any) -> Any:
+        try:
+            return fn(req)
+        except ValueError as exc:
+            from gateway.api import ApiError
+
+            raise ApiError(str(exc)) from None
+    return handler
