@@ -46,14 +46,22 @@ class EvCharging:
             else float("inf")
         planned = site.memory.get("plan_ev_kw") or {}
         must: dict[str, float] = {}
-        for c in _order(site, cars):
-            s = c.session
-            assert s is not None
-            want = min(c.p_max_kw, max(s.min_power_kw(now), planned.get(c.id, 0.0)))
-            give = max(0.0, min(want, site_left))
-            must[c.id] = give
-            site_left -= give
-            d.ev_kw[c.id] = give
+        groups: dict[tuple[int, float], list[ChargerView]] = {}
+        for c in _order(site, cars):  # by class, then laxity; equals share fairly
+            assert c.session is not None
+            key = (c.session.rank(), round(c.session.laxity_h(now, c.p_max_kw), 1))
+            groups.setdefault(key, []).append(c)
+        for key in sorted(groups):
+            wants = {}
+            for c in groups[key]:
+                assert c.session is not None
+                wants[c.id] = min(c.p_max_kw, max(c.session.min_power_kw(now),
+                                                  planned.get(c.id, 0.0)))
+            got = water_fill(wants, min(sum(wants.values()), max(0.0, site_left)))
+            for k, v in got.items():
+                must[k] = v
+                d.ev_kw[k] = v
+                site_left -= v
         base = predicted_grid(site, d)
         cap = site.peak_threshold_kw if site.cfg.peak_shaving else site.import_limit_kw
         if base is None:

@@ -1,0 +1,200 @@
+"""Each strategy alone (the others switched off) on a fake site state, via Controller.cycle."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import pytest
+from control_fakes import T0, car, normal_values, site_config, site_state
+
+from gateway.control.controller import Controller
+from gateway.control.plan import Plan, PlanStep
+
+OFF = {"peak_shaving": False, "self_consumption": False, "time_of_use": False,
+       "ev_charging": False, "v2g": False, "plan_tracking": False, "grid_limits": False}
+
+
+def ctl(only: dict[str, Any], control: dict[str, Any] | None = None, **kw: Any
+        ) -> Controller:
+    cfg = site_config(control={"strategies": {**OFF, **only}, **(control or {})}, **kw)
+    return Controller(cfg, clock=lambda: T0)
+
+
+def run(c: Controller, values: dict[str, Any], now: float = T0) -> dict[str, Any]:
+    return c.cycle(site_state(c.cfg, values, now), now)
+
+
+def test_grid_limit_discharges_battery_then_cuts_public_ev_then_sheds_deferrable() -> None:
+    c = ctl({"grid_limits": True})
+    out = run(c, normal_values(grid_kw=60.0, soc=60.0))
+    assert out["bat"]["p_set_kw"] == pytest.approx(17.0)  # 60 - 43
+    assert out["heater"]["enabled"] is True
+    # battery empty: EVs give way, then the deferrable load; the critical one stays
+    c2 = ctl({"grid_limits": True, "ev_charging": True})
+    v = normal_values(grid_kw=60.0, soc=60.0)
+    v["bat"].update(p_discharge_max_kw=0.0)
+    v["ev1"] = car(p_kw=11.0, departure_s=20 * 3600)
+    v["ev2"] = car(p_kw=11.0, departure_s=20 * 3600)
+    out = run(c2, v)
+    ev_total = out["ev1"]["p_set_kw"] + out["ev2"]["p_set_kw"]
+    assert 60.0 - 22.0 + ev_total <= 43.0 + 1e-6
+    assert out["fridge"]["enabled"] is True
+
+
+def test_grid_limit_sheds_deferrable_first_and_restores_with_hysteresis_and_delay() -> None:
+    c = ctl({"grid_limits": True, "restore_delay_s": 10.0, "restore_hysteresis_kw": 2.0})
+    v = normal_values(grid_kw=50.0)
+    v["bat"].update(p_discharge_max_kw=0.0)
+    out = run(c, v)
+    assert out["heater"]["enabled"] is False and out["fridge"]["enabled"] is True
+    # after shedding: 41 kW; the heater (9 kW) does not fit under 43 - 2
+    v = normal_values(grid_kw=41.0, heater_on=False)
+    v["bat"].update(p_discharge_max_kw=0.0)
+    assert run(c, v, T0 + 100)["heater"]["enabled"] is False
+    v = normal_values(grid_kw=20.0, heater_on=False)
+    v["bat"].update(p_discharge_max_kw=0.0)
+    assert run(c, v, T0 + 200)["heater"]["enabled"] is False  # room, but not for long enough
+    assert run(c, v, T0 + 205)["heater"]["enabled"] is False
+    assert run(c, v, T0 + 211)["heater"]["enabled"] is True
+
+
+def test_export_limit_charges_battery_then_curtails_pv_and_releases_step_by_step() -> None:
+    c = ctl({"grid_limits": True})
+    v = normal_values(grid_kw=-40.0, pv_kw=30.0, soc=60.0)
+    v["bat"].update(p_charge_max_kw=10.0)
+    out = run(c, v)
+    assert out["bat"]["p_set_kw"] == pytest.approx(-10.0)
+    # -40 + 10 = -30: 10 kW over the 20 kW export limit, PV 30 -> 20 kW = 66.7 %
+    assert out["pv"]["p_limit_pct"] == pytest.approx(66.67, abs=0.01)
+    v = normal_values(grid_kw=-5.0, pv_kw=20.0)
+    v["pv"]["p_limit_pct"] = 66.67
+    out = run(c, v, T0 + 1)
+    assert out["pv"]["p_limit_pct"] == pytest.approx(76.67, abs=0.01)
+
+
+def test_peak_shaving_uses_battery_above_threshold_but_not_below_reserve() -> None:
+    c = ctl({"peak_shaving": True, "peak_threshold_kw": 30.0, "reserve_soc_pct": 20.0})
+    out = run(c, normal_values(grid_kw=38.0, soc=50.0))
+    assert out["bat"]["p_set_kw"] == pytest.approx(8.0)
+    out = run(c, normal_values(grid_kw=38.0, soc=15.0), T0 + 1)
+    assert out["bat"]["p_set_kw"] == 0.0
+    assert run(c, normal_values(grid_kw=25.0, soc=50.0), T0 + 2)["bat"]["p_set_kw"] == 0.0
+
+
+def test_self_consumption_stores_surplus_and_covers_load_above_reserve() -> None:
+    c = ctl({"self_consumption": True})
+    assert run(c, normal_values(grid_kw=-6.0, pv_kw=20.0))["bat"]["p_set_kw"] == \
+        pytest.approx(-6.0)
+    assert run(c, normal_values(grid_kw=4.0), T0 + 1)["bat"]["p_set_kw"] == pytest.approx(4.0)
+    assert run(c, normal_values(grid_kw=4.0, soc=10.0), T0 + 2)["bat"]["p_set_kw"] == 0.0
+
+
+def test_time_of_use_charges_when_cheap_discharges_when_dear() -> None:
+    tariff = {"import_per_kwh": 0.40, "periods": [
+        {"from": "00:00", "to": "06:00", "import_per_kwh": 0.10}]}
+    c = ctl({"time_of_use": True, "self_consumption": True}, tariff=tariff)
+    from datetime import datetime
+    night = datetime(2025, 6, 21, 3, 0, tzinfo=UTC).timestamp()
+    day = datetime(2025, 6, 21, 12, 0, tzinfo=UTC).timestamp()
+    assert run(c, normal_values(grid_kw=5.0, soc=50.0), night)["bat"]["p_set_kw"] == -25.0
+    assert run(c, normal_values(grid_kw=5.0, soc=50.0), day)["bat"]["p_set_kw"] == 5.0
+
+
+def test_ev_emergency_vehicle_first_then_least_laxity_and_fair_shares() -> None:
+    devices = [
+        {"id": "meter", "nature": "meter", "role": "grid"},
+        *({"id": f"ev{i}", "nature": "evse", "ratings": {"p_max_kw": 11},
+           "control": {"ev": {"priority": p}}}
+          for i, p in ((1, "public"), (2, "public"), (3, "emergency"))),
+    ]
+    c = ctl({"ev_charging": True, "ev_site_limit_kw": 10.5}, devices=devices)
+    v = {"meter": {"p_kw": 5.0, "v_v": 230.0, "f_hz": 50.0},
+         "ev1": car(departure_s=10 * 3600, energy_kwh=10),
+         "ev2": car(departure_s=10 * 3600, energy_kwh=10),
+         "ev3": car(departure_s=3 * 3600, energy_kwh=30)}
+    out = run(c, v)
+    assert out["ev3"]["p_set_kw"] == pytest.approx(10.0)  # its deadline power, first
+    # the remaining 0.5 kW: the public cars (1 kW each needed) share it equally
+    assert out["ev1"]["p_set_kw"] == pytest.approx(0.25)
+    assert out["ev2"]["p_set_kw"] == pytest.approx(0.25)
+    # least laxity first within a class
+    v["ev2"] = car(departure_s=2 * 3600, energy_kwh=10)
+    out = run(c, v, T0 + 1)
+    assert out["ev2"]["p_set_kw"] == pytest.approx(0.5) and out["ev1"]["p_set_kw"] == 0.0
+    # without the site limit everyone gets the headroom up to the charger rating
+    c2 = ctl({"ev_charging": True}, devices=devices)
+    out = run(c2, v)
+    assert [out[f"ev{i}"]["p_set_kw"] for i in (1, 2, 3)] == [11.0, 11.0, 11.0]
+
+
+def test_v2g_at_peak_only_above_the_driver_need_and_with_time_to_recharge() -> None:
+    c = ctl({"ev_charging": True, "v2g": True, "peak_shaving": True,
+             "peak_threshold_kw": 30.0, "v2g_min_soc_pct": 30.0})
+    v = normal_values(grid_kw=40.0, soc=10.0)  # battery at reserve: cannot help
+    v["ev1"] = car(soc=80.0, v2g=True, departure_s=10 * 3600, energy_kwh=0.0)
+    out = run(c, v)
+    assert out["ev1"]["p_set_kw"] == pytest.approx(-10.0)
+    v["ev1"] = car(soc=29.0, v2g=True, departure_s=10 * 3600, energy_kwh=0.0)
+    assert run(c, v, T0 + 1)["ev1"]["p_set_kw"] >= 0.0  # below the SOC floor
+    v["ev1"] = car(soc=80.0, v2g=True, departure_s=1.5 * 3600, energy_kwh=15.0)
+    assert run(c, v, T0 + 2)["ev1"]["p_set_kw"] >= 0.0  # could not recharge in time
+    v["ev1"] = car(soc=80.0, v2g=False, departure_s=10 * 3600, energy_kwh=0.0)
+    assert run(c, v, T0 + 3)["ev1"]["p_set_kw"] >= 0.0  # the car cannot discharge
+
+
+def test_plan_tracking_follows_fresh_plan_and_falls_back_when_stale() -> None:
+    c = ctl({"plan_tracking": True, "self_consumption": True, "plan_stale_s": 600})
+    c.plan = Plan(T0, (PlanStep(T0 - 10, T0 + 900, {"bat": -12.0}, {}, 22.0),), "highs",
+                  "optimal")
+    out = run(c, normal_values(grid_kw=10.0))
+    assert out["bat"]["p_set_kw"] == pytest.approx(-12.0)  # planned grid = 10 + 12 = 22
+    c.plan = Plan(T0 - 3600, c.plan.steps, "highs", "optimal")
+    assert run(c, normal_values(grid_kw=10.0), T0 + 1)["bat"]["p_set_kw"] == \
+        pytest.approx(10.0)  # stale: self-consumption
+    c.plan = Plan(T0, c.plan.steps, "highs", "fallback: timeout")
+    assert run(c, normal_values(grid_kw=10.0), T0 + 2)["bat"]["p_set_kw"] == \
+        pytest.approx(10.0)
+
+
+def test_safety_clamps_ramps_overrides_and_lockouts() -> None:
+    devices = [{"id": "meter", "nature": "meter", "role": "grid"},
+               {"id": "bat", "nature": "bess", "ratings": {"p_max_kw": 20},
+                "control": {"ramp_kw_per_s": 2.0}}]
+    c = ctl({"self_consumption": True, "reserve_soc_pct": 0}, devices=devices)
+    v = {"meter": {"p_kw": 40.0, "v_v": 230.0, "f_hz": 50.0},
+         "bat": {"soc_pct": 50.0, "p_kw": 0.0, "p_charge_max_kw": 25.0,
+                 "p_discharge_max_kw": 25.0}}
+    assert run(c, v)["bat"]["p_set_kw"] == 20.0  # first cycle: no previous value to ramp from
+    c.last["bat"]["p_set_kw"] = 0.0
+    assert run(c, v, T0 + 1)["bat"]["p_set_kw"] == pytest.approx(2.0)  # 2 kW/s
+    assert run(c, v, T0 + 2)["bat"]["p_set_kw"] == pytest.approx(4.0)
+    c.set_override("bat", "p_set_kw", -5.0, 10.0, "alice")
+    c.clock = lambda: T0 + 3
+    assert run(c, v, T0 + 3)["bat"]["p_set_kw"] == pytest.approx(2.0)  # toward -5, ramped
+    assert run(c, v, T0 + 4)["bat"]["p_set_kw"] == pytest.approx(0.0)
+    assert run(c, v, T0 + 20)["bat"]["p_set_kw"] > 0  # expired
+    c.lockouts["bat"] = "cell over temperature"
+    assert run(c, v, T0 + 21)["bat"]["p_set_kw"] == 0.0  # lockout: zero, no ramp
+
+
+def test_offline_devices_are_planned_around() -> None:
+    c = ctl({"self_consumption": True})
+    state = site_state(c.cfg, normal_values(grid_kw=10.0))
+    state.fail("bat", "timeout", T0)
+    out = c.cycle(state, T0)
+    assert "bat" not in out
+
+
+def test_emergency_stop_zeroes_generation_and_charging() -> None:
+    c = ctl({"self_consumption": True, "ev_charging": True},
+            control={"emergency": {"estop_open_breakers": ["pcc"]}})
+    assert c.request_mode("estop", "test") is None
+    v = normal_values(grid_kw=10.0, pv_kw=20.0)
+    v["ev1"] = car()
+    out = run(c, v)
+    assert out["bat"]["p_set_kw"] == 0.0 and out["pv"]["p_limit_pct"] == 0.0
+    assert out["ev1"] == {"p_set_kw": 0.0, "enabled": False}
+    assert out["pcc"] == {"trip": True}
+    assert c.request_mode("island", "x") == "emergency stop is active: reset it first"
+    assert c.request_mode("reset", "x") is None and c.modes.mode == "black_start"

@@ -1,0 +1,114 @@
+"""Protection on every sample: thresholds, delays, actions, reset; stale critical readings;
+alarms and audit survive a restart; the mode machine's reconnection sequence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from control_fakes import T0, normal_values, site_config, site_state
+
+from gateway.control.alarms import ControlStore
+from gateway.control.config import ControlConfig
+from gateway.control.modes import ModeMachine
+from gateway.control.protection import Protection
+
+
+def make(tmp_path: Path | None = None, **prot: object
+         ) -> tuple[Protection, list[tuple[str, str, object]], list[str], dict[str, str]]:
+    cfg = site_config(control={"protection": prot})
+    assert cfg.control is not None
+    state = site_state(cfg, normal_values())
+    writes: list[tuple[str, str, object]] = []
+    losses: list[str] = []
+    lockouts: dict[str, str] = {}
+    store = ControlStore(tmp_path / "c.sqlite" if tmp_path else None)
+    store.open()
+    p = Protection(cfg, cfg.control.protection, state, store,
+                   lambda d, pt, v: writes.append((d, pt, v)), lockouts, losses.append)
+    p.attach()
+    return p, writes, losses, lockouts
+
+
+def test_cell_over_temperature_zeroes_the_battery_at_once_and_releases_after_reset() -> None:
+    p, writes, _, lockouts = make(reset_after_s=5.0)
+    p.state.update("bat", {"cell_temp_max_c": 57.0}, T0 + 1)
+    assert writes == [("bat", "p_set_kw", 0.0)]
+    assert "bat" in lockouts and p.store.is_active("bat", "cell_over_temperature")
+    assert len(p.latencies_ms) == 1
+    p.state.update("bat", {"cell_temp_max_c": 50.0}, T0 + 2)
+    assert "bat" in lockouts  # fine, but not for reset_after_s yet
+    p.state.update("bat", {"cell_temp_max_c": 49.0}, T0 + 8)
+    assert "bat" not in lockouts and not p.store.is_active("bat", "cell_over_temperature")
+    assert len(writes) == 1
+
+
+def test_delay_must_elapse_before_acting() -> None:
+    p, writes, _, _ = make(current_delay_s=1.0, over_current_pct=100.0)
+    p.state.update("ev1", {"connected": True}, T0)
+    p.state.update("meter", {"i_l1_a": 70.0}, T0 + 1)
+    assert writes == []
+    p.state.update("meter", {"i_l1_a": 71.0}, T0 + 1.5)
+    assert writes == []
+    p.state.update("meter", {"i_l1_a": 72.0}, T0 + 2.1)
+    assert sorted(writes) == [("ev1", "p_set_kw", 0.0), ("ev2", "p_set_kw", 0.0)]
+    p.state.update("meter", {"i_l1_a": 10.0}, T0 + 3)  # a dip resets the delay clock
+
+
+def test_loss_of_grid_at_the_pcc_calls_for_islanding() -> None:
+    p, _, losses, _ = make()
+    p.state.update("meter", {"v_v": 0.0, "f_hz": 0.0}, T0 + 1)
+    assert "under voltage" in losses[0] and "under frequency" in losses[1]
+    assert p.store.is_active("meter", "under_voltage")
+    p.state.update("meter", {"f_hz": 52.0, "v_v": 230.0}, T0 + 2)
+    assert p.store.is_active("meter", "over_frequency")
+
+
+def test_stale_critical_reading_raises_and_clears_an_alarm() -> None:
+    p, _, _, _ = make(stale_after_s=2.0)
+    assert p.check_stale(T0 + 1) == []
+    assert set(p.check_stale(T0 + 5)) == {"meter", "bat"}
+    assert p.store.is_active("meter", "stale")
+    p.state.update("meter", {"p_kw": 1.0}, T0 + 5)
+    p.check_stale(T0 + 5.5)
+    assert not p.store.is_active("meter", "stale") and p.store.is_active("bat", "stale")
+
+
+def test_alarms_and_audit_survive_a_restart(tmp_path: Path) -> None:
+    p, _, _, _ = make(tmp_path)
+    p.state.update("bat", {"cell_v_max_v": 3.9}, T0 + 1)
+    p.store.ack("bat:cell_over_voltage", "alice")
+    p.store.audit("alice", "emergency_stop", {"reason": "drill"})
+    p.store.audit("bob", "override_set", {"device": "x"}, ok=False, reason="unknown device")
+    p.store.close()
+    again = ControlStore(tmp_path / "c.sqlite")
+    again.open()
+    a = again.alarms["bat:cell_over_voltage"]
+    assert a.active and a.acked_by == "alice" and a.severity == "critical"
+    log = again.audit_log()
+    assert [(e["user"], e["action"], e["ok"]) for e in log] == [
+        ("bob", "override_set", False), ("alice", "emergency_stop", True)]
+    assert log[0]["reason"] == "unknown device"
+    again.close()
+
+
+def test_reconnection_sequence_closes_pcc_then_restores_in_stages() -> None:
+    cfg = ControlConfig.model_validate({"emergency": {"pcc_breaker": "pcc",
+                                                      "reconnect_delay_s": 5,
+                                                      "step_delay_s": 1}})
+    m = ModeMachine(cfg)
+    assert m.step(0.0, False, {"pcc": True}) == [("pcc", "trip", True)]
+    assert m.mode == "island"
+    assert m.refuse("reconnect", False) == "the grid is not healthy at the PCC"
+    assert m.step(1.0, True, {"pcc": False}) == []
+    assert m.step(5.0, True, {"pcc": False}) == [] and m.mode == "island"
+    m.step(6.0, True, {"pcc": False})
+    assert m.mode == "reconnect" and m.stage == 0
+    assert m.step(7.5, True, {"pcc": False}) == [("pcc", "close", True)]
+    assert m.step(8.0, True, {"pcc": False}) == []  # waiting for it to close
+    m.step(9.0, True, {"pcc": True})
+    assert m.stage == 1
+    m.step(10.5, True, {"pcc": True})
+    assert m.stage == 2
+    m.step(12.0, True, {"pcc": True})
+    assert m.mode == "normal"
+    assert [h["to"] for h in m.history] == ["island", "reconnect", "normal"]
