@@ -31,6 +31,7 @@ FACTORIES: list[str] = [
     "gateway.console.policy:component",  # API roles/tokens from `console:` (first: no gap)
     "gateway.service.metrics:build",  # Prometheus endpoint, when `metrics:` is set
     "gateway.control.component:build",  # protection + site controller, when `control:` is set
+    "gateway.analytics.service:build",  # forecasts, anomalies, battery health (with historian)
 ]
 
 
