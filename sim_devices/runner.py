@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from drivers.template import ModbusTemplate, load_template
 from gateway.config.models import ModbusRtuOverTcp, ModbusTcp, SiteConfig
 from gateway.model import PointValue
+from sim_devices.can_nodes import attach_can
 from sim_devices.clock import ManualClock
 from sim_devices.dnp3_server import attach_dnp3
 from sim_devices.faults import ENDPOINT_KINDS, Fault, FaultKind, make_fault
@@ -91,6 +92,7 @@ class SimRunner:
             assert isinstance(conn, ModbusTcp | ModbusRtuOverTcp)
             self.endpoints[conn_id] = EndpointServer(conn, images, overrides.get(conn_id), host)
         attach_dnp3(self, overrides, host, templates)  # DNP3 outstations, same physics
+        attach_can(self, templates)  # CAN nodes on a pty (slcan) or python-can bus
         for dev_id, why in self.skipped.items():
             log.info("not serving %s: %s", dev_id, why)
 
