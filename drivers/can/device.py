@@ -77,7 +77,7 @@ def point_decoder(msg: Message, pt: CanPoint, kind: Kind) -> PointDecoder:
     if scale == 1.0:
         return dec
     places = decimals(float(sig.scale) * scale, float(sig.offset) * scale)
-    return lambda d: round(dec(d) * scale, places)
+    return lambda d: round(dec(d) * scale, places) + 0.0  # + 0.0: no -0.0
 
 
 class CanDeviceIO(DeviceIO):
@@ -213,15 +213,21 @@ class CanDeviceIO(DeviceIO):
         return phys
 
     def _frame_values(self, msg: Message, point: str, phys: float) -> dict[str, float]:
-        """Every signal of a command frame: the new value, and for the others what the
-        device reports now (their read-back), else what we sent last, else the DBC's
-        initial value."""
+        """Every signal of a command frame: the new value; for the others what we sent
+        last, else what the device reports now (points verified 'equal'), else no
+        restriction for a limit ('at_most': the signal's maximum), else the DBC's initial
+        value."""
         pt = self.template.points[point]
         assert pt.command is not None
         current: dict[str, float] = {}
         for name, other in self.template.points.items():
             cmd = other.command
             if cmd is None or cmd.message != msg.name or name == point:
+                continue
+            if other.verify == "at_most":
+                sig = signal_of(msg, cmd.signal)
+                if sig is not None and sig.maximum is not None:
+                    current[cmd.signal] = float(sig.maximum)
                 continue
             slot = self.slots.get(other.message) if other.message else None
             if slot is not None and slot.data is not None and other.signal is not None:
@@ -237,10 +243,10 @@ class CanDeviceIO(DeviceIO):
         for sig in msg.signals:
             if sig.name == pt.command.signal:
                 out[sig.name] = phys
-            elif sig.name in current:
-                out[sig.name] = current[sig.name]
             elif (msg.name, sig.name) in self._sent:
                 out[sig.name] = self._sent[(msg.name, sig.name)]
+            elif sig.name in current:
+                out[sig.name] = current[sig.name]
             else:
                 out[sig.name] = _initial(sig)
         return out
