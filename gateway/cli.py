@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.simulate.cliargs import add_parser as add_simulate_parser
 
     add_simulate_parser(sub)
+    from gateway.analytics.report import add_parser as add_forecast_parser
+
+    add_forecast_parser(sub)
     return p
 
 
@@ -104,6 +107,12 @@ def cmd_install(args: argparse.Namespace) -> int:
     from gateway.service.install import cmd_install as run_install
 
     return run_install(args)
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from gateway.analytics.report import cmd_forecast as run
+
+    return run(args)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -219,6 +228,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "sim": cmd_sim, "demo": cmd_demo, "check": cmd_check,
     "status": cmd_status, "export": cmd_export, "console": cmd_console,
     "install": cmd_install, "uninstall": cmd_uninstall, "simulate": cmd_simulate,
+    "forecast": cmd_forecast,
 }
 
 
