@@ -25,15 +25,13 @@ HEADER_NOTE = "in-process lockstep; protocols are exercised by the integration t
 
 
 def controller_factory() -> tuple[ControllerFactory, str]:
-    """The site controller when this tree has it, else the harness's stand-in."""
-    from gateway.simulate.adapter import site_controller_factory
+    """The site controller; without a ``control:`` section it runs its default strategies."""
+    from gateway.control.controller import Controller
 
-    made = site_controller_factory()
-    if made is not None:
-        return made
-    from gateway.simulate.standin import StandInController
+    def make(cfg: SiteConfig) -> Controller:
+        return Controller(cfg)
 
-    return StandInController, StandInController.name
+    return make, "site controller (gateway.control.controller)"
 
 
 def run_simulate(loaded: LoadedConfig, days: float, out_dir: Path, step_s: float,

@@ -24,7 +24,7 @@ from gateway.config.models import SiteConfig
 from gateway.control.plan import Plan
 from gateway.control.scheduler import Scheduler
 from gateway.control.scheduler_lp import EvInput
-from gateway.model import Nature, PointValue
+from gateway.model import PointValue
 from gateway.state import DeviceState, SiteState
 from sim_devices.clock import ManualClock
 from sim_devices.physics.battery import Battery
@@ -142,27 +142,9 @@ class Lockstep:
         assert self.scheduler is not None
         book = getattr(self.controller, "sessions", None)
         active = getattr(book, "active", None)
-        if isinstance(active, dict):
-            return self.scheduler.sessions_from(active.values(), now)
-        out = []  # stand-in controller: what the cars report
-        for dev in self.state.of_nature(Nature.EVSE):
-            if dev.value("connected", now) is not True:
-                continue
-            r = next(d for d in self.cfg.devices if d.id == dev.device_id).ratings
-            dep = dev.value("ev_departure_s", now)
-            req = dev.value("ev_energy_req_kwh", now)
-            v2g = dev.value("v2g", now) is True
-            soc = dev.value("ev_soc_pct", now)
-            v2g_kwh = (max(0.0, float(soc) - 30.0) / 100.0 * 60.0
-                       if v2g and isinstance(soc, int | float) else 0.0)
-            prio = getattr(self.controller, "priority", {}).get(dev.device_id, "public")
-            out.append(EvInput(dev.device_id, now,
-                               now + (float(dep) if isinstance(dep, int | float) else 8 * 3600),
-                               float(req) if isinstance(req, int | float) else 20.0,
-                               r.p_charge_max_kw or r.p_max_kw or 11.0, prio,
-                               (r.p_discharge_max_kw or 0.0) if v2g_kwh > 0 else 0.0, v2g_kwh,
-                               dev.device_id))
-        return out
+        if not isinstance(active, dict):
+            return []  # a controller without a session registry: no EVs in the plan
+        return self.scheduler.sessions_from(active.values(), now)
 
     def execute(self) -> RunResult:
         t_wall = time.perf_counter()

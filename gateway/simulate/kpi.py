@@ -35,6 +35,7 @@ class Kpis:
     violations: int = 0  # episodes above the import or export limit
     violation_min: float = 0.0
     violation_kwh: float = 0.0
+    violation_max_kw: float = 0.0  # the worst step's excess over a limit
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -99,6 +100,7 @@ def compute(run: RunResult, cfg: SiteConfig, tariff: Tariff) -> Kpis:
     k.violations = _episodes(bad)
     k.violation_min = float(np.sum(bad)) * run.step_s / 60.0
     k.violation_kwh = float(np.sum(np.where(bad, over, 0.0)) * h)
+    k.violation_max_kw = float(over.max()) if over.size and bad.any() else 0.0
     return k
 
 
@@ -130,6 +132,7 @@ def table(results: list[tuple[RunResult, Kpis]], currency: str) -> str:
         ("limit violations", [str(k.violations) for _, k in results]),
         ("minutes over limits", [_fmt(k.violation_min, 0) for _, k in results]),
         ("kWh over limits", [_fmt(k.violation_kwh, 2) for _, k in results]),
+        ("worst excess kW", [_fmt(k.violation_max_kw, 2) for _, k in results]),
     ]
     head = ["KPI", *[RUN_TITLES[r.name] for r, _ in results]]
     w0 = max(len(head[0]), *(len(r[0]) for r in rows))
