@@ -1,0 +1,95 @@
+"""Alarms: active and recent alarms with severity, acknowledge; the audit log below."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import urwid
+
+from gateway.console.data import is_active
+from gateway.console.screens.base import Screen, one_line, pick
+from gateway.console.widgets import Table, cell, fmt_time, severity_attr
+
+HEADER = f"{'Raised':<10}{'Severity':<10}{'Source':<16}{'State':<9}{'Acked by':<9}Message"
+AUDIT_HEADER = f"{'Time':<10}{'User':<16}{'Action':<20}Detail"
+
+
+class AlarmsScreen(Screen):
+    name = "alarms"
+    title = "Alarms"
+    actions = [("a", "acknowledge"), ("Tab", "alarms/audit")]
+    caps = ("alarms", "audit")
+
+    def build(self) -> urwid.Widget:
+        self.alarms = Table(HEADER, empty="no alarms")
+        self.audit = Table(AUDIT_HEADER, empty="no audit entries")
+        self.pile = urwid.Pile([
+            ("pack", self.alarms.header_widget()), ("weight", 3, self.alarms),
+            ("pack", urwid.Divider("─")), ("pack", urwid.Text(("title", "Audit log"))),
+            ("pack", self.audit.header_widget()), ("weight", 2, self.audit)])
+        self.pile.focus_position = 1
+        return self.pile
+
+    def handle(self, key: str) -> bool:
+        if key == "tab":
+            self.pile.focus_position = 5 if self.pile.focus_position == 1 else 1
+            return True
+        if key in ("a", "enter"):
+            aid = self.alarms.focus_key()
+            if not aid:
+                self.ctx.notify("no alarm selected", "error")
+            else:
+                self.ctx.act("ack", {"key": aid}, f"acknowledge alarm {aid}")
+            return True
+        return False
+
+    def refresh(self) -> None:
+        recs, why = self.answer("alarms")
+        if recs is None:
+            self.alarms.empty = why or ""
+            self.alarms.set_rows([])
+        else:
+            rows = []
+            for i, r in enumerate(recs):
+                aid = str(pick(r, "key", "id", default=i))
+                sev = pick(r, "severity", "level", default="?")
+                active = is_active(r)
+                by = pick(r, "acked_by")
+                acked = bool(by or pick(r, "acked", "acked_s", default=False))
+                attr = severity_attr(sev) if active else "dim"
+                rows.append((aid, [
+                    ("text", cell(fmt_time(pick(r, "raised_s", "ts")), 9) + " "),
+                    (attr, cell(sev, 9) + " "),
+                    ("text", cell(pick(r, "source", "device"), 15) + " "),
+                    (attr, cell("active" if active else "cleared", 8) + " "),
+                    ("good" if acked else ("alarm" if active else "dim"),
+                     cell(by or ("yes" if acked else "no"), 8) + " "),
+                    ("text", str(pick(r, "message", "text", default=""))
+                     + (f" (x{r['count']})" if (r.get("count") or 1) > 1 else ""))]))
+            self.alarms.set_rows(rows)
+        recs, why = self.answer("audit")
+        if recs is None:
+            self.audit.empty = why or ""
+            self.audit.set_rows([])
+        else:
+            recs = list(reversed(recs)) if _ascending(recs) else recs
+            self.audit.set_rows([(str(i), [
+                ("text", cell(fmt_time(pick(r, "ts", "time")), 9) + " "),
+                ("value", cell(pick(r, "user", "by"), 15) + " "),
+                ("text" if r.get("ok", True) else "bad",
+                 cell(pick(r, "action", "cmd"), 19) + " "),
+                ("dim" if r.get("ok", True) else "bad", _detail(r))])
+                for i, r in enumerate(recs)])
+
+
+def _detail(r: dict[str, Any]) -> str:
+    d = r.get("detail")
+    text = one_line(d) if isinstance(d, dict) else str(d or "")
+    if r.get("ok") is False:
+        text = f"REFUSED: {r.get('reason') or ''}  {text}"
+    return text
+
+
+def _ascending(recs: list[dict[str, Any]]) -> bool:
+    ts = [r["ts"] for r in recs if isinstance(r.get("ts"), int | float)]
+    return len(ts) > 1 and ts[0] < ts[-1]

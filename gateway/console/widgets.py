@@ -1,0 +1,194 @@
+"""Small widgets and text helpers: sparklines, direction bars, tables that update in place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import urwid
+
+Markup = Any  # urwid text markup: str, (attr, str) or a list of those
+Size = tuple[()] | tuple[int] | tuple[int, int]
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+ASCII_BLOCKS = "_.-:=+*#"
+
+
+def sparkline(samples: Sequence[tuple[float, float]], width: int, now: float,
+              window_s: float, unicode: bool = True) -> str:
+    """``samples`` (ts, value) of the last ``window_s`` seconds as ``width`` characters;
+    each character is the mean of its time bucket; a bucket without a sample holds the
+    previous value, and is blank before the first sample."""
+    if width <= 0:
+        return ""
+    step = window_s / width
+    sums = [0.0] * width
+    counts = [0] * width
+    for ts, v in samples:
+        i = int((ts - (now - window_s)) / step)
+        if 0 <= i < width:
+            sums[i] += v
+            counts[i] += 1
+    vals = [s / c for s, c in zip(sums, counts, strict=True) if c]
+    if not vals:
+        return " " * width
+    lo, hi = min(vals), max(vals)
+    chars = BLOCKS if unicode else ASCII_BLOCKS
+    out = []
+    prev = " "
+    for s, c in zip(sums, counts, strict=True):
+        if c:
+            frac = 0.5 if hi == lo else (s / c - lo) / (hi - lo)
+            prev = chars[min(len(chars) - 1, int(frac * len(chars)))]
+        out.append(prev)
+    return "".join(out)
+
+
+def flow_bar(value: float | None, scale: float, width: int, unicode: bool = True) -> str:
+    """A centred bar: to the right for + (import, production, discharge), left for -."""
+    half = max(1, (width - 1) // 2)
+    if value is None:
+        return " " * half + "?" + " " * half
+    n = min(half, round(abs(value) / scale * half)) if scale > 0 else 0
+    fill = "█" if unicode else "="
+    if value < 0:
+        left, right = " " * (half - n) + fill * n, " " * half
+    else:
+        left, right = " " * half, fill * n + " " * (half - n)
+    return left[:half] + "|" + right[:half]
+
+
+def fmt_value(v: Any, digits: int = 1) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return "--" if v is None else str(v)
+
+
+def fmt_kw(v: Any) -> str:
+    return f"{v:8.1f} kW" if isinstance(v, int | float) and not isinstance(v, bool) \
+        else "      -- kW"
+
+
+def fmt_age(ts: Any, now: float | None = None) -> str:
+    if not isinstance(ts, int | float):
+        return "never"
+    age = (time.time() if now is None else now) - ts
+    if age < 0:
+        age = 0
+    if age < 60:
+        return f"{age:.1f} s ago"
+    if age < 3600:
+        return f"{age / 60:.0f} min ago"
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def fmt_time(ts: Any) -> str:
+    if isinstance(ts, int | float):
+        return time.strftime("%H:%M:%S", time.localtime(ts))
+    return "--" if ts is None else str(ts)[:19]
+
+
+def quality_attr(q: Any) -> str:
+    return {"good": "good", "stale": "warn", "offline": "bad"}.get(str(q), "dim")
+
+
+def severity_attr(sev: Any) -> str:
+    s = str(sev).lower()
+    if s in ("critical", "emergency", "alarm", "high", "error", "trip"):
+        return "alarm"
+    if s in ("warning", "warn", "medium"):
+        return "warn"
+    return "text"
+
+
+def cell(v: Any, width: int, right: bool = False) -> str:
+    s = fmt_value(v)
+    if len(s) > width:
+        s = s[: max(0, width - 1)] + "…"
+    return s.rjust(width) if right else s.ljust(width)
+
+
+class Row(urwid.Text):
+    """A selectable line of a table; carries the key of the record it shows."""
+
+    _selectable = True
+
+    def __init__(self, key: str, markup: Markup) -> None:
+        super().__init__(markup, wrap="clip")
+        self.key = key
+        self.markup = markup
+
+    def keypress(self, size: Size, key: str) -> str | None:
+        return key
+
+
+class Table(urwid.WidgetWrap[urwid.ListBox]):
+    """A scrolling list of one-line rows that updates the text of existing rows in place
+    (no rebuild, so focus and scroll position survive a refresh)."""
+
+    def __init__(self, header: Markup = "", empty: str = "nothing to show") -> None:
+        self.walker: urwid.SimpleFocusListWalker[Any] = urwid.SimpleFocusListWalker([])
+        self.listbox = urwid.ListBox(self.walker)
+        self.empty = empty
+        self._header = urwid.Text(("title", header) if isinstance(header, str) else header,
+                                  wrap="clip")
+        self._rows: list[Row] = []
+        super().__init__(self.listbox)
+        self.set_rows([])
+
+    def header_widget(self) -> urwid.Text:
+        return self._header
+
+    def set_header(self, markup: Markup) -> None:
+        self._header.set_text(markup)
+
+    def set_rows(self, rows: Iterable[tuple[str, Markup]]) -> None:
+        rows = list(rows)
+        if not rows:
+            rows = [("", ("dim", self.empty))]
+        focus_key = self.focus_key()
+        for i, (key, markup) in enumerate(rows):
+            if i < len(self._rows):
+                r = self._rows[i]
+                r.key = key
+                if r.markup != markup:  # unchanged rows are not redrawn
+                    r.markup = markup
+                    r.set_text(markup)
+            else:
+                r = Row(key, markup)
+                self._rows.append(r)
+                self.walker.append(urwid.AttrMap(r, None, focus_map=_FOCUS))
+        if len(self._rows) > len(rows):
+            del self._rows[len(rows):]
+            del self.walker[len(rows):]
+        if focus_key is not None:
+            for i, r in enumerate(self._rows):
+                if r.key == focus_key:
+                    self.walker.set_focus(i)
+                    break
+
+    def focus_key(self) -> str | None:
+        if not self._rows:
+            return None
+        _, pos = self.walker.get_focus()
+        if pos is None or pos >= len(self._rows):
+            return None
+        return self._rows[pos].key or None
+
+    def keys(self) -> list[str]:
+        return [r.key for r in self._rows if r.key]
+
+
+_FOCUS = {None: "focus", "text": "focus", "value": "focus", "good": "focus", "warn": "focus",
+          "bad": "focus_alarm", "alarm": "focus_alarm", "dim": "focus"}
+
+
+def boxed(title: str, body: urwid.Widget, attr: str = "text") -> urwid.Widget:
+    return urwid.AttrMap(urwid.LineBox(body, title=title, title_align="left"), attr)
+
+
+def note(text: Markup) -> urwid.Text:
+    return urwid.Text(text)
