@@ -27,13 +27,32 @@ POLL_S = 0.25
 TIMEOUT_S = 0.2  # < POLL_S, so a timed-out poll still fits in its period
 
 
+SERVED_PROTOCOLS = ("modbus", "dnp3")  # templates of these protocols are served below
+
+
+def served_templates() -> list[str]:
+    return [n for n in template_names() if load_template(n).protocol in SERVED_PROTOCOLS]
+
+
+def polled_points(tpl: object) -> set[str]:
+    """Points a read returns (a DNP3 command-only point such as 'trip' is not read)."""
+    points: dict[str, object] = getattr(tpl, "points")  # noqa: B009
+    return {n for n, p in points.items() if getattr(p, "readable", True)}
+
+
 def every_template_site(tmp: Path) -> SiteConfig:
     """One device per shipped template: SunSpec inverter and friends on TCP, the meter
-    behind an RTU-over-TCP gateway, as on many real sites."""
+    behind an RTU-over-TCP gateway, as on many real sites; each DNP3 template on an
+    outstation of its own."""
     devices = []
-    for unit, name in enumerate(template_names(), start=1):
+    dnp3_conns: list[dict[str, object]] = []
+    for unit, name in enumerate(served_templates(), start=1):
         tpl = load_template(name)
         conn = "rtu" if tpl.nature == "meter" else "tcp"
+        if tpl.protocol == "dnp3":
+            conn = f"dnp3_{unit}"
+            dnp3_conns.append({"id": conn, "type": "dnp3_tcp", "class1_interval_s": POLL_S,
+                               "class2_interval_s": POLL_S, "class3_interval_s": POLL_S})
         devices.append({"id": name, "nature": str(tpl.nature), "template": name,
                         "connection": conn, "unit_id": unit, "poll_interval_s": POLL_S,
                         "ratings": _ratings(str(tpl.nature))})
@@ -44,7 +63,8 @@ def every_template_site(tmp: Path) -> SiteConfig:
                  "timezone": "Europe/Berlin"},
         "gateways": [{"id": "gw1", "api_socket": str(tmp / "api.sock")}],
         "connections": [{"id": "tcp", "type": "modbus_tcp", **conn_common},
-                        {"id": "rtu", "type": "modbus_rtu_over_tcp", **conn_common}],
+                        {"id": "rtu", "type": "modbus_rtu_over_tcp", **conn_common},
+                        *({**c, **conn_common} for c in dnp3_conns)],
         "devices": devices,
         "historian": {"path": str(tmp / "history.sqlite"), "flush_interval_s": 0.2},
         "simulation": {"seed": 1, "clock": {"start": "2025-06-21T12:00:00+02:00"}},
@@ -61,7 +81,7 @@ def _ratings(nature: str) -> dict[str, float]:
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[tuple[SimRunner, Daemon]]:
     cfg = every_template_site(tmp_path)
-    runner = SimRunner(cfg, port_overrides={"tcp": 0, "rtu": 0})
+    runner = SimRunner(cfg, port_overrides={c.id: 0 for c in cfg.connections})
     ports = await runner.start()
     daemon = Daemon(with_ports(cfg, ports))
     try:
@@ -93,7 +113,7 @@ async def test_every_template_polled_and_values_match_the_simulator(
     for dev_id, dev in daemon.state.devices.items():
         truth = runner.values(dev_id)
         tpl = load_template(dev_id)
-        assert set(dev.readings) == set(tpl.points), dev_id
+        assert set(dev.readings) == polled_points(tpl), dev_id
         for point, reading in dev.readings.items():
             spec = point_spec(dev.nature, point)
             assert spec is not None and reading.unit == spec.unit
@@ -115,8 +135,8 @@ async def test_api_and_historian_see_the_site(site: tuple[SimRunner, Daemon]) ->
     await wait_for(lambda: all_good(daemon), "every device good")
     async with ApiClient(daemon.socket_path) as client:
         snap = await client.request("snapshot")
-        assert set(snap["devices"]) == set(template_names())
-        assert snap["summary"]["devices"]["good"] == len(template_names())
+        assert set(snap["devices"]) == set(served_templates())
+        assert snap["summary"]["devices"]["good"] == len(served_templates())
         stats = await client.request("stats")
         assert stats["devices"]["sunspec_inverter"]["requests"] > 0
     assert daemon.historian is not None
