@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -238,3 +239,36 @@ def test_simple_forecast_persistence_then_profile_and_clear_sky_pv() -> None:
     f1 = SimpleForecaster(cfg, hist).forecast(noon, 900.0, 96, noon)
     assert "same quarter-hour mean" in f1.method
     assert f1.load_kw[0] == pytest.approx(4.0) and f1.load_kw[40] == pytest.approx(1.0)
+
+
+async def test_component_plans_off_the_loop_and_hands_the_plan_to_the_controller() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from gateway.control.controller import Controller
+    from gateway.control.scheduler_component import SchedulerComponent, build
+
+    cfg = _cfg(tariff={"import_per_kwh": 0.3})
+    controller = Controller(cfg)
+    daemon = SimpleNamespace(cfg=cfg, state=_state(time.time()), api=None,
+                             components=[SimpleNamespace(name="control",
+                                                         controller=controller)])
+    comp = build(daemon)  # type: ignore[arg-type]
+    assert isinstance(comp, SchedulerComponent)
+    await comp.start()
+    try:
+        for _ in range(400):  # bounded wait for the first plan (a solve takes ms)
+            if comp.last is not None:
+                break
+            await asyncio.sleep(0.025)
+        assert comp.last is not None
+        assert comp.last.plan.status == "optimal", comp.last.plan.status
+        assert controller.plan is comp.last.plan
+        summary = comp._api_plan({}, None)
+        assert summary["status"] == "optimal" and summary["controller"] == "tracking"
+        assert summary["tariff"] == "site tariff" and summary["runs"] >= 1
+    finally:
+        await comp.stop()
+    assert build(SimpleNamespace(cfg=_cfg())) is None  # type: ignore[arg-type]  # no tariff
+    off = _cfg(tariff={"import_per_kwh": 0.3}, scheduler={"enabled": False})
+    assert build(SimpleNamespace(cfg=off)) is None  # type: ignore[arg-type]

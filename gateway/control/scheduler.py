@@ -75,6 +75,7 @@ class Scheduler:
         self.simple = forecaster if forecaster is not None else SimpleForecaster(cfg)
         self.forecast_fn = forecast_fn  # analytics, when available; None -> simple
         self.last: SolveResult | None = None
+        self._forecast_note = ""
         self._devices = {d.id: d for d in cfg.devices if d.enabled}
         ctl = cfg.control
         self.reserve_soc_pct = max(self.settings.battery_reserve_soc_pct,
@@ -132,7 +133,10 @@ class Scheduler:
                 return self.forecast_fn(start_s, step_s, n, snap.now_s, snap.load_now_kw,
                                         snap.pv_now_kw)
             except Exception as exc:  # not trained yet, too little data, ...
-                log.info("analytics forecast unavailable (%s); using the simple one", exc)
+                note = f"analytics forecast unavailable ({exc}); using the simple one"
+                if note != self._forecast_note:  # say it once, not every few minutes
+                    log.info("%s", note)
+                    self._forecast_note = note
         return self.simple.forecast(start_s, step_s, n, snap.now_s, snap.load_now_kw,
                                     snap.pv_now_kw)
 
