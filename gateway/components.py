@@ -32,6 +32,7 @@ FACTORIES: list[str] = [
     "gateway.service.metrics:build",  # Prometheus endpoint, when `metrics:` is set
     "gateway.control.component:build",  # protection + site controller, when `control:` is set
     "gateway.analytics.service:build",  # forecasts, anomalies, battery health (with historian)
+    "gateway.control.scheduler_component:build",  # LP plan for the controller (`tariff:`)
 ]
 
 
