@@ -85,7 +85,7 @@ def _header(cfg: SiteConfig, settings: SimulationSettings, days: float, step_s: 
         HEADER_NOTE,
         "cars report departure and wanted energy to the controller (as ISO 15118 cars do); "
         "energy cost does not credit energy left in the batteries (see 'battery stored')",
-        f"controller: {ctl_name}",
+        f"controller: {ctl_name}; protection (per-sample trips) is not in the lockstep loop",
         f"tariff: {tariff_src}",
     ]
     for res, _ in results:
@@ -94,5 +94,7 @@ def _header(cfg: SiteConfig, settings: SimulationSettings, days: float, step_s: 
             why = f" (first: {fb[0]})" if fb else ""
             lines.append(f"scheduler: LP every {replan_s / 60:g} min over 24 h, "
                          f"{res.plans_ok} optimal plans, {len(fb)} fallbacks{why}")
+            if res.plan_solver:
+                lines.append(f"last plan: {res.plan_solver}")
     return "\n".join(lines) + "\n"
 

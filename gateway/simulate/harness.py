@@ -81,6 +81,7 @@ class RunResult:
     plans_fallback: list[str] = field(default_factory=list)
     controller_name: str = ""
     stored_start_kwh: float = 0.0
+    plan_solver: str = ""  # solver and forecast of the last optimal plan
 
 
 def day_start(settings: SimulationSettings, tz: str) -> float:
@@ -170,6 +171,7 @@ class Lockstep:
                     self.controller.plan = out.plan
                     if out.plan.status == "optimal":
                         res.plans_ok += 1
+                        res.plan_solver = out.plan.solver
                     else:
                         res.plans_fallback.append(out.plan.status)
                     next_plan = now + self.replan_s
