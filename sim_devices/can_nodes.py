@@ -211,7 +211,9 @@ class BmsNode(CanNode):
         n = getattr(pack, "n_series", 16)
         raw = int(getattr(pack, "alarms", lambda: 0)())
         ich, idis = values.get("i_charge_max_a", 0.0), values.get("i_discharge_max_a", 0.0)
-        return {
+        alarms = self.template.points.get("alarms")
+        cleared = dict.fromkeys(alarms.flags or [], 0.0) if alarms else {}
+        return {**cleared,  # the pack's bits are not Pylontech's: map them, clear the rest
             "ChargeVoltageLimit": n * LFP_CHARGE_V, "DischargeVoltageLimit": n * LFP_DISCHARGE_V,
             "AvgTemperature": float(getattr(pack, "temp_c", 25.0)),
             # the pack's own alarm bits (sim_devices.physics.battery) as Pylontech flags
