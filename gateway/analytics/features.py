@@ -36,10 +36,10 @@ def calendar(index: pd.DatetimeIndex, info: SiteInfo) -> pd.DataFrame:
     dates = local.date
     hol_set = _holiday_set(info.country, tuple(sorted(set(local.year.tolist()))))
     hol = np.fromiter((d in hol_set for d in dates), dtype=bool, count=len(dates))
-    dow = local.dayofweek.to_numpy()
+    dow = local.day_of_week.to_numpy()
     daytype = np.where(hol | (dow == 6), 2, np.where(dow == 5, 1, 0))
     qh = (local.hour * 4 + local.minute // 15).to_numpy()
-    doy = local.dayofyear.to_numpy()
+    doy = local.day_of_year.to_numpy()
     out = pd.DataFrame({
         "qh": qh, "dow": dow, "daytype": daytype, "holiday": hol.astype(float),
         "hour_sin": np.sin(2 * np.pi * qh / DAY), "hour_cos": np.cos(2 * np.pi * qh / DAY),
@@ -62,7 +62,7 @@ def clear_sky_pv(index: pd.DatetimeIndex, info: SiteInfo) -> np.ndarray:
     cs = loc.get_clearsky(mid, model="haurwitz", solar_position=sp)
     zen = sp["apparent_zenith"].to_numpy(dtype=float)
     ghi = np.nan_to_num(cs["ghi"].to_numpy(dtype=float)).clip(min=0.0)
-    parts = pvlib.irradiance.erbs(ghi, zen, mid.dayofyear.to_numpy())
+    parts = pvlib.irradiance.erbs(ghi, zen, mid.day_of_year.to_numpy())
     total = np.zeros(len(index))
     for a in info.pv:
         irr = pvlib.irradiance.get_total_irradiance(

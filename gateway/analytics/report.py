@@ -99,6 +99,7 @@ def run(cfg: SiteConfig, source: str = "auto", days: int = 56, retrain_days: int
     if model_dir is not None:
         last = Forecaster.load_latest(model_dir)
         version = last.version + 1 if last else 1
+    tqdm.monitor_interval = 0  # no monitor thread: the bar lives as long as the command
     with tqdm(total=total, desc="train + backtest", unit="fit", disable=not progress,
               file=sys.stderr) as bar:
         fc = train(frame, info, version=version, n_trees=n_trees, n_jobs=-1,

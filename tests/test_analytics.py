@@ -1,0 +1,132 @@
+"""Analytics: backtests on reference data, Forecaster bands and persistence, battery health."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gateway.analytics import backtest
+from gateway.analytics.battery_health import assess, capacity_estimates
+from gateway.analytics.data import reference_year
+from gateway.analytics.forecast import Forecaster, train
+from gateway.analytics.inject import Fault, simulate
+from gateway.analytics.site import SiteInfo, site_info
+from gateway.config.loader import load_config
+from tests.conftest import REPO
+
+
+@functools.lru_cache(maxsize=1)
+def _demo() -> tuple[object, SiteInfo, pd.DataFrame]:
+    cfg = load_config(REPO / "site_configs" / "demo.yaml").config
+    info = site_info(cfg)
+    return cfg, info, reference_year(info)
+
+
+def test_reference_year_is_real_profiles() -> None:
+    _, info, fr = _demo()
+    assert len(fr) == 365 * 96
+    assert fr["load_kw"].sum() / 4 == pytest.approx(60_000, rel=0.05)  # kWh over the year
+    assert fr["pv_kw"].max() <= 30.0 + 1e-9  # inverter rating
+    local = fr.index.tz_convert(info.timezone)
+    assert fr["pv_kw"][(local.hour < 4)].max() == 0.0  # no sun at night
+    daily = fr["pv_kw"].groupby(local.date).sum() / 4  # kWh per day: real TMY weather varies
+    assert daily.std() > 0.2 * daily.mean() and daily.min() < 0.3 * daily.max()
+
+
+def test_backtest_day_ahead_load_beats_seasonal_naive() -> None:
+    _, info, fr = _demo()
+    part = fr[fr.index < pd.Timestamp("2025-05-20", tz="UTC")]
+    res = backtest.rolling_origin(part, info, "load", days=14, retrain_days=7, n_trees=20)
+    print("\n" + res.metrics.round(2).to_string())
+    m = res.metrics
+    assert {"random_forest", "linear_regression", "seasonal_naive_7d"} <= set(m.index)
+    assert res.best in ("rf", "lr")
+    best = m.loc[{"rf": "random_forest", "lr": "linear_regression"}[res.best]]
+    assert best["mae_kw"] == m.loc[["random_forest", "linear_regression"], "mae_kw"].min()
+    assert best["skill_vs_seasonal_naive_pct"] > 10.0  # small forest; full size in the bench
+    assert 0.5 < res.coverage < 0.98
+
+
+def test_backtest_pv_against_clear_sky_persistence() -> None:
+    _, info, fr = _demo()
+    part = fr[fr.index < pd.Timestamp("2025-07-01", tz="UTC")]
+    res = backtest.rolling_origin(part, info, "pv", days=14, retrain_days=14, n_trees=20)
+    print("\n" + res.metrics.round(2).to_string())
+    assert {"cs_persistence", "seasonal_naive_1d"} <= set(res.metrics.index)
+    best = res.metrics.loc[{"rf": "random_forest", "lr": "linear_regression"}[res.best]]
+    assert best["skill_vs_cs_persistence_pct"] > -5.0  # within a few % or better
+
+
+def test_forecaster_predict_bands_horizon_and_save(tmp_path: Path) -> None:
+    _, info, fr = _demo()
+    part = fr[(fr.index >= pd.Timestamp("2025-04-01", tz="UTC"))
+              & (fr.index < pd.Timestamp("2025-05-10", tz="UTC"))]
+    fc = train(part, info, version=3, n_trees=10, backtest_days=7, retrain_days=7)
+    start = part.index[-1] + pd.Timedelta(minutes=15)
+    pred = fc.predict(start, pd.Timedelta(hours=48), pd.Timedelta(hours=1))
+    assert set(pred) == {"load", "pv"}
+    for df in pred.values():
+        assert list(df.columns) == ["p50", "p10", "p90"]
+        assert len(df) == 48 and df.index[0] == start.floor("15min")
+        assert (df["p10"] <= df["p50"] + 1e-9).all() and (df["p50"] <= df["p90"] + 1e-9).all()
+        assert df.notna().all().all()
+    pv = pred["pv"]
+    night = pv.index.tz_convert(info.timezone).hour.isin([0, 1, 2, 23])
+    assert (pv["p90"][night] == 0).all() and pv["p50"].max() > 5.0
+    fine = fc.predict(start, pd.Timedelta(hours=2), pd.Timedelta(minutes=5))["load"]
+    assert len(fine) == 24
+    fc.save(tmp_path)
+    back = Forecaster.load_latest(tmp_path)
+    assert back is not None and back.version == 3 and back.window == fc.window
+    assert back.meta()["models"]["load"]["kind"] in ("random_forest", "linear_regression")
+
+
+def test_intraday_correction_follows_a_level_shift() -> None:
+    _, info, fr = _demo()
+    part = fr[(fr.index >= pd.Timestamp("2025-03-01", tz="UTC"))
+              & (fr.index < pd.Timestamp("2025-04-01", tz="UTC"))].copy()
+    fc = train(part, info, n_trees=10, backtest_days=7, retrain_days=7)
+    shifted = part.iloc[-8:].copy()
+    shifted["load_kw"] += 5.0  # a big extra consumer switched on in the last two hours
+    fc.observe(shifted)
+    plain = fc.predict(horizon=pd.Timedelta(hours=6), intraday=False)["load"]["p50"]
+    corr = fc.predict(horizon=pd.Timedelta(hours=6))["load"]["p50"]
+    assert corr.iloc[0] - plain.iloc[0] > 3.0  # the first quarter carries the error
+    assert abs(corr.iloc[-1] - plain.iloc[-1]) < 0.5  # and it fades out
+
+
+def test_battery_health_capacity_resistance_and_fade() -> None:
+    cfg, _, _ = _demo()
+    t0 = pd.Timestamp("2025-06-01", tz="UTC").timestamp()
+    tel, _ = simulate(cfg, t0, 3, [Fault("capacity_fade", "battery", t0 + 1.5 * 86400)])
+    bat = tel["battery"]
+    early = bat[bat.index < pd.Timestamp(t0 + 1.5 * 86400, unit="s", tz="UTC")]
+    rep = assess("battery", early, 50.0)
+    assert rep.n_cycles >= 1 and rep.soh_pct == pytest.approx(100.0, abs=3.0)
+    assert rep.resistance_mohm is not None and rep.resistance_mohm > 0
+    late = capacity_estimates(bat[bat.index >= pd.Timestamp(t0 + 1.6 * 86400, unit="s",
+                                                                tz="UTC")])
+    assert len(late) >= 1
+    assert float(np.median(late.to_numpy())) == pytest.approx(0.85 * 50.0, rel=0.04)
+    full = assess("battery", bat, 50.0)
+    assert full.soh_slope_pct_per_year is None or full.soh_slope_pct_per_year < 0
+
+
+def test_battery_health_projects_remaining_life() -> None:
+    idx = pd.date_range("2025-01-01", periods=6, freq="30D", tz="UTC")
+    caps = np.linspace(48.0, 46.0, 6)  # 2 kWh (4 % of 50) over 150 days
+    from gateway.analytics import battery_health as bh
+
+    orig = bh.capacity_estimates
+    try:
+        bh.capacity_estimates = lambda df, min_dsoc_pct=10.0: pd.Series(caps, index=idx)
+        rep = bh.assess("b", pd.DataFrame({"i_dc_a": [0.0], "v_dc_v": [0.0]}), 50.0)
+    finally:
+        bh.capacity_estimates = orig
+    assert rep.soh_slope_pct_per_year == pytest.approx(-4.0 / (150 / 365.25), rel=0.01)
+    assert rep.remaining_life_years == pytest.approx((rep.soh_pct - 80.0) /
+                                                     -rep.soh_slope_pct_per_year)
