@@ -328,6 +328,11 @@ async def run_console(path: Path, token: str | None = None, color: bool = True,
         await bridge.close()
         print(f"autogrid console: {exc}", file=sys.stderr)
         return 1
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        await bridge.close()
+        print(f"autogrid console: the daemon answers ({data.user} is {data.role}), but the "
+              f"console needs a terminal; use `autogrid status` in scripts", file=sys.stderr)
+        return 1
     app = ConsoleApp(data, bridge, color=color, unicode=unicode)
     if start:
         app.go(start)

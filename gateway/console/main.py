@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from pathlib import Path
 
 from gateway.console.theme import unicode_ok, want_color
@@ -30,10 +29,6 @@ def read_token(token_file: str | None) -> str | None:
 def console_main(args: argparse.Namespace, socket_path: Path) -> int:
     from gateway.console.app import run_console
 
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        print("autogrid console: needs a terminal (use `autogrid status` in scripts)",
-              file=sys.stderr)
-        return 1
     if args.screen and args.screen not in SCREEN_NAMES:
         raise ValueError(f"unknown screen {args.screen!r} (known: {', '.join(SCREEN_NAMES)})")
     token = read_token(args.token_file)
