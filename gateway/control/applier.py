@@ -17,7 +17,7 @@ from typing import Any
 from drivers.base import DeviceIO, DriverError
 from gateway.aio import cancel_and_wait
 from gateway.control.alarms import ControlStore
-from gateway.model import PointValue
+from gateway.model import Nature, PointValue
 from gateway.state import SiteState
 
 log = logging.getLogger("autogrid.control.applier")
@@ -60,7 +60,9 @@ class Applier:
         """Queue what changed (or is due for a rewrite); returns how many were queued."""
         now = time.monotonic() if now is None else now
         queued = 0
-        for dev_id, points in setpoints.items():
+        # Reductions first: the writers start in this order on a shared link, so power
+        # that goes down is written before power that goes up (no transient overshoot).
+        for dev_id, points in sorted(setpoints.items(), key=lambda kv: self._delta(*kv)):
             if dev_id not in self.ios:
                 continue
             d = self.devs.setdefault(dev_id, _Dev())
@@ -79,6 +81,15 @@ class Applier:
                     d.task = asyncio.create_task(self._writer(dev_id, d),
                                                  name=f"setpoints {dev_id}")
         return queued
+
+    def _delta(self, dev_id: str, points: dict[str, PointValue]) -> float:
+        d = self.devs.get(dev_id)
+        v, last = points.get("p_set_kw"), d.written.get("p_set_kw") if d else None
+        if isinstance(v, int | float) and last is not None and isinstance(last[0], int | float):
+            dev = self.state.devices.get(dev_id)
+            sign = -1.0 if dev is not None and dev.nature is Nature.BESS else 1.0  # + = export
+            return sign * (float(v) - float(last[0]))
+        return 0.0
 
     def _same(self, dev_id: str, point: str, old: PointValue, new: PointValue) -> bool:
         if isinstance(new, bool) or isinstance(old, bool) or not isinstance(new, int | float) \

@@ -55,7 +55,7 @@ class Controller:
         self.last: Setpoints = {}
         self.last_now: float | None = None
         self.last_decision: Decision | None = None
-        self.grid_ok = True
+        self.grid_ok: bool | None = None
         self.pending_commands: list[tuple[str, str, bool]] = []
         self.cycles = 0
 
@@ -119,11 +119,14 @@ class Controller:
                 site.grid_kw = (site.grid_kw or 0.0) + p
             v, f = _num(m.value("v_v", qnow)), _num(m.value("f_hz", qnow))
         prot = c.protection
-        self.grid_ok = bool(pcc) and v is not None and f is not None and (
-            g.nominal_v * (1 - prot.under_voltage_pct / 100) <= v
-            <= g.nominal_v * (1 + prot.over_voltage_pct / 100)) and (
-            g.nominal_f_hz - prot.under_frequency_hz <= f <= g.nominal_f_hz
-            + prot.over_frequency_hz) if pcc else True
+        # True = healthy grid at the PCC, False = seen lost, None = not measured now
+        if not pcc or v is None or f is None:
+            self.grid_ok = None
+        else:
+            self.grid_ok = (g.nominal_v * (1 - prot.under_voltage_pct / 100) <= v
+                            <= g.nominal_v * (1 + prot.over_voltage_pct / 100)
+                            and g.nominal_f_hz - prot.under_frequency_hz <= f
+                            <= g.nominal_f_hz + prot.over_frequency_hz)
         for dev in state.devices.values():
             if dev.device_quality(qnow) is not Quality.GOOD:
                 continue  # offline or stale: planned around, not waited for
@@ -190,7 +193,7 @@ class Controller:
     def request_mode(self, want: str, reason: str) -> str | None:
         """Enter a mode (estop, island, reconnect, reset, black_start); the reason it was
         refused, or None when done. Breaker commands go out with the next cycle."""
-        why = self.modes.refuse(want, self.grid_ok)
+        why = self.modes.refuse(want, self.grid_ok is True)
         if why is not None:
             return why
         self.pending_commands += self.modes.request(want, self.clock(), reason)

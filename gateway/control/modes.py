@@ -82,16 +82,17 @@ class ModeMachine:
         return []
 
     # -- every cycle ----------------------------------------------------------------------
-    def step(self, now: float, grid_ok: bool, breakers: dict[str, bool | None]
+    def step(self, now: float, grid_ok: bool | None, breakers: dict[str, bool | None]
              ) -> list[Command]:
-        """Advance automatic transitions; ``breakers`` maps id -> closed (None unknown)."""
+        """Advance automatic transitions. ``grid_ok``: the PCC shows a healthy grid (True),
+        a lost one (False) or nothing usable (None); ``breakers``: id -> closed or None."""
         em = self.cfg.emergency
         if grid_ok:
             if self.grid_ok_since is None:
                 self.grid_ok_since = now
         else:
             self.grid_ok_since = None
-        if self.mode == "normal" and not grid_ok and em.pcc_breaker is not None \
+        if self.mode == "normal" and grid_ok is False and em.pcc_breaker is not None \
                 and self.cfg.protection.grid_loss_trip and self._pcc_known(breakers):
             return self.request("island", now, "grid lost")
         if self.mode == "island" and self.grid_ok_since is not None \
@@ -106,7 +107,7 @@ class ModeMachine:
                    + list(em.estop_open_breakers)]
         open_ = [b for b in dict.fromkeys(targets) if breakers.get(b) is False]
         if self.stage <= 0 and open_:
-            if self.mode == "reconnect" and not grid_ok:
+            if self.mode == "reconnect" and grid_ok is False:
                 self._enter("island", now, "grid lost again during reconnection")
                 return []
             if self.closing != open_:

@@ -6,7 +6,8 @@
   essential ones too below ``island_shed_essential_soc_pct``: critical loads stay on as
   long as the energy lasts.
 - ``reconnect`` / ``black_start``: staged by the mode machine (``memory['stage']``):
-  0 everything off but critical loads, 1 + essential, 2 + deferrable and PV, then normal.
+  0 everything off but critical loads, 1 + essential, 2 + deferrable and PV, then normal
+  (EVs and the battery wait for normal operation).
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class EmergencyModes:
         stage = int(site.memory.get("stage", 0))  # reconnect / black start
         for ld in site.loads:
             d.load_on[ld.id] = ld.rank <= stage
-        for c in site.chargers:
-            d.ev_kw[c.id] = 0.0 if stage < 2 else d.ev_kw.get(c.id, 0.0)
+        for c in site.chargers:  # EVs wait for normal operation (and its grid limits)
+            d.ev_kw[c.id] = 0.0
         for b in site.batteries:
             d.battery_kw[b.id] = 0.0
         for pv in site.pvs:

@@ -5,7 +5,7 @@ shares, water-filling) among equals. Per-charger ratings and a site EV limit app
 
 from __future__ import annotations
 
-from gateway.control.context import ChargerView, Decision, Site, predicted_grid
+from gateway.control.context import ChargerView, Decision, Site, battery_room, predicted_grid
 
 
 def _order(site: Site, chargers: list[ChargerView]) -> list[ChargerView]:
@@ -45,6 +45,11 @@ class EvCharging:
         site_left = site.cfg.ev_site_limit_kw if site.cfg.ev_site_limit_kw is not None \
             else float("inf")
         planned = site.memory.get("plan_ev_kw") or {}
+        if site.cfg.grid_limits and site.import_limit_kw is not None:
+            base0 = predicted_grid(site, d)  # every car at 0
+            if base0 is not None:  # the hard limit bounds even deadline power
+                room = sum(battery_room(site, d, True, reserve=False).values())
+                site_left = min(site_left, max(0.0, site.import_limit_kw - base0 + room))
         must: dict[str, float] = {}
         groups: dict[tuple[int, float], list[ChargerView]] = {}
         for c in _order(site, cars):  # by class, then laxity; equals share fairly

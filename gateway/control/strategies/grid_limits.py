@@ -25,7 +25,10 @@ class GridLimits:
         for ld in site.loads:
             d.load_on[ld.id] = ld.id not in shed
         if site.grid_kw is None:
-            d.note(self.name, "no PCC reading: EVs held to deadline power, nothing restored")
+            if site.import_limit_kw is not None:  # cannot prove the limit holds: no EVs
+                for c in site.chargers:
+                    d.ev_kw[c.id] = min(0.0, d.ev_kw.get(c.id, 0.0))
+            d.note(self.name, "no PCC reading: EV charging held, nothing restored")
             return
         if site.import_limit_kw is not None:
             self._import(site, d, site.import_limit_kw, shed)
@@ -39,17 +42,7 @@ class GridLimits:
             for k, v in spread(battery_room(site, d, True, reserve=False), over).items():
                 d.battery_kw[k] = d.battery_kw.get(k, 0.0) + v
                 over -= v
-            chargers = sorted(
-                (c for c in site.chargers if d.ev_kw.get(c.id, 0.0) > 0 and c.session),
-                key=lambda c: (-c.session.rank() if c.session else 0,
-                               -(c.session.laxity_h(site.now, c.p_max_kw) if c.session
-                                 else 0)))
-            for c in chargers:
-                if over <= 1e-9:
-                    break
-                cut = min(over, d.ev_kw[c.id])
-                d.ev_kw[c.id] -= cut
-                over -= cut
+            over = self._cut_evs(site, d, over)
             if over > 1e-9:
                 over -= discharge_cars(site, d.ev_kw, over)
             for ld in sorted(site.loads, key=lambda x: -x.rank):
@@ -79,6 +72,24 @@ class GridLimits:
                 d.note(self.name, f"restored {nxt.id}")
         else:
             site.memory.pop("restore_since", None)
+
+    def _cut_evs(self, site: Site, d: Decision, over: float) -> float:
+        """Lower EV charging in reverse priority (public first, most slack first); cars
+        alike (same class, same slack) give up the same share of their power."""
+        groups: dict[tuple[int, float], list[str]] = {}
+        for c in site.chargers:
+            if d.ev_kw.get(c.id, 0.0) > 0 and c.session is not None:
+                key = (c.session.rank(), round(c.session.laxity_h(site.now, c.p_max_kw), 1))
+                groups.setdefault(key, []).append(c.id)
+        for key in sorted(groups, key=lambda k: (-k[0], -k[1])):
+            if over <= 1e-9:
+                break
+            total = sum(d.ev_kw[i] for i in groups[key])
+            f = min(1.0, over / total)
+            for i in groups[key]:
+                d.ev_kw[i] -= d.ev_kw[i] * f
+            over -= total * f
+        return over
 
     def _export(self, site: Site, d: Decision) -> None:
         curtail: dict[str, float] = site.memory.setdefault("curtail", {})

@@ -27,8 +27,10 @@ def v2g_room_kw(site: Site, c: ChargerView) -> float:
 
 
 def discharge_cars(site: Site, ev_kw: dict[str, float], amount: float) -> float:
-    """Discharge V2G cars (public first, most slack first) by up to ``amount`` kW in
-    total, editing ``ev_kw``; returns the kW found. Emergency vehicles are not used."""
+    """Lower V2G cars' power, into discharge, (public first, most slack first) by up to
+    ``amount`` kW in total, editing ``ev_kw``; returns the kW found. A car's deadline
+    power may be taken too, as the guard keeps time to recharge. Emergency vehicles are
+    not used."""
     found = 0.0
     cars = [c for c in site.chargers if c.session is not None and c.session.priority
             != "emergency"]
@@ -38,10 +40,10 @@ def discharge_cars(site: Site, ev_kw: dict[str, float], amount: float) -> float:
         if found >= amount:
             break
         room = v2g_room_kw(site, c)
-        now = ev_kw.get(c.id, 0.0)
-        if now > 0 or room <= 0:
+        if room <= 0:
             continue
-        take = min(room + now, amount - found)  # now <= 0: already discharging
+        now = ev_kw.get(c.id, 0.0)  # charging (+) or already discharging (-)
+        take = min(room + now, amount - found)  # the guard leaves time to recharge
         if take > 0:
             ev_kw[c.id] = now - take
             found += take
