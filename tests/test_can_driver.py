@@ -157,7 +157,7 @@ async def test_charger_commands_arrive_with_the_right_value(rig: Rig) -> None:
 async def test_refused_and_impossible_writes_are_errors(rig: Rig) -> None:
     io = rig.ios["ev1"]
     await io.read()
-    with pytest.raises(WriteError, match="outside what EMS_ChargerControl.PowerRequest"):
+    with pytest.raises(WriteError, match=r"outside what EMS_ChargerControl\.PowerRequest"):
         await io.write("p_set_kw", 1000.0)
     with pytest.raises(UnknownPoint, match="read-only"):
         await io.write("p_kw", 1.0)

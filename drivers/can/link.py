@@ -141,6 +141,7 @@ class CanLink:
         self._handlers: dict[int, list[FrameHandler]] = {}
         self._reconnect: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
+        self._tried = asyncio.Event()  # a connect attempt has finished (either way)
         self.opened_at: float | None = None  # monotonic time the bus last came up
         self.last_error: str | None = None
         self._closed = False
@@ -170,10 +171,11 @@ class CanLink:
         if self._reconnect is None or self._reconnect.done():
             self._reconnect = asyncio.create_task(self._connect_loop(),
                                                   name=f"can reconnect {self.key}")
-            # the first attempt runs now; a working bus is up before the caller goes on
+            # the first attempt runs now; its outcome is known before the caller goes on
+            self._tried.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.conn.timeout_s + self.conn.open_delay_s):
-                    await self._up.wait()
+                    await self._tried.wait()
         if self._bus is None:
             raise DeviceOffline(f"CAN bus {self.conn.interface} '{self.conn.channel}' is "
                                 f"down: {self.last_error or 'connecting'}")
@@ -201,6 +203,7 @@ class CanLink:
                     log.info("%s: CAN bus up again", self.key)
                 return
             first = False
+            self._tried.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2.0, self.conn.reconnect_delay_max_s)
 
@@ -214,6 +217,7 @@ class CanLink:
                                         name=f"can reader {self.key}", daemon=True)
         self._thread.start()
         self._up.set()
+        self._tried.set()
 
     # -- reader thread ----------------------------------------------------------------
 
