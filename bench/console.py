@@ -32,6 +32,7 @@ import tempfile
 import termios
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -50,7 +51,7 @@ def build_state(n_dev: int, n_pts: int) -> SiteState:
     for d in range(n_dev):
         dev = f"bench{d:02d}"
         state.add_device(DeviceState(dev, Nature.METER, max_age_s=60, protocol="synthetic"))
-        values: dict[str, float | int | None] = {f"x{p:03d}": float(p) for p in range(n_pts - 1)}
+        values: dict[str, Any] = {f"x{p:03d}": float(p) for p in range(n_pts - 1)}
         values["a_marker"] = 0
         state.update(dev, values, now)
     return state
