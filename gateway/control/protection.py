@@ -34,6 +34,7 @@ class Rule:
     action: str  # "zero" (the device), "zero_chargers", "grid_loss", "alarm"
     severity: str = "critical"
     only: str | None = None  # restrict to one device id
+    target: str | None = None  # the device to zero ("zero" action; default: by nature)
 
     def violated(self, value: float) -> bool:
         return value > self.limit if self.op == ">" else value < self.limit
@@ -141,12 +142,7 @@ class Protection:
         self.active[(device_id, rule.name)] = rule
         msg = (f"{rule.name.replace('_', ' ')}: {rule.point} = {value:.3g} "
                f"({rule.op} {rule.limit:.4g})")
-        targets: list[str] = []
-        if rule.action == "zero":
-            targets = [device_id] if rule.nature is Nature.BESS else [
-                d.device_id for d in self.state.of_nature(Nature.BESS)]
-        elif rule.action == "zero_chargers":
-            targets = [d.device_id for d in self.state.of_nature(Nature.EVSE)]
+        targets = self._targets(device_id, rule)
         for t in targets:
             nature = self.state.devices[t].nature
             point, zero = ZERO_POINT[nature]
@@ -175,6 +171,8 @@ class Protection:
                 del self.lockouts[t]
 
     def _targets(self, device_id: str, rule: Rule) -> list[str]:
+        if rule.target is not None:
+            return [rule.target]
         if rule.action == "zero":
             return [device_id] if rule.nature is Nature.BESS else [
                 d.device_id for d in self.state.of_nature(Nature.BESS)]
