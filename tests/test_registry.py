@@ -71,11 +71,12 @@ def test_builtin_modbus_driver_and_connection_types() -> None:
 def test_unknown_driver_names_it_and_lists_the_known_ones() -> None:
     with pytest.raises(registry.UnknownDriver) as err:
         registry.get_driver("dnp4")
-    assert str(err.value) == "unknown driver 'dnp4' (known: modbus)"
+    known = ", ".join(sorted(registry.BUILTIN))
+    assert str(err.value) == f"unknown driver 'dnp4' (known: {known})"
     with pytest.raises(registry.UnknownDriver,
-                       match=r"no driver serves connection type 'can_bus' \(known: "
-                             r"modbus_rtu_over_tcp, modbus_serial, modbus_tcp\)"):
-        registry.driver_for_connection_type("can_bus")
+                       match=r"no driver serves connection type 'bus_x' \(known: .*"
+                             r"modbus_rtu_over_tcp, modbus_serial, modbus_tcp"):
+        registry.driver_for_connection_type("bus_x")
 
 
 def test_importing_the_registry_imports_no_driver() -> None:
@@ -84,7 +85,7 @@ def test_importing_the_registry_imports_no_driver() -> None:
         import drivers.registry as r
         assert "drivers.modbus.driver" not in sys.modules, "imported too early"
         assert "pymodbus" not in sys.modules, "pymodbus imported too early"
-        assert r.driver_names() == ["modbus"]
+        assert r.driver_names() == sorted(r.BUILTIN)
         assert "drivers.modbus.driver" not in sys.modules, "listing names imported it"
         r.get_driver("modbus")
         assert "drivers.modbus.driver" in sys.modules
@@ -100,7 +101,7 @@ def test_entry_point_driver_is_imported_only_when_asked_for(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     plugin_module(monkeypatch, tmp_path, "acme_lazy_plugin")
     fake_entry_points(monkeypatch, ("acme", "acme_lazy_plugin:AcmeDriver"))
-    assert registry.driver_names() == ["acme", "modbus"]
+    assert registry.driver_names() == sorted(["acme", *registry.BUILTIN])
     assert "acme_lazy_plugin" not in sys.modules
     cls = registry.get_driver("acme")
     assert "acme_lazy_plugin" in sys.modules
@@ -126,7 +127,7 @@ def test_two_entry_points_with_one_name_are_refused(monkeypatch: pytest.MonkeyPa
 
 def test_the_same_class_declared_again_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_entry_points(monkeypatch, ("modbus", registry.BUILTIN["modbus"]))
-    assert registry.driver_names() == ["modbus"]
+    assert registry.driver_names() == sorted(registry.BUILTIN)
 
 
 def test_two_drivers_claiming_one_connection_type_are_refused(
