@@ -27,7 +27,7 @@ from typing import Any
 
 from cantools.database.can import Message, Signal
 
-from drivers.can.dbc import clamp_to_signal, signal_of
+from drivers.can.dbc import Payload, clamp_to_signal, signal_of
 from drivers.can.link import frame_key
 from drivers.can.template import CanTemplate
 from drivers.template import load_template
@@ -147,10 +147,10 @@ class CanNode:
 
     # -- commands ---------------------------------------------------------------------
 
-    def on_command(self, msg: Message, data: bytes) -> set[str]:
+    def on_command(self, msg: Message, data: Payload) -> set[str]:
         """Apply a command frame; returns the periodic messages that show its effect."""
         try:
-            decoded = msg.decode(data, decode_choices=False, scaling=True)
+            decoded = msg.decode(bytes(data), decode_choices=False, scaling=True)
         except Exception as exc:  # a malformed command: a real node ignores it
             log.info("%s: bad %s frame ignored: %s", self.device.id, msg.name, exc)
             return set()
@@ -293,8 +293,8 @@ class CanBusSim:
             node.period_scale = value
         self._wake.set()
 
-    def _on_command_cb(self, key: int) -> Callable[[bytes, float], None]:
-        def handle(data: bytes, _ts: float) -> None:
+    def _on_command_cb(self, key: int) -> Callable[[Payload, float], None]:
+        def handle(data: Payload, _ts: float) -> None:
             node, msg = self._commands[key]
             shows = node.on_command(msg, data)
             for arb, payload, ext in node.frames_now(shows) if shows else []:

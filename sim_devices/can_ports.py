@@ -19,12 +19,13 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
+from drivers.can.dbc import Payload
 from drivers.can.link import CanLink, frame_key
 from gateway.config.can import CanConnection
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, float], None]
+Handler = Callable[[Payload, float], None]
 
 
 class SlcanPty:

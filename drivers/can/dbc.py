@@ -17,7 +17,8 @@ from pathlib import Path
 import cantools
 from cantools.database.can import Database, Message, Signal
 
-SignalDecoder = Callable[[bytes], float]
+Payload = bytes | bytearray  # python-can hands frames over as bytearray
+SignalDecoder = Callable[[Payload], float]
 
 
 class DbcError(ValueError):
@@ -52,7 +53,7 @@ def resolution(sig: Signal) -> float:
     return abs(float(sig.scale)) if not sig.is_float else 0.0
 
 
-def _shift(sig: Signal, length_bytes: int) -> int:
+def lsb_shift(sig: Signal, length_bytes: int) -> int:
     """Right shift of the signal's LSB within the payload read as one integer."""
     if sig.byte_order == "little_endian":
         return int(sig.start)
@@ -63,41 +64,78 @@ def _shift(sig: Signal, length_bytes: int) -> int:
     return 8 * length_bytes - 1 - lsb_lin
 
 
+IntDecoder = Callable[[int], float]
+
+
+def fast_scale(scale: float, offset: float) -> tuple[int, int] | None:
+    """(divisor, raw offset) when value = (raw + raw_offset) / divisor is exact: scale is
+    1/integer and offset a whole number of steps. Division by 10 rounds correctly, so
+    2301 / 10 reads 230.1 without a round() per value."""
+    if scale <= 0:
+        return None
+    div = round(1.0 / scale)
+    if div < 1 or abs(1.0 / div - scale) > 1e-12 * scale:
+        return None
+    off = offset * div
+    if abs(off - round(off)) > 1e-6:
+        return None
+    return div, round(off)
+
+
+def compile_int(msg: Message, sig: Signal) -> tuple[bool, IntDecoder] | None:
+    """(big endian?, function payload-as-int -> physical value) for a plain integer
+    signal; None for float or multiplexed signals (decode those with cantools). The int
+    is ``int.from_bytes(data, "little")``, or of the first ``msg.length`` bytes "big"."""
+    if sig.is_float or msg.is_multiplexed():
+        return None
+    shift = lsb_shift(sig, msg.length)
+    mask = (1 << sig.length) - 1
+    sign_bit = 1 << (sig.length - 1)
+    full = 1 << sig.length
+    signed = bool(sig.is_signed)
+    scale, offset = float(sig.scale), float(sig.offset)
+    big = sig.byte_order == "big_endian"
+    fast = fast_scale(scale, offset)
+    if fast is not None:
+        div, off = fast
+        if not signed:
+            return big, lambda x: ((x >> shift) & mask) / div if not off \
+                else (((x >> shift) & mask) + off) / div
+
+        def signed_div(x: int) -> float:
+            raw = (x >> shift) & mask
+            if raw & sign_bit:
+                raw -= full
+            return (raw + off) / div
+        return big, signed_div
+    places = decimals(scale, offset)
+
+    def general(x: int) -> float:
+        raw = (x >> shift) & mask
+        if signed and raw & sign_bit:
+            raw -= full
+        return round(raw * scale + offset, places)
+    return big, general
+
+
 def compile_signal(msg: Message, sig: Signal) -> SignalDecoder:
     """A function payload -> physical value of ``sig`` (raw * scale + offset, rounded to
     the signal's resolution so 0.1 * 2301 reads 230.1, not 230.10000000000002)."""
-    if sig.is_float or msg.is_multiplexed():
+    compiled = compile_int(msg, sig)
+    if compiled is None:
         name = sig.name
 
-        def slow(data: bytes) -> float:
-            decoded = msg.decode(data, decode_choices=False, scaling=True)
+        def slow(data: Payload) -> float:
+            decoded = msg.decode(bytes(data), decode_choices=False, scaling=True)
             assert isinstance(decoded, dict)
             value = decoded[name]
             return float(value) if isinstance(value, int | float) else float("nan")
         return slow
+    big, fn = compiled
     length = msg.length
-    shift = _shift(sig, length)
-    mask = (1 << sig.length) - 1
-    sign_bit = 1 << (sig.length - 1) if sig.is_signed else 0
-    full = 1 << sig.length
-    scale, offset = float(sig.scale), float(sig.offset)
-    places = decimals(scale, offset)
-    big = sig.byte_order == "big_endian"
-
     if big:
-        def decode_be(data: bytes) -> float:
-            raw = (int.from_bytes(data[:length], "big") >> shift) & mask
-            if raw & sign_bit:
-                raw -= full
-            return round(raw * scale + offset, places)
-        return decode_be
-
-    def decode_le(data: bytes) -> float:
-        raw = (int.from_bytes(data, "little") >> shift) & mask
-        if raw & sign_bit:
-            raw -= full
-        return round(raw * scale + offset, places)
-    return decode_le
+        return lambda data: fn(int.from_bytes(data[:length], "big"))
+    return lambda data: fn(int.from_bytes(data, "little"))
 
 
 def compile_flags(msg: Message, signals: Sequence[Signal]) -> Callable[[bytes], int]:

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from cantools.database.can import Message, Signal
 
 from drivers.base import DeviceIO, DeviceTimeout, IOStats, UnknownPoint, WriteError
-from drivers.can.dbc import compile_flags, compile_signal, decimals, resolution, signal_of
+from drivers.can.codegen import MessageDecoder, compile_message
+from drivers.can.dbc import Payload, compile_signal, resolution, signal_of
 from drivers.can.link import CanLink, frame_key
 from drivers.can.template import CanPoint, CanTemplate
 from gateway.model import NATURES, Kind, PointValue
 
 log = logging.getLogger("drivers.can")
 
-PointDecoder = Callable[[bytes], PointValue | None]
 
 
 @dataclass
@@ -37,13 +37,25 @@ class Slot:
 
     message: Message
     arbitration_id: int
-    data: bytes | None = None
+    data: Payload | None = None
     ts: float = 0.0
     malformed: int = 0
+    waiting: int = 0  # tasks waiting for the next frame (then ``event`` is pulsed)
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def on_frame(self, data: bytes, ts: float) -> None:
-        if len(data) < self.message.length:
+    async def next_frame(self) -> None:
+        """Wait for the next good frame of this message."""
+        self.waiting += 1
+        try:
+            await self.event.wait()
+        finally:
+            self.waiting -= 1
+
+    def __post_init__(self) -> None:
+        self.length = self.message.length
+
+    def on_frame(self, data: Payload, ts: float) -> None:
+        if len(data) < self.length:
             self.malformed += 1
             if self.malformed == 1:
                 log.warning("%s (0x%X): %d-byte frame, the DBC says %d; ignored (counted "
@@ -52,32 +64,16 @@ class Slot:
             return
         self.data = data
         self.ts = ts
-        self.event.set()
-        self.event = asyncio.Event()
+        if self.waiting:
+            self.event.set()  # wakes the waiters now; they re-check data/ts themselves
+            self.event.clear()
 
 
-def point_decoder(msg: Message, pt: CanPoint, kind: Kind) -> PointDecoder:
-    """payload -> engineering value of one point (scale, invert, enum, kind applied)."""
-    if pt.flags is not None:
-        sigs = [signal_of(msg, n) for n in pt.flags]
-        return compile_flags(msg, [s for s in sigs if s is not None])
-    assert pt.signal is not None
-    sig = signal_of(msg, pt.signal)
-    assert sig is not None
-    dec = compile_signal(msg, sig)
-    scale = pt.scale
-    if kind is Kind.BOOL:
-        inv = pt.invert
-        return lambda d: (dec(d) != 0) != inv
-    if kind is Kind.INT:
-        return lambda d: round(dec(d) * scale)
-    if kind is Kind.STR:
-        table = pt.enum or {int(k): str(v) for k, v in (sig.choices or {}).items()}
-        return lambda d: table.get(int(dec(d)))
-    if scale == 1.0:
-        return dec
-    places = decimals(float(sig.scale) * scale, float(sig.offset) * scale)
-    return lambda d: round(dec(d) * scale, places) + 0.0  # + 0.0: no -0.0
+def point_decoder(msg: Message, pt: CanPoint, kind: Kind, name: str = "value"
+                  ) -> Callable[[Payload], PointValue | None]:
+    """One point's engineering value from a payload (scale, invert, enum, kind applied)."""
+    dec = compile_message(msg, [(name, pt, kind)])
+    return lambda data: dec(data)[name]
 
 
 class CanDeviceIO(DeviceIO):
@@ -102,15 +98,17 @@ class CanDeviceIO(DeviceIO):
                                f"(known: {', '.join(template.points)})")
         specs = NATURES[template.nature]
         self.slots: dict[str, Slot] = {}
-        self._decoders: list[tuple[str, Slot, PointDecoder]] = []
+        per_message: dict[str, list[tuple[str, CanPoint, Kind]]] = {}
         for name in names:
             pt = template.points[name]
             if pt.message is None:
                 continue  # write-only
-            slot = self._slot(pt.message)
-            self._decoders.append((name, slot, point_decoder(slot.message, pt,
-                                                             specs[name].kind)))
-        self.polled = tuple(n for n, _, _ in self._decoders)
+            self._slot(pt.message)
+            per_message.setdefault(pt.message, []).append((name, pt, specs[name].kind))
+        self.polled = tuple(n for pts in per_message.values() for n, _, _ in pts)
+        # one generated decoder per message (drivers.can.codegen): the hot path
+        self._decoders: dict[str, MessageDecoder] = {
+            m: compile_message(self.slots[m].message, pts) for m, pts in per_message.items()}
         self._handlers = [(self._key(s), s.on_frame) for s in self.slots.values()]
         for key, handler in self._handlers:
             link.subscribe(key, handler)
@@ -139,8 +137,13 @@ class CanDeviceIO(DeviceIO):
             self.stats.errors += 1
             self.stats.last_error = str(exc)
             raise
-        return {name: dec(slot.data) for name, slot, dec in self._decoders
-                if slot.data is not None}
+        out: dict[str, PointValue | None] = {}
+        slots = self.slots
+        for message, dec in self._decoders.items():
+            data = slots[message].data
+            if data is not None:
+                out.update(dec(data))
+        return out
 
     async def _first_frames(self) -> None:
         """Right after the bus opens, wait (up to the frame timeout) for frames never seen."""
@@ -154,7 +157,7 @@ class CanDeviceIO(DeviceIO):
             try:
                 async with asyncio.timeout(left):
                     while slot.data is None or slot.ts < opened:
-                        await slot.event.wait()
+                        await slot.next_frame()
             except TimeoutError:
                 pass
 
@@ -171,6 +174,13 @@ class CanDeviceIO(DeviceIO):
             self.stats.timeouts += 1
             raise DeviceTimeout(f"{self.device_id}: no fresh frame within "
                                 f"{self.frame_timeout_s:g} s: {'; '.join(silent)}")
+
+    def decode(self, message: str) -> dict[str, PointValue | None]:
+        """The points carried by ``message``, from its latest payload (no I/O, no
+        freshness check; benchmarks and diagnostics)."""
+        data = self.slots[message].data
+        dec = self._decoders.get(message)
+        return {} if data is None or dec is None else dec(data)
 
     @property
     def malformed(self) -> int:
@@ -280,9 +290,7 @@ class CanDeviceIO(DeviceIO):
         """Wait for frames sent after the command until one shows it applied."""
         assert pt.message is not None
         slot = self.slots.get(pt.message) or self._slot(pt.message)
-        dec = next((d for n, _, d in self._decoders if n == point), None)
-        if dec is None:  # not polled on this device: decode on the fly
-            dec = point_decoder(slot.message, pt, NATURES[self.template.nature][point].kind)
+        dec = point_decoder(slot.message, pt, NATURES[self.template.nature][point].kind)
         tol = resolution(sig) * abs(pt.command.scale if pt.command else 1.0) / 2 + 1e-9
         got: PointValue | None = None
         try:
@@ -292,7 +300,7 @@ class CanDeviceIO(DeviceIO):
                         got = dec(slot.data)
                         if _applied(got, expected, pt.verify, tol):
                             return got
-                    await slot.event.wait()
+                    await slot.next_frame()
         except TimeoutError:
             pass
         if got is None:

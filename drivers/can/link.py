@@ -26,12 +26,13 @@ from typing import Any
 import can
 
 from drivers.base import DeviceOffline, DriverError, IOStats
+from drivers.can.dbc import Payload
 from gateway.aio import cancel_and_wait
 from gateway.config.can import CanConnection
 
 log = logging.getLogger("drivers.can")
 
-FrameHandler = Callable[[bytes, float], None]  # payload, monotonic receive time
+FrameHandler = Callable[[Payload, float], None]  # payload, monotonic receive time
 EXTENDED = 1 << 31  # key bit for 29-bit ids (cantools keeps the flag apart from the id)
 RECV_POLL_S = 0.05  # reader thread wakes this often to notice a stop
 
@@ -130,7 +131,7 @@ class CanLink:
         self.key = link_key(conn)
         self.refs = 0
         self.stats = IOStats()
-        self.counters = {"frames": 0, "malformed": 0, "error_frames": 0, "unknown_ids": 0}
+        self.frames = self.malformed = self.error_frames = self.unknown_ids = 0
         self._factory = bus_factory
         self._bus: can.BusABC | None = None
         self._thread: threading.Thread | None = None
@@ -147,6 +148,12 @@ class CanLink:
         self._closed = False
 
     # -- state ------------------------------------------------------------------------
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Frames received, garbled adapter lines, error frames, frames nobody reads."""
+        return {"frames": self.frames, "malformed": self.malformed,
+                "error_frames": self.error_frames, "unknown_ids": self.unknown_ids}
 
     @property
     def up(self) -> bool:
@@ -226,7 +233,7 @@ class CanLink:
             try:
                 msg = bus.recv(RECV_POLL_S)
             except (ValueError, IndexError, UnicodeDecodeError):
-                self.counters["malformed"] += 1  # a garbled line from the adapter
+                self.malformed += 1  # a garbled line from the adapter
                 continue
             except Exception as exc:  # the bus is gone (EIO on a closed pty, unplugged)
                 if not stop.is_set():
@@ -255,16 +262,17 @@ class CanLink:
     def deliver(self, msg: can.Message) -> None:
         """Hand one received frame to the devices listening on its id."""
         if msg.is_error_frame:
-            self.counters["error_frames"] += 1
+            self.error_frames += 1
             return
         if msg.is_remote_frame:
             return
-        self.counters["frames"] += 1
-        hs = self._handlers.get(frame_key(msg.arbitration_id, msg.is_extended_id))
+        self.frames += 1
+        key = msg.arbitration_id | EXTENDED if msg.is_extended_id else msg.arbitration_id
+        hs = self._handlers.get(key)
         if hs is None:
-            self.counters["unknown_ids"] += 1
+            self.unknown_ids += 1
             return
-        data = bytes(msg.data)
+        data = msg.data
         now = time.monotonic()
         for h in hs:
             h(data, now)

@@ -1,0 +1,117 @@
+"""Compile one message's point map into a single Python function (the decode hot path).
+
+For a message, the points a device reads are turned into straight-line code: the payload
+is read once as an int (little and/or big endian), each signal is a shift and a mask,
+scaling is one division by a power of ten where that is exact (so 2301 reads 230.1) and
+the template's scale, invert, enum and flags are applied inline. Only numbers from the
+DBC and the template go into the generated source; names are dict keys written with
+repr(). Float and multiplexed signals call cantools instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cantools.database.can import Message, Signal
+
+from drivers.can.dbc import Payload, compile_signal, decimals, fast_scale, lsb_shift, signal_of
+from drivers.can.template import CanPoint
+from gateway.model import Kind, PointValue
+
+MessageDecoder = Callable[[Payload], dict[str, PointValue | None]]
+
+
+class _Gen:
+    def __init__(self, msg: Message) -> None:
+        self.msg = msg
+        self.lines: list[str] = []
+        self.ns: dict[str, Any] = {}
+        self.uses_le = self.uses_be = False
+        self._n = 0
+
+    def var(self) -> str:
+        self._n += 1
+        return f"v{self._n}"
+
+    def const(self, value: Any) -> str:
+        name = f"k{len(self.ns)}"
+        self.ns[name] = value
+        return name
+
+    def physical(self, sig: Signal) -> str:
+        """Statements computing the signal's physical value; returns its variable."""
+        v = self.var()
+        if sig.is_float or self.msg.is_multiplexed():
+            self.lines.append(f"{v} = {self.const(compile_signal(self.msg, sig))}(d)")
+            return v
+        big = sig.byte_order == "big_endian"
+        src = "be" if big else "le"
+        self.uses_be |= big
+        self.uses_le |= not big
+        shift, mask = lsb_shift(sig, self.msg.length), (1 << sig.length) - 1
+        self.lines.append(f"{v} = ({src} >> {shift}) & {mask}")
+        if sig.is_signed:
+            self.lines.append(f"if {v} & {1 << (sig.length - 1)}: {v} -= {1 << sig.length}")
+        scale, offset = float(sig.scale), float(sig.offset)
+        fast = fast_scale(scale, offset)
+        if fast is not None:
+            div, off = fast
+            add = f" + {off}" if off else ""
+            self.lines.append(f"{v} = ({v}{add}) / {div}")
+        else:
+            self.lines.append(f"{v} = round({v} * {scale!r} + {offset!r}, "
+                              f"{decimals(scale, offset)})")
+        return v
+
+    def point(self, name: str, pt: CanPoint, kind: Kind) -> None:
+        key = repr(name)
+        if pt.flags is not None:
+            parts = []
+            for bit, flag in enumerate(pt.flags):
+                sig = signal_of(self.msg, flag)
+                if sig is not None:
+                    parts.append(f"({1 << bit} if {self.physical(sig)} else 0)")
+            self.lines.append(f"out[{key}] = {' | '.join(parts) or '0'}")
+            return
+        assert pt.signal is not None
+        sig = signal_of(self.msg, pt.signal)
+        assert sig is not None
+        v = self.physical(sig)
+        scale = pt.scale
+        if kind is Kind.BOOL:
+            expr = f"({v} == 0)" if pt.invert else f"({v} != 0)"
+        elif kind is Kind.INT:
+            expr = f"round({v} * {scale!r})"
+        elif kind is Kind.STR:
+            table = pt.enum or {int(k): str(t) for k, t in (sig.choices or {}).items()}
+            expr = f"{self.const(table)}.get(int({v}))"
+        elif scale == 1.0:
+            expr = v
+        elif scale == -1.0:
+            expr = f"-{v} + 0.0"  # + 0.0: no -0.0
+        else:
+            places = decimals(float(sig.scale) * scale, float(sig.offset) * scale)
+            expr = f"round({v} * {scale!r}, {places}) + 0.0"
+        self.lines.append(f"out[{key}] = {expr}")
+
+
+def compile_message(msg: Message, points: Sequence[tuple[str, CanPoint, Kind]]
+                    ) -> MessageDecoder:
+    """payload -> {point: value} for the points of one message."""
+    gen = _Gen(msg)
+    gen.lines.append("out = {}")
+    for name, pt, kind in points:
+        gen.point(name, pt, kind)
+    head = []
+    if gen.uses_le:
+        head.append("le = int.from_bytes(d, 'little')")
+    if gen.uses_be:
+        head.append(f"be = int.from_bytes(d[:{msg.length}], 'big')")
+    body = "\n    ".join([*head, *gen.lines, "return out"])
+    source = f"def decode(d):\n    {body}\n"
+    ns: dict[str, Any] = {**gen.ns, "__builtins__": {"round": round, "int": int}}
+    exec(compile(source, f"<can decoder {msg.name}>", "exec"), ns)
+    decoder: MessageDecoder = ns["decode"]
+    decoder.__doc__ = source  # for a curious reader: the generated code
+    return decoder
