@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.aio import cancel_and_wait
 from gateway.control.alarms import ControlStore
 from gateway.control.applier import Applier
+from gateway.control.config import reference_problems
 from gateway.control.controller import Controller
 from gateway.control.protection import Protection
 
@@ -41,6 +42,10 @@ class ControlComponent:
     def __init__(self, daemon: Daemon) -> None:
         cfg = daemon.cfg
         assert cfg.control is not None
+        problems = reference_problems(cfg.control, {d.id: str(d.nature) for d in cfg.devices})
+        if problems:
+            from gateway.daemon import ConfigRuntimeError
+            raise ConfigRuntimeError("; ".join(problems))
         self.daemon = daemon
         self.control = cfg.control
         self.store = ControlStore(state_path(daemon))

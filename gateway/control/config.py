@@ -110,3 +110,20 @@ class ControlConfig(_Strict):
     strategies: Strategies = Field(default_factory=Strategies)
     protection: Protection = Field(default_factory=Protection)
     emergency: Emergency = Field(default_factory=Emergency)
+
+
+def reference_problems(control: ControlConfig, natures: dict[str, str]) -> list[str]:
+    """Device ids in the section that are missing or of the wrong nature (``natures``:
+    device id -> nature of the site's devices)."""
+    out = []
+    em = control.emergency
+    for where, dev in ([("control.emergency.pcc_breaker", em.pcc_breaker)]
+                       + [(f"control.emergency.estop_open_breakers[{i}]", b)
+                          for i, b in enumerate(em.estop_open_breakers)]):
+        if dev is not None and natures.get(dev) != "breaker":
+            out.append(f"{where}: '{dev}' is not a breaker of this site"
+                       if dev in natures else f"{where}: no device '{dev}'")
+    for i, dev in enumerate(control.protection.critical):
+        if dev not in natures:
+            out.append(f"control.protection.critical[{i}]: no device '{dev}'")
+    return out
