@@ -262,3 +262,34 @@ def test_token_from_file_or_environment(tmp_path: Any, monkeypatch: pytest.Monke
     assert read_token(None) == "from-env"
     with pytest.raises(ValueError, match="cannot read"):
         read_token(str(tmp_path / "missing"))
+
+
+def test_analytics_screen_shows_forecast_band_anomalies_and_battery_health() -> None:
+    import datetime as dt
+
+    d = site_data(control=True)
+    d.commands.update({c: {"cmd": c, "role": "viewer", "allowed": True}
+                       for c in ("forecast", "anomalies", "battery_health")})
+    start = dt.datetime.fromtimestamp(NOW - 450, dt.UTC)
+    times = [(start + dt.timedelta(minutes=15 * i)).isoformat() for i in range(96)]
+    d.set_answer("forecast", {
+        "available": True, "version": 3, "trained_at": "2026-01-01T00:00:00+00:00",
+        "models": {"load": {"kind": "random_forest"}},
+        "forecast": {"load": {"time": times, "p50": [8.0 + i / 10 for i in range(96)],
+                              "p10": [6.0] * 96, "p90": [12.5] * 96}}})
+    d.set_answer("anomalies", [{"device": "pv_roof", "signal": "p_kw", "score": 0.93,
+                                "explanation": "PV output 40 % below expected",
+                                "ts": "2026-01-01T10:00:00+00:00", "detector": "pv"}])
+    d.set_answer("battery_health", {"batteries": ["battery"], "reports": {"battery": {
+        "device": "battery", "soh_pct": 97.5, "resistance_mohm": 41.0,
+        "soh_slope_pct_per_year": -2.1, "remaining_life_years": 8.3}}})
+    app = ConsoleApp(d)
+    text = show(app, "analytics")
+    assert "Site load fc    8.0 [6.0-12.5] actual    9.5 kW" in text
+    assert "random_forest" in text and "model v3" in text
+    assert "▁" in text and "█" in text  # the next 24 h as a sparkline
+    assert "pv_roof" in text and "0.93" in text and "40 % below expected" in text
+    assert "SOH 97.5 %" in text and "life 8.3 yr" in text
+    d.set_answer("forecast", {"available": False, "error": "needs 17 days of history"})
+    app.refresh(force=True)
+    assert "no forecast model yet (needs 17 days of history)" in text_of(app)

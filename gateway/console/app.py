@@ -32,6 +32,7 @@ log = logging.getLogger("autogrid.console")
 TICK_S = 0.25
 FAST_S = 0.5  # summary (power flow)
 SLOW_S = 2.0  # stats, device list, the visible screen's feature commands
+RARE_S = 30.0  # expensive answers (battery health from the historian)
 NAV_LABELS = ["Overview", "Devices", "Grid", "EV", "Trading", "Forecast", "Alarms", "Diag",
               "EMERGENCY"]
 
@@ -122,7 +123,7 @@ class ConsoleApp:
         self.current.enter()
         self.message = None
         if self.bridge is not None and _has_loop():
-            self._spawn(self._load_caps(self.current), "console load")
+            self._spawn(self._load_caps(self.current, slow=True), "console load")
         self.refresh(force=True)
 
     # -- drawing -------------------------------------------------------------------------
@@ -243,7 +244,7 @@ class ConsoleApp:
     async def _poll(self) -> None:
         """Periodic requests: summary twice a second, the rest every two seconds."""
         assert self.bridge is not None
-        last_slow = 0.0
+        last_slow = last_rare = 0.0
         while True:
             try:
                 if not self.data.connected:
@@ -254,7 +255,10 @@ class ConsoleApp:
                 if time.monotonic() - last_slow >= SLOW_S:
                     last_slow = time.monotonic()
                     await self.bridge.refresh_slow()
-                    await self._load_caps(self.current, slow=True)
+                    rare = time.monotonic() - last_rare >= RARE_S
+                    if rare:
+                        last_rare = time.monotonic()
+                    await self._load_caps(self.current, slow=rare)
             except (ApiUnavailable, ApiRequestError, OSError, TimeoutError) as exc:
                 self.data.connected = False
                 self.data.problem = str(exc)

@@ -38,10 +38,11 @@ CAPS: dict[str, Cap] = {
     "mode": Cap(("mode_request",), CONTROL),  # {mode: island|reconnect|reset|black_start}
     "shed": Cap(("shed",), CONTROL),  # {load, duration_s?}
     "restore": Cap(("restore",), CONTROL),  # {load}: a load an operator shed
-    # analytics
-    "forecast": Cap(("forecast",), ANALYTICS),
-    "anomalies": Cap(("anomalies",), ANALYTICS),
-    "battery_health": Cap(("battery_health",), ANALYTICS),
+    # analytics (gateway/analytics/service.py)
+    "forecast": Cap(("forecast",), ANALYTICS),  # {available, forecast: {target: {time, p50..}}}
+    "anomalies": Cap(("anomalies",), ANALYTICS),  # [{device, signal, score, explanation, ts}]
+    "battery_health": Cap(("battery_health",), ANALYTICS),  # {batteries, reports: {dev: ..}}
+    "train": Cap(("analytics_train",), ANALYTICS),
     # cluster and trading
     "cluster": Cap(("cluster_status", "cluster"), CLUSTER),
     "orders": Cap(("order_book", "orders"), TRADING),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -86,9 +87,23 @@ def fmt_age(ts: Any, now: float | None = None) -> str:
 
 
 def fmt_time(ts: Any) -> str:
+    """Local HH:MM:SS of a Unix time or an ISO 8601 string."""
+    if isinstance(ts, str):
+        parsed = parse_ts(ts)
+        ts = parsed if parsed is not None else ts
     if isinstance(ts, int | float):
         return time.strftime("%H:%M:%S", time.localtime(ts))
     return "--" if ts is None else str(ts)[:19]
+
+
+def parse_ts(text: str) -> float | None:
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
 
 
 def quality_attr(q: Any) -> str:
@@ -145,10 +160,11 @@ class Table(urwid.WidgetWrap[urwid.ListBox]):
     def set_header(self, markup: Markup) -> None:
         self._header.set_text(markup)
 
-    def set_rows(self, rows: Iterable[tuple[str, Markup]]) -> None:
+    def set_rows(self, rows: Iterable[tuple[str, Markup]], empty: str | None = None) -> None:
+        """Show ``rows``; with none, ``empty`` (the reason) or the table's default text."""
         rows = list(rows)
         if not rows:
-            rows = [("", ("dim", self.empty))]
+            rows = [("", ("dim", empty or self.empty))]
         focus_key = self.focus_key()
         for i, (key, markup) in enumerate(rows):
             if i < len(self._rows):

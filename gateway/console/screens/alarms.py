@@ -46,8 +46,7 @@ class AlarmsScreen(Screen):
     def refresh(self) -> None:
         recs, why = self.answer("alarms")
         if recs is None:
-            self.alarms.empty = why or ""
-            self.alarms.set_rows([])
+            self.alarms.set_rows([], empty=why or "")
         else:
             rows = []
             for i, r in enumerate(recs):
@@ -69,8 +68,7 @@ class AlarmsScreen(Screen):
             self.alarms.set_rows(rows)
         recs, why = self.answer("audit")
         if recs is None:
-            self.audit.empty = why or ""
-            self.audit.set_rows([])
+            self.audit.set_rows([], empty=why or "")
         else:
             recs = list(reversed(recs)) if _ascending(recs) else recs
             self.audit.set_rows([(str(i), [

@@ -41,7 +41,7 @@ class Screen:
     title = ""
     actions: list[tuple[str, str]] = []
     caps: tuple[str, ...] = ()
-    slow_caps: tuple[str, ...] = ()  # fetched less often (expensive answers)
+    slow_caps: tuple[str, ...] = ()  # expensive answers: on entry and every 30 s
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx

@@ -113,8 +113,7 @@ class EvScreen(Screen):
         devs = self.ctx.data.devices
         classes: dict[str, list[float]] = {}
         if recs is None:
-            self.table.empty = why or ""
-            self.table.set_rows([])
+            self.table.set_rows([], empty=why or "")
         else:
             active, recent = sessions_of(self.raw("sessions"))
             rows = []

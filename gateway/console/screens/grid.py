@@ -125,8 +125,7 @@ class GridScreen(Screen):
             self.limits.set_text(("dim", why or "loading…"))
         strategies = st.get("strategies")
         if not isinstance(strategies, dict):
-            self.strategies.empty = why or "no strategies"
-            self.strategies.set_rows([])
+            self.strategies.set_rows([], empty=why or "no strategies")
         else:
             notes = st.get("notes", {}) if isinstance(st.get("notes"), dict) else {}
             rows = []
@@ -157,10 +156,8 @@ class GridScreen(Screen):
         self.setpoints.set_text(parts or [("dim", "no battery in this gateway")])
         ovs = st.get("overrides")
         if not isinstance(ovs, list):
-            self.overrides.empty = why or "no active overrides"
-            self.overrides.set_rows([])
+            self.overrides.set_rows([], empty=why or "no active overrides")
         else:
-            self.overrides.empty = "no active overrides"
             self.overrides.set_rows([
                 (f"{r.get('device')}.{r.get('point')}", [
                     ("text", cell(f"{r.get('device')}.{r.get('point')}", 29) + " "),

@@ -33,6 +33,5 @@ class TradingScreen(Screen):
         else:
             self.banner.set_text("")
         for table, recs, why in ((self.orders, recs_o, why_o), (self.ledger, recs_l, why_l)):
-            table.empty = why or "empty"
-            table.set_rows([(str(i), one_line(r))
-                            for i, r in enumerate(recs or [])])
+            table.set_rows([(str(i), one_line(r)) for i, r in enumerate(recs or [])],
+                           empty=why or "empty")
