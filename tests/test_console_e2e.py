@@ -167,7 +167,7 @@ def test_console_end_to_end_in_tmux(demo: Path, tmp_path: Path, artifacts: Path)
     try:
         # -- a viewer (this user, by the policy) sees everything and may change nothing --
         tm.session = "viewer"
-        tm.start("viewer", {})
+        tm.start("viewer", {"NO_COLOR": "1"})  # and the monochrome theme
         tm.wait_for("AutoGrid ▸ Overview", "(viewer)", "Power flow", "Grid ", " kW",
                     save="viewer-overview")
         tm.keys("9")
@@ -184,6 +184,11 @@ def test_console_end_to_end_in_tmux(demo: Path, tmp_path: Path, artifacts: Path)
         tm.start("operator", {"AUTOGRID_TOKEN": TOKEN})
         tm.wait_for("AutoGrid ▸ Overview", "op-anna (token", "(operator)", "Site mode normal",
                     "Active alarms 1", save="overview")
+        tm.tmux("resize-window", "-t", "operator", "-x", "80", "-y", "24")
+        s = tm.wait_for("Power flow", "Site load", "1 Overview", save="overview-80x24")
+        lines = s.rstrip("\n").split("\n")
+        assert len(lines) <= 24 and max(len(ln) for ln in lines) <= 80
+        tm.tmux("resize-window", "-t", "operator", "-x", "100", "-y", "30")
         tm.keys("2")
         tm.wait_for("Nature", "grid_meter", "pv_inverter", "modbus_tcp", "good",
                     save="devices")
