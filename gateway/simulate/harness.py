@@ -3,8 +3,8 @@
 Each step reads every simulated device's points into a SiteState (in process, no Modbus),
 runs one control cycle, writes its setpoints into the physics (clamped there as real
 devices clamp them), checks the device watchdogs on simulated time, and steps the
-physics. Cars report their departure time and wanted energy as an ISO 15118 car would
-(points ``ev_departure_s``, ``ev_energy_req_kwh``). The flows are recorded from the
+physics. The simulated chargers report the car's departure time and wanted energy as an
+ISO 15118 car would (``ev_departure_s``, ``ev_energy_req_kwh``). The flows are recorded from the
 physics itself (the truth), not from what the controller saw.
 """
 
@@ -123,10 +123,8 @@ class Lockstep:
         for dev_id, model in self.site.models.items():
             if dev_id not in self.state.devices:
                 continue
+            # the simulated chargers report departure and energy wanted (ISO 15118 points)
             values: dict[str, PointValue | None] = dict(model.read_points())
-            if isinstance(model, Evse) and model.car is not None:
-                values["ev_departure_s"] = max(0.0, model.car.departure_s - now)
-                values["ev_energy_req_kwh"] = model.car.wants_kwh
             self.state.update(dev_id, values, now)
 
     def _apply(self, setpoints: dict[str, dict[str, PointValue]], now: float) -> None:
