@@ -34,6 +34,7 @@ from gateway.state import DeviceState, SiteState
 
 log = logging.getLogger("autogrid.control")
 INF = float("inf")
+SETTLE_S = 0.2  # a setpoint shows in the meter's readings this long after the cycle
 
 
 class Controller:
@@ -57,6 +58,8 @@ class Controller:
         self.last_decision: Decision | None = None
         self.grid_ok: bool | None = None
         self.pending_commands: list[tuple[str, str, bool]] = []
+        self.sent: dict[str, list[tuple[float, float]]] = {}  # device -> (when, p_set_kw)
+        self.meter_ts: float | None = None
         self.cycles = 0
 
     # -- the cycle --------------------------------------------------------------------------
@@ -84,6 +87,12 @@ class Controller:
                               self.lockouts)
         for dev, point, value in commands:
             out.setdefault(dev, {})[point] = value
+        for dev, points in out.items():
+            v = points.get("p_set_kw")
+            if isinstance(v, float) and self.last.get(dev, {}).get("p_set_kw") != v:
+                hist = self.sent.setdefault(dev, [])
+                hist.append((qnow, v))
+                del hist[:-4]
         self.last = {k: dict(v) for k, v in out.items()}
         self.last_now = now
         self.last_decision = d
@@ -113,10 +122,12 @@ class Controller:
         pcc = [m for m in meters if m.role == "grid"] or (
             meters if len(meters) == 1 and meters[0].role is None else [])
         v = f = None
+        self.meter_ts = None
         for m in pcc:
             p = _num(m.value("p_kw", qnow))
             if p is not None:
                 site.grid_kw = (site.grid_kw or 0.0) + p
+                self.meter_ts = m.readings["p_kw"].ts
             v, f = _num(m.value("v_v", qnow)), _num(m.value("f_hz", qnow))
         prot = c.protection
         # True = healthy grid at the PCC, False = seen lost, None = not measured now
@@ -141,7 +152,7 @@ class Controller:
                 rc = (r.p_charge_max_kw or r.p_max_kw) if r else None
                 rd = (r.p_discharge_max_kw or r.p_max_kw) if r else None
                 site.batteries.append(BatteryView(
-                    dev.device_id, soc, _num(dev.value("p_kw", qnow)) or 0.0,
+                    dev.device_id, soc, self._power(dev, qnow),
                     _min(ch, rc), _min(dis, rd),
                     _num(dev.value("capacity_kwh", qnow)) or (r.capacity_kwh if r and
                                                                r.capacity_kwh else 0.0)))
@@ -179,8 +190,25 @@ class Controller:
                      (r.p_charge_max_kw or r.p_max_kw) if r else None)
         dis = (r.p_discharge_max_kw if r and r.p_discharge_max_kw is not None else p_max) \
             if points.get("v2g") is True else 0.0
-        return ChargerView(dev.device_id, _num(points.get("p_kw")) or 0.0,
+        return ChargerView(dev.device_id, self._power(dev, qnow) if connected else 0.0,
                            p_max if p_max < INF else 0.0, dis if dis < INF else 0.0, session)
+
+    def _power(self, dev: DeviceState, qnow: float) -> float:
+        """The device's power as the PCC meter's sample saw it. Polls are not aligned:
+        a reading taken before our last setpoint took effect says nothing about what the
+        meter saw after it, and mixing the two makes the prediction oscillate. So: the
+        newest setpoint the meter's sample can reflect, unless the device was read after
+        that setpoint took effect (then its reading, which shows what it really does)."""
+        r = dev.readings.get("p_kw")
+        p = _num(dev.value("p_kw", qnow)) or 0.0
+        hist = self.sent.get(dev.device_id)
+        if not hist or self.meter_ts is None or r is None:
+            return p
+        seen = [c for c in hist if c[0] + SETTLE_S <= self.meter_ts]
+        if not seen:
+            return p
+        t_cmd, v_cmd = seen[-1]
+        return p if r.ts >= t_cmd + SETTLE_S else v_cmd
 
     # -- operator side --------------------------------------------------------------------
     def set_override(self, device: str, point: str, value: Any, duration_s: float,
