@@ -6,7 +6,7 @@ from datetime import UTC
 from typing import Any
 
 import pytest
-from control_fakes import T0, car, normal_values, site_config, site_state
+from control_fakes import DEFAULT_DEVICES, T0, car, normal_values, site_config, site_state
 
 from gateway.control.controller import Controller
 from gateway.control.plan import Plan, PlanStep
@@ -198,3 +198,21 @@ def test_emergency_stop_zeroes_generation_and_charging() -> None:
     assert out["pcc"] == {"trip": True}
     assert c.request_mode("island", "x") == "emergency stop is active: reset it first"
     assert c.request_mode("reset", "x") is None and c.modes.mode == "black_start"
+
+
+def test_island_keeps_critical_loads_and_sheds_essential_when_energy_runs_low() -> None:
+    devices = [*DEFAULT_DEVICES,
+               {"id": "office", "nature": "load", "ratings": {"p_max_kw": 4},
+                "control": {"priority": "essential"}}]
+    c = ctl({}, devices=devices,
+            control={"emergency": {"pcc_breaker": "pcc", "island_shed_essential_soc_pct": 40}})
+    v = normal_values(soc=60.0)
+    v["office"] = {"p_kw": 4.0, "enabled": True}
+    assert c.request_mode("island", "drill") is None
+    out = run(c, v)
+    assert out["pcc"] == {"trip": True}
+    assert (out["fridge"]["enabled"], out["office"]["enabled"], out["heater"]["enabled"]) == \
+        (True, True, False)
+    v["bat"]["soc_pct"] = 30.0
+    out = run(c, v, T0 + 1)
+    assert (out["fridge"]["enabled"], out["office"]["enabled"]) == (True, False)

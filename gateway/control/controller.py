@@ -116,6 +116,7 @@ class Controller:
             site.plan_step = plan.at(now)
         self.memory.pop("plan_ev_kw", None)
         self.memory["cell_temp_max_c"] = c.protection.cell_temp_max_c
+        self.memory["island_essential_soc"] = c.emergency.island_shed_essential_soc_pct
         temps: dict[str, float] = {}
         self.memory["cell_temp_c"] = temps
         meters = list(state.of_nature(Nature.METER))
