@@ -103,8 +103,9 @@ def test_overview_shows_power_flow_with_direction_mode_leader_and_alarms() -> No
     d = site_data(control=True)
     first = dict(d.summary)
     d.history.clear()
+    now = time.time()
     for i in range(30):
-        d.set_summary({**first, "grid_kw": 10.0 + i}, now=NOW - 300 + 10 * i)
+        d.set_summary({**first, "grid_kw": 10.0 + i}, now=now - 300 + 10 * i)
     d.set_summary(first)
     app = ConsoleApp(d)
     text = show(app, "overview")
