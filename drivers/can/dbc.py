@@ -10,7 +10,7 @@ checked against cantools on random payloads in the tests.
 from __future__ import annotations
 
 import decimal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -136,19 +136,6 @@ def compile_signal(msg: Message, sig: Signal) -> SignalDecoder:
     if big:
         return lambda data: fn(int.from_bytes(data[:length], "big"))
     return lambda data: fn(int.from_bytes(data, "little"))
-
-
-def compile_flags(msg: Message, signals: Sequence[Signal]) -> Callable[[bytes], int]:
-    """A function payload -> int whose bit i is signal i (any non-zero raw value)."""
-    decoders = [compile_signal(msg, s) for s in signals]
-
-    def flags(data: bytes) -> int:
-        out = 0
-        for bit, dec in enumerate(decoders):
-            if dec(data):
-                out |= 1 << bit
-        return out
-    return flags
 
 
 def signal_of(msg: Message, name: str) -> Signal | None:
