@@ -55,11 +55,11 @@ async def test_service_failed_training_keeps_last_good_model(tmp_path: Path) -> 
         return _small_forecaster(version)
 
     svc = AnalyticsService(info, tmp_path / "models", None, retrain_interval_s=3600,
-                           train_fn=train_fn)
+                           train_fn=train_fn, worker="thread")
     await svc.start()
     try:
         assert svc.forecaster is None
-        assert svc.api_forecast({})["available"] is False
+        assert (await svc.api_forecast({}))["available"] is False
         assert await svc.train_now()
         assert svc.forecaster is not None and svc.forecaster.version == 1
         assert (tmp_path / "models" / "forecast-v1.pkl").is_file()
@@ -71,7 +71,7 @@ async def test_service_failed_training_keeps_last_good_model(tmp_path: Path) -> 
         alarms = svc.api_anomalies({})
         assert alarms[-1]["device"] == "analytics" and "keeping model v1" in alarms[-1][
             "explanation"]
-        got = svc.api_forecast({"horizon_h": 6, "step_min": 60})
+        got = await svc.api_forecast({"horizon_h": 6, "step_min": 60})
         assert got["available"] and got["version"] == 1
         assert len(got["forecast"]["load"]["p50"]) == 6
     finally:

@@ -1,0 +1,141 @@
+"""Analytics cost: training on a year of 15-minute data, inference, and event-loop jitter.
+
+    python bench/analytics.py [--trees 100] [--cycle-ms 20] [--seconds 0]
+
+1. Reference year (BDEW G25 load + TMY PV through the simulator) for the demo site.
+2. Training as the daemon does it (rolling-origin backtest of RF and LR over 28 days,
+   retrain every 14, then the chosen model refit on the whole year), timed; the printed
+   metrics are the full-size day-ahead skill numbers.
+3. Inference: Forecaster.predict for 24 h at 15 min, mean of 20 calls.
+4. Event-loop cycle jitter: a task that wants to run every --cycle-ms measures how late
+   each wake-up is, first with nothing else (baseline), then while the same training
+   runs in the analytics worker thread. Printed: p50/p99/max lateness and the ratio of
+   p99 with training to p99 without (both measured in this run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# The repo instead of bench/ on the path: bench/can.py would shadow python-can (here and in
+# the spawned training worker, which inherits sys.path).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gateway.analytics.data import reference_year  # noqa: E402
+from gateway.analytics.forecast import Forecaster, train  # noqa: E402
+from gateway.analytics.service import AnalyticsService  # noqa: E402
+from gateway.analytics.site import site_info  # noqa: E402
+from gateway.config.loader import load_config  # noqa: E402
+
+DEMO = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
+
+
+async def _cycles(period_s: float, stop: asyncio.Event, seconds: float | None) -> list[float]:
+    """Lateness (ms) of each periodic wake-up until ``stop`` is set (or seconds pass)."""
+    late: list[float] = []
+    t0 = time.perf_counter()
+    nxt = t0 + period_s
+    while not stop.is_set() and (seconds is None or time.perf_counter() - t0 < seconds):
+        await asyncio.sleep(max(0.0, nxt - time.perf_counter()))
+        now = time.perf_counter()
+        late.append((now - nxt) * 1000.0)
+        nxt += period_s
+        if now > nxt:  # a missed cycle is not made up in a burst
+            nxt = now + period_s
+    return late
+
+
+def _stats(x: list[float]) -> str:
+    a = np.asarray(x)
+    return (f"n={len(a):5d}  p50 {np.percentile(a, 50):6.2f} ms  p99 {np.percentile(a, 99):6.2f}"
+            f" ms  max {a.max():7.2f} ms")
+
+
+def fit_reference(trees: int, version: int) -> Forecaster:
+    """The training job in the worker process (rebuilds the reference year there)."""
+    info = site_info(load_config(DEMO).config)
+    return train(reference_year(info), info, version=version, n_trees=trees)
+
+
+async def _jitter(info: object, trees: int, period_s: float, tmp: Path, worker: str
+                  ) -> tuple[list[float], list[float], float]:
+    import functools
+
+    svc = AnalyticsService(info, tmp, None,  # type: ignore[arg-type]
+                           train_fn=functools.partial(fit_reference, trees), worker=worker)
+    await svc.start()
+    try:
+        t0 = time.perf_counter()
+        stop = asyncio.Event()
+        train_task = asyncio.create_task(svc.train_now())
+        train_task.add_done_callback(lambda _t: stop.set())
+        busy = await _cycles(period_s, stop, None)
+        ok = await train_task
+        took = time.perf_counter() - t0
+        if not ok:
+            raise SystemExit(f"training failed: {svc.last_error}")
+        base = await _cycles(period_s, asyncio.Event(), min(took, 30.0))  # same loop, idle
+    finally:
+        await svc.stop()
+    return base, busy, took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trees", type=int, default=100)
+    ap.add_argument("--cycle-ms", type=float, default=20.0)
+    ap.add_argument("--worker", action="append", choices=["process", "thread"],
+                    help="where training runs (repeatable; default: process, then thread)")
+    args = ap.parse_args()
+    args.worker = args.worker or ["process", "thread"]
+    cfg = load_config(DEMO).config
+    info = site_info(cfg)
+    t = time.perf_counter()
+    frame = reference_year(info)
+    print(f"reference year: {len(frame)} quarter hours generated in "
+          f"{time.perf_counter() - t:.1f} s")
+
+    from gateway.analytics import backtest
+
+    res: dict[str, backtest.BacktestResult] = {}
+    t = time.perf_counter()
+    fc = train(frame, info, n_trees=args.trees, backtest_days=28, retrain_days=14, results=res)
+    train_s = time.perf_counter() - t
+    print(f"training (backtest 2 kinds x 2 folds x {len(res)} targets + final fit, "
+          f"{args.trees} trees, 1 core): {train_s:.1f} s")
+    for tg, r in res.items():
+        print(f"  {tg}: chosen {r.best}; " + "; ".join(
+            f"{name} nMAE {row['nmae_pct']:.1f} % skill {row['skill_vs_seasonal_naive_pct']:+.1f} %"
+            for name, row in r.metrics.iterrows()))
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        fc.predict(horizon=pd.Timedelta(hours=24))
+        times.append(time.perf_counter() - t)
+    print(f"inference: predict 24 h x 15 min, {len(fc.models)} targets: "
+          f"{1000 * statistics.mean(times):.1f} ms mean, {1000 * max(times):.1f} ms max")
+
+    import tempfile
+
+    print(f"event loop, {args.cycle_ms:.0f} ms cycle, lateness of each wake-up:")
+    for worker in args.worker:
+        with tempfile.TemporaryDirectory() as tmp:
+            base, busy, took = asyncio.run(_jitter(info, args.trees, args.cycle_ms / 1000.0,
+                                                   Path(tmp), worker))
+        print(f"  [{worker}] baseline (idle)       {_stats(base)}")
+        print(f"  [{worker}] training in worker    {_stats(busy)}  (training took {took:.1f} s)")
+        r99 = np.percentile(busy, 99) / max(np.percentile(base, 99), 1e-3)
+        rmax = max(busy) / max(max(base), 1e-3)
+        print(f"  [{worker}] ratio training/baseline: p99 {r99:.2f}, max {rmax:.2f}")
+
+
+if __name__ == "__main__":
+    main()
