@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gateway.aio import cancel_and_wait
 from gateway.api import ApiError, ApiServer, Caller
 from gateway.apiclient import ApiRequestError
 from gateway.console.app import ConsoleApp, run_console
@@ -176,3 +177,32 @@ def test_role_policy_orders_roles_and_defaults() -> None:
     stranger = role_policy(ConsoleSettings(default_role="operator"))
     assert stranger(65534, 65534) == "operator"
     assert role_policy(ConsoleSettings())(65534, 65534) == "viewer"
+
+
+async def test_console_says_when_the_daemon_goes_away_and_reconnects(server: Any) -> None:
+    api, _, _ = server
+    data = ConsoleData()
+    bridge = Bridge(api.path, data)
+    await bridge.connect()
+    app = ConsoleApp(data, bridge)
+    poll = asyncio.create_task(app._poll())
+    try:
+        await api.stop()
+        for _ in range(100):
+            if not data.connected:
+                break
+            await asyncio.sleep(0.05)
+        app.refresh(force=True)
+        text = text_of(app)
+        assert "DISCONNECTED" in text.splitlines()[0]
+        assert "Not connected:" in text and "retrying" in text
+        await api.start()
+        for _ in range(200):
+            if data.connected:
+                break
+            await asyncio.sleep(0.05)
+        app.refresh(force=True)
+        assert "live" in text_of(app).splitlines()[0]
+    finally:
+        await cancel_and_wait([poll, *app._tasks])
+        await bridge.close()

@@ -110,8 +110,9 @@ class ConsoleApp:
         except ApiUnavailable as exc:
             self.notify(f"{what} not sent: {exc}", "error")
             return
-        detail = result.get("message", "") if isinstance(result, dict) else ""
-        self.notify(f"Done: {what}{' — ' + str(detail) if detail else ''}")
+        mode = result.get("mode") if isinstance(result, dict) else None
+        self.notify(f"Done: {what}" + (f" (site mode now {mode})" if isinstance(mode, str)
+                                        else ""))
         await self._load_caps(self.current)
         if after:
             after()

@@ -16,6 +16,15 @@ HEADER = f"{'Device':<16}{'Nature':<13}{'Protocol':<12}{'State':<10}{'Quality':<
 POINT_HEADER = f"{'Point':<24}{'Value':>14} {'Unit':<7}{'Quality':<9}{'Updated':<12}"
 
 
+def worst(point_q: str, device_q: object) -> str:
+    """A point is no better than its device (staleness is not announced per point)."""
+    order = ("good", "stale", "offline")
+    if device_q in order and point_q in order and \
+            order.index(str(device_q)) > order.index(point_q):
+        return str(device_q)
+    return point_q
+
+
 def state_of(dev: dict[str, Any]) -> str:
     pts = dev.get("points", {})
     for key in ("state", "closed", "enabled"):
@@ -88,7 +97,7 @@ class DevicesScreen(Screen):
         rows = []
         for name in sorted(d.get("points", {})):
             p = d["points"][name]
-            q = p.get("quality", "?")
+            q = worst(p.get("quality", "?"), d.get("quality"))
             rows.append((name, [
                 ("text", cell(name, 23) + " "), ("value", cell(p.get("value"), 14, True) + " "),
                 ("text", cell(p.get("unit") or "", 6) + " "), (quality_attr(q), cell(q, 8) + " "),
