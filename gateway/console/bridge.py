@@ -40,6 +40,9 @@ class Bridge:
         self.data.ping = await self.call("ping")
         await self.load_commands()
         self.data.set_snapshot(await self.call("snapshot"))
+        if "summary_history" in self.data.commands and not self.data.seeded:
+            with contextlib.suppress(ApiRequestError):
+                self.data.seed_history(await self.call("summary_history"))
         self.data.connected = True
         self.data.problem = None
 

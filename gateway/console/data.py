@@ -42,6 +42,7 @@ class ConsoleData:
     points_changed: int = 0
     last_update: float | None = None
     version: int = 0  # bumped on every change; the UI redraws when it moved
+    seeded: bool = False  # history loaded from the historian
 
     # -- who am I -------------------------------------------------------------------------
 
@@ -111,6 +112,18 @@ class ConsoleData:
             h.append((now, float(v)))
             while h and now - h[0][0] > HISTORY_S:
                 h.popleft()
+        self.version += 1
+
+    def seed_history(self, past: dict[str, list[list[float]]]) -> None:
+        """Put the historian's last hour before what the console has seen itself."""
+        for key, rows in past.items():
+            if key not in HISTORY_KEYS:
+                continue
+            h = self.history.setdefault(key, deque())
+            first = h[0][0] if h else float("inf")
+            older = [(float(t), float(v)) for t, v in rows if t < first]
+            h.extendleft(reversed(older))
+        self.seeded = True
         self.version += 1
 
     def set_answer(self, cap: str, result: Any = None, error: str | None = None) -> None:

@@ -107,17 +107,23 @@ def token_policy(settings: ConsoleSettings) -> Callable[[str, Caller], Caller]:
 
 
 class ConsolePolicy:
-    """Daemon component: installs the role policy on the API (nothing to run)."""
+    """Daemon component: installs the role policy on the API (when configured) and the
+    console's ``summary_history`` command (nothing runs in the background)."""
 
-    name = "console policy"
+    name = "console"
 
-    def __init__(self, daemon: Daemon, settings: ConsoleSettings) -> None:
+    def __init__(self, daemon: Daemon, settings: ConsoleSettings | None) -> None:
         self.daemon = daemon
         self.settings = settings
 
     async def start(self) -> None:
+        from gateway.console.history import register
+
         api = self.daemon.api
         if api is None:
+            return
+        register(self.daemon)
+        if self.settings is None:
             return
         api.role_of = role_policy(self.settings)
         if self.settings.tokens:
@@ -127,8 +133,5 @@ class ConsolePolicy:
         pass
 
 
-def component(daemon: Daemon) -> ConsolePolicy | None:
-    settings = getattr(daemon.cfg, "console", None)
-    if settings is None:
-        return None
-    return ConsolePolicy(daemon, settings)
+def component(daemon: Daemon) -> ConsolePolicy:
+    return ConsolePolicy(daemon, getattr(daemon.cfg, "console", None))

@@ -1,0 +1,124 @@
+"""The last hour of the site's power flow from the historian, for the console's sparklines.
+
+API command ``summary_history`` {window_s?: 3600, step_s?: 30} -> {key: [[ts, value], ...]}
+with the keys of the live summary (grid_kw, pv_kw, wind_kw, battery_kw, ev_kw, load_kw,
+battery_soc_pct). The historian stores a sample when a value changes, so each device's
+value is carried forward to every step. Runs in a worker thread (SQLite read, WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.api import ApiError, Caller
+from gateway.model import Nature
+
+if TYPE_CHECKING:
+    from gateway.daemon import Daemon
+
+SUM_KEYS = {Nature.PV_INVERTER: "pv_kw", Nature.WIND_TURBINE: "wind_kw",
+            Nature.BESS: "battery_kw", Nature.EVSE: "ev_kw"}
+
+
+def _grid_meters(devices: dict[str, tuple[Nature, str | None]]) -> set[str]:
+    meters = {d: role for d, (n, role) in devices.items() if n is Nature.METER}
+    grid = {d for d, role in meters.items() if role == "grid"}
+    if not grid and len(meters) == 1 and next(iter(meters.values())) is None:
+        grid = set(meters)
+    return grid
+
+
+def _series(db: sqlite3.Connection, device: str, point: str, start: float
+            ) -> list[tuple[float, float]]:
+    """Good samples of one point since ``start``, led by the last one before it."""
+    pid = db.execute("SELECT id FROM points WHERE device=? AND point=?",
+                     (device, point)).fetchone()
+    if pid is None:
+        return []
+    before = db.execute("SELECT ts, value FROM samples WHERE point_id=? AND ts<? AND "
+                        "quality=0 AND value IS NOT NULL ORDER BY ts DESC LIMIT 1",
+                        (pid[0], start)).fetchall()
+    rows = db.execute("SELECT ts, value FROM samples WHERE point_id=? AND ts>=? AND "
+                      "quality=0 AND value IS NOT NULL ORDER BY ts", (pid[0], start)).fetchall()
+    return [(float(t), float(v)) for t, v in [*before, *rows]]
+
+
+def _at_steps(series: list[tuple[float, float]], steps: Iterable[float]) -> list[float | None]:
+    out: list[float | None] = []
+    i, last = 0, None
+    for t in steps:
+        while i < len(series) and series[i][0] <= t:
+            last = series[i][1]
+            i += 1
+        out.append(last)
+    return out
+
+
+def summary_history(db_path: Path, devices: dict[str, tuple[Nature, str | None]],
+                    window_s: float = 3600.0, step_s: float = 30.0,
+                    now: float | None = None) -> dict[str, list[list[float]]]:
+    if not db_path.is_file():
+        return {}
+    now = time.time() if now is None else now
+    start = now - window_s
+    steps = [start + step_s * (i + 1) for i in range(int(window_s // step_s))]
+    totals: dict[str, list[float | None]] = {}
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2.0)
+    try:
+        grid = _grid_meters(devices)
+        socs: list[list[float | None]] = []
+        for dev, (nature, _) in devices.items():
+            key = "grid_kw" if dev in grid else SUM_KEYS.get(nature)
+            if key is not None:
+                vals = _at_steps(_series(db, dev, "p_kw", start), steps)
+                acc = totals.setdefault(key, [None] * len(steps))
+                for j, v in enumerate(vals):
+                    if v is not None:
+                        acc[j] = (acc[j] or 0.0) + v
+            if nature is Nature.BESS:
+                socs.append(_at_steps(_series(db, dev, "soc_pct", start), steps))
+    finally:
+        db.close()
+    g = totals.get("grid_kw")
+    if g is not None:
+        load: list[float | None] = []
+        for j, gv in enumerate(g):
+            if gv is None:
+                load.append(None)
+                continue
+            other = sum((totals.get(k) or [None] * len(steps))[j] or 0.0
+                        for k in ("pv_kw", "wind_kw", "battery_kw"))
+            load.append(gv + other - ((totals.get("ev_kw") or [None] * len(steps))[j] or 0.0))
+        totals["load_kw"] = load
+    if socs:
+        totals["battery_soc_pct"] = [
+            (sum(v for v in col if v is not None) / n) if (n := sum(v is not None for v in col))
+            else None for col in zip(*socs, strict=True)]
+    return {k: [[t, v] for t, v in zip(steps, vals, strict=True) if v is not None]
+            for k, vals in totals.items()}
+
+
+def register(daemon: Daemon) -> None:
+    """Add ``summary_history`` to the daemon's API (when it has a historian)."""
+    if daemon.api is None or not daemon.cfg.historian.enabled:
+        return
+    path = Path(daemon.cfg.historian.path)
+    devices = {d.device_id: (d.nature, d.role) for d in daemon.state.devices.values()}
+
+    async def handler(req: dict[str, Any], caller: Caller) -> Any:
+        window = req.get("window_s", 3600.0)
+        step = req.get("step_s", 30.0)
+        if not all(isinstance(x, int | float) for x in (window, step)) or \
+                not (60 <= window <= 86400 and 1 <= step <= window):
+            raise ApiError("window_s must be 60..86400 and step_s 1..window_s")
+        return await asyncio.to_thread(summary_history, path, devices, float(window),
+                                       float(step))
+
+    daemon.api.register("summary_history", handler, role="viewer",
+                        help="the last hour of the power flow from the historian "
+                             "{window_s?, step_s?}")
