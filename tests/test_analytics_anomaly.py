@@ -125,3 +125,16 @@ def test_cli_forecast_prints_metrics_and_writes_plot(tmp_path: Path,
     assert (tmp_path / "m" / "forecast-v1.pkl").is_file()
     assert main(["forecast", "-c", str(DEMO), "--source", "historian"]) == 1  # no historian
     assert "no historian database" in capsys.readouterr().err
+
+
+async def test_training_in_a_worker_process_reports_its_failure(tmp_path: Path) -> None:
+    info = site_info(load_config(DEMO).config)
+    svc = AnalyticsService(info, tmp_path / "models", tmp_path / "missing.sqlite")
+    assert svc.worker == "process"
+    await svc.start()
+    try:
+        assert await svc.train_now() is False  # ran in the spawned worker, failed there
+        assert svc.last_error is not None and "no historian database" in svc.last_error
+        assert svc.anomalies[-1].signal == "forecast_training"
+    finally:
+        await svc.stop()
