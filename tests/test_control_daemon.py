@@ -174,6 +174,11 @@ async def test_islanding_keeps_the_critical_load_and_reconnects_in_sequence(tmp_
         await wait_for(lambda: runner.values("heater")["enabled"] is True, "heater restored")
         moves = [h["to"] for h in comp.controller.modes.history]
         assert moves == ["island", "reconnect", "normal"]
+        audited = [e["detail"]["to"] for e in reversed(comp.store.audit_log())
+                   if e["action"] == "mode"]
+        assert audited == ["island", "reconnect", "normal"]
+        assert not comp.store.is_active("site", "mode")
+        assert "reconnect" in comp.store.alarms["site:mode"].message  # raised, then updated
 
 
 async def test_emergency_stop_and_refusals_through_the_api_are_audited(tmp_path: Path) -> None:

@@ -168,6 +168,7 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         for dev, point, value in c.pending_commands:  # breakers act now, not next cycle
             comp.applier.command(dev, point, value)
         c.pending_commands = []
+        comp._mode_changed()
         if want == "estop":  # zero everything now, without waiting for the cycle
             comp.run_cycle()
         return c.modes.as_dict()

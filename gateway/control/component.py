@@ -70,7 +70,7 @@ class ControlComponent:
             for dev, point, value in c.pending_commands:
                 self.applier.command(dev, point, value)
             c.pending_commands = []
-            self.store.audit("protection", "mode", {"to": "island", "why": why})
+            self._mode_changed()
 
     async def start(self) -> None:
         self.store.open()
@@ -101,7 +101,10 @@ class ControlComponent:
         c = self.controller
         t0 = time.perf_counter()
         try:
+            before = (c.modes.mode, len(c.modes.history))
             setpoints = c.cycle(self.daemon.state, c.clock(), time.time())
+            if (c.modes.mode, len(c.modes.history)) != before:
+                self._mode_changed()
             for dev, points in setpoints.items():  # breaker commands are one-shot
                 for point in [p for p in points if p in ("trip", "close")]:
                     self.applier.command(dev, point, points.pop(point))
@@ -111,6 +114,18 @@ class ControlComponent:
             self.store.raise_("controller", "cycle", "warning", "control cycle failed; "
                               "see the log")
         self.cycle_ms.append((time.perf_counter() - t0) * 1000.0)
+
+    def _mode_changed(self) -> None:
+        """Every mode change is audited; a site not in normal operation is an alarm."""
+        m = self.controller.modes
+        last = m.history[-1] if m.history else {"from": None, "to": m.mode, "reason": ""}
+        self.store.audit("controller", "mode", {"from": last["from"], "to": last["to"],
+                                                "reason": last["reason"]})
+        if m.mode == "normal":
+            self.store.clear("site", "mode")
+        else:
+            self.store.raise_("site", "mode", "critical" if m.mode in ("estop", "island")
+                              else "warning", f"site in {m.mode} mode: {m.reason}")
 
     async def _cycle_loop(self) -> None:
         loop = asyncio.get_running_loop()
