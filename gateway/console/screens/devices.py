@@ -13,7 +13,7 @@ from gateway.console.widgets import Table, cell, fmt_age, fmt_value, quality_att
 
 HEADER = f"{'Device':<16}{'Nature':<13}{'Protocol':<12}{'State':<10}{'Quality':<9}" \
          f"{'Last update':<13}{'Errors':>6}"
-POINT_HEADER = f"{'Point':<24}{'Value':>14} {'Unit':<7}{'Quality':<9}{'Updated':<12}"
+POINT_HEADER = f"{'Point':<24}{'Value':>14} {'Unit':<7}{'Quality':<9}{'Changed':<12}"
 
 
 def worst(point_q: str, device_q: object) -> str:
