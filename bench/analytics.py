@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-# The repo instead of bench/ on the path: bench/can.py would shadow python-can (here and in
+# The repo instead of bench/ on the path (the worker process inherits sys.path).
 # the spawned training worker, which inherits sys.path).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 

@@ -1,6 +1,6 @@
 """CAN frame decode throughput: the AutoGrid CAN driver against bare cantools, same run.
 
-    python bench/can.py [--frames 200000] [--seconds 10]
+    python bench/can_decode.py [--frames 200000] [--seconds 10]
 
 The frames are what the simulated BMS and DC charger send (every periodic message of the
 shipped CAN templates, payloads encoded from random point values by the simulated

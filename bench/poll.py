@@ -33,8 +33,12 @@ from drivers.template import load_template, template_names
 from gateway.config.models import SiteConfig
 
 
+def modbus_templates() -> list[str]:
+    return [n for n in template_names() if load_template(n).protocol == "modbus"]
+
+
 def site_config(n_devices: int, per_endpoint: int) -> SiteConfig:
-    names = template_names()
+    names = modbus_templates()
     conns, devices = [], []
     for i in range(n_devices):
         ep = i // per_endpoint
@@ -159,7 +163,14 @@ async def _gateway(cfg: SiteConfig, seconds: float, db: Path | None) -> int:
     return good
 
 
+def _quiet_pymodbus() -> None:
+    import logging
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # lost links at phase end
+
+
 def _phase_main(kind: str, cfg_json: str, seconds: float, pipe: Connection) -> None:
+    _quiet_pymodbus()
     cfg = SiteConfig.model_validate_json(cfg_json)
     cpu0, _ = _usage()
     t0 = time.perf_counter()
@@ -205,7 +216,7 @@ def main() -> int:
         if not parent.poll(120):
             raise RuntimeError("simulator did not start")
         live = with_ports(cfg, parent.recv())
-        print(f"{args.devices} simulated devices ({len(set(template_names()))} templates) on "
+        print(f"{args.devices} simulated devices ({len(modbus_templates())} Modbus templates) on "
               f"{len(live.connections)} endpoints; {args.seconds:.0f} s per phase; "
               f"{os.cpu_count()} CPUs")
         base = run_phase("baseline", live, args.seconds)

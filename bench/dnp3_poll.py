@@ -1,6 +1,6 @@
 """DNP3 poll round trip: the AutoGrid DNP3 driver against a bare dnp3py master, same run.
 
-    python bench/dnp3.py [--polls 300] [--seconds 10]
+    python bench/dnp3_poll.py [--polls 300] [--seconds 10]
 
 One simulated site (a PCC relay with breaker + meter, and a MESA-ESS style battery, on
 dnp3py outstations driven by the SimSite physics) runs in this process. Then, in turn,
