@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 # The repo instead of bench/ on the path (the worker process inherits sys.path).
-# the spawned training worker, which inherits sys.path).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np  # noqa: E402
