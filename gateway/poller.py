@@ -91,6 +91,8 @@ class Poller:
             next_due += job.interval_s
             now = loop.time()
             if next_due < now:  # overran (slow device): skip missed slots, keep the phase
-                missed = int((now - next_due) // job.interval_s) + 1
-                next_due += missed * job.interval_s
+                if job.interval_s > 0:
+                    next_due += (int((now - next_due) // job.interval_s) + 1) * job.interval_s
+                else:  # "as fast as possible" (benchmarks): just yield to the loop
+                    next_due = now
             await asyncio.sleep(next_due - now)
