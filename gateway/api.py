@@ -154,12 +154,13 @@ class ApiServer:
             self.register(name, fn, role="viewer", help=help_)
 
     def register(self, name: str, handler: Handler, *, role: str = "viewer",
-                 help: str = "") -> None:
+                 help: str = "", replace: bool = False) -> None:
         """Add an API command. ``handler(request, caller)`` returns the result (or an
-        awaitable of it) and raises ApiError to refuse with a reason."""
+        awaitable of it) and raises ApiError to refuse with a reason. ``replace`` lets the
+        component that owns the data take over a command another one offers as a fallback."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
-        if name in self.commands or name in ("subscribe", "unsubscribe"):
+        if (name in self.commands and not replace) or name in ("subscribe", "unsubscribe"):
             raise ValueError(f"API command {name!r} is already registered")
         self.commands[name] = Command(name, handler, role, help)
 

@@ -260,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autogrid {args.command}: {exc.strerror or exc}"
               f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # a bug of ours: say so plainly; the traceback is for -v
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"autogrid {args.command}: internal error: {type(exc).__name__}: {exc} "
+              f"(please report it; run with -v for the details)", file=sys.stderr)
+        return 70  # EX_SOFTWARE
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ async def start_site(cfg: SiteConfig, speed: float | None = None) -> tuple[objec
     return runner, with_ports(cfg, ports)
 
 
+def _control_on_sim_time(daemon: Daemon, runner: object) -> None:
+    """EV deadlines and tariffs follow the simulated clock, which runs faster than ours."""
+    clock = getattr(getattr(runner, "site", None), "clock", None)
+    for comp in daemon.components:
+        if comp.name == "control" and clock is not None:
+            comp.controller.clock = clock.now  # type: ignore[attr-defined]
+
+
 async def run_demo(cfg: SiteConfig, duration_s: float | None = None, interval_s: float = 1.0,
                    speed: float | None = None, out: TextIO = sys.stdout) -> None:
     runner, live_cfg = await start_site(cfg, speed)
@@ -46,6 +54,7 @@ async def run_demo(cfg: SiteConfig, duration_s: float | None = None, interval_s:
     tty = out.isatty()
     try:
         await daemon.start()
+        _control_on_sim_time(daemon, runner)
         print(f"AutoGrid demo: {len(daemon.ios)} simulated devices on 127.0.0.1, "
               f"API at {daemon.socket_path}. Ctrl-C stops.", file=out, flush=True)
         elapsed = 0.0

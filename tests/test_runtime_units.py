@@ -234,8 +234,8 @@ async def test_api_registered_command_and_role_refusal(tmp_path: Path) -> None:
                                        "help": "stop everything", "allowed": True}
         api.role_of = lambda uid, gid: "viewer"
         async with ApiClient(sock) as c:
-            with pytest.raises(ApiRequestError, match="'estop' needs the operator role; .* is "
-                                                      "viewer"):
+            with pytest.raises(ApiRequestError, match=r"'estop' needs the operator role; .* is "
+                                                      r"viewer"):
                 await c.request("estop")
             assert (await c.request("summary"))["devices"]["good"] == 0  # viewing still works
         assert len(calls) == 1

@@ -74,7 +74,7 @@ class SchedulerComponent:
     async def start(self) -> None:
         api = self.daemon.api
         if api is not None:
-            api.register("plan", self._api_plan, role="viewer",
+            api.register("plan", self._api_plan, role="viewer", replace=True,
                          help="the scheduler's latest plan: status, cost, steps")
             api.register("replan", self._api_replan, role="operator",
                          help="plan again now (returns the new plan's status)")
