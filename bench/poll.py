@@ -65,6 +65,7 @@ def with_ports(cfg: SiteConfig, ports: dict[str, int]) -> SiteConfig:
 def _sim_main(cfg_json: str, pipe: Connection) -> None:
     from sim_devices.runner import SimRunner
 
+    _quiet_pymodbus()
     async def main() -> None:
         cfg = SiteConfig.model_validate_json(cfg_json)
         runner = SimRunner(cfg, port_overrides={c.id: 0 for c in cfg.connections})
