@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from gateway.analytics.config import AnalyticsSettings
 from gateway.config.can import CanConnection
 from gateway.config.dnp3 import Dnp3Tcp
 from gateway.console.policy import ConsoleSettings
@@ -158,6 +159,7 @@ class SiteConfig(Strict):
     console: ConsoleSettings | None = None  # API roles/tokens; absent = root/daemon user only
     tariff: Tariff | None = None  # time-of-use prices (scheduler, controller, simulate)
     scheduler: SchedulerSettings | None = None  # LP planning; on (defaults) when a tariff is set
+    analytics: AnalyticsSettings | None = None  # schedules; absent = defaults (with historian)
     # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
     simulation: dict[str, Any] | None = None
 
