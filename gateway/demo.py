@@ -43,6 +43,22 @@ def _control_on_sim_time(daemon: Daemon, runner: object) -> None:
             comp.controller.clock = clock.now  # type: ignore[attr-defined]
 
 
+def _control_line(daemon: Daemon) -> str:
+    """Mode, active alarms and setpoints, when site control runs."""
+    for comp in daemon.components:
+        if comp.name != "control":
+            continue
+        c = comp.controller  # type: ignore[attr-defined]
+        alarms = comp.store.listing(active_only=True)  # type: ignore[attr-defined]
+        sp = ", ".join(f"{d}.{p}={v:.1f}" if isinstance(v, float) else f"{d}.{p}={v}"
+                       for d, pts in sorted(c.last.items()) for p, v in pts.items())
+        text = f"\n\nControl  mode {c.modes.mode}, {len(alarms)} active alarm(s)"
+        for a in alarms[:3]:
+            text += f"\n  [{a['severity']}] {a['source']}: {a['message']}"
+        return text + (f"\n  setpoints: {sp}" if sp else "")
+    return ""
+
+
 async def run_demo(cfg: SiteConfig, duration_s: float | None = None, interval_s: float = 1.0,
                    speed: float | None = None, out: TextIO = sys.stdout) -> None:
     runner, live_cfg = await start_site(cfg, speed)
@@ -63,6 +79,7 @@ async def run_demo(cfg: SiteConfig, duration_s: float | None = None, interval_s:
                 await asyncio.wait_for(stop.wait(), interval_s)
             elapsed += interval_s
             page = render(daemon.state.snapshot(), title=f"AutoGrid demo — {cfg.site.name}")
+            page += _control_line(daemon)
             if tty:
                 out.write("\x1b[H\x1b[2J" + page + "\n")
             else:

@@ -18,7 +18,9 @@ _QUALITY_MARK = {"good": "ok ", "stale": "old", "offline": "OFF"}
 
 
 def _kw(value: Any) -> str:
-    return f"{value:8.1f} kW" if isinstance(value, int | float) else "     --   "
+    if not isinstance(value, int | float):
+        return "     --   "
+    return f"{0.0 if abs(value) < 0.05 else value:8.1f} kW"  # no "-0.0"
 
 
 def _direction(value: Any, pos: str, neg: str) -> str:
@@ -33,7 +35,7 @@ def _fmt_value(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.1f}"
+        return f"{0.0 if abs(v) < 0.05 else v:.1f}"
     return "--" if v is None else str(v)
 
 
