@@ -97,6 +97,8 @@ NATURES: dict[Nature, dict[str, PointSpec]] = {
         _p("e_charged_kwh", "kWh", "lifetime energy charged"),
         _p("e_discharged_kwh", "kWh", "lifetime energy discharged"),
         _p("watchdog_s", "s", "communication watchdog timeout", writable=True),
+        _p("grid_forming", "", "the inverter forms the island's voltage and frequency "
+           "(reads back whether it does)", Kind.BOOL, writable=True),
         _p("state", "", "operating state (standby, charging, discharging, fault, ...)",
            Kind.STR),
         _p("alarms", "", "alarm bit field (vendor specific)", Kind.INT),

@@ -84,7 +84,7 @@ class BatterySim(_Strict):
     thermal_capacity_kj_per_k: Annotated[float, Field(gt=0)] | None = None  # default 9/kWh
     thermal_resistance_k_per_kw: Annotated[float, Field(gt=0)] | None = None  # default 400/kWh
     cells_series: Annotated[int, Field(ge=1, le=1000)] | None = None  # default from v_nominal
-    grid_forming: bool = False  # forms the island when the grid is gone
+    grid_forming: bool = False  # power-on default of the grid_forming point (forms islands)
     watchdog_s: WatchdogS = 60.0
 
     @model_validator(mode="after")

@@ -156,7 +156,7 @@ class Battery(SimModel):
     def __init__(self, device_id: str, bus: AcBus, pack: Pack) -> None:
         super().__init__(device_id, bus, pack.sim.watchdog_s)
         self.pack = pack
-        self.grid_forming = pack.sim.grid_forming
+        self.grid_forming = pack.sim.grid_forming  # commanded; the setting = power-on default
         self.p_set_kw = 0.0
         self.p_kw = 0.0
         self.island_target_kw: float | None = None  # set by the site when forming an island
@@ -188,6 +188,17 @@ class Battery(SimModel):
     def consumption_kw(self) -> float:
         return -self.p_kw
 
+    @property
+    def forming(self) -> bool:
+        """Forms an island now: commanded grid-forming, has energy and is not in fault."""
+        pk = self.pack
+        return (self.grid_forming and pk.temp_c < FAULT_C
+                and pk.soc_pct > pk.sim.soc_min_pct + 1e-9)
+
+    def trip_forming(self) -> None:
+        """The island it carried collapsed: the inverter drops out of grid-forming."""
+        self.grid_forming = False
+
     def read_points(self) -> dict[str, PointValue]:
         pk = self.pack
         return {"soc_pct": pk.soc_pct, "soh_pct": pk.soh_pct, "p_kw": self.p_kw, "q_kvar": 0.0,
@@ -197,10 +208,14 @@ class Battery(SimModel):
                 "cell_v_min_v": pk.cell_v_min_v, "cell_v_max_v": pk.cell_v_max_v,
                 "e_charged_kwh": self.e_charged_kwh, "e_discharged_kwh": self.e_discharged_kwh,
                 "watchdog_s": self.watchdog_s or 0.0, "state": self.state,
+                "grid_forming": self.forming,
                 "alarms": pk.alarms() | (ALARM_WATCHDOG if self.watchdog_expired else 0)}
 
     def _apply(self, point: str, value: PointValue) -> PointValue:
-        pk = self.pack  # the only writable point besides watchdog_s is p_set_kw
+        pk = self.pack  # writable besides watchdog_s: p_set_kw and grid_forming
+        if point == "grid_forming":
+            self.grid_forming = bool(value)
+            return self.forming  # an empty or faulted PCS cannot form: reads back False
         p = clamp(float(value), -pk.p_charge_rated_kw, pk.p_discharge_rated_kw)
         if p < 0 and pk.soc_pct >= pk.sim.soc_max_pct - 1e-9:
             p = 0.0  # full: refuses to charge

@@ -1,7 +1,10 @@
 """A whole simulated site: builds the device models from a site config and steps them.
 
 Each step: the grid and the PCC state decide whether the bus is energized (grid, an
-island formed by a grid-forming battery, or a blackout); generation and loads step
+island formed by a battery commanded grid-forming that has energy, or a blackout). An
+island that cannot be carried collapses and its batteries drop out of grid-forming; it
+comes back (black start) when a battery with energy is commanded grid-forming again, even
+while the grid is still down. Generation and loads step
 first, then batteries (a grid-forming one balances an island), then meters (the power
 balance, + = import) and breakers.
 """
@@ -15,7 +18,7 @@ from gateway.config.models import Device, SiteConfig
 from gateway.model import Nature, PointValue
 from sim_devices.clock import Clock, ManualClock, SimClock
 from sim_devices.physics.base import AcBus, SimModel, model_rng
-from sim_devices.physics.battery import FAULT_C, Battery, Bms, Pack
+from sim_devices.physics.battery import Battery, Bms, Pack
 from sim_devices.physics.evse import Evse
 from sim_devices.physics.grid import Breaker, Grid, Meter
 from sim_devices.physics.load import Load
@@ -79,7 +82,6 @@ class SimSite:
         self._batteries = [m for m in ms if isinstance(m, Battery)]
         self._meters = [m for m in ms if isinstance(m, Meter)]
         self._breakers = [m for m in ms if isinstance(m, Breaker)]
-        self._blackout = False
         self.now_s = self.clock.now()
 
     # --- construction ----------------------------------------------------------------------
@@ -179,11 +181,9 @@ class SimSite:
     def _step_once(self, now: float, dt: float) -> None:
         self.grid.step(dt)
         connected = self.connected
-        if connected:
-            self._blackout = False
-        formers = [b for b in self._batteries if b.grid_forming and b.pack.temp_c < FAULT_C]
+        formers = [b for b in self._batteries if b.forming]
         bus = self.bus
-        bus.energized = connected or (bool(formers) and not self._blackout)
+        bus.energized = connected or bool(formers)
         if connected:
             bus.v_v, bus.f_hz = self.grid.v_v, self.grid.f_hz
         elif bus.energized:  # island formed by batteries: nominal values, small wander
@@ -222,7 +222,8 @@ class SimSite:
             f.step(now, dt)
         missing = net - sum(f.p_kw for f in formers)
         if missing > ISLAND_TOLERANCE_KW:  # cannot carry the load: the island collapses
-            self._blackout = True
+            for f in formers:
+                f.trip_forming()
         elif missing < -ISLAND_TOLERANCE_KW:  # cannot absorb: generators back off
             gens = [m for m in self._sources if isinstance(m, PvInverter | WindTurbine)]
             produced = sum(g.p_kw for g in gens)
