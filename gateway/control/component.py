@@ -66,7 +66,7 @@ class ControlComponent:
                 or not self.control.protection.grid_loss_trip:
             return
         c.grid_ok = False
-        if c.request_mode("island", f"protection: {why}") is None:
+        if c.request_mode(c.grid_lost_mode(), f"protection: {why}") is None:
             for dev, point, value in c.pending_commands:
                 self.applier.command(dev, point, value)
             c.pending_commands = []

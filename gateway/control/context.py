@@ -25,6 +25,7 @@ class BatteryView:
     charge_max_kw: float
     discharge_max_kw: float
     capacity_kwh: float
+    grid_forming: bool | None = None  # reads back forming; None = the device has no such point
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Decision:
     ev_kw: dict[str, float] = field(default_factory=dict)  # + = charge
     pv_limit_pct: dict[str, float] = field(default_factory=dict)
     load_on: dict[str, bool] = field(default_factory=dict)
+    grid_forming: dict[str, bool] = field(default_factory=dict)  # battery -> forms the island
     notes: dict[str, str] = field(default_factory=dict)  # strategy -> what it did
 
     def note(self, strategy: str, text: str) -> None:

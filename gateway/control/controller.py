@@ -57,6 +57,7 @@ class Controller:
         self.last_now: float | None = None
         self.last_decision: Decision | None = None
         self.grid_ok: bool | None = None
+        self.forming: bool | None = None  # a battery forms the island (None = none reports)
         self.pending_commands: list[tuple[str, str, bool]] = []
         self.sent: dict[str, list[tuple[float, float]]] = {}  # device -> (when, p_set_kw)
         self.meter_ts: float | None = None
@@ -74,10 +75,16 @@ class Controller:
         site = self.site_view(state, now, qnow)
         breakers = {d.device_id: _bool(d.value("closed", qnow))
                     for d in state.of_nature(Nature.BREAKER)}
-        commands = self.pending_commands + self.modes.step(now, self.grid_ok, breakers)
+        pcc = self.control.emergency.pcc_breaker
+        self.memory["pcc_open"] = pcc is not None and breakers.get(pcc) is False
+        self.forming = _forming(site)
+        commands = self.pending_commands + self.modes.step(
+            now, self.grid_ok, breakers, self.forming,
+            all(not ld.enabled for ld in site.loads))
         self.pending_commands = []
         site.mode = self.modes.mode
         self.memory["stage"] = self.modes.stage
+        self.memory["source"] = self.modes.source
         d = Decision()
         for s in self.strategies:
             if s.enabled(site):
@@ -157,6 +164,8 @@ class Controller:
                     _min(ch, rc), _min(dis, rd),
                     _num(dev.value("capacity_kwh", qnow)) or (r.capacity_kwh if r and
                                                                r.capacity_kwh else 0.0)))
+                gf = dev.value("grid_forming", qnow)
+                site.batteries[-1].grid_forming = gf if isinstance(gf, bool) else None
                 t = _num(dev.value("cell_temp_max_c", qnow))
                 if t is not None:
                     temps[dev.device_id] = t
@@ -225,8 +234,14 @@ class Controller:
         why = self.modes.refuse(want, self.grid_ok is True)
         if why is not None:
             return why
-        self.pending_commands += self.modes.request(want, self.clock(), reason)
+        self.pending_commands += self.modes.request(want, self.clock(), reason,
+                                                    self.grid_ok is True)
         return None
+
+    def grid_lost_mode(self) -> str:
+        """What loss of grid leads to: an island if a battery forms it (or none can say),
+        a black start from the battery if the site went dark."""
+        return "black_start" if self.forming is False else "island"
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
@@ -245,6 +260,12 @@ class Controller:
             "limits": {"import_limit_kw": self.cfg.site.grid.import_limit_kw,
                        "export_limit_kw": self.cfg.site.grid.export_limit_kw},
         }
+
+
+def _forming(site: Site) -> bool | None:
+    """Whether a battery forms the island now (None: no battery reports grid_forming)."""
+    known = [b.grid_forming for b in site.batteries if b.grid_forming is not None]
+    return any(known) if known else None
 
 
 def _min(a: float | None, b: float | None) -> float:

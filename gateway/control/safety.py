@@ -70,6 +70,10 @@ def build_setpoints(site: Site, d: Decision, devices: dict[str, Device],
         else:
             p = ramp(prev(b.id, "p_set_kw"), _clamp(want, lo, hi), rate(b.id), dt)
         out[b.id] = {"p_set_kw": round(p, 3)}
+        if b.grid_forming is not None and (b.id in d.grid_forming
+                                           or (b.id, "grid_forming") in overrides):
+            out[b.id]["grid_forming"] = bool(ov(b.id, "grid_forming",
+                                                d.grid_forming.get(b.id, b.grid_forming)))
     for c in site.chargers:
         want = float(ov(c.id, "p_set_kw", d.ev_kw.get(c.id, 0.0)))
         lo = -c.discharge_max_kw if (c.session and c.session.v2g_capable) else 0.0
