@@ -15,8 +15,8 @@ def machine(**emergency: object) -> ModeMachine:
 
 def test_dark_site_black_starts_from_the_battery_in_order() -> None:
     m = machine()
-    closed = {"pcc": True}
-    opened = {"pcc": False}
+    closed: dict[str, bool | None] = {"pcc": True}
+    opened: dict[str, bool | None] = {"pcc": False}
     assert m.step(0.0, False, closed, forming=False) == [("pcc", "trip", True)]
     assert (m.mode, m.stage, m.source) == ("black_start", -2, "battery")
     assert m.step(2.0, False, closed, forming=False, loads_off=True) == []
@@ -37,7 +37,7 @@ def test_dark_site_black_starts_from_the_battery_in_order() -> None:
 
 def test_collapsed_island_black_starts_and_a_returning_grid_takes_over() -> None:
     m = machine()
-    opened = {"pcc": False}
+    opened: dict[str, bool | None] = {"pcc": False}
     assert m.step(0.0, False, {"pcc": True}, forming=True) == [("pcc", "trip", True)]
     assert m.mode == "island"
     m.step(1.0, False, opened, forming=True)
