@@ -18,6 +18,7 @@ from gateway.config.can import CanConnection, check_can_connection, check_can_fr
 from gateway.config.checks_devices import TemplateSet, check_devices
 from gateway.config.models import ModbusSerial, SiteConfig
 from gateway.config.suggest import unknown_name
+from gateway.control.config import check_control
 from gateway.yamlsrc import Mark, Problem, Source
 
 
@@ -159,7 +160,8 @@ def run_checks(cfg: SiteConfig, src: Source, template_dir: Path | None = None
     """Every cross-reference check; problems in file order, and the templates loaded."""
     templates = TemplateSet(template_dir or TEMPLATE_DIR)
     problems = [*check_ids(cfg, src), *check_site(cfg, src), *check_connections(cfg, src),
-                *check_devices(cfg, src, templates), *check_historian(cfg, src)]
+                *check_devices(cfg, src, templates), *check_historian(cfg, src),
+                *check_control(cfg, src)]
     problems += check_can_frames(cfg, src, templates.loaded)
     return sort_problems(problems), templates.loaded
 
