@@ -7,9 +7,14 @@ protection and grid limits only doing their job. Models are pydantic, unknown ke
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.yamlsrc import Problem, Source, format_path
+
+if TYPE_CHECKING:
+    from gateway.config.models import SiteConfig
 
 Kw = Annotated[float, Field(ge=0)]
 Pct = Annotated[float, Field(ge=0, le=100)]
@@ -112,18 +117,36 @@ class ControlConfig(_Strict):
     emergency: Emergency = Field(default_factory=Emergency)
 
 
-def reference_problems(control: ControlConfig, natures: dict[str, str]) -> list[str]:
-    """Device ids in the section that are missing or of the wrong nature (``natures``:
-    device id -> nature of the site's devices)."""
-    out = []
+def reference_issues(control: ControlConfig, natures: dict[str, str]
+                     ) -> list[tuple[tuple[str | int, ...], str]]:
+    """Device ids in the section that are missing or of the wrong nature, each with its
+    path inside ``control:`` (``natures``: device id -> nature of the site's devices)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
     em = control.emergency
-    for where, dev in ([("control.emergency.pcc_breaker", em.pcc_breaker)]
-                       + [(f"control.emergency.estop_open_breakers[{i}]", b)
-                          for i, b in enumerate(em.estop_open_breakers)]):
+    refs: list[tuple[tuple[str | int, ...], str | None]] = [
+        (("emergency", "pcc_breaker"), em.pcc_breaker)]
+    refs += [(("emergency", "estop_open_breakers", i), b)
+             for i, b in enumerate(em.estop_open_breakers)]
+    for where, dev in refs:
         if dev is not None and natures.get(dev) != "breaker":
-            out.append(f"{where}: '{dev}' is not a breaker of this site"
-                       if dev in natures else f"{where}: no device '{dev}'")
+            out.append((where, f"'{dev}' is not a breaker of this site" if dev in natures
+                        else f"no device '{dev}'"))
     for i, dev in enumerate(control.protection.critical):
         if dev not in natures:
-            out.append(f"control.protection.critical[{i}]: no device '{dev}'")
+            out.append((("protection", "critical", i), f"no device '{dev}'"))
     return out
+
+
+def reference_problems(control: ControlConfig, natures: dict[str, str]) -> list[str]:
+    """``reference_issues`` as one line each, e.g. "control.emergency.pcc_breaker: ..."."""
+    return [f"{format_path(('control', *where))}: {msg}"
+            for where, msg in reference_issues(control, natures)]
+
+
+def check_control(cfg: SiteConfig, src: Source) -> list[Problem]:
+    """``autogrid check``: the section's device references, at the offending field."""
+    if cfg.control is None:
+        return []
+    natures = {d.id: str(d.nature) for d in cfg.devices}
+    return [src.problem(("control", *where), msg)
+            for where, msg in reference_issues(cfg.control, natures)]
