@@ -100,6 +100,9 @@ class SimRunner:
 
     async def start(self) -> dict[str, int]:
         """Listen on every endpoint and start stepping; returns connection id -> port."""
+        # One short physics step first, so no client ever reads the all-zero power-on
+        # image (a meter at 0 V looks like a lost grid to protection).
+        self.step(1e-3)
         try:
             for ep in self.endpoints.values():
                 await ep.start()
