@@ -106,7 +106,9 @@ async def test_bms_values_follow_the_physics(rig: Rig) -> None:
     io = rig.ios["bms1"]
     for _ in range(100):
         values = await io.read()
-        if values["soc_pct"] == 77.0 and values["alarms"]:
+        # each value rides its own frame with its own period: wait for all of them
+        if (values["soc_pct"] == 77.0 and values["alarms"] and values["i_pack_a"] == 42.5
+                and abs(float(values["cell_temp_max_c"]) - 62.5) <= 1.0):
             break
         await asyncio.sleep(0.02)
     assert values["soc_pct"] == 77.0
