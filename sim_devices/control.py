@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.config.can import CanConnection
 from gateway.config.models import SiteConfig
 from sim_devices.runner import SimRunner
 
@@ -187,7 +188,11 @@ async def serve_site(cfg: SiteConfig, *, control_socket: str | Path | None = Non
         if control is not None:
             await control.start()
         for conn_id, port in ports.items():
-            log.info("simulated connection %s on 127.0.0.1:%d", conn_id, port)
+            conn = cfg.connection(conn_id)
+            # a CAN bus has no port: it is reached at its channel (pty link, group, ...)
+            where = (f"CAN {conn.interface} '{conn.channel}'" if isinstance(conn, CanConnection)
+                     else f"127.0.0.1:{port}")
+            log.info("simulated connection %s on %s", conn_id, where)
         for dev_id, why in runner.skipped.items():
             log.warning("simulated device %s is not served: %s", dev_id, why)
         if ready is not None:

@@ -176,10 +176,11 @@ class CanLink:
         if self._bus is not None:
             return
         if self._reconnect is None or self._reconnect.done():
+            self._tried.clear()
             self._reconnect = asyncio.create_task(self._connect_loop(),
                                                   name=f"can reconnect {self.key}")
-            # the first attempt runs now; its outcome is known before the caller goes on
-            self._tried.clear()
+        if not self._tried.is_set():
+            # the first attempt runs now; every device on the bus waits for its outcome
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.conn.timeout_s + self.conn.open_delay_s):
                     await self._tried.wait()
