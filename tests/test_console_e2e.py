@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -263,3 +264,27 @@ def test_console_without_daemon_or_terminal_says_why(tmp_path: Path) -> None:
     assert "autogrid console: the daemon is not running (no socket at" in r.stderr
     assert "Traceback" not in r.stderr
     assert sys.executable  # the same interpreter runs the console in tmux
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to shed the right to open any file")
+def test_console_denied_access_to_the_socket_says_why(tmp_path: Path) -> None:
+    """A user the socket does not admit: a one-line reason and exit 1, no traceback. The
+    socket belongs to another user (mode 0600); the console runs without the capability
+    that lets root open any file, so the kernel refuses it like any other user."""
+    sock_path = tmp_path / "gw.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen()
+    os.chown(sock_path, 65534, 65534)
+    sock_path.chmod(0o600)
+    try:
+        r = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+                            *AUTOGRID, "console", "--socket", str(sock_path)],
+                           cwd=tmp_path, env=env_for(tmp_path), capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        listener.close()
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"access to {sock_path} denied" in r.stderr
+    assert "Traceback" not in r.stderr
