@@ -19,6 +19,7 @@ from gateway.historian import Historian
 from gateway.model import Nature, PointValue, Quality
 from gateway.poller import Poller
 from gateway.state import DeviceState, SiteState
+from tests.waiting import WAIT_S, until
 
 
 class FakeIO(DeviceIO):
@@ -98,14 +99,15 @@ async def test_poller_marks_offline_and_recovers() -> None:
     fio = FakeIO("pv", {"p_kw": 3.0})
     poller = Poller(s)
     poller.add(fio, 0.05)
-    await asyncio.sleep(0.12)
+    health = s.devices["pv"].health
+    await until(lambda: health.quality is Quality.GOOD, "the first good poll")
     assert s.devices["pv"].health.quality is Quality.GOOD
     fio.fail = DeviceTimeout("no answer within 1.0 s")
-    await asyncio.sleep(0.12)
+    await until(lambda: health.quality is Quality.OFFLINE, "the failing poll")
     assert s.devices["pv"].health.quality is Quality.OFFLINE
     assert s.devices["pv"].health.last_error == "no answer within 1.0 s"
     fio.fail = None
-    await asyncio.sleep(0.12)
+    await until(lambda: health.quality is Quality.GOOD and fio.reads >= 5, "recovery")
     assert s.devices["pv"].health.quality is Quality.GOOD
     await poller.stop()
     assert fio.reads >= 5
@@ -117,7 +119,7 @@ async def test_poller_survives_driver_bug() -> None:
     fio.fail = ZeroDivisionError("bug")
     poller = Poller(s)
     poller.add(fio, 0.02)
-    await asyncio.sleep(0.1)
+    await until(lambda: fio.reads >= 2, "a second poll after the exception")
     await poller.stop()
     assert fio.reads >= 2  # kept polling after the exception
     assert "ZeroDivisionError" in (s.devices["pv"].health.last_error or "")
@@ -173,11 +175,13 @@ async def test_api_snapshot_subscribe_and_errors(tmp_path: Path) -> None:
                     return ev
                 raise AssertionError("stream ended")
 
+            listeners = len(s._listeners)
             waiter = asyncio.create_task(first_event())
-            await asyncio.sleep(0.05)
+            # the updates below count only once the server holds the subscription
+            await until(lambda: len(s._listeners) > listeners, "the subscription")
             s.update("meter", {"p_kw": 1.0}, 1e9 + 1)  # not subscribed: filtered out
             s.update("pv", {"p_kw": 13.0}, 1e9 + 1)
-            ev = await asyncio.wait_for(waiter, 2.0)
+            ev = await asyncio.wait_for(waiter, WAIT_S)
             assert ev["changes"] == {"pv": {"p_kw": {"value": 13.0, "unit": "kW",
                                                     "ts": 1e9 + 1, "quality": "good"}}}
             await events.aclose()
