@@ -7,7 +7,9 @@ import contextlib
 import logging
 import signal
 import sys
+from datetime import UTC, datetime, tzinfo
 from typing import TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config.models import SiteConfig
 from gateway.daemon import Daemon
@@ -41,6 +43,20 @@ def _control_on_sim_time(daemon: Daemon, runner: object) -> None:
     for comp in daemon.components:
         if comp.name == "control" and clock is not None:
             comp.controller.clock = clock.now  # type: ignore[attr-defined]
+
+
+def _sim_time_line(runner: object, cfg: SiteConfig) -> str:
+    """The simulated site's own clock (it runs faster than the wall clock above)."""
+    clock = getattr(getattr(runner, "site", None), "clock", None)
+    if clock is None:
+        return ""
+    try:
+        tz: tzinfo = ZoneInfo(cfg.site.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = UTC
+    when = datetime.fromtimestamp(clock.now(), tz=tz)
+    return (f"\n\nSimulated site time  {when:%Y-%m-%d %H:%M} {when:%Z} "
+            f"({clock.speed:g}x real time)")
 
 
 def _control_line(daemon: Daemon) -> str:
@@ -79,6 +95,7 @@ async def run_demo(cfg: SiteConfig, duration_s: float | None = None, interval_s:
                 await asyncio.wait_for(stop.wait(), interval_s)
             elapsed += interval_s
             page = render(daemon.state.snapshot(), title=f"AutoGrid demo — {cfg.site.name}")
+            page += _sim_time_line(runner, cfg)
             page += _control_line(daemon)
             if tty:
                 out.write("\x1b[H\x1b[2J" + page + "\n")

@@ -58,6 +58,8 @@ def test_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert "Power flow" in r.stdout and "7 ok, 0 stale, 0 offline" in r.stdout
+    # demo.yaml's simulated day starts 2025-06-21 07:30 in Europe/Berlin, at 60x
+    assert "Simulated site time  2025-06-21 07:3" in r.stdout and "CEST (60x" in r.stdout
     assert "stopped" in r.stdout
     assert not list(tmp_path.glob("*.sock")), "API socket left behind"
     assert (tmp_path / "autogrid-demo.sqlite").is_file()
