@@ -22,6 +22,7 @@ from gateway.daemon import Daemon
 from gateway.demo import with_ports
 from gateway.model import Kind, Quality, point_spec
 from sim_devices.runner import SimRunner
+from tests.waiting import WAIT_S
 
 POLL_S = 0.25
 TIMEOUT_S = 0.2  # < POLL_S, so a timed-out poll still fits in its period
@@ -92,7 +93,7 @@ async def site(tmp_path: Path) -> AsyncIterator[tuple[SimRunner, Daemon]]:
         await runner.stop()
 
 
-async def wait_for(predicate: object, what: str, limit_s: float = 15.0) -> None:
+async def wait_for(predicate: object, what: str, limit_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + limit_s
     while not predicate():  # type: ignore[operator]
         if time.monotonic() > deadline:
@@ -185,7 +186,9 @@ async def test_fault_is_survived(site: tuple[SimRunner, Daemon], kind: str,
     assert dev.health.last_error
     assert dev.device_quality(time.time()) is Quality.OFFLINE
 
-    await asyncio.sleep(3 * POLL_S)  # keep failing for a while: still offline, no crash
+    failed = dev.health.polls  # keep failing for a while: still offline, no crash
+    await wait_for(lambda: dev.health.polls >= failed + 3 and other.health.polls > other_before,
+                   "more polls of both devices")
     assert dev.health.quality is Quality.OFFLINE
     assert other.health.quality is Quality.GOOD and other.health.polls > other_before
 
@@ -199,11 +202,12 @@ async def test_stuck_values_keep_polling_and_freeze(site: tuple[SimRunner, Daemo
     await wait_for(lambda: all_good(daemon), "every device good")
     dev = daemon.state.devices["meter_3ph"]
     await runner.set_fault("meter_3ph", "stuck")
-    await asyncio.sleep(2 * POLL_S)
+    stuck_at = dev.health.polls
+    await wait_for(lambda: dev.health.polls >= stuck_at + 2, "a poll of the stuck meter")
     frozen = {p: r.value for p, r in dev.readings.items()}
     polls = dev.health.polls
     runner.step(600.0)  # ten simulated minutes pass: the physics moves on
-    await asyncio.sleep(3 * POLL_S)
+    await wait_for(lambda: dev.health.polls >= polls + 3, "more polls of the stuck meter")
     assert dev.health.polls > polls and dev.health.quality is Quality.GOOD
     assert {p: r.value for p, r in dev.readings.items()} == frozen
     await runner.clear_fault("meter_3ph", "stuck")
@@ -221,7 +225,7 @@ async def test_two_faults_on_one_endpoint_leave_the_other_unit_polled(
     await wait_for(lambda: bess.health.quality is Quality.OFFLINE
                    and evse.health.quality is Quality.OFFLINE, "both offline")
     polls = pv.health.polls
-    await asyncio.sleep(4 * POLL_S)
+    await wait_for(lambda: pv.health.polls >= polls + 3, "more polls of the healthy unit")
     assert pv.health.quality is Quality.GOOD and pv.health.polls > polls
     assert "6" in (evse.health.last_error or "") or "BUSY" in (evse.health.last_error or "")
     await runner.clear_all_faults()
