@@ -18,6 +18,7 @@ from gateway.control.component import ControlComponent
 from gateway.daemon import Daemon
 from gateway.demo import with_ports
 from sim_devices.runner import SimRunner
+from tests.waiting import WAIT_S
 
 POLL_S = 0.1
 
@@ -87,7 +88,7 @@ async def running(cfg: SiteConfig, speed: float | None = None
         await runner.stop()
 
 
-async def wait_for(pred: Callable[[], bool], what: str, limit_s: float = 10.0) -> None:
+async def wait_for(pred: Callable[[], bool], what: str, limit_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + limit_s
     while not pred():
         if time.monotonic() > deadline:
@@ -106,8 +107,14 @@ async def test_import_limit_held_and_emergency_vehicle_charged_first(tmp_path: P
     cfg = site(tmp_path, import_limit=30.0, sim={
         "ev_a": sessions(40, 4), "ev_b": sessions(40, 4), "ev_c": sessions(40, 4)})
     async with running(cfg) as (runner, daemon, _comp):
-        await wait_for(lambda: float(runner.values("ev_c")["p_kw"]) > 9.0,
-                       "the emergency car charging")
+        def kw(dev: str) -> float:
+            return float(runner.values(dev)["p_kw"])
+
+        # The controller settles over a few cycles (slowly on a loaded machine): judge the
+        # site once it has, i.e. the emergency car at its power, the public cars sharing and
+        # the headroom used up to the limit.
+        await wait_for(lambda: kw("ev_c") >= 9.9 and abs(kw("ev_a") - kw("ev_b")) < 0.5
+                       and 25.0 < kw("meter") <= 30.0 + 0.05, "the site settled at the limit")
         samples: list[float] = []
         for _ in range(40):  # 2 s of meter readings, every physics step
             samples.append(float(runner.values("meter")["p_kw"]))
@@ -139,7 +146,7 @@ async def test_v2g_at_peak_never_leaves_the_car_below_its_departure_need(tmp_pat
     async with running(cfg, speed=1200) as (runner, _daemon, _comp):
         seen: list[float] = []
         evse = runner.site.models["ev_a"]
-        deadline = time.monotonic() + 12
+        deadline = time.monotonic() + WAIT_S  # the car leaves after ~7.5 s of wall time
         while not evse.completed and time.monotonic() < deadline:
             seen.append(float(runner.values("ev_a")["p_kw"]))
             await asyncio.sleep(0.05)
@@ -190,7 +197,9 @@ async def test_emergency_stop_and_refusals_through_the_api_are_audited(tmp_path:
         await wait_for(lambda: float(runner.values("ev_a")["p_kw"]) > 5.0, "charging")
         async with ApiClient(daemon.socket_path) as api:
             await api.request("emergency_stop", reason="drill")
+            # one writer per device: the battery's zero may land after the car's
             await wait_for(lambda: runner.values("ev_a")["p_kw"] == 0.0
+                           and runner.values("bat")["p_set_kw"] == 0.0
                            and runner.values("pcc")["closed"] is False, "everything stopped")
             assert runner.values("bat")["p_set_kw"] == 0.0
             try:
