@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from gateway.config.loader import load_config
 from gateway.model import NATURES, Kind, Nature
 from sim_devices.can_nodes import CanBusSim, build_can_buses
 from sim_devices.physics.site import SimSite
+from tests.waiting import WAIT_S, until
 
 _channels = itertools.count()
 DEVICE_FOR = {Nature.BMS: "bms", Nature.EVSE: "evse"}
@@ -104,7 +106,8 @@ async def test_bms_values_follow_the_physics(rig: Rig) -> None:
     pack.soc_pct, pack.temp_c = 77.0, 61.0  # hot: over-temperature protection
     pack.i_a = 42.5  # + = discharge in the nature; the BMS frame says -42.5 (+ = charging)
     io = rig.ios["bms1"]
-    for _ in range(100):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
         values = await io.read()
         # each value rides its own frame with its own period: wait for all of them
         if (values["soc_pct"] == 77.0 and values["alarms"] and values["i_pack_a"] == 42.5
@@ -175,12 +178,14 @@ async def test_silent_node_goes_offline_and_recovers(rig: Rig) -> None:
     assert (await io.read())["soh_pct"] == 100.0
     await rig.bus.set_fault("bms1", "timeout")
     with pytest.raises(DeviceTimeout, match="no fresh frame within 1 s: BMS_"):
-        for _ in range(200):
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
             await io.read()
             await asyncio.sleep(0.02)
     assert (await rig.ios["ev1"].read())["p_max_kw"] == 50.0  # the bus itself is fine
     await rig.bus.clear_fault("bms1")
-    for _ in range(200):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
         try:
             assert (await io.read())["soh_pct"] == 100.0
             break
@@ -198,7 +203,8 @@ async def test_stuck_frames_stop_following_the_physics(rig: Rig) -> None:
     await asyncio.sleep(0.3)
     assert (await io.read())["soc_pct"] == 50.0
     await rig.bus.clear_fault("bms1", "stuck")
-    for _ in range(200):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
         if (await io.read())["soc_pct"] == 12.0:
             break
         await asyncio.sleep(0.02)
@@ -215,16 +221,14 @@ async def test_malformed_frames_are_survived(rig: Rig) -> None:
                                is_extended_id=False))
         rogue.send(can.Message(arbitration_id=0x7FF, data=b"\x01\x02", is_extended_id=False))
     await rig.bus.set_fault("bms1", "garbage")  # the node sends truncated frames
-    for _ in range(200):
-        if io.malformed > 3:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: io.malformed > 3, "truncated frames counted")
     assert io.malformed > 3
     link = rig.driver.links[io.endpoint]
     assert link.counters["error_frames"] >= 1 and link.counters["unknown_ids"] >= 1
     await rig.bus.clear_fault("bms1")
     values: dict[str, Any] = {}
-    for _ in range(200):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
         try:
             values = await io.read()
             break
