@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gateway.config.loader import load_config
@@ -105,3 +106,41 @@ def test_solver_timeout_falls_back_to_rules_and_says_so(tmp_path: Path) -> None:
     assert "24 fallback plans" in err.getvalue()
     # the rule-based strategies kept the site going: loads served, limit (nearly) kept
     assert float(_row(text, "peak import kW")[0]) < 12.5
+
+
+def test_net_cost_settles_the_stored_energy_at_its_buy_back_price() -> None:
+    """Two runs with the same grid flows: the one that ends with more energy stored (in
+    the battery or in a car still plugged in) has the lower net cost, by exactly what
+    buying that energy back at the cheapest import price would cost."""
+    from gateway.simulate.harness import RunResult, Trace
+    from gateway.simulate.kpi import compute
+    from sim_devices.physics.evse import Session
+
+    cfg = load_config(DEMO).config
+    tariff = cfg.tariff
+    assert tariff is not None
+    t0 = 1_750_456_800.0  # 2025-06-21 00:00 Berlin
+    steps = 96
+
+    def run(stored_end: float, open_kwh: float) -> RunResult:
+        tr = Trace()
+        for i in range(steps):
+            tr.t.append(t0 + (i + 0.5) * 900.0)
+            tr.grid.append(10.0)
+            for name in ("pv", "battery", "ev", "v2g", "load", "shed", "soc"):
+                getattr(tr, name).append(0.0)
+            tr.stored.append(stored_end)
+            tr.connected.append(True)
+        car = Session(t0, t0 + 2 * 86400.0, 30.0, 60.0, 50.0, False, 11.0, open_kwh)
+        return RunResult("rules", tr, 900.0, [("ev_bay1", car)], t0, t0 + 86400.0,
+                         stored_start_kwh=30.0, eta_charge=0.9)
+
+    flat, fuller = compute(run(30.0, 0.0), cfg, tariff), compute(run(40.0, 5.0), cfg, tariff)
+    assert flat.energy_cost == fuller.energy_cost
+    assert flat.stored_value == 0.0 and flat.net_cost == flat.energy_cost
+    assert fuller.stored_change_kwh == 10.0 and fuller.ev_open_kwh == 5.0
+    cheapest = min(p.import_per_kwh or tariff.import_per_kwh for p in tariff.periods)
+    assert fuller.stored_value == pytest.approx((10.0 / 0.9 + 5.0) * cheapest)
+    assert fuller.net_cost == pytest.approx(fuller.energy_cost - fuller.stored_value)
+    drained = compute(run(20.0, 0.0), cfg, tariff)
+    assert drained.net_cost == pytest.approx(drained.energy_cost + 10.0 / 0.9 * cheapest)

@@ -83,8 +83,10 @@ def _header(cfg: SiteConfig, settings: SimulationSettings, days: float, step_s: 
         f"{days:g} day{'s' if days != 1 else ''} from {start:%Y-%m-%d %H:%M} {tz}, "
         f"control step {step_s:g} s, seed {settings.seed}",
         HEADER_NOTE,
-        "cars report departure and wanted energy to the controller (as ISO 15118 cars do); "
-        "energy cost does not credit energy left in the batteries (see 'battery stored')",
+        "cars report departure and wanted energy to the controller (as ISO 15118 cars do)",
+        "net cost = energy cost - stored energy value: energy stored at the end minus at the "
+        "start (batteries, cars still plugged in) at the cheapest import price, through the "
+        "charge efficiency (what buying it back costs)",
         f"controller: {ctl_name}; protection (per-sample trips) is not in the lockstep loop",
         f"tariff: {tariff_src}",
     ]

@@ -81,6 +81,7 @@ class RunResult:
     plans_fallback: list[str] = field(default_factory=list)
     controller_name: str = ""
     stored_start_kwh: float = 0.0
+    eta_charge: float = 1.0  # batteries' charge efficiency (capacity-weighted), for kpi
     plan_solver: str = ""  # solver and forecast of the last optimal plan
 
 
@@ -160,6 +161,9 @@ class Lockstep:
         bats = [m for m in models.values() if isinstance(m, Battery)]
         gens = [m for m in models.values() if isinstance(m, PvInverter | WindTurbine)]
         res.stored_start_kwh = sum(b.pack.soc_pct / 100.0 * b.pack.capacity_kwh for b in bats)
+        cap = sum(b.pack.capacity_kwh for b in bats)
+        if cap > 0:
+            res.eta_charge = sum(b.pack.eta_c * b.pack.capacity_kwh for b in bats) / cap
         while now < self.end_s - 1e-6:
             self._read(now)
             if self.scheduler is not None and self.controller is not None:

@@ -1,4 +1,12 @@
-"""Key figures of one simulated run, and the table that compares runs side by side."""
+"""Key figures of one simulated run, and the table that compares runs side by side.
+
+Runs end with different amounts of energy stored (batteries, cars still plugged in), so
+the energy cost alone rewards a run that empties the battery and hides one that hoards.
+``net_cost`` settles the difference: stored energy gained (or lost) is credited (or
+charged) at what it costs to buy back, the run's cheapest import price, through the
+battery's charge efficiency. That is what refilling it would cost, so hoarding energy at
+that price earns nothing and draining it saves nothing.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +33,9 @@ class Kpis:
     export_kwh: float
     self_consumption_pct: float | None
     stored_change_kwh: float = 0.0  # battery energy at the end minus at the start
+    ev_open_kwh: float = 0.0  # delivered to cars still plugged in at the end
+    stored_value: float = 0.0  # of the two above, at the cheapest import price (buy-back)
+    net_cost: float = 0.0  # energy cost - stored value
     ev_requested_kwh: dict[str, float] = field(default_factory=dict)  # by class
     ev_delivered_kwh: dict[str, float] = field(default_factory=dict)
     ev_missed: dict[str, int] = field(default_factory=dict)
@@ -79,6 +90,7 @@ def compute(run: RunResult, cfg: SiteConfig, tariff: Tariff) -> Kpis:
     for dev_id, s in run.sessions:
         if s.departure_s > run.end_s:
             k.ev_open += 1
+            k.ev_open_kwh += s.delivered_kwh
             continue
         c = prio.get(dev_id, "public")
         k.ev_sessions[c] += 1
@@ -88,6 +100,9 @@ def compute(run: RunResult, cfg: SiteConfig, tariff: Tariff) -> Kpis:
             k.ev_missed[c] += 1
     if a["stored"].size:
         k.stored_change_kwh = float(a["stored"][-1]) - run.stored_start_kwh
+    buy_back = float(prices[:, 0].min()) if prices.size else 0.0
+    k.stored_value = (k.stored_change_kwh / run.eta_charge + k.ev_open_kwh) * buy_back
+    k.net_cost = cost - k.stored_value
     k.v2g_kwh = float(np.sum(a["v2g"]) * h)
     k.shed_kwh = float(np.sum(a["shed"]) * h)
     gl = cfg.site.grid
@@ -117,6 +132,13 @@ def table(results: list[tuple[RunResult, Kpis]], currency: str) -> str:
         ("grid export kWh", [_fmt(k.export_kwh) for _, k in results]),
         ("self-consumption %", [_fmt(k.self_consumption_pct) for _, k in results]),
         ("battery stored, end - start kWh", [_fmt(k.stored_change_kwh) for _, k in results]),
+    ]
+    if any(k.ev_open for _, k in results):
+        rows.append(("EV energy in cars still plugged kWh",
+                     [_fmt(k.ev_open_kwh) for _, k in results]))
+    rows += [
+        (f"stored energy value {currency}", [_fmt(k.stored_value, 2) for _, k in results]),
+        (f"net cost {currency}", [_fmt(k.net_cost, 2) for _, k in results]),
     ]
     for c in CLASSES:
         if any(k.ev_sessions[c] for _, k in results):
