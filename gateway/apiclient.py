@@ -89,11 +89,23 @@ class ApiClient:
     async def subscribe(self, devices: list[str] | None = None, interval_s: float = 0.5
                         ) -> AsyncIterator[dict[str, Any]]:
         """Yield update events until the connection closes."""
+        await self.start_subscription(devices, interval_s)
+        async for event in self.events():
+            yield event
+
+    async def start_subscription(self, devices: list[str] | None = None,
+                                 interval_s: float = 0.5) -> Any:
+        """Ask for update events on this connection; when this returns, every later
+        change is sent (read them with ``events()``)."""
         params: dict[str, Any] = {"interval_s": interval_s}
         if devices is not None:
             params["devices"] = devices
-        await self.request("subscribe", **params)
-        assert self._reader is not None
+        return await self.request("subscribe", **params)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield the update events of a started subscription until the connection closes."""
+        if self._reader is None:
+            raise ApiUnavailable("not connected")
         while not self._events.empty():
             yield self._events.get_nowait()
         while True:

@@ -21,6 +21,7 @@ from gateway.console.data import ConsoleData
 from gateway.console.policy import ConsoleSettings, role_policy, token_policy
 from gateway.model import Nature
 from gateway.state import DeviceState, SiteState
+from tests.waiting import until
 
 ME = getpass.getuser()
 TOKEN = "night-shift-secret"
@@ -97,12 +98,29 @@ async def test_live_values_reach_the_screen_through_the_subscription(server: Any
         app.current.show("grid_meter")  # type: ignore[attr-defined]
         assert "5.0" in text_of(app)
         state.update("grid_meter", {"p_kw": 17.25}, time.time())
-        for _ in range(200):
-            if data.devices["grid_meter"]["points"]["p_kw"]["value"] == 17.25:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: data.devices["grid_meter"]["points"]["p_kw"]["value"] == 17.25,
+                    "the new value through the subscription")
         app.refresh()
         assert "17.2" in text_of(app)  # 17.25 shown with one decimal
+        assert data.updates >= 1
+    finally:
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
+        await bridge.close()
+
+
+async def test_a_change_before_the_subscription_is_followed_is_not_lost(server: Any) -> None:
+    api, state, _ = server
+    data = ConsoleData()
+    bridge = Bridge(api.path, data, interval_s=0.05)
+    await bridge.connect()
+    # the grid voltage drops right after the console's snapshot, before the console reads
+    # its subscription: the change must still reach the console
+    state.update("grid_meter", {"v_v": 0.0}, time.time())
+    follow = asyncio.create_task(bridge.follow(lambda: None))
+    try:
+        await until(lambda: data.devices["grid_meter"]["points"]["v_v"]["value"] == 0.0,
+                    "the change made between snapshot and subscription")
         assert data.updates >= 1
     finally:
         follow.cancel()
@@ -188,19 +206,13 @@ async def test_console_says_when_the_daemon_goes_away_and_reconnects(server: Any
     poll = asyncio.create_task(app._poll())
     try:
         await api.stop()
-        for _ in range(100):
-            if not data.connected:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: not data.connected, "the console to notice", interval_s=0.05)
         app.refresh(force=True)
         text = text_of(app)
         assert "DISCONNECTED" in text.splitlines()[0]
         assert "Not connected:" in text and "retrying" in text
         await api.start()
-        for _ in range(200):
-            if data.connected:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: data.connected, "the console to reconnect", interval_s=0.05)
         app.refresh(force=True)
         assert "live" in text_of(app).splitlines()[0]
     finally:

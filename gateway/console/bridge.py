@@ -39,6 +39,9 @@ class Bridge:
         self._sub = await ApiClient(self.path).connect()
         self.data.ping = await self.call("ping")
         await self.load_commands()
+        # Subscribed before the snapshot is taken: a change in between arrives as an event
+        # (the other order loses it until the point changes again, e.g. a breaker trip).
+        await self._sub.start_subscription(interval_s=self.interval_s)
         self.data.set_snapshot(await self.call("snapshot"))
         if "summary_history" in self.data.commands and not self.data.seeded:
             with contextlib.suppress(ApiRequestError):
@@ -88,7 +91,7 @@ class Bridge:
     async def follow(self, on_update: Callable[[], None]) -> None:
         """Apply subscription events until the connection closes."""
         assert self._sub is not None
-        async for event in self._sub.subscribe(interval_s=self.interval_s):
+        async for event in self._sub.events():
             self.data.apply_update(event)
             on_update()
 
