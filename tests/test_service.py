@@ -24,6 +24,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.test_cli import AUTOGRID, env_for, free_port
+from tests.waiting import until_sync
 
 WATCHDOG_USEC = 400_000  # pings every 0.2 s
 
@@ -160,7 +161,8 @@ def test_notify_watchdog_reload_and_metrics(running: Any) -> None:
     # Periodic STATUS: a later one shows every device polled fine.
     notify.wait_for("STATUS", None)
     deadline = time.monotonic() + 30
-    while not any(m.get("STATUS", "").startswith("3 devices: 3 ok") for _, m in notify.messages):
+    while not any(m.get("STATUS", "").startswith("3 devices: 3 ok") for _, m in notify.messages) \
+            or len(notify.pings()) < 3:  # (the first pings may trail the first good STATUS)
         assert time.monotonic() < deadline, notify.messages[-3:]
         notify.pump(0.5)
     pings = notify.pings()
@@ -173,10 +175,17 @@ def test_notify_watchdog_reload_and_metrics(running: Any) -> None:
         t0 = time.monotonic()
         s.sendall(json.dumps({"cmd": "debug.block_loop", "seconds": block_s}).encode() + b"\n")
         assert notify.pump(30, other=s), "the block command never answered"
+        t_reply = time.monotonic()
         reply = json.loads(s.makefile().readline())
     assert reply["ok"] and reply["result"]["blocked_s"] >= block_s
-    notify.pump(1.0)  # pings resume
-    during = [t for t in notify.pings(t0) if t < t0 + block_s]
+    # The loop was blocked during the blocked_s before it answered (a busy daemon may start
+    # on the request well after t0, pinging meanwhile).
+    blocked_from = t_reply - reply["result"]["blocked_s"]
+    deadline = time.monotonic() + 30
+    while not notify.pings(t_reply):  # pings resume
+        assert time.monotonic() < deadline, "no ping after the block"
+        notify.pump(0.2)
+    during = [t for t in notify.pings(blocked_from) if t < t_reply]
     after = notify.pings(t0 - 0.5)  # from just before the block until after it
     gaps = [b - a for a, b in itertools.pairwise(after)]
     assert len(during) <= 1  # at most one sent just before the loop blocked
@@ -216,7 +225,9 @@ def test_notify_watchdog_reload_and_metrics(running: Any) -> None:
     for dev in ("grid_meter", "battery"):
         assert after_reload[dev] > before[dev], (dev, before, after_reload)
     assert after_reload["pv_roof"] < before["pv_roof"]  # a new poll task, counted anew
-    time.sleep(0.6)
+    until_sync(lambda: all(polls(sock)[d] > after_reload[d]
+                           for d in ("grid_meter", "battery", "water_heater")),
+               "polls after the reload", interval_s=0.2)
     later = polls(sock)
     assert all(later[d] > after_reload[d] for d in ("grid_meter", "battery", "water_heater"))
     assert "reload: applied: 2 devices unchanged; added water_heater; replaced pv_roof" \
@@ -235,7 +246,8 @@ def test_notify_watchdog_reload_and_metrics(running: Any) -> None:
     assert re.search(rf"reload: {re.escape(str(cfg))}:{line}:\d+: devices\[3\]\.template", text)
     assert "reload refused" in text and "running config is kept" in text
     still = polls(sock)
-    time.sleep(0.6)
+    until_sync(lambda: all(polls(sock)[d] > still[d] for d in still),
+               "polls after the refused reload", interval_s=0.2)
     assert all(polls(sock)[d] > still[d] for d in still)
     assert set(still) == {"grid_meter", "pv_roof", "battery", "water_heater"}
     daemon.send_signal(signal.SIGTERM)
