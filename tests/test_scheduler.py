@@ -272,3 +272,52 @@ async def test_component_plans_off_the_loop_and_hands_the_plan_to_the_controller
     assert build(SimpleNamespace(cfg=_cfg())) is None  # type: ignore[arg-type]  # no tariff
     off = _cfg(tariff={"import_per_kwh": 0.3}, scheduler={"enabled": False})
     assert build(SimpleNamespace(cfg=off)) is None  # type: ignore[arg-type]
+
+
+def test_plan_does_not_hoard_energy_for_after_the_horizon() -> None:
+    # cheap 0.20 for 4 h, then 0.30 for 4 h, 5 kW load: the battery buys at night what
+    # the day uses (20 kWh out at 0.95, so 22.2 kWh in at 0.95), and no more; energy left
+    # at the end is worth what buying it back costs, so filling up to keep it does not pay
+    n = 8
+    prices = np.array([0.20] * 4 + [0.30] * 4)
+    big = _battery(soc=10.0, capacity_kwh=100.0, p_charge_max_kw=20.0,
+                   p_discharge_max_kw=20.0, eta_charge=0.95, eta_discharge=0.95)
+    res = solve(_problem(n, import_price=prices, batteries=(big,), import_limit_kw=40.0))
+    assert res.plan.status == "optimal"
+    bat = [s.battery_p_kw["b"] for s in res.plan.steps]
+    assert -sum(bat[:4]) == pytest.approx(20.0 / 0.95 / 0.95, abs=1e-3)
+    socs = _soc_path(res.plan.steps, 10.0, 0.95, 0.95)
+    assert socs[-1] == pytest.approx(10.0, abs=1e-3)  # back at the floor: nothing hoarded
+
+
+def test_cheap_hours_at_one_price_are_used_flat_not_at_full_power_first() -> None:
+    # 4 cheap hours at one price: the 24 kWh the expensive hours need are bought evenly
+    # (6 kW on top of the 5 kW load), not at the battery's full 20 kW in the first hour
+    big = _battery(soc=10.0, capacity_kwh=100.0, p_charge_max_kw=20.0,
+                   p_discharge_max_kw=20.0)
+    res = solve(_problem(8, load=5.0, batteries=(big,), import_limit_kw=40.0,
+                         load_kw=np.array([5.0] * 4 + [6.0] * 4)))
+    assert res.plan.status == "optimal"
+    grid = [s.grid_p_kw for s in res.plan.steps]
+    assert grid[:4] == pytest.approx([11.0] * 4, abs=1e-4)
+    assert max(grid) == pytest.approx(11.0, abs=1e-4)
+
+
+def test_grid_energy_for_the_battery_is_bought_after_the_expected_pv_not_before() -> None:
+    # one price all day until the 2 h evening peak (25 kW load, 15 kW of it from the grid
+    # whatever happens); PV surplus at hours 2-3 fills half of what the battery gives at
+    # the peak, the grid the rest: bought after the PV (if the sky gives more, the next
+    # plan buys less), never before it
+    n = 8
+    prices = np.array([0.30] * 6 + [0.60] * 2)
+    load = np.array([5.0] * 6 + [25.0] * 2)
+    pv = np.array([0.0, 0.0, 10.0, 10.0, 0.0, 0.0, 0.0, 0.0])
+    bat = _battery(soc=10.0, capacity_kwh=40.0, p_charge_max_kw=5.0,
+                   p_discharge_max_kw=10.0)
+    res = solve(_problem(n, load_kw=load, pv_kw=pv, import_price=prices, batteries=(bat,),
+                         import_limit_kw=40.0))
+    assert res.plan.status == "optimal"
+    p = [s.battery_p_kw["b"] for s in res.plan.steps]
+    assert p[0] >= -1e-6 and p[1] >= -1e-6  # nothing stored before the sun
+    assert sum(p[6:]) == pytest.approx(20.0, abs=1e-4)  # the peak runs on the battery
+    assert -sum(p[4:6]) == pytest.approx(10.0, abs=1e-4)  # the grid's share, after the PV

@@ -31,7 +31,15 @@ EARLY_COST = 1e-5  # per kWh, rising over the horizon
 # per kWh stored per step: of equal plans, store surplus now rather than later (a PV
 # forecast errs; energy already in the battery does not)
 STORE_EARLY = 2e-6
+# per kWh imported, falling to 0 over the horizon: of equal plans, buy energy as late as
+# the price allows (PV may yet cover it, and every re-plan sees the sky again) rather
+# than filling the battery from the grid early and exporting the PV that comes after
+IMPORT_LATE = 1e-3
 CURTAIL_COST = 0.0005  # per kWh of PV thrown away: only when it has to be
+# per kW of the horizon's peak import, on top of any demand charge: of plans that cost
+# the same (a night at one price, a car with hours to spare), take the flattest import
+# rather than charging everything at full power in the first cheap step
+PEAK_COST = 0.01
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,10 @@ class ProblemInput:
     batteries: tuple[BatteryInput, ...] = ()
     evs: tuple[EvInput, ...] = ()
     demand_charge_per_kw: float = 0.0  # cost of the horizon's peak import
-    terminal_value_per_kwh: float | None = None  # default: mean import price
+    # per kWh at the cells left at the end; default: what buying it back costs (the
+    # horizon's cheapest import through the charge efficiency), so the plan neither
+    # hoards energy for after the horizon nor throws away what is worth keeping
+    terminal_value_per_kwh: float | None = None
 
     @property
     def n(self) -> int:
@@ -156,7 +167,7 @@ def solve(p: ProblemInput, time_limit_s: float = 10.0, now_s: float | None = Non
     v = _Vars(n)
     imp_hi = p.import_limit_kw if p.import_limit_kw is not None else np.inf
     exp_hi = p.export_limit_kw if p.export_limit_kw is not None else np.inf
-    gi = v.block(0.0, imp_hi, p.import_price * h)
+    gi = v.block(0.0, imp_hi, (p.import_price + IMPORT_LATE * (1.0 - np.arange(n) / n)) * h)
     ge = v.block(0.0, exp_hi, -p.export_price * h)
     cur = v.block(0.0, np.maximum(p.pv_kw, 0.0), CURTAIL_COST * h)
     eq, ub = _Rows(), _Rows()
@@ -170,8 +181,8 @@ def solve(p: ProblemInput, time_limit_s: float = 10.0, now_s: float | None = Non
         # SOC after each step; a start outside the band may only move towards it
         soc = v.block(min(lo, e0), max(hi, e0), -STORE_EARLY)
         value = (p.terminal_value_per_kwh if p.terminal_value_per_kwh is not None
-                 else float(np.mean(p.import_price)))
-        v.cost[soc + n - 1] = -value * b.eta_discharge
+                 else max(0.0, float(np.min(p.import_price))) / b.eta_charge)
+        v.cost[soc + n - 1] = -value
         for t in range(n):
             prev = [(soc + t - 1, -1.0)] if t else []
             eq.add([(soc + t, 1.0), *prev, (ch + t, -b.eta_charge * h),
@@ -194,11 +205,9 @@ def solve(p: ProblemInput, time_limit_s: float = 10.0, now_s: float | None = Non
                        + [(chg + int(t), -h) for t in idx[:k + 1]], e.v2g_kwh)
         ub.add([*coefs, (short, -1.0)], -e.energy_kwh)  # delivered + shortfall >= wanted
         ev_cols.append((e, chg, edis, short, mask))
-    peak = None
-    if p.demand_charge_per_kw > 0:
-        peak = v.block(0.0, imp_hi, p.demand_charge_per_kw, n=1)
-        for t in range(n):
-            ub.add([(gi + t, 1.0), (peak, -1.0)], 0.0)
+    peak = v.block(0.0, imp_hi, p.demand_charge_per_kw + PEAK_COST, n=1)
+    for t in range(n):
+        ub.add([(gi + t, 1.0), (peak, -1.0)], 0.0)
     for t in range(n):  # power balance: import - export = load - pv + curtail + storage
         row = [(gi + t, 1.0), (ge + t, -1.0), (cur + t, -1.0)]
         for _, ch, dis, _ in bat_cols:
