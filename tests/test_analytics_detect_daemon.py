@@ -8,6 +8,7 @@ phases (healthy first, then the fault) keeps the test short.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.control.alarms import ControlStore
 from gateway.daemon import Daemon
 from gateway.demo import with_ports
 from sim_devices.runner import SimRunner
+from tests.waiting import WAIT_S
 
 POLL_S = 0.1
 STEP_S = POLL_S  # the detectors' telemetry grid
@@ -65,8 +67,9 @@ async def running(tmp: Path) -> AsyncIterator[tuple[SimRunner, Daemon, ApiClient
 
 async def learn_baseline(client: ApiClient) -> dict[str, Any]:
     """Wait until the historian holds BASELINE_S of telemetry, then learn it as normal."""
-    for _ in range(200):
-        r: dict[str, Any] = await client.request("analytics_detect")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r: dict[str, Any] = await client.request("analytics_detect", timeout_s=WAIT_S)
         if r["status"] == "checked":
             return r
         await asyncio.sleep(0.25)
@@ -81,9 +84,16 @@ async def test_healthy_site_then_stuck_meter_alarm(tmp_path: Path) -> None:
     async with running(tmp_path) as (runner, _daemon, client):
         first = await learn_baseline(client)
         assert first["alarms"] is True  # the control component was found
-        # Healthy: several seconds checked after the baseline, nothing reported.
+        # Healthy: several seconds checked after the baseline, nothing reported. (The span
+        # checked ends at the historian's latest sample: wait for it, not a fixed 3 s.)
         await asyncio.sleep(3.0)
-        r = await client.request("analytics_detect")
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            r = await client.request("analytics_detect", timeout_s=WAIT_S)
+            if (r["checked"] and r["checked"][1] - r["checked"][0] > 2.0) \
+                    or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
         assert r["status"] == "checked" and r["devices"] == 3, r
         assert r["checked"][1] - r["checked"][0] > 2.0
         assert r["anomalies"] == []
@@ -92,9 +102,10 @@ async def test_healthy_site_then_stuck_meter_alarm(tmp_path: Path) -> None:
         # A stuck meter: registers freeze.
         await runner.set_fault("meter", "stuck")
         found: list[dict[str, Any]] = []
-        for _ in range(60):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-            r = await client.request("analytics_detect")
+            r = await client.request("analytics_detect", timeout_s=WAIT_S)
             found = [a for a in r["anomalies"] if a["device"] == "meter"]
             if found:
                 break
@@ -116,7 +127,8 @@ async def test_healthy_site_then_stuck_meter_alarm(tmp_path: Path) -> None:
         # Healthy again and re-baselined: the detector no longer reports it, the alarm clears.
         await runner.clear_fault("meter")
         await asyncio.sleep(1.0)
-        r = await client.request("analytics_detect", rebaseline=True, baseline_s=0.8)
+        r = await client.request("analytics_detect", timeout_s=WAIT_S, rebaseline=True,
+                                 baseline_s=0.8)
         assert r["status"] == "checked"
         by_key = {x["key"]: x for x in await client.request("alarms")}
         assert by_key["analytics/stuck_signal:meter:p_kw"]["active"] is False
