@@ -157,6 +157,65 @@ def test_plan_tracking_follows_fresh_plan_and_falls_back_when_stale() -> None:
         pytest.approx(10.0)
 
 
+def _plan(battery_kw: float, ev_kw: dict[str, float], grid_kw: float) -> Plan:
+    return Plan(T0, (PlanStep(T0 - 10, T0 + 900, {"bat": battery_kw}, ev_kw, grid_kw),),
+                "highs", "optimal")
+
+
+def test_with_a_plan_a_car_charges_when_the_plan_says_not_on_any_headroom() -> None:
+    v = normal_values(grid_kw=10.0)
+    v["ev1"] = car(departure_s=8 * 3600, energy_kwh=20)  # 6 h to spare at 11 kW
+    rules = ctl({"ev_charging": True, "self_consumption": True})
+    assert run(rules, v)["ev1"]["p_set_kw"] == pytest.approx(11.0)  # the headroom
+    c = ctl({"plan_tracking": True, "ev_charging": True, "self_consumption": True})
+    c.plan = _plan(0.0, {"ev1": 0.0}, 10.0)  # later, when it is cheaper (or sunny)
+    out = run(c, v)
+    assert out["ev1"]["p_set_kw"] == 0.0 and out["bat"]["p_set_kw"] == 0.0
+    c.plan = _plan(0.0, {"ev1": 7.0}, 17.0)
+    assert run(c, v, T0 + 1)["ev1"]["p_set_kw"] == pytest.approx(7.0)
+    # beyond the plan, a car takes only PV surplus the grid would otherwise get
+    c.plan = _plan(0.0, {"ev1": 0.0}, -4.0)
+    sunny = normal_values(grid_kw=-4.0, pv_kw=14.0)
+    sunny["ev1"] = v["ev1"]
+    assert run(c, sunny, T0 + 2)["ev1"]["p_set_kw"] == pytest.approx(4.0)
+
+
+def test_plan_tracking_does_not_drain_the_battery_into_a_car_charging_off_plan() -> None:
+    # the plan keeps the battery for later and has the car idle; the car charges anyway
+    # (its deadline): the grid pays for that, not the energy the plan set aside
+    c = ctl({"plan_tracking": True, "ev_charging": True})
+    c.plan = _plan(0.0, {"ev1": 0.0}, 10.0)
+    v = normal_values(grid_kw=21.0)  # 10 kW load + the car's 11 kW
+    v["ev1"] = car(p_kw=11.0, departure_s=1.5 * 3600, energy_kwh=15)
+    out = run(c, v)
+    # 15 kWh in 1.5 h: what would not fit at 11 kW after a half-hour guard comes now
+    assert out["ev1"]["p_set_kw"] == pytest.approx((15.0 - 11.0 * 1.0) / 0.5)
+    assert out["bat"]["p_set_kw"] == pytest.approx(0.0)
+    # a forecast error (2 kW more load than planned) is still the battery's to take
+    v["meter"]["p_kw"] = 23.0
+    assert run(c, v, T0 + 1)["bat"]["p_set_kw"] == pytest.approx(2.0)
+
+
+def test_with_a_plan_a_car_of_unknown_speed_is_not_counted_at_the_wallbox_rating() -> None:
+    devices = [{"id": "meter", "nature": "meter", "role": "grid"},
+               {"id": "bat", "nature": "bess", "ratings": {"capacity_kwh": 50, "p_max_kw": 25}},
+               {"id": "wb", "nature": "evse", "ratings": {"p_max_kw": 22}}]
+    c = ctl({"plan_tracking": True, "ev_charging": True}, devices=devices)
+    c.plan = _plan(0.0, {"wb": 0.0}, 5.0)
+    v: dict[str, Any] = {"meter": {"p_kw": 5.0, "v_v": 230.0, "f_hz": 50.0},
+                         "bat": normal_values()["bat"],
+                         "wb": {**car(departure_s=2 * 3600, energy_kwh=30), "p_max_kw": 22.0}}
+    # 30 kWh in 2 h fits at 22 kW, but not at the 11 kW most cars take: start now
+    out = run(c, v)
+    assert out["wb"]["p_set_kw"] == pytest.approx(22.0)
+    # the car takes 11 kW of the 22 offered: that is its limit from now on
+    v["wb"]["p_kw"] = 11.0
+    v["meter"]["p_kw"] = 16.0
+    out = run(c, v, T0 + 1)
+    assert c.sessions.active["wb"].car_max_kw == pytest.approx(11.0)
+    assert out["wb"]["p_set_kw"] == pytest.approx(11.0)
+
+
 def test_safety_clamps_ramps_overrides_and_lockouts() -> None:
     devices = [{"id": "meter", "nature": "meter", "role": "grid"},
                {"id": "bat", "nature": "bess", "ratings": {"p_max_kw": 20},

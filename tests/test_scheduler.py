@@ -321,3 +321,17 @@ def test_grid_energy_for_the_battery_is_bought_after_the_expected_pv_not_before(
     assert p[0] >= -1e-6 and p[1] >= -1e-6  # nothing stored before the sun
     assert sum(p[6:]) == pytest.approx(20.0, abs=1e-4)  # the peak runs on the battery
     assert -sum(p[4:6]) == pytest.approx(10.0, abs=1e-4)  # the grid's share, after the PV
+
+
+def test_sessions_plan_a_car_at_what_it_was_seen_to_take_not_the_wallbox_rating() -> None:
+    from gateway.control.sessions import EvSession
+
+    cfg = _cfg(devices=[
+        {"id": "m", "nature": "meter", "template": "meter_3ph", "connection": "c"},
+        {"id": "wb", "nature": "evse", "template": "generic_evse", "connection": "c",
+         "unit_id": 2, "ratings": {"p_max_kw": 22}}])
+    s = EvSession("wb", 0.0, 8 * H, 30.0, "public", False, 0.0)
+    sch = Scheduler(cfg)
+    assert sch.sessions_from([s], 1.0)[0].p_max_kw == 22.0
+    s.observe_power(offered_kw=22.0, drawn_kw=11.0)
+    assert sch.sessions_from([s], 1.0)[0].p_max_kw == pytest.approx(11.0)

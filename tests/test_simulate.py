@@ -63,6 +63,12 @@ def test_simulate_demo_one_day_in_a_subprocess(tmp_path: Path) -> None:
     figures = json.loads((out / "simulate-kpis.json").read_text())
     assert round(figures["scheduler"]["energy_cost"], 2) == sched_cost
     assert figures["none"]["violations"] == none_v
+    # what the scheduler is for: at least as cheap as the rules once the energy left
+    # stored is settled, without a higher peak and without a car leaving short
+    rules, sched = figures["rules"], figures["scheduler"]
+    assert sched["net_cost"] <= rules["net_cost"]
+    assert sched["peak_import_kw"] <= rules["peak_import_kw"]
+    assert sum(sched["ev_missed"].values()) == 0
 
 
 def _tight_config(tmp_path: Path, **extra: object) -> Path:

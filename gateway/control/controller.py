@@ -27,7 +27,7 @@ from gateway.control.context import (
 from gateway.control.modes import ModeMachine
 from gateway.control.plan import Plan
 from gateway.control.safety import Override, Setpoints, build_setpoints
-from gateway.control.sessions import SessionBook
+from gateway.control.sessions import EvSession, SessionBook
 from gateway.control.strategies import Strategy, pipeline
 from gateway.model import Nature, Quality
 from gateway.state import DeviceState, SiteState
@@ -198,10 +198,25 @@ class Controller:
                                         points)
         p_max = _min(_num(points.get("p_max_kw")),
                      (r.p_charge_max_kw or r.p_max_kw) if r else None)
+        if session is not None and connected:
+            self._learn_car(dev, session, qnow)
+            if session.car_max_kw is not None:
+                p_max = min(p_max, session.car_max_kw)
         dis = (r.p_discharge_max_kw if r and r.p_discharge_max_kw is not None else p_max) \
             if points.get("v2g") is True else 0.0
         return ChargerView(dev.device_id, self._power(dev, qnow) if connected else 0.0,
                            p_max if p_max < INF else 0.0, dis if dis < INF else 0.0, session)
+
+    def _learn_car(self, dev: DeviceState, session: EvSession, qnow: float) -> None:
+        """Compare the car's power with the last setpoint, once a reading shows it."""
+        hist = self.sent.get(dev.device_id)
+        r = dev.readings.get("p_kw")
+        p = _num(dev.value("p_kw", qnow))
+        if not hist or r is None or p is None:
+            return
+        t_cmd, v_cmd = hist[-1]
+        if r.ts >= t_cmd + SETTLE_S:
+            session.observe_power(v_cmd, p)
 
     def _power(self, dev: DeviceState, qnow: float) -> float:
         """The device's power as the PCC meter's sample saw it. Polls are not aligned:

@@ -117,6 +117,9 @@ class Scheduler:
                 continue
             r = dev.ratings
             p_max = r.p_charge_max_kw or r.p_max_kw or 11.0
+            car_max = getattr(s, "car_max_kw", None)  # what the car was seen to take
+            if isinstance(car_max, int | float) and car_max > 0:
+                p_max = min(p_max, float(car_max))
             v2g_kw = (r.p_discharge_max_kw or 0.0) if (s.v2g_allowed and s.v2g_capable) else 0.0
             v2g_kwh = 0.0
             if v2g_kw > 0 and s.soc_pct is not None:

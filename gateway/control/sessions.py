@@ -30,6 +30,9 @@ class EvSession:
     v2g_capable: bool = False
     ended_s: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # set by operators
+    # the most this car has been seen to take (a 22 kW wallbox often meets an 11 kW car);
+    # None until it was offered more than it took
+    car_max_kw: float | None = None
 
     @property
     def need_kwh(self) -> float:
@@ -46,6 +49,18 @@ class EvSession:
     def laxity_h(self, now: float, p_max_kw: float) -> float:
         """Slack: hours the car could idle and still be charged by departure."""
         return self.time_left_h(now) - (self.need_kwh / p_max_kw if p_max_kw > 0 else 0.0)
+
+    def observe_power(self, offered_kw: float, drawn_kw: float) -> None:
+        """Learn the car's limit from a setpoint it has had time to follow: drawing clearly
+        less than offered sets it, drawing more than the limit raises it. A car drawing
+        (almost) nothing is paused or full, which says nothing about its charger."""
+        if drawn_kw < 1.0 or self.need_kwh <= 0.5:
+            return
+        tol = max(0.5, 0.1 * offered_kw)
+        held_back = drawn_kw < offered_kw - tol
+        above = self.car_max_kw is not None and drawn_kw > self.car_max_kw + tol
+        if held_back or above:
+            self.car_max_kw = drawn_kw
 
     def rank(self) -> int:
         return CLASS_RANK[self.priority]

@@ -1,11 +1,34 @@
 """EV smart charging: every car gets the power that still meets its deadline (emergency
 vehicles first, then fleet, then public; least laxity first within a class), then the
 headroom under the peak threshold and the PV surplus are shared by class, fairly (equal
-shares, water-filling) among equals. Per-charger ratings and a site EV limit apply."""
+shares, water-filling) among equals. Per-charger ratings and a site EV limit apply.
+While a scheduler plan is tracked, a car gets at least its planned power and, beyond
+that, only PV surplus: the plan already chose the cheapest hours for the rest."""
 
 from __future__ import annotations
 
 from gateway.control.context import ChargerView, Decision, Site, battery_room, predicted_grid
+from gateway.control.sessions import EvSession
+
+# With a plan, a car is charged ahead of it only when the rest of its energy would no
+# longer fit at full power after this much time (forecasts err, cars taper, plans age).
+PLAN_GUARD_H = 0.5
+# what a car takes until it has shown otherwise: a common on-board charger (3 x 16 A);
+# the guard must not count on a 22 kW wallbox's rating for a car that takes half of it
+CAR_GUESS_KW = 11.0
+
+
+def deadline_kw(s: EvSession, now: float, p_max_kw: float, planned: bool) -> float:
+    """Power the car needs now for its deadline. Without a plan: spread evenly to the
+    departure. With one: only what could not be delivered at full power later (the plan
+    chose when the rest comes: PV surplus, the cheap hours)."""
+    if not planned:
+        return s.min_power_kw(now)
+    left = s.time_left_h(now)
+    if left <= PLAN_GUARD_H:
+        return s.min_power_kw(now)
+    p = p_max_kw if s.car_max_kw is not None else min(p_max_kw, CAR_GUESS_KW)
+    return max(0.0, s.need_kwh - p * (left - PLAN_GUARD_H)) / PLAN_GUARD_H
 
 
 def _order(site: Site, chargers: list[ChargerView]) -> list[ChargerView]:
@@ -44,6 +67,7 @@ class EvCharging:
             d.ev_kw[c.id] = 0.0
         site_left = site.cfg.ev_site_limit_kw if site.cfg.ev_site_limit_kw is not None \
             else float("inf")
+        tracking = "plan_ev_kw" in site.memory
         planned = site.memory.get("plan_ev_kw") or {}
         if site.cfg.grid_limits and site.import_limit_kw is not None:
             base0 = predicted_grid(site, d)  # every car at 0
@@ -60,7 +84,8 @@ class EvCharging:
             wants = {}
             for c in groups[key]:
                 assert c.session is not None
-                wants[c.id] = min(c.p_max_kw, max(c.session.min_power_kw(now),
+                wants[c.id] = min(c.p_max_kw, max(deadline_kw(c.session, now, c.p_max_kw,
+                                                              tracking),
                                                   planned.get(c.id, 0.0)))
             got = water_fill(wants, min(sum(wants.values()), max(0.0, site_left)))
             for k, v in got.items():
@@ -75,7 +100,11 @@ class EvCharging:
             headroom = float("inf")
         else:
             headroom = max(0.0, cap - base)
-        if site.price is not None and site.price[0] >= site.cfg.expensive_above_per_kwh:
+        if tracking:  # a plan chose when cars charge: beyond it,
+            headroom = min(headroom, max(0.0, -(base or 0.0)))  # only the PV surplus
+            if not site.cfg.ev_pv_surplus:
+                headroom = 0.0
+        elif site.price is not None and site.price[0] >= site.cfg.expensive_above_per_kwh:
             headroom = min(headroom, max(0.0, -(base or 0.0)))  # dear: PV surplus only
         elif not site.cfg.ev_pv_surplus and base is not None and base < 0:
             headroom = max(0.0, headroom + base)

@@ -1,10 +1,22 @@
 """Plan tracking: with a fresh optimal scheduler plan, the battery follows the planned
-setpoint, corrected in real time toward the planned grid import; EVs get at least their
-planned power (EV charging reads ``memory['plan_ev_kw']``)."""
+setpoint, corrected in real time toward the planned grid import; EVs get their planned
+power (EV charging reads ``memory['plan_ev_kw']``; deadlines still come first).
+
+The correction is the forecast error only: it is measured with every car at its planned
+power, so a car that charges off plan (a deadline, PV surplus) is not paid for from the
+battery, and a battery the plan keeps for the evening peak is not drained into a car."""
 
 from __future__ import annotations
 
-from gateway.control.context import Decision, Site, predicted_grid
+from gateway.control.context import ChargerView, Decision, Site, predicted_grid
+
+
+def planned_ev_kw(c: ChargerView, planned: dict[str, float]) -> float:
+    """What the plan has a charger draw now, within what the car there can take."""
+    p = planned.get(c.id, 0.0)
+    if p > 0 and (c.session is None or c.session.need_kwh <= 0):
+        return 0.0  # no car, or it has what it wanted: it draws nothing
+    return max(-c.discharge_max_kw, min(c.p_max_kw, p))
 
 
 class PlanTracking:
@@ -19,7 +31,11 @@ class PlanTracking:
         for b in site.batteries:
             d.battery_kw[b.id] = step.battery_p_kw.get(b.id, 0.0)
         site.memory["plan_ev_kw"] = dict(step.ev_p_kw)
-        g = predicted_grid(site, d)
+        as_planned = Decision(battery_kw=dict(d.battery_kw),
+                              ev_kw={c.id: planned_ev_kw(c, step.ev_p_kw)
+                                     for c in site.chargers},
+                              pv_limit_pct=dict(d.pv_limit_pct), load_on=dict(d.load_on))
+        g = predicted_grid(site, as_planned)
         if g is not None and site.batteries:
             err = g - step.grid_p_kw  # forecast error: the battery takes it
             share = err / len(site.batteries)
