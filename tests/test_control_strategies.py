@@ -188,8 +188,7 @@ def test_plan_tracking_does_not_drain_the_battery_into_a_car_charging_off_plan()
     v = normal_values(grid_kw=21.0)  # 10 kW load + the car's 11 kW
     v["ev1"] = car(p_kw=11.0, departure_s=1.5 * 3600, energy_kwh=15)
     out = run(c, v)
-    # 15 kWh in 1.5 h: what would not fit at 11 kW after a half-hour guard comes now
-    assert out["ev1"]["p_set_kw"] == pytest.approx((15.0 - 11.0 * 1.0) / 0.5)
+    assert out["ev1"]["p_set_kw"] == pytest.approx(11.0)  # 15 kWh in 1.5 h: no waiting
     assert out["bat"]["p_set_kw"] == pytest.approx(0.0)
     # a forecast error (2 kW more load than planned) is still the battery's to take
     v["meter"]["p_kw"] = 23.0
@@ -214,6 +213,20 @@ def test_with_a_plan_a_car_of_unknown_speed_is_not_counted_at_the_wallbox_rating
     out = run(c, v, T0 + 1)
     assert c.sessions.active["wb"].car_max_kw == pytest.approx(11.0)
     assert out["wb"]["p_set_kw"] == pytest.approx(11.0)
+
+
+def test_with_a_plan_a_car_near_full_starts_early_enough_for_its_slow_last_kwh() -> None:
+    # 5 kWh in 3 h is nothing at 11 kW, unless the car is at 90 %: it tapers towards
+    # full, so it may not wait for the plan's last hours
+    c = ctl({"plan_tracking": True, "ev_charging": True})
+    c.plan = _plan(0.0, {"ev1": 0.0}, 10.0)
+    v = normal_values(grid_kw=10.0)
+    v["ev1"] = car(soc=0.0, departure_s=3 * 3600, energy_kwh=5)  # SOC unknown
+    assert run(c, v)["ev1"]["p_set_kw"] == 0.0
+    c = ctl({"plan_tracking": True, "ev_charging": True})
+    c.plan = _plan(0.0, {"ev1": 0.0}, 10.0)
+    v["ev1"] = car(soc=90.0, departure_s=3 * 3600, energy_kwh=5)
+    assert run(c, v)["ev1"]["p_set_kw"] > 0.5
 
 
 def test_safety_clamps_ramps_overrides_and_lockouts() -> None:

@@ -335,3 +335,18 @@ def test_sessions_plan_a_car_at_what_it_was_seen_to_take_not_the_wallbox_rating(
     assert sch.sessions_from([s], 1.0)[0].p_max_kw == 22.0
     s.observe_power(offered_kw=22.0, drawn_kw=11.0)
     assert sch.sessions_from([s], 1.0)[0].p_max_kw == pytest.approx(11.0)
+
+
+def test_a_session_learns_the_car_battery_and_its_slow_top() -> None:
+    from gateway.control.sessions import CAPACITY_GUESS_KWH, EvSession
+
+    s = EvSession("wb", 0.0, 8 * H, 20.0, "public", False, 0.0)
+    assert s.hours_to_deliver(10.0) == pytest.approx(2.0)  # SOC unknown: flat
+    s.soc_pct = s.soc_first_pct = 50.0
+    assert s.capacity_kwh() == CAPACITY_GUESS_KWH
+    s.delivered_kwh, s.soc_pct = 4.0, 60.0  # 4 kWh for 10 %: a 40 kWh battery
+    assert s.capacity_kwh() == pytest.approx(40.0)
+    # 16 kWh more from 60 %: to 100 %, the last 20 % slower and slower
+    assert s.hours_to_deliver(10.0) > 16.0 / 10.0 + 0.5
+    s.energy_kwh = 12.0  # to 80 % only: no taper
+    assert s.hours_to_deliver(10.0) == pytest.approx(0.8)

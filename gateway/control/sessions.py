@@ -8,12 +8,16 @@ override departure, energy, priority and V2G consent; the charger's config gives
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.control.config import CLASS_RANK, EvDefaults
 
 HISTORY = 50
+CAPACITY_GUESS_KWH = 60.0  # a car's battery until its SOC and energy say otherwise
+TAPER_FROM_PCT = 80.0  # most cars slow down above this SOC, to a trickle when full
+TAPER_FLOOR = 0.05  # share of full power left at the very top
 
 
 @dataclass
@@ -33,6 +37,8 @@ class EvSession:
     # the most this car has been seen to take (a 22 kW wallbox often meets an 11 kW car);
     # None until it was offered more than it took
     car_max_kw: float | None = None
+    soc_first_pct: float | None = None  # SOC and energy when the car first told its SOC
+    delivered_first_kwh: float = 0.0
 
     @property
     def need_kwh(self) -> float:
@@ -56,11 +62,43 @@ class EvSession:
         (almost) nothing is paused or full, which says nothing about its charger."""
         if drawn_kw < 1.0 or self.need_kwh <= 0.5:
             return
+        if self.soc_pct is not None and self.soc_pct >= TAPER_FROM_PCT:
+            return  # slowed by its SOC, not its charger (hours_to_deliver knows that)
         tol = max(0.5, 0.1 * offered_kw)
         held_back = drawn_kw < offered_kw - tol
         above = self.car_max_kw is not None and drawn_kw > self.car_max_kw + tol
         if held_back or above:
             self.car_max_kw = drawn_kw
+
+    def capacity_kwh(self) -> float:
+        """The car's battery: energy delivered against SOC gained, once it gained 5 %."""
+        if self.soc_first_pct is not None and self.soc_pct is not None:
+            gained = self.soc_pct - self.soc_first_pct
+            if gained >= 5.0:
+                return max(1.0, (self.delivered_kwh - self.delivered_first_kwh) / gained
+                           * 100.0)
+        return CAPACITY_GUESS_KWH
+
+    def hours_to_deliver(self, p_kw: float) -> float:
+        """Hours to deliver what the car still needs at up to p_kw. With its SOC known,
+        slower above TAPER_FROM_PCT: power falling linearly towards full, to a floor."""
+        need = self.need_kwh
+        if need <= 0:
+            return 0.0
+        if p_kw <= 0:
+            return math.inf
+        if self.soc_pct is None:
+            return need / p_kw
+        cap = self.capacity_kwh()
+        soc, band = self.soc_pct, 100.0 - TAPER_FROM_PCT
+        end = soc + need / cap * 100.0
+        hours = max(0.0, min(end, TAPER_FROM_PCT) - soc) / 100.0 * cap / p_kw
+        # distance from full (SOC points) where the taper starts, ends, and hits its floor
+        x0, x1, floor = 100.0 - max(soc, TAPER_FROM_PCT), 100.0 - end, TAPER_FLOOR * band
+        if x1 < x0:
+            hours += band / 100.0 * cap / p_kw * math.log(max(x0, floor) / max(x1, floor))
+            hours += max(0.0, min(x0, floor) - x1) / 100.0 * cap / (TAPER_FLOOR * p_kw)
+        return hours
 
     def rank(self) -> int:
         return CLASS_RANK[self.priority]
@@ -105,6 +143,8 @@ class SessionBook:
             s.delivered_kwh = float(delivered)
         soc = points.get("ev_soc_pct")
         s.soc_pct = float(soc) if isinstance(soc, int | float) and soc > 0 else None
+        if s.soc_first_pct is None and s.soc_pct is not None:
+            s.soc_first_pct, s.delivered_first_kwh = s.soc_pct, s.delivered_kwh
         s.v2g_capable = points.get("v2g") is True
         o = s.overrides
         dep = points.get("ev_departure_s")

@@ -11,8 +11,10 @@ from gateway.control.context import ChargerView, Decision, Site, battery_room, p
 from gateway.control.sessions import EvSession
 
 # With a plan, a car is charged ahead of it only when the rest of its energy would no
-# longer fit at full power after this much time (forecasts err, cars taper, plans age).
-PLAN_GUARD_H = 0.5
+# longer fit after this much time at this share of its power (forecasts err, plans age,
+# and a car slows down as it fills up: most taper above 80 % SOC)
+PLAN_GUARD_H = 1.0
+PLAN_GUARD_SHARE = 0.8
 # what a car takes until it has shown otherwise: a common on-board charger (3 x 16 A);
 # the guard must not count on a 22 kW wallbox's rating for a car that takes half of it
 CAR_GUESS_KW = 11.0
@@ -25,10 +27,13 @@ def deadline_kw(s: EvSession, now: float, p_max_kw: float, planned: bool) -> flo
     if not planned:
         return s.min_power_kw(now)
     left = s.time_left_h(now)
-    if left <= PLAN_GUARD_H:
-        return s.min_power_kw(now)
-    p = p_max_kw if s.car_max_kw is not None else min(p_max_kw, CAR_GUESS_KW)
-    return max(0.0, s.need_kwh - p * (left - PLAN_GUARD_H)) / PLAN_GUARD_H
+    p = PLAN_GUARD_SHARE * (p_max_kw if s.car_max_kw is not None
+                            else min(p_max_kw, CAR_GUESS_KW))
+    hours = s.hours_to_deliver(p)
+    if left <= PLAN_GUARD_H or hours >= left:
+        return max(s.min_power_kw(now), p_max_kw if s.need_kwh > 0 else 0.0)
+    p_avg = s.need_kwh / hours if hours > 0 else p  # what it gets through, taper and all
+    return max(0.0, s.need_kwh - p_avg * (left - PLAN_GUARD_H)) / PLAN_GUARD_H
 
 
 def _order(site: Site, chargers: list[ChargerView]) -> list[ChargerView]:
