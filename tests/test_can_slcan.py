@@ -24,9 +24,9 @@ from gateway.daemon import Daemon
 from gateway.demo import with_ports
 from gateway.model import Quality
 from sim_devices.runner import SimRunner
+from tests.waiting import WAIT_S  # bound on every wait below
 
 REPO = Path(__file__).resolve().parent.parent
-WAIT_S = 15.0  # bound on every wait below (generous: the machine is shared)
 
 
 def mixed_site(tmp: Path) -> SiteConfig:
@@ -147,6 +147,7 @@ SIM_SCRIPT = textwrap.dedent("""
     import asyncio, sys
     from gateway.config.loader import load_config
     from sim_devices.runner import SimRunner
+from tests.waiting import WAIT_S  # bound on every wait below
 
     async def main():
         cfg = load_config(sys.argv[1]).config

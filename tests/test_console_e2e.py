@@ -88,7 +88,7 @@ class Tmux:
             self.tmux("send-keys", "-t", self.session, k)
             time.sleep(0.15)
 
-    def wait_for(self, *texts: str, timeout: float = 20.0, save: str | None = None) -> str:
+    def wait_for(self, *texts: str, timeout: float = 60.0, save: str | None = None) -> str:
         deadline = time.monotonic() + timeout
         screen = ""
         while time.monotonic() < deadline:
@@ -232,7 +232,7 @@ def test_console_end_to_end_in_tmux(demo: Path, tmp_path: Path, artifacts: Path)
         tm.wait_for("step 2 of 2: ARMED", "Type STOP", save="estop-step2")
         tm.keys("S", "T", "O", "P", "Enter")
         tm.wait_for("Done: Emergency stop", "Site mode estop", save="estop-done")
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             snap = snapshot(demo)
             zero = [value(snap, d, "p_kw") for d in ("pv_roof", "ev_bay1", "ev_bay2")]
