@@ -147,7 +147,6 @@ SIM_SCRIPT = textwrap.dedent("""
     import asyncio, sys
     from gateway.config.loader import load_config
     from sim_devices.runner import SimRunner
-from tests.waiting import WAIT_S  # bound on every wait below
 
     async def main():
         cfg = load_config(sys.argv[1]).config
