@@ -17,6 +17,7 @@ from gateway.control.scheduler_config import DEFAULT_TARIFF, Tariff
 from gateway.control.scheduler_lp import BatteryInput, EvInput, ProblemInput, solve
 from gateway.model import Nature
 from gateway.state import DeviceState, SiteState
+from tests.waiting import until
 
 H = 3600.0
 
@@ -242,7 +243,6 @@ def test_simple_forecast_persistence_then_profile_and_clear_sky_pv() -> None:
 
 
 async def test_component_plans_off_the_loop_and_hands_the_plan_to_the_controller() -> None:
-    import asyncio
     from types import SimpleNamespace
 
     from gateway.control.controller import Controller
@@ -257,10 +257,8 @@ async def test_component_plans_off_the_loop_and_hands_the_plan_to_the_controller
     assert isinstance(comp, SchedulerComponent)
     await comp.start()
     try:
-        for _ in range(400):  # bounded wait for the first plan (a solve takes ms)
-            if comp.last is not None:
-                break
-            await asyncio.sleep(0.025)
+        # the first plan (a solve takes ms, the worker thread may wait for a busy CPU)
+        await until(lambda: comp.last is not None, "the first plan")
         assert comp.last is not None
         assert comp.last.plan.status == "optimal", comp.last.plan.status
         assert controller.plan is comp.last.plan
