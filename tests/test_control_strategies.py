@@ -288,3 +288,22 @@ def test_island_keeps_critical_loads_and_sheds_essential_when_energy_runs_low() 
     v["bat"]["soc_pct"] = 30.0
     out = run(c, v, T0 + 1)
     assert (out["fridge"]["enabled"], out["office"]["enabled"]) == (True, False)
+
+
+def test_a_meter_sample_older_than_a_cars_reading_does_not_count_the_car_twice() -> None:
+    """Polls are not aligned: the car's fresh reading shows the power we just gave it, the
+    PCC meter's sample was taken before. The headroom must come from what the meter saw,
+    or a second car gets the same headroom and the limit (43 kW) is exceeded."""
+    c = ctl({"grid_limits": True, "ev_charging": True})
+    v = normal_values(grid_kw=30.0)
+    v["bat"].update(p_discharge_max_kw=0.0, p_charge_max_kw=0.0)
+    v["ev1"] = car(p_kw=0.0, departure_s=2 * 3600)
+    first = run(c, v)["ev1"]["p_set_kw"]
+    assert 0 < first <= 11.0
+    # one second later: the meter has not been read again; ev1 shows its new power and a
+    # second car has arrived
+    state = site_state(c.cfg, v, T0)
+    state.update("ev1", car(p_kw=first, departure_s=2 * 3600 - 1), T0 + 1)
+    state.update("ev2", car(p_kw=0.0, departure_s=2 * 3600), T0 + 1)
+    out = c.cycle(state, T0 + 1)
+    assert 30.0 + out["ev1"]["p_set_kw"] + out["ev2"]["p_set_kw"] <= 43.0 + 1e-6, out

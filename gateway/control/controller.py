@@ -61,6 +61,8 @@ class Controller:
         self.pending_commands: list[tuple[str, str, bool]] = []
         self.sent: dict[str, list[tuple[float, float]]] = {}  # device -> (when, p_set_kw)
         self.meter_ts: float | None = None
+        # device -> its last few (reading time, p_kw): what it drew when the meter sampled
+        self.seen_p: dict[str, list[tuple[float, float]]] = {}
         self.cycles = 0
 
     # -- the cycle --------------------------------------------------------------------------
@@ -219,21 +221,34 @@ class Controller:
             session.observe_power(v_cmd, p)
 
     def _power(self, dev: DeviceState, qnow: float) -> float:
-        """The device's power as the PCC meter's sample saw it. Polls are not aligned:
-        a reading taken before our last setpoint took effect says nothing about what the
-        meter saw after it, and mixing the two makes the prediction oscillate. So: the
-        newest setpoint the meter's sample can reflect, unless the device was read after
-        that setpoint took effect (then its reading, which shows what it really does)."""
+        """The device's power as the PCC meter's sample saw it. Polls are not aligned, so
+        the device's own reading may be older or newer than the meter's sample:
+        - newer (it already shows a setpoint or a change the meter has not seen): take the
+          device's last reading from before the sample instead, else counting its new power
+          as already in the meter hands the same headroom out twice;
+        - taken before our last setpoint took effect (the meter saw that setpoint): take
+          the setpoint, the newest the meter's sample can reflect."""
         r = dev.readings.get("p_kw")
         p = _num(dev.value("p_kw", qnow)) or 0.0
+        if r is None:
+            return p
+        seen = self.seen_p.setdefault(dev.device_id, [])
+        if not seen or seen[-1][0] != r.ts:
+            seen.append((r.ts, p))
+            del seen[:-8]
+        if self.meter_ts is None:
+            return p
+        ts = r.ts
+        if ts > self.meter_ts:
+            before = [x for x in seen if x[0] <= self.meter_ts]
+            if before:
+                ts, p = before[-1]
         hist = self.sent.get(dev.device_id)
-        if not hist or self.meter_ts is None or r is None:
+        settled = [c for c in hist or () if c[0] + SETTLE_S <= self.meter_ts]
+        if not settled:
             return p
-        seen = [c for c in hist if c[0] + SETTLE_S <= self.meter_ts]
-        if not seen:
-            return p
-        t_cmd, v_cmd = seen[-1]
-        return p if r.ts >= t_cmd + SETTLE_S else v_cmd
+        t_cmd, v_cmd = settled[-1]
+        return p if ts >= t_cmd + SETTLE_S else v_cmd
 
     # -- operator side --------------------------------------------------------------------
     def set_override(self, device: str, point: str, value: Any, duration_s: float,
