@@ -306,4 +306,27 @@ def test_a_meter_sample_older_than_a_cars_reading_does_not_count_the_car_twice()
     state.update("ev1", car(p_kw=first, departure_s=2 * 3600 - 1), T0 + 1)
     state.update("ev2", car(p_kw=0.0, departure_s=2 * 3600), T0 + 1)
     out = c.cycle(state, T0 + 1)
-    assert 30.0 + out["ev1"]["p_set_kw"] + out["ev2"]["p_set_kw"] <= 43.0 + 1e-6, out
+    assert 30.0 + float(out["ev1"]["p_set_kw"]) + float(out["ev2"]["p_set_kw"]) <= 43.0 + 1e-6, out
+
+
+def test_a_setpoint_counts_in_the_meter_only_once_the_device_has_taken_it() -> None:
+    """A write that is late (a busy link) or failed is not in the meter's sample: with an
+    applier reporting its writes, the controller must not assume it is, or it hands the
+    headroom out twice."""
+    c = ctl({"grid_limits": True, "ev_charging": True})
+    c.confirm_writes = True  # as in the daemon, where the applier reports each write
+    v = normal_values(grid_kw=30.0)
+    v["bat"].update(p_discharge_max_kw=0.0, p_charge_max_kw=0.0)
+    v["ev1"] = car(p_kw=0.0, departure_s=2 * 3600)
+    first = run(c, v)["ev1"]["p_set_kw"]
+    assert first > 0
+    # two seconds on, the write has not landed (the meter's new sample shows no change)
+    # and the car has not been read since; a second car has arrived
+    v["ev2"] = car(p_kw=0.0, departure_s=2 * 3600)
+    state = site_state(c.cfg, v, T0 + 1.9)
+    state.update("ev1", car(p_kw=0.0, departure_s=2 * 3600), T0)  # last read at T0
+    out = c.cycle(state, T0 + 2)
+    assert 30.0 + float(out["ev1"]["p_set_kw"]) + float(out["ev2"]["p_set_kw"]) <= 43.0 + 1e-6, out
+    # once the applier reports the write, it dates from then
+    c.written("ev1", "p_set_kw", out["ev1"]["p_set_kw"], T0 + 2.1)
+    assert c.sent["ev1"][-1] == (T0 + 2.1, out["ev1"]["p_set_kw"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,8 @@ class Applier:
         self.errors = 0
         self.skipped = 0
         self.command_issued: dict[tuple[str, str], float] = {}  # for latency benches
+        # called after each queued setpoint the device took: (device, point, value, time)
+        self.on_written: list[Callable[[str, str, PointValue, float], None]] = []
 
     def rewrite_interval(self, device_id: str) -> float:
         dev = self.state.devices.get(device_id)
@@ -108,8 +111,12 @@ class Applier:
             while d.pending:
                 point, value = next(iter(d.pending.items()))
                 del d.pending[point]
-                await self._write(io, dev_id, point, value)
+                ok = await self._write(io, dev_id, point, value)
                 d.written[point] = (value, time.monotonic())
+                if ok:
+                    at = time.time()
+                    for listener in self.on_written:
+                        listener(dev_id, point, value, at)
 
     async def _write(self, io: DeviceIO, dev_id: str, point: str, value: PointValue) -> bool:
         try:

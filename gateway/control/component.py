@@ -52,6 +52,8 @@ class ControlComponent:
         self.controller = Controller(cfg, self.control)
         self.applier = Applier(daemon.ios, daemon.state, self.store, self.control.rewrite_s,
                                {d.id: d.control.deadband_kw for d in cfg.devices if d.control})
+        self.controller.confirm_writes = True
+        self.applier.on_written.append(self.controller.written)
         self.protection = Protection(cfg, self.control.protection, daemon.state, self.store,
                                      self.applier.command, self.controller.lockouts,
                                      self._grid_loss)

@@ -60,6 +60,10 @@ class Controller:
         self.forming: bool | None = None  # a battery forms the island (None = none reports)
         self.pending_commands: list[tuple[str, str, bool]] = []
         self.sent: dict[str, list[tuple[float, float]]] = {}  # device -> (when, p_set_kw)
+        # With an applier that reports its writes (the daemon), a setpoint counts from when
+        # the device took it (inf until then: a write that is late or failed is not in the
+        # meter yet); without one (tests, lockstep simulation), from the cycle that chose it.
+        self.confirm_writes = False
         self.meter_ts: float | None = None
         # device -> its last few (reading time, p_kw): what it drew when the meter sampled
         self.seen_p: dict[str, list[tuple[float, float]]] = {}
@@ -100,7 +104,7 @@ class Controller:
             v = points.get("p_set_kw")
             if isinstance(v, float) and self.last.get(dev, {}).get("p_set_kw") != v:
                 hist = self.sent.setdefault(dev, [])
-                hist.append((qnow, v))
+                hist.append((INF if self.confirm_writes else qnow, v))
                 del hist[:-4]
         self.last = {k: dict(v) for k, v in out.items()}
         self.last_now = now
@@ -189,6 +193,17 @@ class Controller:
                 site.pvs.append(PvView(dev.device_id, _num(dev.value("p_kw", qnow)) or 0.0,
                                        rated, _num(dev.value("p_limit_pct", qnow)) or 100.0))
         return site
+
+    def written(self, device_id: str, point: str, value: object, ts: float) -> None:
+        """The applier wrote ``value`` to the device at ``ts`` (wall time, as readings)."""
+        if point != "p_set_kw":
+            return
+        hist = self.sent.get(device_id) or []
+        for i in range(len(hist) - 1, -1, -1):
+            if hist[i][1] == value:
+                if hist[i][0] == INF:
+                    hist[i] = (ts, hist[i][1])
+                break
 
     def _charger(self, dev: DeviceState, now: float, qnow: float) -> ChargerView:
         points = {p: dev.value(p, qnow) for p in dev.readings}
