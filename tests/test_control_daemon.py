@@ -124,8 +124,9 @@ async def test_import_limit_held_and_emergency_vehicle_charged_first(tmp_path: P
             d = comp.controller.last_decision
             why.append((samples[-1], dict(d.notes) if d is not None else {}))
             await asyncio.sleep(0.05)
-        assert max(samples) <= 30.0 + 0.05, why
-        assert min(samples) > 25.0, why  # the headroom is used, not wasted
+        assert max(samples) <= 30.0 + 0.05, [w for w in why if w[0] > 30.05]
+        # the headroom is used, not wasted
+        assert min(samples) > 25.0, [w for w in why if w[0] <= 25.0]
         a, b, c = (float(runner.values(e)["p_kw"]) for e in ("ev_a", "ev_b", "ev_c"))
         assert c >= 9.9  # 40 kWh in 4 h: the emergency vehicle gets its deadline power
         assert abs(a - b) < 0.5 and a + b <= 30.0 - 15.0 - c + 0.1  # public ones share
