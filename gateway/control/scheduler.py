@@ -32,6 +32,7 @@ from gateway.control.scheduler_lp import (
     fallback,
     solve,
 )
+from gateway.control.sessions import EvSession
 from gateway.model import Nature
 from gateway.state import SiteState
 
@@ -108,7 +109,7 @@ class Scheduler:
         gen = None if pv is None and wind is None else (pv or 0.0) + (wind or 0.0)
         return Snapshot(now_s, tuple(bats), load, gen)
 
-    def sessions_from(self, book_sessions: Iterable[Any], now_s: float) -> list[EvInput]:
+    def sessions_from(self, book_sessions: Iterable[EvSession], now_s: float) -> list[EvInput]:
         """EvInputs from the controller's session registry (gateway.control.sessions)."""
         out = []
         for s in book_sessions:
@@ -117,9 +118,8 @@ class Scheduler:
                 continue
             r = dev.ratings
             p_max = r.p_charge_max_kw or r.p_max_kw or 11.0
-            car_max = getattr(s, "car_max_kw", None)  # what the car was seen to take
-            if isinstance(car_max, int | float) and car_max > 0:
-                p_max = min(p_max, float(car_max))
+            if s.car_max_kw is not None and s.car_max_kw > 0:  # what the car was seen to take
+                p_max = min(p_max, s.car_max_kw)
             v2g_kw = (r.p_discharge_max_kw or 0.0) if (s.v2g_allowed and s.v2g_capable) else 0.0
             v2g_kwh = 0.0
             if v2g_kw > 0 and s.soc_pct is not None:
