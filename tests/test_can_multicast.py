@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import AUTOGRID, env_for, run, stop
+from tests.test_cli import AUTOGRID, env_for, run, stop, stop_sim_after
 
 GROUP = "239.74.163.2"
 
@@ -112,11 +112,7 @@ def test_sim_and_daemon_talk_can_over_loopback_multicast(netns: str, tmp_path: P
         assert "Traceback" not in err
         assert "offline" not in err  # both devices waited for the bus to open
     finally:
-        if daemon is not None:
-            daemon.kill()
-            daemon.communicate()
-        sim_code, _, sim_err = stop(sim, signal.SIGTERM)
-    assert sim_code == 0, sim_err
+        stop_sim_after(daemon, sim)
 
 
 def test_daemon_refuses_multicast_that_loopback_does_not_carry(netns: str, tmp_path: Path

@@ -46,6 +46,16 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT, timeout: float =
     return proc.returncode, out, err
 
 
+def stop_sim_after(daemon: subprocess.Popen[str] | None, sim: subprocess.Popen[str]) -> None:
+    """Clean up after a test of `run` against `sim`: a daemon still running (the test
+    failed before stopping it) is killed; the simulator must stop cleanly on SIGTERM."""
+    if daemon is not None:
+        daemon.kill()
+        daemon.communicate()
+    sim_code, _, sim_err = stop(sim, signal.SIGTERM)
+    assert sim_code == 0, sim_err
+
+
 def test_help_lists_every_command(tmp_path: Path) -> None:
     r = run(["--help"], tmp_path)
     assert r.returncode == 0
@@ -161,11 +171,7 @@ def test_sim_and_run_as_separate_processes_then_export(split_site: Path, tmp_pat
         assert code == 0, err
         assert "Traceback" not in err
     finally:
-        if daemon is not None:
-            daemon.kill()
-            daemon.communicate()
-        sim_code, _, sim_err = stop(sim, signal.SIGTERM)
-    assert sim_code == 0, sim_err
+        stop_sim_after(daemon, sim)
 
     out = tmp_path / "history.csv"
     r = run(["export", "-c", str(split_site), "--device", "grid_meter", "-o", str(out)],
