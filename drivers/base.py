@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from gateway.model import PointValue
+from gateway.model import Invalid, PointValue
 
 
 class DriverError(Exception):
@@ -59,8 +59,9 @@ class DeviceIO(ABC):
     stats: IOStats
 
     @abstractmethod
-    async def read(self) -> dict[str, PointValue | None]:
-        """Read every polled point; None for a point the device reports as not implemented.
+    async def read(self) -> dict[str, PointValue | Invalid | None]:
+        """Read every polled point; None for a point the device reports as not implemented,
+        an ``Invalid`` for one whose value cannot be true (out of range, error pattern).
 
         Raises DriverError (a subclass) when the device cannot be read.
         """

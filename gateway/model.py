@@ -29,6 +29,7 @@ class Quality(enum.StrEnum):
     GOOD = "good"
     STALE = "stale"  # older than its max age
     OFFLINE = "offline"  # device not reachable / last read failed
+    INVALID = "invalid"  # the device answered, but with a value that cannot be true
 
 
 class Kind(enum.StrEnum):
@@ -166,6 +167,17 @@ NATURES: dict[Nature, dict[str, PointSpec]] = {
 def point_spec(nature: Nature | str, point: str) -> PointSpec | None:
     """The standard definition of ``point`` for ``nature``, or None if it has none."""
     return NATURES[Nature(nature)].get(point)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """What a driver returns for a point whose decoded value cannot be true: outside the
+    template's or the DBC signal's range, or a vendor's "not available"/"error" pattern
+    (all bits set, SunSpec 0x8000/0xFFFF). SiteState stores it with quality INVALID, so
+    control never uses it; ``raw`` is kept for diagnostics, ``why`` says what was wrong."""
+
+    raw: PointValue | None
+    why: str
 
 
 @dataclass(slots=True)

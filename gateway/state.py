@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from gateway.model import NATURES, DeviceHealth, Nature, PointValue, Quality, Reading
+from gateway.model import NATURES, DeviceHealth, Invalid, Nature, PointValue, Quality, Reading
 
 ChangeListener = Callable[[str, dict[str, Reading]], None]
 HealthListener = Callable[[str, DeviceHealth], None]
@@ -29,6 +29,7 @@ class DeviceState:
     capacity_kwh: float | None = None
     readings: dict[str, Reading] = field(default_factory=dict)
     health: DeviceHealth = field(default_factory=DeviceHealth)
+    invalid: dict[str, str] = field(default_factory=dict)  # point -> why it cannot be true
 
     def quality_at(self, reading: Reading, now: float) -> Quality:
         if self.health.quality is Quality.OFFLINE:
@@ -86,19 +87,29 @@ class SiteState:
         return lambda: (self._poll_listeners.remove(listener)
                         if listener in self._poll_listeners else None)
 
-    def update(self, device_id: str, values: dict[str, PointValue | None], ts: float,
-               latency_ms: float | None = None) -> dict[str, Reading]:
-        """Store a successful poll. Returns (and announces) the readings that changed."""
+    def update(self, device_id: str, values: dict[str, PointValue | Invalid | None],
+               ts: float, latency_ms: float | None = None) -> dict[str, Reading]:
+        """Store a successful poll. Returns (and announces) the readings that changed.
+
+        A value the driver marked ``Invalid`` is stored with quality INVALID (its raw value
+        kept for diagnostics) and never counts as a usable reading."""
         dev = self.devices[device_id]
         specs = NATURES[dev.nature]
         changed: dict[str, Reading] = {}
         for point, value in values.items():
+            if isinstance(value, Invalid):
+                raw, quality = value.raw, Quality.INVALID
+                dev.invalid[point] = value.why
+            else:
+                raw, quality = value, Quality.GOOD
+                if dev.invalid:
+                    dev.invalid.pop(point, None)
             old = dev.readings.get(point)
-            if old is not None and old.value == value and old.quality is Quality.GOOD:
+            if old is not None and old.value == raw and old.quality is quality:
                 old.ts = ts
                 continue
             spec = specs.get(point)
-            reading = Reading(value, spec.unit if spec else "", ts, Quality.GOOD)
+            reading = Reading(raw, spec.unit if spec else "", ts, quality)
             dev.readings[point] = reading
             changed[point] = reading
         h = dev.health
@@ -112,7 +123,7 @@ class SiteState:
             poll_listener(device_id, True, latency_ms)
         if was is not Quality.GOOD:
             for point, r in dev.readings.items():
-                if r.quality is not Quality.GOOD:
+                if r.quality is Quality.OFFLINE and point not in dev.invalid:
                     r.quality = Quality.GOOD
                     changed.setdefault(point, r)
             self._announce_health(device_id, h)
@@ -174,7 +185,8 @@ class SiteState:
             "errors": h.errors,
             "latency_ms": h.latency_ms,
             "points": {p: {"value": r.value, "unit": r.unit, "ts": r.ts,
-                           "quality": str(dev.quality_at(r, now))}
+                           "quality": str(dev.quality_at(r, now)),
+                           **({"invalid": dev.invalid[p]} if p in dev.invalid else {})}
                        for p, r in dev.readings.items()},
         }
 
