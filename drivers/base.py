@@ -8,6 +8,7 @@ protocol I/O, connections and reconnects; the poller owns timing; control sees n
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -59,7 +60,7 @@ class DeviceIO(ABC):
     stats: IOStats
 
     @abstractmethod
-    async def read(self) -> dict[str, PointValue | Invalid | None]:
+    async def read(self) -> Mapping[str, PointValue | Invalid | None]:
         """Read every polled point; None for a point the device reports as not implemented,
         an ``Invalid`` for one whose value cannot be true (out of range, error pattern).
 

@@ -8,7 +8,7 @@ age reads as STALE, a device whose last poll failed reads as OFFLINE.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.model import NATURES, DeviceHealth, Invalid, Nature, PointValue, Quality, Reading
@@ -87,7 +87,7 @@ class SiteState:
         return lambda: (self._poll_listeners.remove(listener)
                         if listener in self._poll_listeners else None)
 
-    def update(self, device_id: str, values: dict[str, PointValue | Invalid | None],
+    def update(self, device_id: str, values: Mapping[str, PointValue | Invalid | None],
                ts: float, latency_ms: float | None = None) -> dict[str, Reading]:
         """Store a successful poll. Returns (and announces) the readings that changed.
 
