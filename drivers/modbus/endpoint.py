@@ -2,11 +2,16 @@
 
 Only this module knows pymodbus clients, sockets and reconnecting. pymodbus' own
 reconnect and retries are switched off; instead a lost link sets a "not before" time
-(reconnect_delay_s doubling up to reconnect_delay_max_s, reset on success) and every
-request before it fails at once with DeviceOffline, so a poller is never held up by a
-dead device. After a timeout or a garbled frame the connection is dropped and reopened
-on the next request, so a late answer can never be taken for the next request's (RTU
-framing has no transaction id to tell them apart).
+(reconnect_delay_s doubling up to reconnect_delay_max_s) and every request before it
+fails at once with DeviceOffline, so a poller is never held up by a dead device. The
+backoff resets only on a good response, not on a TCP connect: a server that accepts and
+then hangs up or talks garbage is an outage, retried ever more slowly. An outage is
+logged once when it starts and once when the link answers again.
+
+After a timeout or a garbled frame the connection is dropped and reopened on the next
+request, so a late answer can never be taken for the next request's (RTU framing has no
+transaction id to tell them apart). Bytes that are not a Modbus frame are caught here,
+before pymodbus sees them, so they never end in a traceback.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ EXCEPTION_NAMES = {
 }
 ILLEGAL_DATA_ADDRESS = 2
 
+# the function code each request method sends, to check the answer carries it
+_FUNCTION_CODE = {
+    "read_coils": 1, "read_discrete_inputs": 2, "read_holding_registers": 3,
+    "read_input_registers": 4, "write_coil": 5, "write_register": 6, "write_registers": 16,
+}
+
 _READ_METHOD = {
     Function.HOLDING: "read_holding_registers", Function.INPUT: "read_input_registers",
     Function.COIL: "read_coils", Function.DISCRETE: "read_discrete_inputs",
@@ -52,6 +63,10 @@ class ModbusExceptionResponse(ProtocolError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class _Garbage(Exception):
+    """Bytes that cannot be the answer to the request in flight; the text says why."""
 
 
 class _LinkLost(Exception):
@@ -82,6 +97,21 @@ def make_client(conn: ConnectionConfig, name: str) -> Client:
     return AsyncModbusTcpClient(conn.host, port=conn.port, framer=framer, **common)
 
 
+def _not_a_frame(data: bytes, unit: int, tid: int, fc: int) -> str | None:
+    """Why ``data`` (the start of a Modbus TCP answer) cannot be the answer asked for."""
+    if len(data) >= 8 and fc and data[7] not in (fc, fc | 0x80):
+        return f"function code {data[7]} in the answer to function {fc}"
+    if len(data) >= 4 and data[2:4] != b"\x00\x00":
+        return f"not a Modbus TCP frame (protocol id 0x{data[2:4].hex()})"
+    if len(data) >= 6 and not 2 <= int.from_bytes(data[4:6], "big") <= 254:
+        return f"not a Modbus TCP frame (length {int.from_bytes(data[4:6], 'big')})"
+    if len(data) >= 7 and unit and data[6] != unit:
+        return f"answer from unit {data[6]}, asked unit {unit}"
+    if len(data) >= 2 and tid and int.from_bytes(data[0:2], "big") != tid:
+        return f"answer to transaction {int.from_bytes(data[0:2], 'big')}, asked {tid}"
+    return None
+
+
 def _what(verb: str, function: str, address: int, count: int, unit: int) -> str:
     return f"{verb} {function} {address}+{count} from unit {unit}"
 
@@ -100,14 +130,22 @@ class Endpoint:
         self._factory = client_factory
         self._client: Client | None = None
         self._in_flight = False
+        self._expect_fc = 0  # function code of the request in flight
         self._delay = conn.reconnect_delay_s
         self._not_before = 0.0
-        self._down_reason: str | None = None
+        self._down_reason: str | None = None  # set while an outage lasts
+        self._down_since = 0.0
+        self._attempts = 0  # connect attempts since the outage began
         self._closed = False
 
     @property
     def connected(self) -> bool:
         return self._client is not None
+
+    @property
+    def backoff_s(self) -> float:
+        """How long the link waits before reconnecting if it fails now (diagnostics)."""
+        return self._delay
 
     # ---- requests -------------------------------------------------------------------
 
@@ -157,14 +195,16 @@ class Endpoint:
                 client = self._client or await self._connect(stats)
                 stats.requests += 1
                 self._in_flight = True
+                self._expect_fc = _FUNCTION_CODE.get(method, 0)
                 try:
                     rsp: ModbusPDU = await getattr(client, method)(*args, device_id=unit,
                                                                    **kwargs)
                 except ModbusIOException as exc:
-                    self._drop()
                     if "No response" not in str(exc):
+                        self._garbled(str(exc))
                         raise ProtocolError(f"{exc} {_what(verb, function, address, count, unit)}"
                                             f" on {self.key}") from None
+                    self._drop()
                     stats.timeouts += 1
                     if attempt < self.conn.retries:
                         continue
@@ -172,8 +212,8 @@ class Endpoint:
                                         f"{_what(verb, function, address, count, unit)} "
                                         f"on {self.key}") from None
                 except _LinkLost as exc:
-                    if isinstance(exc.cause, ModbusException):
-                        self._drop()
+                    if isinstance(exc.cause, ModbusException | _Garbage):
+                        self._garbled(str(exc.cause))
                         raise ProtocolError(f"garbled response ({exc.cause}) "
                                             f"{_what(verb, function, address, count, unit)}"
                                             f" on {self.key}") from None
@@ -187,7 +227,7 @@ class Endpoint:
                     self._drop()  # an answer may still come: never pair it with the next request
                     raise
                 except Exception as exc:  # a malformed frame pymodbus could not handle
-                    self._drop()
+                    self._garbled(f"{type(exc).__name__}: {exc}")
                     raise ProtocolError(f"bad response ({type(exc).__name__}: {exc}) "
                                         f"{_what(verb, function, address, count, unit)} "
                                         f"on {self.key}") from None
@@ -198,6 +238,7 @@ class Endpoint:
                     # Python 3.11's wait_for (inside pymodbus) returns the answer and drops
                     # a cancel that raced with it; honour the cancel or the task polls on.
                     raise asyncio.CancelledError
+                self._answered()  # an exception answer too: the link itself is healthy
                 if rsp.isError():
                     code = int(getattr(rsp, "exception_code", 0))
                     name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
@@ -215,6 +256,7 @@ class Endpoint:
             raise self._backoff_error()
         client = self._factory(self.conn, self.key)
         self._watch(client)
+        self._attempts += 1
         try:
             ok = await client.connect()
         except Exception as exc:  # pymodbus handles OSError; anything else is a failure too
@@ -229,14 +271,41 @@ class Endpoint:
             raise self._backoff_error()
         if self.connects:
             stats.reconnects += 1
-        if self._down_reason is not None:
-            log.info("%s: connected again", self.key)
         self.connects += 1
-        self._delay = self.conn.reconnect_delay_s
-        self._not_before = 0.0
-        self._down_reason = None
+        # The backoff stays until the device answers: a server that accepts and hangs up
+        # must not be hammered once per poll.
         self._client = client
         return client
+
+    def _answered(self) -> None:
+        """A well-formed response arrived: the outage (if any) is over."""
+        if self._down_reason is None:
+            return
+        log.info("%s: recovered after %.1f s / %d attempts", self.key,
+                 monotonic() - self._down_since, self._attempts)
+        self._down_reason = None
+        self._attempts = 0
+        self._delay = self.conn.reconnect_delay_s
+        self._not_before = 0.0
+
+    def _outage(self, reason: str) -> bool:
+        """Note a link failure; True when it starts an outage (logged here, once)."""
+        if self._down_reason is None:
+            log.warning("%s: %s; retrying with backoff", self.key, reason)
+            self._down_since = monotonic()
+            self._attempts = 0
+            self._down_reason = reason
+            return True
+        self._down_reason = reason
+        return False
+
+    def _garbled(self, reason: str) -> None:
+        """Bytes that are not a valid answer: resynchronise at once the first time (line
+        noise), back off when the device keeps doing it."""
+        self._drop()
+        if self._outage(f"garbled response ({reason})"):
+            return
+        self._back_off()
 
     def _watch(self, client: Client) -> None:
         """Fail the pending request at once when the link drops (pymodbus would wait)."""
@@ -250,10 +319,36 @@ class Endpoint:
             if self._in_flight and not ctx.response_future.done():
                 ctx.response_future.set_exception(_LinkLost(exc))
             if isinstance(exc, ModbusException):
-                self._drop()  # a garbled frame: resynchronise, no backoff
+                self._garbled(str(exc))
             else:
                 self._lost(client, f"connection lost ({exc or 'closed by peer'})")
 
+        receive = ctx.callback_data
+        socket_framed = isinstance(self.conn, ModbusTcp)
+
+        def data(buffer: bytes, addr: tuple[Any, ...] | None = None) -> int:
+            # pymodbus raises from inside the protocol callback on a frame it cannot
+            # decode (asyncio then logs a traceback) and only logs and waits on a frame
+            # that is not Modbus TCP at all: catch both here and fail the request now.
+            why = None
+            if socket_framed:
+                why = _not_a_frame(buffer, ctx.request_dev_id, ctx.request_transaction_id,
+                                   self._expect_fc)
+            if why is None:
+                try:
+                    return int(receive(buffer, addr))
+                except Exception as exc:
+                    why = str(exc) or type(exc).__name__
+            if client is not self._client:
+                return len(buffer)  # already dropped: the rest of a garbled answer
+            if self._in_flight and not ctx.response_future.done():
+                self._drop()  # the request's own handler notes the outage
+                ctx.response_future.set_exception(_LinkLost(_Garbage(why)))
+            else:  # unsolicited bytes: the link cannot be trusted
+                self._garbled(why)
+            return len(buffer)
+
+        setattr(ctx, "callback_data", data)  # noqa: B010
         setattr(ctx, "callback_disconnected", disconnected)  # noqa: B010
 
     def _lost(self, client: Client | None, reason: str) -> None:
@@ -261,9 +356,10 @@ class Endpoint:
         if client is not None and client is self._client:
             self._client = None
             client.close()
-        if self._down_reason is None:
-            log.warning("%s: %s; reconnecting with backoff", self.key, reason)
-        self._down_reason = reason
+        self._outage(reason)
+        self._back_off()
+
+    def _back_off(self) -> None:
         self._not_before = monotonic() + self._delay
         self._delay = min(self._delay * 2, self.conn.reconnect_delay_max_s)
 
