@@ -15,7 +15,13 @@ Modbus point fields:
             holding); value = raw * 10**sf * scale
   access    r | rw | w
   enum      raw integer -> string, for state-like points
-  not_implemented  raw value meaning "no value" (SunSpec 0x8000 for int16, ...)
+  not_implemented  raw value meaning "no value": SunSpec int16 0x8000, uint16/enum16
+            0xFFFF, int32 0x80000000, uint32 0xFFFFFFFF, acc16/acc32 0 (a scale factor
+            register reading 0x8000 is always "not implemented")
+  optional  the device may lack this point: its not-implemented value reads as no value
+            (None). Without it the point is mandatory and that value reads as invalid.
+  min, max  the range a true value lies in (engineering units, after scaling), from
+            the vendor's datasheet; a value outside it reads as invalid
 The vendor's own register name goes in a YAML comment on the address line.
 """
 
@@ -84,6 +90,9 @@ class ModbusPoint(_Strict):
     access: Access = Access.R
     enum: dict[int, str] | None = None
     not_implemented: int | None = None
+    optional: bool = False
+    min: float | None = None
+    max: float | None = None
 
     @property
     def width(self) -> int:
@@ -102,7 +111,19 @@ class ModbusPoint(_Strict):
                              f"must be 'r' (found '{self.access}')")
         if self.address + self.width - 1 > 65535:
             raise ValueError(f"address {self.address} + {self.width} registers runs past 65535")
+        if self.min is not None or self.max is not None:
+            if self.type in (RegType.STRING, RegType.BOOL) or self.enum is not None:
+                raise ValueError("'min'/'max' apply to numbers only (this point is "
+                                 f"{'an enum' if self.enum is not None else self.type})")
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise ValueError(f"min {self.min:g} is above max {self.max:g}")
         return self
+
+    def range_text(self) -> str:
+        """The valid range as operators read it: "0..100", ">= 0", "<= 65"."""
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}..{self.max:g}"
+        return f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
 
 
 class ModbusTemplate(_Strict):

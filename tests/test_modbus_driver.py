@@ -18,6 +18,7 @@ from drivers.base import DeviceOffline, UnknownPoint
 from drivers.modbus.driver import ModbusDriver
 from drivers.template import ModbusTemplate
 from gateway.config.models import ModbusTcp
+from gateway.model import Invalid
 
 # One point of every type and word order, on holding, input, coil and discrete tables,
 # with a SunSpec scale factor and a not-implemented marker.
@@ -30,7 +31,8 @@ INVERTER = ModbusTemplate(
         "v_v": {"address": 40063, "type": "uint16", "scale_factor": 40064},
         "f_hz": {"address": 40065, "type": "uint32", "word_order": "little", "scale": 0.001},
         "e_total_kwh": {"address": 40067, "type": "float32"},
-        "temp_c": {"address": 40071, "type": "int16", "not_implemented": 0x8000},
+        "temp_c": {"address": 40071, "type": "int16", "not_implemented": 0x8000,
+                   "optional": True},
         "dc_p_kw": {"address": 10, "function": "input", "type": "float32",
                     "word_order": "little"},
         "p_rated_kw": {"address": 12, "function": "input", "type": "uint16"},
@@ -102,18 +104,24 @@ async def test_points_subset_is_all_that_is_read() -> None:
                    srv.tcp())
 
 
-async def test_not_implemented_scale_factor_gives_none() -> None:
+async def test_not_implemented_scale_factor_is_invalid_on_a_mandatory_point() -> None:
     tables = inverter_tables()
     tables["holding"][40064] = 0x8000
+    optional = INVERTER.model_copy(update={"points": {
+        **INVERTER.points, "v_v": INVERTER.points["v_v"].model_copy(update={"optional": True})}})
     async with serving(device_from(1, tables)) as srv:
         drv = ModbusDriver()
-        io = drv.attach(config_device(nature="pv_inverter"), INVERTER, srv.tcp())
+        io = drv.attach(config_device("mandatory", nature="pv_inverter"), INVERTER, srv.tcp())
+        io_opt = drv.attach(config_device("optional", nature="pv_inverter"), optional,
+                            srv.tcp())
         try:
-            got = await io.read()
+            got, got_opt = await io.read(), await io_opt.read()
         finally:
             await drv.close()
-    assert got["v_v"] is None
-    assert got["p_kw"] == pytest.approx(-12.345)
+    assert got["v_v"] == Invalid(2304, "scale factor register 40064 reads 0x8000 "
+                                       "(not implemented)")
+    assert got_opt["v_v"] is None  # an optional point the device lacks: no value
+    assert got["p_kw"] == got_opt["p_kw"] == pytest.approx(-12.345)
 
 
 METER = ModbusTemplate(nature="meter", points={

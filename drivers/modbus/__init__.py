@@ -4,6 +4,7 @@ planner.py  coalesces a template's registers into few read requests
 decoders.py per-point decoders compiled at attach (equal to drivers.codec.decode)
 endpoint.py one shared, locked, reference-counted link per host:port or serial port,
             with our own capped reconnect backoff and error mapping
+validity.py values that cannot be true (not implemented, out of range) as Invalid
 device.py   ModbusDeviceIO: planned reads, read-back verified writes
 driver.py   ModbusDriver: attach devices, close everything
 """

@@ -18,8 +18,9 @@ from drivers.base import (
 from drivers.modbus.decoders import Decoder, compile_decoder, sf_exponent
 from drivers.modbus.endpoint import ILLEGAL_DATA_ADDRESS, Endpoint, ModbusExceptionResponse
 from drivers.modbus.planner import Block, Item, plan_reads, sf_key, split_block
+from drivers.modbus.validity import Validity
 from drivers.template import Access, Function, ModbusPoint, ModbusTemplate
-from gateway.model import PointValue
+from gateway.model import Invalid, PointValue
 
 log = logging.getLogger("drivers.modbus")
 
@@ -86,6 +87,7 @@ class ModbusDeviceIO(DeviceIO):
                                   max_registers=template.max_registers_per_read,
                                   max_gap=max_gap, fillers=readable_fillers(template, items))
         self._decoders = {n: compile_decoder(template.points[n]) for n in self.polled}
+        self.validity = Validity(device_id, template, self.polled)
         self._compile()
 
     @property
@@ -123,7 +125,7 @@ class ModbusDeviceIO(DeviceIO):
 
     # ---- read -----------------------------------------------------------------------
 
-    async def read(self) -> dict[str, PointValue | None]:
+    async def read(self) -> dict[str, PointValue | Invalid | None]:
         try:
             if not self._attached:
                 raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
@@ -135,13 +137,24 @@ class ModbusDeviceIO(DeviceIO):
         sfs: dict[int, int | None] = {}
         for bi, off, addr in self._sf_slots:
             sfs[addr] = sf_exponent(results[bi][off])
-        out: dict[str, PointValue | None] = {}
+        out: dict[str, PointValue | Invalid | None] = {}
+        check, ranged = self.validity.check, self.validity.ranged
         for bi, off, name, decode, sf_addr in self._slots:
+            missing_sf = None
             if sf_addr is None:
-                out[name] = decode(results[bi], off, None)
+                value = decode(results[bi], off, None)
             else:
                 sf = sfs[sf_addr]
-                out[name] = None if sf is None else decode(results[bi], off, sf)
+                if sf is None:
+                    value, missing_sf = None, sf_addr
+                else:
+                    value = decode(results[bi], off, sf)
+            if value is None or name in ranged:
+                out[name] = check(name, value, results[bi], off, missing_sf)
+            else:
+                out[name] = value
+        if self.validity.invalid:
+            self.validity.settle(out)
         return out
 
     async def _read_blocks(self) -> list[Sequence[int]]:
