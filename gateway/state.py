@@ -116,6 +116,7 @@ class SiteState:
         was = h.quality
         h.polls += 1
         h.consecutive_errors = 0
+        h.last_error = None  # recovered: the old error is history, not the present
         h.last_ok = ts
         h.quality = Quality.GOOD
         h.latency_ms = latency_ms

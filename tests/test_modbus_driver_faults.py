@@ -24,6 +24,8 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.endpoint import Client, ConnectionConfig, make_client
 from drivers.template import ModbusTemplate
 from gateway.config.models import ModbusTcp
+from gateway.poller import Poller, PollJob
+from gateway.state import DeviceState, SiteState
 from tests.waiting import WAIT_S
 
 METER = ModbusTemplate(nature="meter", points={
@@ -64,11 +66,13 @@ async def test_exception_response_names_the_code_and_keeps_the_link() -> None:
         try:
             with pytest.raises(ProtocolError) as err:
                 await missing.read()
-            assert str(err.value) == "ILLEGAL DATA ADDRESS (2) reading holding 40070+2 from unit 1"
+            assert str(err.value) == ("ILLEGAL DATA ADDRESS (2) reading holding 40070+2 from "
+                                      "missing (unit 1)")
             assert missing.stats.errors == 1
             assert missing.stats.last_error == str(err.value)
             with pytest.raises(ProtocolError,
-                               match=r"SERVER DEVICE FAILURE \(4\) reading input 0\+1 from unit 1"):
+                               match=r"SERVER DEVICE FAILURE \(4\) reading input 0\+1 from "
+                                                     r"meter \(unit 1\)"):
                 await io.read()
             fail["on"] = False
             assert await io.read() == pytest.approx(VALUES)
@@ -92,11 +96,15 @@ async def test_short_response_is_a_protocol_error() -> None:
         drv = ModbusDriver()
         io = drv.attach(config_device(), METER, srv.tcp())
         try:
-            with pytest.raises(ProtocolError, match=r"short response: 2 of 3 registers reading "
-                                                    r"holding 0\+3 from unit 1"):
+            with pytest.raises(ProtocolError) as err:
                 await io.read()
+            # several devices share an endpoint: the message names both
+            assert str(err.value) == (f"short response: 2 of 3 registers reading holding 0+3 "
+                                      f"from dev1 (unit 1) on tcp://127.0.0.1:{srv.port}")
+            assert io.stats.last_error == str(err.value)
             strip["on"] = False
             assert await io.read() == pytest.approx(VALUES)
+            assert io.stats.last_error is None  # recovered: no stale error on show
         finally:
             await drv.close()
 
@@ -145,7 +153,7 @@ async def test_timeout_drops_the_link_so_a_late_answer_is_never_misread(
         io = drv.attach(config_device(), METER, conn)
         try:
             with pytest.raises(DeviceTimeout, match=r"no answer within 0.2 s reading holding "
-                                                    r"0\+3 from unit 1"):
+                                                    r"0\+3 from dev1 \(unit 1\)"):
                 await io.read()
             assert io.stats.timeouts == 1
             release.set()
@@ -295,3 +303,30 @@ async def test_a_cancel_racing_with_the_answer_is_not_lost() -> None:
             assert io.stats.requests == 3  # 2 for the first read, then it stopped
         finally:
             await drv.close()
+
+
+async def test_recovery_clears_the_last_error_the_status_shows() -> None:
+    fail = {"on": True}
+
+    async def action(fc: int, start: int, address: int, count: int, regs: list[int],
+                     values: Any) -> ExcCodes | None:
+        return ExcCodes.DEVICE_BUSY if fail["on"] else None
+
+    state = SiteState()
+    state.add_device(DeviceState("meter1", METER.nature, max_age_s=60.0))
+    async with serving(device_from(1, tables(), action)) as srv:
+        drv = ModbusDriver()
+        job = PollJob(drv.attach(config_device("meter1"), METER, srv.tcp()), 1.0)
+        poller = Poller(state)
+        try:
+            assert not await poller.poll_once(job)
+            health = state.devices["meter1"].health
+            assert "SERVER DEVICE BUSY" in (health.last_error or "")
+            fail["on"] = False
+            assert await poller.poll_once(job)
+        finally:
+            await drv.close()
+    assert health.last_error is None
+    assert state.device_snapshot("meter1")["last_error"] is None
+    assert job.io.stats.last_error is None
+    assert health.errors == 1  # the history stays counted

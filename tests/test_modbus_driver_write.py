@@ -120,7 +120,7 @@ async def test_device_refusal_and_unencodable_values_are_write_errors() -> None:
         try:
             rec.refuse = ExcCodes.ILLEGAL_VALUE
             with pytest.raises(WriteError, match=r"refused .*ILLEGAL DATA VALUE \(3\) writing "
-                                                 r"holding 10\+2 from unit 1"):
+                                                 r"holding 10\+2 from dev1 \(unit 1\)"):
                 await io.write("p_set_kw", 1.0)
             rec.refuse = None
             with pytest.raises(WriteError, match="does not fit in uint16"):
@@ -143,5 +143,28 @@ async def test_writes_to_unknown_or_read_only_points_are_refused_before_any_io()
                 await io.write("p_kw", 1.0)
             assert rec.writes == []
             assert io.stats.requests == 0
+        finally:
+            await drv.close()
+
+
+@pytest.mark.parametrize("steps, accepted", [(0, True), (1, True), (-1, True), (5, False)])
+async def test_read_back_within_one_step_of_the_resolution_is_the_value_taken(
+        steps: int, accepted: bool) -> None:
+    async def action(fc: int, start: int, address: int, count: int, regs: list[int],
+                     values: Any) -> ExcCodes | None:
+        if values is not None and fc == 16:  # the device rounds to its own grid
+            values[1] += steps  # low word of p_set_kw (0.01 kW per step)
+        return None
+
+    async with serving(device_from(1, bess_tables(), action)) as srv:
+        drv = ModbusDriver()
+        io = drv.attach(config_device(nature="bess"), BESS, srv.tcp())
+        try:
+            if accepted:  # what the device took is what the write reports
+                assert await io.write("p_set_kw", 0.25) == pytest.approx(0.25 + steps * 0.01)
+            else:
+                with pytest.raises(WriteError, match=r"wrote 'p_set_kw' = 0.25 but read back "
+                                                     r"0.3"):
+                    await io.write("p_set_kw", 0.25)
         finally:
             await drv.close()

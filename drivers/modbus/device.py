@@ -19,7 +19,7 @@ from drivers.modbus.decoders import Decoder, compile_decoder, sf_exponent
 from drivers.modbus.endpoint import ILLEGAL_DATA_ADDRESS, Endpoint, ModbusExceptionResponse
 from drivers.modbus.planner import Block, Item, plan_reads, sf_key, split_block
 from drivers.modbus.validity import Validity
-from drivers.template import Access, Function, ModbusPoint, ModbusTemplate
+from drivers.template import Access, Function, ModbusPoint, ModbusTemplate, RegType
 from gateway.model import Invalid, PointValue
 
 log = logging.getLogger("drivers.modbus")
@@ -134,6 +134,7 @@ class ModbusDeviceIO(DeviceIO):
             self.stats.errors += 1
             self.stats.last_error = str(exc)
             raise
+        self.stats.last_error = None  # recovered: an old error must not look current
         sfs: dict[int, int | None] = {}
         for bi, off, addr in self._sf_slots:
             sfs[addr] = sf_exponent(results[bi][off])
@@ -164,7 +165,7 @@ class ModbusDeviceIO(DeviceIO):
             for index, blk in enumerate(self._blocks):
                 try:
                     results.append(await ep.read(blk.function, blk.address, blk.count, unit,
-                                                 stats))
+                                                 stats, self.device_id))
                 except ModbusExceptionResponse as exc:
                     if exc.code == ILLEGAL_DATA_ADDRESS and self._split(index):
                         break  # read again with the finer plan
@@ -179,11 +180,13 @@ class ModbusDeviceIO(DeviceIO):
         try:
             if not self._attached:
                 raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
-            return await self._write(point, value)
+            got = await self._write(point, value)
         except DriverError as exc:
             self.stats.errors += 1
             self.stats.last_error = str(exc)
             raise
+        self.stats.last_error = None
+        return got
 
     def _writable_point(self, point: str) -> ModbusPoint:
         pt = self.template.points.get(point)
@@ -201,7 +204,8 @@ class ModbusDeviceIO(DeviceIO):
         ep, unit, stats = self._ep, self.unit, self.stats
         sf: int | None = None
         if pt.scale_factor is not None:
-            raw_sf = await ep.read(Function.HOLDING, pt.scale_factor, 1, unit, stats)
+            raw_sf = await ep.read(Function.HOLDING, pt.scale_factor, 1, unit, stats,
+                                   self.device_id)
             sf = sf_exponent(int(raw_sf[0]))
             if sf is None:
                 raise WriteError(f"{self.device_id}: scale factor of '{point}' (register "
@@ -213,18 +217,18 @@ class ModbusDeviceIO(DeviceIO):
                              f"{exc}") from None
         try:
             if pt.function is Function.COIL:
-                await ep.write_coil(pt.address, bool(regs[0]), unit, stats)
+                await ep.write_coil(pt.address, bool(regs[0]), unit, stats, self.device_id)
             else:
-                await ep.write_registers(pt.address, regs, unit, stats)
+                await ep.write_registers(pt.address, regs, unit, stats, self.device_id)
         except ModbusExceptionResponse as exc:
             raise WriteError(f"{self.device_id}: device refused '{point}' = {value!r}: "
                              f"{exc}") from None
         if pt.access is Access.W:
             return None
-        back = await ep.read(pt.function, pt.address, pt.width, unit, stats)
+        back = await ep.read(pt.function, pt.address, pt.width, unit, stats, self.device_id)
         expected = codec.decode(pt, regs, sf)
         got = codec.decode(pt, [int(x) for x in back[:pt.width]], sf)
-        if not _same(expected, got):
+        if not _same(expected, got, _step(pt, sf)):
             raise WriteError(f"{self.device_id}: wrote '{point}' = {value!r} but read back "
                              f"{got!r}")
         return got
@@ -237,8 +241,20 @@ class ModbusDeviceIO(DeviceIO):
             on_close(self)
 
 
-def _same(a: PointValue | None, b: PointValue | None) -> bool:
+def _step(point: ModbusPoint, sf: int | None) -> float | None:
+    """The resolution of an integer point in its unit (None for floats, enums, bits)."""
+    if (point.type not in (RegType.INT16, RegType.UINT16, RegType.INT32, RegType.UINT32)
+            or point.enum is not None or point.function.is_bit):
+        return None
+    return abs(point.scale) * (10.0 ** sf if sf is not None else 1.0)
+
+
+def _same(a: PointValue | None, b: PointValue | None, step: float | None) -> bool:
+    """True when the read-back ``b`` shows the written ``a``: within one step of the
+    point's resolution (devices round to their own grid), exactly for anything else."""
     if (isinstance(a, (int, float)) and isinstance(b, (int, float))
             and not isinstance(a, bool) and not isinstance(b, bool)):
+        if step:
+            return abs(a - b) <= step * (1 + 1e-6)
         return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
     return a == b

@@ -112,8 +112,9 @@ def _not_a_frame(data: bytes, unit: int, tid: int, fc: int) -> str | None:
     return None
 
 
-def _what(verb: str, function: str, address: int, count: int, unit: int) -> str:
-    return f"{verb} {function} {address}+{count} from unit {unit}"
+def _what(verb: str, function: str, address: int, count: int, unit: int, device: str) -> str:
+    who = f"{device} (unit {unit})" if device else f"unit {unit}"
+    return f"{verb} {function} {address}+{count} from {who}"
 
 
 class Endpoint:
@@ -150,42 +151,49 @@ class Endpoint:
     # ---- requests -------------------------------------------------------------------
 
     async def read(self, function: Function, address: int, count: int, unit: int,
-                   stats: IOStats) -> Sequence[int]:
-        """Registers (or bits) ``address..address+count-1``; exactly ``count`` of them."""
+                   stats: IOStats, device: str = "") -> Sequence[int]:
+        """Registers (or bits) ``address..address+count-1``; exactly ``count`` of them.
+
+        ``device``: the id of the device asking, named in every error it gets.
+        """
         rsp = await self._call(_READ_METHOD[function], (address,), {"count": count}, unit,
-                               stats, "reading", function, address, count)
+                               stats, "reading", function, address, count, device)
         if function.is_bit:
             bits: Sequence[bool] = rsp.bits
             if len(bits) < count:
                 raise ProtocolError(f"short response: {len(bits)} of {count} bits "
-                                    f"{_what('reading', function, address, count, unit)} "
+                                    f"{_what('reading', function, address, count, unit, device)} "
                                     f"on {self.key}")
             return bits
         regs: Sequence[int] = rsp.registers
         if len(regs) != count:
             # pymodbus accepts a response with fewer registers than asked for.
             raise ProtocolError(f"short response: {len(regs)} of {count} registers "
-                                f"{_what('reading', function, address, count, unit)} "
+                                f"{_what('reading', function, address, count, unit, device)} "
                                 f"on {self.key}")
         return regs
 
     async def write_registers(self, address: int, values: list[int], unit: int,
-                              stats: IOStats) -> None:
+                              stats: IOStats, device: str = "") -> None:
         """FC6 for one register, FC16 for more."""
         if len(values) == 1:
             await self._call("write_register", (address, values[0]), {}, unit, stats,
-                             "writing", Function.HOLDING, address, 1)
+                             "writing", Function.HOLDING, address, 1, device)
         else:
             await self._call("write_registers", (address, values), {}, unit, stats,
-                             "writing", Function.HOLDING, address, len(values))
+                             "writing", Function.HOLDING, address, len(values), device)
 
-    async def write_coil(self, address: int, value: bool, unit: int, stats: IOStats) -> None:
+    async def write_coil(self, address: int, value: bool, unit: int, stats: IOStats,
+                         device: str = "") -> None:
         await self._call("write_coil", (address, value), {}, unit, stats,
-                         "writing", Function.COIL, address, 1)
+                         "writing", Function.COIL, address, 1, device)
 
     async def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                     unit: int, stats: IOStats, verb: str, function: Function, address: int,
-                    count: int) -> ModbusPDU:
+                    count: int, device: str = "") -> ModbusPDU:
+        def what() -> str:
+            return _what(verb, function, address, count, unit, device)
+
         if self._not_before and monotonic() < self._not_before:
             raise self._backoff_error()
         if self._closed:
@@ -202,23 +210,23 @@ class Endpoint:
                 except ModbusIOException as exc:
                     if "No response" not in str(exc):
                         self._garbled(str(exc))
-                        raise ProtocolError(f"{exc} {_what(verb, function, address, count, unit)}"
+                        raise ProtocolError(f"{exc} {what()}"
                                             f" on {self.key}") from None
                     self._drop()
                     stats.timeouts += 1
                     if attempt < self.conn.retries:
                         continue
                     raise DeviceTimeout(f"no answer within {self.conn.timeout_s} s "
-                                        f"{_what(verb, function, address, count, unit)} "
+                                        f"{what()} "
                                         f"on {self.key}") from None
                 except _LinkLost as exc:
                     if isinstance(exc.cause, ModbusException | _Garbage):
                         self._garbled(str(exc.cause))
                         raise ProtocolError(f"garbled response ({exc.cause}) "
-                                            f"{_what(verb, function, address, count, unit)}"
+                                            f"{what()}"
                                             f" on {self.key}") from None
                     raise DeviceOffline(f"connection to {self.key} lost "
-                                        f"{_what(verb, function, address, count, unit)}"
+                                        f"{what()}"
                                         ) from None
                 except ConnectionException as exc:
                     self._lost(client, str(exc))
@@ -229,7 +237,7 @@ class Endpoint:
                 except Exception as exc:  # a malformed frame pymodbus could not handle
                     self._garbled(f"{type(exc).__name__}: {exc}")
                     raise ProtocolError(f"bad response ({type(exc).__name__}: {exc}) "
-                                        f"{_what(verb, function, address, count, unit)} "
+                                        f"{what()} "
                                         f"on {self.key}") from None
                 finally:
                     self._in_flight = False
@@ -243,7 +251,7 @@ class Endpoint:
                     code = int(getattr(rsp, "exception_code", 0))
                     name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
                     raise ModbusExceptionResponse(
-                        f"{name} ({code}) {_what(verb, function, address, count, unit)}", code)
+                        f"{name} ({code}) {what()}", code)
                 return rsp
         raise AssertionError("unreachable")  # pragma: no cover
 
