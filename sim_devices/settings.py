@@ -157,7 +157,13 @@ class RandomSessions(_Strict):
 
 class EvseSim(_Strict):
     v2g_capable: bool = False  # the charger can discharge (a V2G car is needed too)
-    default_p_kw: PosKw | None = None  # charge power with no gateway (default: rating)
+    default_p_kw: PosKw | None = None  # charge power before any gateway (default: rating)
+    # Charge power once the communication watchdog expires. Real chargers fall back to a
+    # configured safe current, never to full power. Default: the lower of default_p_kw
+    # and min_current_a on every phase at the site's nominal voltage; 0 = stop charging.
+    fallback_p_kw: PosKw | None = None
+    min_current_a: Annotated[float, Field(ge=0, le=80)] = 6.0  # IEC 61851 minimum
+    phases: Literal[1, 3] = 3
     sessions: list[EvSession] = Field(default_factory=list)
     random_sessions: RandomSessions | None = None
     watchdog_s: WatchdogS = 60.0

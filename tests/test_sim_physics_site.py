@@ -298,3 +298,26 @@ def test_settings_errors_without_a_source_still_name_the_path() -> None:
     text = str(err.value)
     assert "simulation.devices.m1.measures[0]: 'br1' is a breaker" in text
     assert "simulation.devices.bms1.battery: 'pv1' is not a bess device" in text
+
+
+@pytest.mark.parametrize("ev_sim, safe_kw", [
+    ({}, 6.0 * 3 * 230.0 / 1000.0),  # the minimum charging current on three phases
+    ({"phases": 1, "min_current_a": 8.0}, 8.0 * 230.0 / 1000.0),
+    ({"fallback_p_kw": 0}, 0.0),  # configured to stop charging
+], ids=["6A-3ph", "8A-1ph", "stop"])
+def test_silent_gateway_makes_the_charger_fall_back_to_its_safe_power_not_full(
+        ev_sim: dict[str, Any], safe_kw: float) -> None:
+    car = {**SESSION, "p_max_kw": 22.0, "energy_kwh": 60.0, "capacity_kwh": 100.0}
+    cfg = _cfg({"devices": {"ev22": {"watchdog_s": 10, "sessions": [car], **ev_sim}}},
+               _dev("ev22", "evse", p_max_kw=22.0))
+    site = SimSite(cfg, clock=ManualClock(NOON))
+    site.step(60)
+    assert _p(site, "ev22") == pytest.approx(22.0)  # before any gateway: its rating
+    assert site.write("ev22", "p_set_kw", 11.0, wall_s=100.0) == 11.0
+    site.step(60)
+    assert _p(site, "ev22") == pytest.approx(11.0)
+    assert site.check_watchdogs(109.0) == []
+    assert site.check_watchdogs(110.5) == ["ev22"]  # the gateway went silent
+    site.step(60)
+    assert site.read("ev22")["p_set_kw"] == pytest.approx(safe_kw)
+    assert _p(site, "ev22") == pytest.approx(safe_kw)

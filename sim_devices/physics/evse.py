@@ -57,6 +57,8 @@ class Evse(SimModel):
         self.v2g_capable = sim.v2g_capable
         self.default_p_kw = min(sim.default_p_kw if sim.default_p_kw is not None else p_max_kw,
                                 p_max_kw)
+        self.fallback_p_kw = min(sim.fallback_p_kw if sim.fallback_p_kw is not None
+                                 else min(self.default_p_kw, safe_p_kw(sim, bus)), p_max_kw)
         self.p_set_kw = self.default_p_kw
         self.enabled = True
         self.p_kw = 0.0
@@ -211,7 +213,13 @@ class Evse(SimModel):
         return self.p_set_kw
 
     def safe_defaults(self) -> None:
-        self.p_set_kw = self.default_p_kw
+        self.p_set_kw = self.fallback_p_kw
+
+
+def safe_p_kw(sim: EvseSim, bus: AcBus) -> float:
+    """The fallback power: the minimum charging current on every phase (6 A x 3 x 230 V
+    is 4.14 kW), what a real charger is set to draw when its energy manager is silent."""
+    return sim.min_current_a * sim.phases * bus.nominal_v / 1000.0
 
 
 def _epoch(d: datetime | str) -> float:
