@@ -13,12 +13,14 @@ seen the healthy value again (protection ``reset_after_s`` = 0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ class _Trigger:
         self.over = False
         self.changed_at: float | None = None
         self.arrived_at: float | None = None
+        self.arrived = asyncio.Event()
         meter = runner.images["meter"]
         charger = runner.images["charger"]
         read, write = meter.model.read_points, charger.model.write_point
@@ -75,6 +78,7 @@ class _Trigger:
             if point == "p_set_kw" and self.changed_at is not None \
                     and self.arrived_at is None:
                 self.arrived_at = time.time()
+                self.arrived.set()
             return write(point, value)
 
         meter.model.read_points = read_points
@@ -97,24 +101,25 @@ def _sim_main(cfg_json: str, pipe: Connection) -> None:
         runner = SimRunner(cfg, port_overrides={c.id: 0 for c in cfg.connections})
         pipe.send(await runner.start())
         trig = _Trigger(runner)
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        loop.add_reader(pipe.fileno(), lambda: inbox.put_nowait(pipe.recv()))
         try:
             while True:
-                while not pipe.poll():
-                    await asyncio.sleep(0.005)
-                msg = pipe.recv()
+                msg = await asyncio.wait_for(inbox.get(), 600)
                 if msg[0] == "stop":
                     return
                 if msg[0] == "trip":  # ("trip", timeout_s): one over-current episode
                     trig.arrived_at = None
+                    trig.arrived.clear()
                     trig.changed_at = trig.set_over(True)
-                    end = loop.time() + msg[1]
-                    while trig.arrived_at is None and loop.time() < end:
-                        await asyncio.sleep(0.0005)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(trig.arrived.wait(), msg[1])
                     trig.set_over(False)
                     pipe.send((trig.changed_at, trig.arrived_at))
                     trig.changed_at = None
         finally:
+            loop.remove_reader(pipe.fileno())
             await runner.stop()
 
     asyncio.run(main())
@@ -127,12 +132,30 @@ def _pct(xs: list[float], q: float) -> float:
 
 async def _rpc(pipe: Connection, msg: tuple[Any, ...], timeout_s: float) -> Any:
     pipe.send(msg)
-    end = time.monotonic() + timeout_s
-    while not pipe.poll():
-        if time.monotonic() > end:
-            raise RuntimeError(f"simulator did not answer {msg[0]!r}")
-        await asyncio.sleep(0.002)
-    return pipe.recv()
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[Any] = loop.create_future()
+    loop.add_reader(pipe.fileno(), lambda: answer.done() or answer.set_result(pipe.recv()))
+    try:
+        return await asyncio.wait_for(answer, timeout_s)
+    except TimeoutError:
+        raise RuntimeError(f"simulator did not answer {msg[0]!r}") from None
+    finally:
+        loop.remove_reader(pipe.fileno())
+
+
+async def _until(state: Any, cond: Callable[[], bool], timeout_s: float) -> bool:
+    """Wait (bounded) until ``cond()`` holds, checked after every poll of any device."""
+    if cond():
+        return True
+    hit = asyncio.Event()
+    unsub = state.on_poll(lambda *_: hit.set() if cond() else None)
+    try:
+        await asyncio.wait_for(hit.wait(), timeout_s)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        unsub()
 
 
 async def _gateway_round(cfg: SiteConfig, pipe: Connection, trips: int, poll_s: float
@@ -147,9 +170,7 @@ async def _gateway_round(cfg: SiteConfig, pipe: Connection, trips: int, poll_s: 
     try:
         comp = next(c for c in daemon.components if isinstance(c, ControlComponent))
         meter = daemon.state.devices["meter"]
-        end = time.monotonic() + 10
-        while meter.health.last_ok is None and time.monotonic() < end:
-            await asyncio.sleep(0.01)
+        await _until(daemon.state, lambda: meter.health.last_ok is not None, 10)
         comp.protection.latencies_ms.clear()
         for _ in range(trips):
             await asyncio.sleep(random.uniform(0, poll_s))  # random phase against the poll
@@ -159,9 +180,7 @@ async def _gateway_round(cfg: SiteConfig, pipe: Connection, trips: int, poll_s: 
             else:
                 lat.append((arrived - changed) * 1000.0)
             # re-armed once protection has seen the healthy value again
-            seen = time.monotonic()
-            while comp.protection.active and time.monotonic() - seen < 4 * poll_s + 2:
-                await asyncio.sleep(0.005)
+            await _until(daemon.state, lambda: not comp.protection.active, 4 * poll_s + 2)
         inproc = list(comp.protection.latencies_ms)
     finally:
         await daemon.shutdown()
