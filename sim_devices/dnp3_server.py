@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dnp3.core.enums import CommandStatus, ControlCode
+from dnp3.core.flags import AnalogQuality, BinaryQuality, CounterQuality
 from dnp3.database import Database
 from dnp3.database.point import (
     AnalogInputConfig,
@@ -59,6 +60,11 @@ class Dnp3Unit:
     template: Dnp3Template
     model: Any  # sim_devices.physics.base.SimModel
     faults: dict[FaultKind, Fault] = field(default_factory=dict)
+
+
+def _q(kind: Any, flags: int | None) -> Any:
+    """Quality flags for a database update; None = the default (ONLINE)."""
+    return None if flags is None else kind(flags)
 
 
 def _raw(value: PointValue, pt: Dnp3Point) -> float | bool:
@@ -218,6 +224,9 @@ class Dnp3Server:
         self.commands: list[tuple[str, str, PointValue]] = []  # (device, point, value) applied
         self.crobs: dict[int, list[tuple[Dnp3Unit, str, Dnp3Command]]] = {}
         self.aos: dict[int, tuple[Dnp3Unit, str, Dnp3Command]] = {}
+        # (group, index) -> quality flags reported instead of ONLINE: a measurement whose
+        # source is lost (COMM_LOST) or out of range, as a relay's own diagnostics say
+        self.flags: dict[tuple[int, int], int] = {}
         self._points: list[tuple[Dnp3Unit, str, Dnp3Point]] = []
         db = Database()
         for unit in units:
@@ -284,16 +293,17 @@ class Dnp3Server:
             if value is None or pt.index is None:
                 continue
             raw = _raw(value, pt)
+            flags = self.flags.get((pt.group or 0, pt.index))
             if pt.group in (1, 3):
-                db.update_binary_input(pt.index, bool(raw))
+                db.update_binary_input(pt.index, bool(raw), _q(BinaryQuality, flags))
             elif pt.group == 10:
-                db.update_binary_output(pt.index, bool(raw))
+                db.update_binary_output(pt.index, bool(raw), _q(BinaryQuality, flags))
             elif pt.group == 20:
-                db.update_counter(pt.index, max(0, int(raw)))
+                db.update_counter(pt.index, max(0, int(raw)), _q(CounterQuality, flags))
             elif pt.group == 30:
-                db.update_analog_input(pt.index, float(raw))
+                db.update_analog_input(pt.index, float(raw), _q(AnalogQuality, flags))
             elif pt.group == 40:
-                db.update_analog_output(pt.index, float(raw))
+                db.update_analog_output(pt.index, float(raw), _q(AnalogQuality, flags))
 
     def apply(self, unit: Dnp3Unit, point: str, value: PointValue) -> CommandResult:
         """A command reaches the device model; its refusal is the object's status."""

@@ -6,7 +6,12 @@ time (reconnect_delay_s doubling up to reconnect_delay_max_s, reset on success),
 every request before it fails at once with DeviceOffline. Every (re)connect starts with
 an integrity poll (class 0123); class 1/2/3 event polls then run when their own
 interval is due, as part of the next read; unsolicited responses (when enabled) are
-taken in as they arrive during requests, and drained before each read.
+taken in as they arrive during requests, and drained before each read. When unsolicited
+is off, one that arrives anyway is confirmed (so the outstation stops repeating it) but
+its values are not taken, and the outstation is asked once per episode to disable them.
+
+After each read the IIN housekeeping owed to the outstation runs (housekeeping.py), and
+frames dropped for a bad CRC or cut short are named once per episode (framing.py).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +29,7 @@ from dnp3.application.builder import (
     build_select_request,
 )
 from dnp3.application.fragment import ObjectBlock, RequestFragment, ResponseFragment
-from dnp3.core.flags import IIN
+from dnp3.application.parser import ParseError, parse_response_header
 from dnp3.master.config import MasterConfig, PollingConfig
 from dnp3.master.handler import AnalogValue, BinaryValue, CounterValue, ResponseInfo
 from dnp3.master.master import Master
@@ -32,14 +37,26 @@ from dnp3.master.tcp_runner import MasterRunnerError, MasterTcpRunner, ResponseT
 from dnp3.transport_io.channel import ChannelError, TcpConfig
 from dnp3.transport_io.tcp_client import TcpClientChannel
 
-from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError
+from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError, WriteError
 from drivers.dnp3.commands import Operation, PointStatus, build_blocks, echoed_statuses
+from drivers.dnp3.framing import CountingFrameParser
+from drivers.dnp3.housekeeping import (
+    IIN_REFUSED,
+    Action,
+    Housekeeping,
+    clear_restart_request,
+    delay_measure_request,
+    iin_names,
+    outstation_delay_ms,
+    record_current_time_request,
+    write_time_request,
+)
 from gateway.config.dnp3 import Dnp3Tcp
 
 log = logging.getLogger("drivers.dnp3")
 
 ONLINE = 0x01
-IIN_ERRORS = IIN.NO_FUNC_CODE_SUPPORT | IIN.OBJECT_UNKNOWN | IIN.PARAMETER_ERROR
+UNSOLICITED_QUIET_S = 30.0  # no unwanted unsolicited response for this long ends an episode
 
 
 def link_key(conn: Dnp3Tcp) -> str:
@@ -48,9 +65,13 @@ def link_key(conn: Dnp3Tcp) -> str:
 
 @dataclass(slots=True)
 class Sample:
-    value: float | int | bool
-    online: bool
+    value: float | int | bool  # a double-bit input holds its state (0..3)
+    flags: int  # the outstation's quality flags (the binary state bit removed)
     ts: float  # time.time() of the response that carried it
+
+    @property
+    def online(self) -> bool:
+        return bool(self.flags & ONLINE)
 
 
 @dataclass
@@ -67,7 +88,7 @@ class PointCache:
     def _put(self, group: int, values: Sequence[Any]) -> None:
         now = time.time()
         for v in values:
-            self.values[(group, v.index)] = Sample(v.value, bool(v.quality & ONLINE), now)
+            self.values[(group, v.index)] = Sample(v.value, int(v.quality), now)
         self.updates += len(values)
 
     def on_binary_input(self, values: list[BinaryValue], info: ResponseInfo) -> None:
@@ -90,24 +111,45 @@ class PointCache:
 
     def on_double_bit_input(self, values: list[Any], info: ResponseInfo) -> None:
         now = time.time()
-        for v in values:  # DETERMINED_ON (2) = closed / on
-            self.values[(3, v.index)] = Sample(int(v.state) == 2, bool(v.quality & ONLINE), now)
+        for v in values:  # the state (DETERMINED_ON = 2 = closed / on) is decoded later
+            self.values[(3, v.index)] = Sample(int(v.state), int(v.quality), now)
         self.updates += len(values)
 
 
 @dataclass
 class _CapturingMaster(Master):
-    """A dnp3py Master that keeps the objects of the last solicited response, so the
-    command status of each echoed control object can be read back."""
+    """A dnp3py Master that keeps the objects of the last solicited response (so the
+    command status of each echoed control object can be read back), the IIN of every
+    response (for housekeeping), and ignores unsolicited data when unsolicited is off."""
 
     last_objects: tuple[ObjectBlock, ...] = field(default=(), init=False)
     last_iin: int = field(default=0, init=False)
     unsolicited: int = field(default=0, init=False)
+    ignored_unsolicited: int = field(default=0, init=False)
     malformed: int = field(default=0, init=False)  # fragments cut short by the parser
+    iins: list[int] = field(default_factory=list, init=False)  # since the last take
+
+    def process_response(self, data: bytes) -> ResponseInfo | None:
+        if not self.config.enable_unsolicited:
+            try:
+                header, _ = parse_response_header(data)
+            except (ParseError, ValueError, IndexError):
+                return super().process_response(data)
+            if header.control.uns:
+                # not asked for: its values are not taken, but the runner still confirms
+                # it when CON is set, or the outstation repeats it until it is
+                self.ignored_unsolicited += 1
+                self.iins.append(int(header.iin))
+                return ResponseInfo(function=header.function, iin=header.iin,
+                                    sequence=header.control.seq, is_unsolicited=True,
+                                    fir=header.control.fir, fin=header.control.fin,
+                                    con=header.control.con)
+        return super().process_response(data)
 
     def _process_response_fragment(self, response: ResponseFragment) -> ResponseInfo:
         if response.truncation is not None:
             self.malformed += 1
+        self.iins.append(int(response.header.iin))
         if response.header.control.uns:
             self.unsolicited += 1
         else:
@@ -115,13 +157,22 @@ class _CapturingMaster(Master):
             self.last_iin = int(response.header.iin)
         return super()._process_response_fragment(response)
 
+    def take_iins(self) -> list[int]:
+        out, self.iins = self.iins, []
+        return out
+
 
 class Dnp3Link:
     """A shared, lazily opened, reference-counted association with one lock."""
 
-    def __init__(self, conn: Dnp3Tcp) -> None:
+    def __init__(self, conn: Dnp3Tcp, clock: Callable[[], float] = time.time) -> None:
         self.conn = conn
         self.key = link_key(conn)
+        self.clock = clock  # the wall clock a time synchronisation writes to the outstation
+        self.peer = f"{conn.host}:{conn.port} (outstation {conn.outstation_address})"
+        self.house = Housekeeping(f"{self.key}: {self.peer}", conn.time_sync)
+        self.faults: dict[str, int] = {"bad_crc": 0, "truncated": 0,
+                                       "unsolicited_ignored": 0, "unsolicited_disables": 0}
         self.lock = asyncio.Lock()
         self.cache = PointCache()
         self.refs = 0
@@ -135,6 +186,10 @@ class Dnp3Link:
         self._down_reason: str | None = None
         self._closed = False
         self._due: dict[int, float] = {}  # 0 = integrity, 1..3 = event class -> monotonic
+        self._parser: CountingFrameParser | None = None
+        self._bad_frames = False  # in an episode of dropped frames (logged at its start)
+        self._uns_seen = 0  # ignored unsolicited responses of this connection accounted
+        self._uns_last = 0.0  # monotonic time of the last one; 0 = no episode
 
     @property
     def connected(self) -> bool:
@@ -148,6 +203,11 @@ class Dnp3Link:
     def malformed_received(self) -> int:
         """Response fragments the parser cut short (values up to the bad block kept)."""
         return self._master.malformed if self._master is not None else 0
+
+    @property
+    def extra_counts(self) -> dict[str, int]:
+        """Fault and housekeeping counters since the link was made (for IOStats.extra)."""
+        return {**self.faults, **self.house.counts}
 
     # ---- polls ----------------------------------------------------------------------
 
@@ -175,6 +235,8 @@ class Dnp3Link:
                 # take in unsolicited responses; on an idle link this also notices a
                 # connection the outstation closed (EOF), which nothing else would
                 await self._drain(runner, stats)
+            await self._housekeep(runner, stats)
+            await self._unwanted_unsolicited(runner, stats)
 
     def _scheduled(self, what: int) -> None:
         interval = (self.conn.integrity_interval_s, self.conn.class1_interval_s,
@@ -182,6 +244,8 @@ class Dnp3Link:
         self._due[what] = time.monotonic() + interval if interval > 0 else 0.0
 
     async def _drain(self, runner: MasterTcpRunner, stats: IOStats) -> None:
+        parser = self._parser
+        before = (parser.bad_crc, parser.truncated) if parser is not None else (0, 0)
         for _ in range(64):  # bounded: an outstation that never stops talking can't hold us
             try:
                 info = await runner.listen_unsolicited(timeout=0.002)
@@ -189,14 +253,100 @@ class Dnp3Link:
                 self._lost(str(exc))
                 raise DeviceOffline(f"connection to {self.key} lost: {exc}") from None
             if info is None:
+                break
+        self._bad_frames_seen(parser, before, "listening for unsolicited responses")
+        if self._master is not None:
+            self.house.observe(self._master.take_iins())
+
+    # ---- what the outstation asks of its master ---------------------------------------
+
+    async def _housekeep(self, runner: MasterTcpRunner, stats: IOStats) -> None:
+        """Run the requests the IIN bits seen so far ask for (restart, time, overflow)."""
+        for _ in range(8):  # bounded: each round's answers may raise bits again
+            action = self.house.take()
+            if action is None:
                 return
+            if action is Action.INTEGRITY:
+                await self._exchange(stats, runner.integrity_poll(), "integrity poll")
+                self._scheduled(0)
+            elif action is Action.CLEAR_RESTART:
+                if await self._housekeeping(runner, stats, clear_restart_request, action):
+                    self.house.counts["restart_clears"] += 1
+            else:
+                await self._time_sync(runner, stats)
+
+    async def _housekeeping(self, runner: MasterTcpRunner, stats: IOStats, build: Any,
+                            action: Action, *args: Any) -> bool:
+        """One housekeeping request; False when the outstation refused it (IIN2)."""
+        master = self._master
+        assert master is not None
+        master.last_objects, master.last_iin = (), 0
+        await self._exchange(stats, runner.request(build(master.next_request_sequence(), *args)),
+                             action.value)
+        if master.last_iin & IIN_REFUSED:
+            self.house.refused(action, master.last_iin)
+            return False
+        return True
+
+    async def _time_sync(self, runner: MasterTcpRunner, stats: IOStats) -> None:
+        """LAN (10.3.3.2): RECORD_CURRENT_TIME, then WRITE g50v3 = the time it was sent.
+        Non-LAN (10.3.3.1): DELAY_MEASURE, then WRITE g50v1 = now + the one-way delay
+        (half the round trip less the outstation's own processing time)."""
+        master = self._master
+        assert master is not None
+        sync = Action.TIME_SYNC
+        if self.conn.time_sync == "lan":
+            sent = self.clock()
+            if not await self._housekeeping(runner, stats, record_current_time_request, sync):
+                return
+            written = round(sent * 1000)
+            ok = await self._housekeeping(runner, stats, write_time_request, sync, written, 3)
+        else:
+            start = time.monotonic()
+            if not await self._housekeeping(runner, stats, delay_measure_request, sync):
+                return
+            round_trip_ms = (time.monotonic() - start) * 1000
+            own_ms = outstation_delay_ms(master.last_objects) or 0
+            written = round(self.clock() * 1000 + max(0.0, (round_trip_ms - own_ms) / 2))
+            ok = await self._housekeeping(runner, stats, write_time_request, sync, written, 1)
+        if ok:
+            self.house.counts["time_syncs"] += 1
+            log.info("%s: %s time set (%s procedure)", self.key, self.peer,
+                     "LAN" if self.conn.time_sync == "lan" else "non-LAN")
+
+    async def _unwanted_unsolicited(self, runner: MasterTcpRunner, stats: IOStats) -> None:
+        """Unsolicited responses on a link where unsolicited is off: counted, logged and
+        answered with DISABLE UNSOLICITED once per episode (an episode ends after
+        UNSOLICITED_QUIET_S without one)."""
+        master = self._master
+        if master is None:
+            return
+        new = master.ignored_unsolicited - self._uns_seen
+        self._uns_seen = master.ignored_unsolicited
+        now = time.monotonic()
+        if new <= 0:
+            if self._uns_last and now - self._uns_last > UNSOLICITED_QUIET_S:
+                self._uns_last = 0.0
+                log.info("%s: unsolicited responses from %s have stopped", self.key, self.peer)
+            return
+        self.faults["unsolicited_ignored"] += new
+        episode = bool(self._uns_last)
+        self._uns_last = now
+        if episode:
+            return
+        log.warning("%s: unsolicited responses from %s although unsolicited is off for this "
+                    "connection: confirmed and ignored; asking the outstation to stop them",
+                    self.key, self.peer)
+        self.faults["unsolicited_disables"] += 1
+        await self._exchange(stats, runner.disable_unsolicited(), "disable unsolicited")
 
     # ---- commands -------------------------------------------------------------------
 
     async def operate(self, ops: Sequence[Operation], mode: str, stats: IOStats
-                      ) -> list[PointStatus]:
-        """SELECT+OPERATE (``mode`` "sbo") or DIRECT OPERATE; the echoed status of every
-        object. Raises ProtocolError when the outstation refuses the request as a whole."""
+                      ) -> tuple[str, list[PointStatus]]:
+        """SELECT+OPERATE (``mode`` "sbo") or DIRECT OPERATE: the step that answered last
+        and the echoed status of every object. Raises WriteError when the outstation
+        refuses the request as a whole (IIN2 bits, no objects echoed)."""
         self._check_open()
         blocks = build_blocks(ops)
         async with self.lock:
@@ -208,11 +358,11 @@ class Dnp3Link:
                 echoed = await self._command(runner, master, stats, build_select_request,
                                              blocks, "SELECT")
                 if any(not s.ok for s in echoed) or len(echoed) < len(ops):
-                    return echoed
-                return await self._command(runner, master, stats, build_operate_request,
-                                           blocks, "OPERATE")
-            return await self._command(runner, master, stats, build_direct_operate_request,
-                                       blocks, "DIRECT OPERATE")
+                    return "SELECT", echoed
+                return "OPERATE", await self._command(runner, master, stats,
+                                                      build_operate_request, blocks, "OPERATE")
+            return "DIRECT OPERATE", await self._command(
+                runner, master, stats, build_direct_operate_request, blocks, "DIRECT OPERATE")
 
     def after_command(self) -> None:
         """An output changed: the next read starts with an integrity poll, so the state it
@@ -227,9 +377,9 @@ class Dnp3Link:
         await self._exchange(stats, runner.request(request), what)
         iin = master.last_iin
         echoed = echoed_statuses(master.last_objects)
-        if not echoed and iin & IIN_ERRORS:
-            raise ProtocolError(f"{self.key}: outstation refused {what}: "
-                                f"{IIN(iin & IIN_ERRORS)!r}")
+        if not echoed and iin & IIN_REFUSED:
+            raise WriteError(f"{self.key}: {self.peer} refused the {what} request as a "
+                             f"whole: {iin_names(iin & IIN_REFUSED)}")
         return echoed
 
     # ---- connection -----------------------------------------------------------------
@@ -254,6 +404,8 @@ class Dnp3Link:
                                                     connect_timeout=c.link_timeout_s))
         runner = MasterTcpRunner(master=master, host=c.host, port=c.port,
                                  response_timeout=c.timeout_s, channel=channel)
+        parser = CountingFrameParser()
+        runner._parser = parser  # dnp3py's own parser drops bad frames without a word
         try:
             await runner.open()
         except (MasterRunnerError, ChannelError, OSError) as exc:
@@ -263,7 +415,9 @@ class Dnp3Link:
         except BaseException:
             await _close_quietly(runner, channel)
             raise
-        self._master, self._runner = master, runner
+        self._master, self._runner, self._parser = master, runner, parser
+        self._uns_seen = 0
+        self.house.forget()  # a new association: its IIN bits are news again
         if self.connects:
             stats.reconnects += 1
         if self._down_reason is not None:
@@ -283,27 +437,36 @@ class Dnp3Link:
     async def _exchange(self, stats: IOStats, coro: Any, what: str) -> list[ResponseInfo]:
         """Run one request/response on the open runner, mapping failures: a timeout or a
         garbled answer drops the connection (a late answer must never be taken for the
-        next request's), a lost link backs off."""
+        next request's), a lost link backs off. The IIN of the answers go to the
+        housekeeping; frames dropped on the way are named."""
         stats.requests += 1
         if what == "integrity poll":
             self.counts["integrity"] += 1
+        parser = self._parser
+        before = (parser.bad_crc, parser.truncated) if parser is not None else (0, 0)
         try:
             infos: list[ResponseInfo] = await coro
         except ResponseTimeoutError:
             stats.timeouts += 1
+            bad = self._bad_frames_seen(parser, before, what, waiting=True)
             self._drop()
+            if bad is not None:
+                raise ProtocolError(f"{bad} during {what} on {self.key}; no usable answer "
+                                    f"within {self.conn.timeout_s} s") from None
             raise DeviceTimeout(f"no answer within {self.conn.timeout_s} s to {what} on "
                                 f"{self.key}") from None
         except (ChannelError, OSError) as exc:
             self._lost(f"connection lost ({exc})")
             raise DeviceOffline(f"connection to {self.key} lost during {what}") from None
         except MasterRunnerError as exc:
+            bad = self._bad_frames_seen(parser, before, what)
             if self._runner is not None and not self._runner.is_open:
                 self._lost(f"connection lost ({exc})")
                 raise DeviceOffline(f"connection to {self.key} lost during {what}: {exc}"
                                     ) from None
             self._drop()
-            raise ProtocolError(f"bad response to {what} on {self.key}: {exc}") from None
+            raise ProtocolError(f"bad response to {what} on {self.key}: "
+                                f"{bad + '; ' if bad else ''}{exc}") from None
         except asyncio.CancelledError:
             self._drop()
             raise
@@ -314,7 +477,35 @@ class Dnp3Link:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError  # a cancel swallowed by wait_for inside dnp3py
+        if self._bad_frames_seen(parser, before, what) is None and self._bad_frames:
+            self._bad_frames = False
+            log.info("%s: frames from %s are whole again", self.key, self.peer)
+        if self._master is not None:
+            self.house.observe(self._master.take_iins(), integrity=what == "integrity poll")
         return infos
+
+    def _bad_frames_seen(self, parser: CountingFrameParser | None, before: tuple[int, int],
+                         what: str, *, waiting: bool = False) -> str | None:
+        """What the frame parser dropped since ``before`` ("bad CRC from ..."), counted
+        and logged once per episode; ``waiting``: the exchange timed out, so a frame
+        still buffered without its end was cut short."""
+        if parser is None:
+            return None
+        bad_crc = parser.bad_crc - before[0]
+        truncated = parser.truncated - before[1]
+        if waiting and parser.partial_frame:
+            truncated += 1
+            parser.reset()  # counted once; the connection is dropped next anyway
+        if not bad_crc and not truncated:
+            return None
+        self.faults["bad_crc"] += bad_crc
+        self.faults["truncated"] += truncated
+        kinds = [k for k, n in (("bad CRC", bad_crc), ("truncated frame", truncated)) if n]
+        text = f"{' and '.join(kinds)} from {self.peer}"
+        if not self._bad_frames:
+            self._bad_frames = True
+            log.warning("%s: %s during %s; frame dropped", self.key, text, what)
+        return text
 
     def _drop(self) -> None:
         """Close the connection to resynchronise; the next request reconnects at once."""

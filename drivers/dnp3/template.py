@@ -7,7 +7,9 @@ Read groups:   1 binary input, 3 double-bit input, 10 binary output status,
                20 counter, 30 analog input, 40 analog output status
 Command:       group 12 (CROB) or 41 (analog output; variation 3 = float32, the default,
                so 12.5 kW arrives as 12.5), mode direct (Direct Operate) or sbo
-               (Select Before Operate), CROB codes for true and for false
+               (Select Before Operate), CROB codes for true and for false, and
+               ``read_back``: the point whose value shows the command took effect
+               (a breaker's ``closed`` after trip/close), checked after every SUCCESS
 value = raw * scale (read); the analog command sends value / scale.
 """
 
@@ -49,6 +51,13 @@ class _Strict(BaseModel):
 Index = Annotated[int, Field(ge=0, le=65535)]
 
 
+class ReadBack(_Strict):
+    """Where a command's effect shows: ``point`` reads ``value`` once it took effect."""
+
+    point: str
+    value: bool | float | str
+
+
 class Dnp3Command(_Strict):
     """The control object written for a point."""
 
@@ -61,6 +70,7 @@ class Dnp3Command(_Strict):
     on_time_ms: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     off_time_ms: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     scale: float = 1.0  # analog: the wire carries value / scale
+    read_back: ReadBack | None = None  # a CROB's effect, verified after SUCCESS
 
     @model_validator(mode="after")
     def _consistent(self) -> Dnp3Command:
@@ -150,6 +160,11 @@ class Dnp3Template(_Strict):
                 if spec.kind in (Kind.FLOAT, Kind.INT) and pt.command.group != 41:
                     problems.append(f"'{name}' is a number: its command must be an analog "
                                     f"output (group 41)")
+                rb = pt.command.read_back
+                target = points.get(rb.point) if rb is not None else None
+                if rb is not None and (target is None or not target.readable):
+                    problems.append(f"'{name}': read_back point '{rb.point}' is not a "
+                                    f"readable point of this template")
         if problems:
             raise ValueError("; ".join(problems))
         return points

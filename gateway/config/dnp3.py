@@ -40,6 +40,13 @@ class Dnp3Tcp(BaseModel):
     class3_interval_s: _PollS = 30.0
     unsolicited: bool = False  # ask the outstation to report events unsolicited
     sbo_select_timeout_s: _S = 5.0  # how long a SELECT may wait for its OPERATE
+    # How long a command's effect may take to show in its read-back (a breaker's status
+    # after a trip/close), counted from the outstation's SUCCESS.
+    command_timeout_s: _S = 5.0
+    # Time synchronisation when the outstation asks (IIN1.4 NEED_TIME): "lan" is
+    # RECORD_CURRENT_TIME + g50v3 (IEEE 1815-2012 10.3.3.2, the procedure for TCP),
+    # "non_lan" DELAY_MEASURE + g50v1 (10.3.3.1, serial or routed links), "off" never.
+    time_sync: Literal["lan", "non_lan", "off"] = "lan"
 
     @model_validator(mode="after")
     def _backoff(self) -> Dnp3Tcp:
