@@ -54,8 +54,15 @@ class _StateCollector(Collector):
         io_fams = {k: CounterMetricFamily(f"autogrid_io_{k}", f"Protocol {k} of a device",
                                           labels=["device"])
                    for k in ("requests", "errors", "timeouts", "reconnects", "writes")}
+        events = CounterMetricFamily("autogrid_io_events", "Protocol events of a device "
+                                     "(DNP3 restarts, time syncs, bad frames, dropped CAN "
+                                     "frames, ...)", labels=["device", "event"])
+        invalid = GaugeMetricFamily("autogrid_invalid_points", "Points whose value cannot be "
+                                    "true (out of range, not-available pattern)",
+                                    labels=["device"])
         for dev_id, ds in list(d.state.devices.items()):
             polls.add_metric([dev_id], ds.health.polls)
+            invalid.add_metric([dev_id], float(len(ds.invalid)))
             errors.add_metric([dev_id], ds.health.errors)
             q = str(ds.device_quality(now))
             for name in QUALITIES:
@@ -64,7 +71,10 @@ class _StateCollector(Collector):
             if io is not None:
                 for k, fam in io_fams.items():
                     fam.add_metric([dev_id], getattr(io.stats, k))
-        yield from (polls, errors, quality, *io_fams.values())
+                for name, value in list(io.stats.extra.items()):
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        events.add_metric([dev_id, name], float(value))
+        yield from (polls, errors, quality, *io_fams.values(), events, invalid)
         rows = CounterMetricFamily("autogrid_historian_rows", "Rows written by the historian")
         dropped = CounterMetricFamily("autogrid_historian_dropped",
                                       "Readings the historian had to drop")
