@@ -112,3 +112,36 @@ def test_reconnection_sequence_closes_pcc_then_restores_in_stages() -> None:
     m.step(12.0, True, {"pcc": True})
     assert m.mode == "normal"
     assert [h["to"] for h in m.history] == ["island", "reconnect", "normal"]
+
+
+def test_constant_over_current_trips_after_its_delay() -> None:
+    """A value held constant is announced as unchanged; protection must still see it."""
+    p, writes, _, _ = make(current_delay_s=1.0, over_current_pct=100.0)
+    for i in range(19):  # 70 A held for 9 s, polled every 0.5 s
+        p.state.update("meter", {"i_l1_a": 70.0}, T0 + 1 + i * 0.5)
+        if i * 0.5 < 1.0:
+            assert writes == [], i
+    assert sorted(writes) == [("ev1", "p_set_kw", 0.0), ("ev2", "p_set_kw", 0.0)]
+    assert p.store.is_active("meter", "over_current_l1")
+
+
+def test_constant_healthy_value_releases_a_lockout_after_reset() -> None:
+    p, _, _, lockouts = make(reset_after_s=5.0)
+    p.state.update("bat", {"cell_temp_max_c": 57.0}, T0 + 1)
+    assert "bat" in lockouts
+    for i in range(2, 12):  # 30 °C, unchanged, for 9 s
+        p.state.update("bat", {"cell_temp_max_c": 30.0}, T0 + i)
+        assert ("bat" in lockouts) == (i < 2 + 5), i
+    assert not p.store.is_active("bat", "cell_over_temperature")
+
+
+def test_a_new_violation_restarts_the_release_clock() -> None:
+    p, _, _, lockouts = make(reset_after_s=5.0)
+    p.state.update("bat", {"cell_temp_max_c": 57.0}, T0 + 1)
+    p.state.update("bat", {"cell_temp_max_c": 30.0}, T0 + 2)
+    p.state.update("bat", {"cell_temp_max_c": 57.0}, T0 + 5)
+    p.state.update("bat", {"cell_temp_max_c": 30.0}, T0 + 6)
+    p.state.update("bat", {"cell_temp_max_c": 30.0}, T0 + 8)  # 6 s after the first fine
+    assert "bat" in lockouts
+    p.state.update("bat", {"cell_temp_max_c": 30.0}, T0 + 11)
+    assert "bat" not in lockouts

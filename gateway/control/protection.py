@@ -1,5 +1,7 @@
-"""Local protection: runs on every new sample (a SiteState listener), never waits on the
-network or on the controller's cycle. A rule that holds for its delay acts at once:
+"""Local protection: runs on every sample (a SiteState ``on_sample`` listener: every poll,
+changed or not, so a value held constant past a rule's delay trips, and a healthy value
+held constant releases), never waits on the network or on the controller's cycle. A rule
+that holds for its delay acts at once:
 zero the device (and lock it out of control until it is fine again), trip a breaker,
 island the site on loss of grid, and raise an alarm. Stale critical readings are checked
 by a light timer. The time from the offending sample to the command is recorded.
@@ -106,7 +108,7 @@ class Protection:
         self.critical = p.critical or (meters[:1] + bess)
 
     def attach(self) -> None:
-        self._unsub = self.state.on_change(self.on_sample)
+        self._unsub = self.state.on_sample(self.on_sample)
 
     def detach(self) -> None:
         if self._unsub is not None:
@@ -114,11 +116,12 @@ class Protection:
             self._unsub = None
 
     # -- every sample -------------------------------------------------------------------------
-    def on_sample(self, device_id: str, changed: dict[str, Reading]) -> None:
+    def on_sample(self, device_id: str, sample: dict[str, Reading]) -> None:
+        """Judge every reading of one poll against the rules on its point."""
         dev = self.state.devices.get(device_id)
         if dev is None or not self.p.enabled:
             return
-        for point, reading in changed.items():
+        for point, reading in sample.items():
             rules = self.rules.get((dev.nature, point))
             if not rules:
                 continue
@@ -130,6 +133,7 @@ class Protection:
                     continue
                 key = (device_id, rule.name)
                 if ok and rule.violated(float(v)):  # type: ignore[arg-type]
+                    self.fine_since.pop(f"{device_id}:{rule.name}", None)
                     first = self.since.setdefault(key, reading.ts)
                     if key not in self.active and reading.ts - first >= rule.delay_s:
                         self._trip(device_id, rule, float(v), reading.ts)  # type: ignore[arg-type]
