@@ -22,6 +22,7 @@ from gateway.control.protection import Protection
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
+    from gateway.service.reload import ReloadReport
 
 log = logging.getLogger("autogrid.control")
 STALE_CHECK_S = 0.25
@@ -53,7 +54,7 @@ class ControlComponent:
         self.applier = Applier(daemon.ios, daemon.state, self.store, self.control.rewrite_s,
                                {d.id: d.control.deadband_kw for d in cfg.devices if d.control})
         self.controller.confirm_writes = True
-        self.applier.on_written.append(self.controller.written)
+        self.applier.on_outcome.append(self.controller.outcome)
         self.protection = Protection(cfg, self.control.protection, daemon.state, self.store,
                                      self.applier.command, self.controller.lockouts,
                                      self._grid_loss)
@@ -93,6 +94,18 @@ class ControlComponent:
         await self.applier.stop()
         self.store.close()
 
+    def rebind(self, rep: ReloadReport) -> None:
+        """A config reload swapped device handles and config: the applier writes through
+        the new handles (and writes everything afresh to a replaced device), controller
+        and protection use the new devices' ratings and drop removed devices."""
+        cfg = self.daemon.cfg
+        for dev_id in rep.replaced + rep.removed:
+            self.applier.forget(dev_id)
+        self.applier.deadband_kw = {d.id: d.control.deadband_kw for d in cfg.devices
+                                    if d.control}
+        self.controller.rebind(cfg)
+        self.protection.rebind(cfg)
+
     async def _stale_loop(self) -> None:
         while True:
             await asyncio.sleep(STALE_CHECK_S)
@@ -104,13 +117,17 @@ class ControlComponent:
         t0 = time.perf_counter()
         try:
             before = (c.modes.mode, len(c.modes.history))
-            setpoints = c.cycle(self.daemon.state, c.clock(), time.time())
+            res = c.cycle(self.daemon.state, c.clock(), time.time())
             if (c.modes.mode, len(c.modes.history)) != before:
                 self._mode_changed()
-            for dev, points in setpoints.items():  # breaker commands are one-shot
-                for point in [p for p in points if p in ("trip", "close")]:
-                    self.applier.command(dev, point, points.pop(point))
-            self.applier.submit(setpoints)
+            for dev, point, value in res.commands:  # one-shot, retried until confirmed
+                self.applier.command(dev, point, value)
+            self.applier.submit(res.setpoints)
+            if res.problems:
+                self.store.raise_("controller", "non_finite", "warning",
+                                  "; ".join(res.problems))
+            elif self.store.is_active("controller", "non_finite"):
+                self.store.clear("controller", "non_finite")
         except Exception:  # a strategy bug must not stop the cycle (or protection)
             log.exception("control cycle failed")
             self.store.raise_("controller", "cycle", "warning", "control cycle failed; "

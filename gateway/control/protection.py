@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from gateway.config.models import SiteConfig
 from gateway.control.alarms import ControlStore
 from gateway.control.config import Protection as ProtectionCfg
-from gateway.model import Nature, Quality, Reading
+from gateway.model import Nature, PointValue, Quality, Reading
 from gateway.state import SiteState
 
-Write = Callable[[str, str, object], None]  # device, point, value: issue now, don't wait
+Write = Callable[[str, str, PointValue], object]  # device, point, value: issue, don't wait
 ZERO_POINT = {Nature.BESS: ("p_set_kw", 0.0), Nature.EVSE: ("p_set_kw", 0.0),
               Nature.PV_INVERTER: ("p_limit_pct", 0.0)}
 
@@ -95,17 +95,33 @@ class Protection:
         self.lockouts = lockouts
         self.on_grid_loss = on_grid_loss
         self.rules: dict[tuple[Nature, str], list[Rule]] = {}
-        for r in rules_for(cfg, p):
-            self.rules.setdefault((r.nature, r.point), []).append(r)
         self.since: dict[tuple[str, str], float] = {}  # (device, rule) -> first violation
         self.fine_since: dict[str, float] = {}
         self.active: dict[tuple[str, str], Rule] = {}
         self.latencies_ms: deque[float] = deque(maxlen=10_000)
         self.trips = 0
         self._unsub: Callable[[], None] | None = None
+        self.critical: list[str] = []
+        self.rebind(cfg)
+
+    def rebind(self, cfg: SiteConfig) -> None:
+        """(Re)build the rules and the watched devices from ``cfg`` (start, reload);
+        a removed device's timers and alarms go with it."""
+        self.cfg = cfg
+        self.rules = {}
+        for r in rules_for(cfg, self.p):
+            self.rules.setdefault((r.nature, r.point), []).append(r)
         bess = [d.id for d in cfg.devices if d.nature is Nature.BESS]
         meters = [d.id for d in cfg.devices if d.nature is Nature.METER]
-        self.critical = p.critical or (meters[:1] + bess)
+        self.critical = self.p.critical or (meters[:1] + bess)
+        ids = {d.id for d in cfg.devices}
+        for key in [k for k in self.since if k[0] not in ids]:
+            del self.since[key]
+        for key in [k for k in self.active if k[0] not in ids]:
+            del self.active[key]
+            self.store.clear(key[0], key[1])
+        for dev_id in [d for d in self.lockouts if d not in ids]:
+            del self.lockouts[dev_id]
 
     def attach(self) -> None:
         self._unsub = self.state.on_sample(self.on_sample)
