@@ -332,3 +332,55 @@ def test_a_setpoint_counts_in_the_meter_only_once_the_device_has_taken_it() -> N
     # once the applier reports the write, it dates from then
     c.written("ev1", "p_set_kw", out["ev1"]["p_set_kw"], T0 + 2.1)
     assert c.sent["ev1"][-1] == (T0 + 2.1, out["ev1"]["p_set_kw"])
+
+
+class _NanStrategy:
+    """A strategy with a bug: it asks the battery for NaN kW."""
+
+    name = "buggy"
+
+    def enabled(self, site: Any) -> bool:
+        return True
+
+    def apply(self, site: Any, d: Any) -> None:
+        d.battery_kw["bat"] = float("nan")
+        d.ev_kw["ev1"] = float("inf")
+
+
+def test_non_finite_values_never_reach_a_device_and_name_their_source() -> None:
+    import math
+    c = ctl({})
+    c.strategies.append(_NanStrategy())  # type: ignore[arg-type]
+    v = normal_values()
+    v["ev1"] = car()
+    res = c.cycle(site_state(c.cfg, v, T0), T0)
+    assert res.setpoints["bat"]["p_set_kw"] == 0.0 and res.setpoints["ev1"]["p_set_kw"] == 0.0
+    assert any("_NanStrategy" in p and "bat.p_set_kw" in p for p in res.problems)
+    c.strategies.pop()
+    c.set_override("pv", "p_limit_pct", float("nan"), 60, "mallory")
+    res = c.cycle(site_state(c.cfg, v, T0 + 1), T0 + 1)
+    assert all(math.isfinite(float(x)) for pts in res.setpoints.values()
+               for x in pts.values())
+    assert any("override by mallory on pv.p_limit_pct" in p for p in res.problems)
+
+
+def test_overrides_on_points_no_strategy_drives_are_held_and_clamped() -> None:
+    devices = [*DEFAULT_DEVICES,
+               {"id": "wind", "nature": "wind_turbine", "ratings": {"p_max_kw": 10}},
+               {"id": "bms", "nature": "bms", "ratings": {"i_max_a": 100}}]
+    c = ctl({}, devices=devices)
+    v = normal_values(soc=60.0)
+    v["wind"] = {"p_kw": 4.0}
+    v["bms"] = {"soc_pct": 60.0}
+    c.set_override("wind", "p_limit_pct", 150.0, 60, "op")
+    c.set_override("bms", "i_charge_max_a", 400.0, 60, "op")
+    c.set_override("pcc", "trip", True, 60, "op")  # a command, never held
+    out = c.cycle(site_state(c.cfg, v, T0), T0).setpoints
+    assert out["wind"] == {"p_limit_pct": 100.0}
+    assert out["bms"] == {"i_charge_max_a": 100.0}
+    assert "pcc" not in out
+    v.pop("bms")  # the BMS goes offline: nothing is written to it
+    state = site_state(c.cfg, v, T0 + 1)
+    state.fail("bms", "timeout", T0 + 1)
+    out = c.cycle(state, T0 + 1).setpoints
+    assert "bms" not in out

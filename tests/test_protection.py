@@ -145,3 +145,31 @@ def test_a_new_violation_restarts_the_release_clock() -> None:
     assert "bat" in lockouts
     p.state.update("bat", {"cell_temp_max_c": 30.0}, T0 + 11)
     assert "bat" not in lockouts
+
+
+def test_grid_loss_alarm_says_what_control_did_not_islanding_by_default() -> None:
+    cfg = site_config(control={})
+    assert cfg.control is not None
+    state = site_state(cfg, normal_values())
+    store = ControlStore(None)
+    p = Protection(cfg, cfg.control.protection, state, store, lambda d, pt, v: None, {},
+                   lambda why: "no PCC breaker configured, site not islanded: alarm only")
+    p.attach()
+    p.state.update("meter", {"v_v": 0.0}, T0 + 1)
+    msg = store.alarms["meter:under_voltage"].message
+    assert "islanding" not in msg and msg.endswith("site not islanded: alarm only")
+    bare = Protection(cfg, cfg.control.protection, site_state(cfg, normal_values()),
+                      ControlStore(None), lambda d, pt, v: None, {})
+    bare.attach()
+    bare.state.update("meter", {"v_v": 0.0}, T0 + 1)
+    assert "islanding" not in bare.store.alarms["meter:under_voltage"].message
+
+
+def test_api_numbers_refuse_nan_and_infinity_with_the_reason() -> None:
+    import pytest
+
+    from gateway.api import ApiError
+    from gateway.control.api_commands import _num
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ApiError, match="'duration_s' must be a finite number"):
+            _num({"duration_s": bad}, "duration_s", 1, 1e9)

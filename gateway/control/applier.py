@@ -213,6 +213,22 @@ class Applier:
                     intent.next_try = 0.0
                 d.wake.set()
 
+    def waiter(self, dev_id: str, point: str) -> asyncio.Future[WriteOutcome] | None:
+        """A future of the next outcome of the write queued for ``point`` (None when
+        nothing is queued: the device already has the value)."""
+        d = self.devs.get(dev_id)
+        intent = d.queue.get(point) if d else None
+        if intent is None:
+            return None
+        fut: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
+        intent.waiters.append(fut)
+        return fut
+
+    def last_written(self, dev_id: str, point: str) -> PointValue | None:
+        d = self.devs.get(dev_id)
+        w = d.written.get(point) if d else None
+        return w[0] if w else None
+
     def pending(self, dev_id: str) -> dict[str, PointValue]:
         """What is still waiting to be written (or retried) to ``dev_id``."""
         d = self.devs.get(dev_id)

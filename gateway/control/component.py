@@ -62,18 +62,30 @@ class ControlComponent:
         self.lateness_ms: deque[float] = deque(maxlen=5000)
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _grid_loss(self, why: str) -> None:
-        """Protection saw the grid go: island now (PCC breaker opens at once)."""
+    def _grid_loss(self, why: str) -> str:
+        """Protection saw the grid go: island now (the PCC trip is sent at once and
+        retried until confirmed). Returns what was done, for the alarm: never claims an
+        island where there is no PCC breaker to open."""
         c = self.controller
-        if c.modes.mode != "normal" or self.control.emergency.pcc_breaker is None \
-                or not self.control.protection.grid_loss_trip:
-            return
+        pcc = self.control.emergency.pcc_breaker
+        if pcc is None:
+            return "no PCC breaker configured, site not islanded: alarm only"
+        if not self.control.protection.grid_loss_trip:
+            return "grid_loss_trip is off, site not islanded: alarm only"
+        if c.modes.mode != "normal":
+            return f"site already in {c.modes.mode} mode: no new action"
         c.grid_ok = False
-        if c.request_mode(c.grid_lost_mode(), f"protection: {why}") is None:
-            for dev, point, value in c.pending_commands:
-                self.applier.command(dev, point, value)
-            c.pending_commands = []
-            self._mode_changed()
+        want = c.grid_lost_mode()
+        refused = c.request_mode(want, f"protection: {why}")
+        if refused is not None:
+            return f"{want} refused: {refused}"
+        sent = [f"{point} sent to {dev}" for dev, point, _ in c.pending_commands]
+        for dev, point, value in c.pending_commands:
+            self.applier.command(dev, point, value)
+        c.pending_commands = []
+        self._mode_changed()
+        what = "islanding" if want == "island" else "site dark: black start from the battery"
+        return f"{what} ({', '.join(sent) or 'no breaker command'}; confirmation pending)"
 
     async def start(self) -> None:
         self.store.open()

@@ -338,14 +338,16 @@ class Controller:
         self.overrides[(device, point)] = o
         return o
 
-    def request_mode(self, want: str, reason: str) -> str | None:
+    def request_mode(self, want: str, reason: str, operator: bool = False) -> str | None:
         """Enter a mode (estop, island, reconnect, reset, black_start); the reason it was
-        refused, or None when done. Breaker commands go out with the next cycle."""
+        refused, or None when done. Breaker commands go out with the next cycle (or at
+        once, by whoever asked). An island an operator asked for is held until an
+        operator reconnects."""
         why = self.modes.refuse(want, self.grid_ok is True)
         if why is not None:
             return why
         self.pending_commands += self.modes.request(want, self.clock(), reason,
-                                                    self.grid_ok is True)
+                                                    self.grid_ok is True, operator)
         return None
 
     def grid_lost_mode(self) -> str:

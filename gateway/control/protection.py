@@ -86,7 +86,7 @@ def rules_for(cfg: SiteConfig, p: ProtectionCfg) -> list[Rule]:
 class Protection:
     def __init__(self, cfg: SiteConfig, p: ProtectionCfg, state: SiteState,
                  store: ControlStore, write: Write, lockouts: dict[str, str],
-                 on_grid_loss: Callable[[str], None] | None = None) -> None:
+                 on_grid_loss: Callable[[str], str | None] | None = None) -> None:
         self.cfg = cfg
         self.p = p
         self.state = state
@@ -168,12 +168,14 @@ class Protection:
             point, zero = ZERO_POINT[nature]
             self.lockouts[t] = msg
             self.write(t, point, zero)
+        done: str | None = None
         if rule.action == "grid_loss" and self.on_grid_loss is not None:
-            self.on_grid_loss(msg)
+            done = self.on_grid_loss(msg)
         self.latencies_ms.append((time.time() - sample_ts) * 1000.0)
         self.trips += 1
-        action = {"zero": "zeroed " + ", ".join(targets),
-                  "zero_chargers": "chargers zeroed", "grid_loss": "islanding",
+        zeroed = "zero sent to " + ", ".join(targets) if targets else "no device to zero"
+        action = {"zero": zeroed, "zero_chargers": zeroed,
+                  "grid_loss": done or "grid loss: alarm only (no control attached)",
                   "alarm": "alarm only"}[rule.action]
         self.store.raise_(device_id, rule.name, rule.severity, f"{msg}: {action}")
 
