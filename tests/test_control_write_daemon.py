@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
+from gateway.apiclient import ApiClient, ApiRequestError
 from gateway.config.loader import LoadedConfig
 from gateway.service.reload import apply
 from tests.test_control_daemon import POLL_S, running, site, wait_for
@@ -79,3 +82,50 @@ class _NoDev:
 
 
 _none: Any = _NoDev()
+
+
+async def test_api_overrides_and_breaker_commands_answer_with_what_the_device_took(
+        tmp_path: Path) -> None:
+    cfg = site(tmp_path, import_limit=60.0, sim={"bat": {"initial_soc_pct": 60}},
+               control={"emergency": {"pcc_breaker": "pcc", "reconnect_delay_s": 0.3,
+                                      "step_delay_s": 0.1}})
+    async with running(cfg) as (runner, daemon, comp):
+        await wait_for(lambda: "bat" in comp.controller.visible
+                       and comp.controller.grid_ok is True, "control running")
+        async with ApiClient(daemon.socket_path) as api:
+            r = await api.request("override_set", device="bat", point="p_set_kw", value=4.0,
+                                  duration_s=600)
+            assert r["written"] is True and r["read_back"] == 4.0 and r["at"] > 0
+            assert runner.values("bat")["p_set_kw"] == 4.0
+            for bad, why in ((float("nan"), "finite"), (float("inf"), "finite")):
+                with pytest.raises(ApiRequestError, match=why):
+                    await api.request("override_set", device="bat", point="p_set_kw",
+                                      value=bad)
+            with pytest.raises(ApiRequestError, match="not a setpoint"):
+                await api.request("override_set", device="meter", point="p_kw", value=1)
+            r = await api.request("override_set", device="pcc", point="trip", value=True)
+            assert r["command"] is True and r["written"] is True
+            await wait_for(lambda: runner.values("pcc")["closed"] is False, "the PCC open")
+            assert ("pcc", "trip") not in comp.controller.overrides  # one-shot, not held
+            r = await api.request("override_set", device="pcc", point="close", value=True)
+            assert r["written"] is True
+            await wait_for(lambda: runner.values("pcc")["closed"] is True, "the PCC closed")
+
+            # an island an operator asks for whose trip the breaker refuses: said, retried
+            await runner.set_fault("pcc", "exception", code=4)
+            with pytest.raises(ApiRequestError, match="not islanded until it does"):
+                await api.request("mode_request", mode="island", reason="drill")
+            assert runner.values("pcc")["closed"] is True
+            await runner.clear_fault("pcc")
+            await wait_for(lambda: runner.values("pcc")["closed"] is False,
+                           "the trip retried until the breaker opened")
+            await wait_for(lambda: not comp.store.is_active("pcc", "command:trip"),
+                           "the unconfirmed-trip alarm cleared")
+            # the grid is healthy well past reconnect_delay_s: the operator's island holds
+            seen = comp.controller.cycles
+            await wait_for(lambda: comp.controller.cycles > seen + 10, "ten more cycles")
+            assert comp.controller.modes.mode == "island"
+            await api.request("mode_request", mode="reconnect")
+            await wait_for(lambda: comp.controller.modes.mode == "normal", "reconnected")
+            audit = await api.request("audit")
+            assert ("mode_request", False) in [(e["action"], e["ok"]) for e in audit]

@@ -72,6 +72,7 @@ class _Dev:
     written: dict[str, tuple[PointValue, float]] = field(default_factory=dict)  # taken
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    inflight: _Intent | None = None  # being written now
 
 
 # A breaker command undoes the opposite one still being retried.
@@ -178,7 +179,8 @@ class Applier:
         if old is not None:  # a newer value for a point still failing keeps its backoff
             intent.attempts, intent.next_try, intent.error = (old.attempts, old.next_try,
                                                               old.error)
-            intent.waiters = old.waiters
+            if old is not d.inflight:  # not written yet: its waiters get the new value's
+                intent.waiters = old.waiters
             if command and not old.command:
                 intent.next_try = 0.0  # protection does not wait for a setpoint's backoff
         d.queue[point] = intent
@@ -295,7 +297,11 @@ class Applier:
                 continue
             intent = d.queue[point]
             intent.attempts += 1
-            outcome = await self._write(dev_id, point, intent)
+            d.inflight = intent
+            try:
+                outcome = await self._write(dev_id, point, intent)
+            finally:
+                d.inflight = None
             if d.queue.get(point) is intent:  # not superseded while the write was out
                 if outcome.ok:
                     del d.queue[point]
