@@ -384,3 +384,10 @@ def test_overrides_on_points_no_strategy_drives_are_held_and_clamped() -> None:
     state.fail("bms", "timeout", T0 + 1)
     out = c.cycle(state, T0 + 1).setpoints
     assert "bms" not in out
+
+
+def test_a_derated_battery_is_clamped_to_its_fraction() -> None:
+    c = ctl({"grid_limits": True})
+    c.derates["bat"] = 0.4  # its BMS is silent
+    out = run(c, normal_values(grid_kw=60.0, soc=60.0))
+    assert out["bat"]["p_set_kw"] == 10.0  # 40 % of 25 kW, though 17 kW are wanted

@@ -57,7 +57,7 @@ class ControlComponent:
         self.applier.on_outcome.append(self.controller.outcome)
         self.protection = Protection(cfg, self.control.protection, daemon.state, self.store,
                                      self.applier.command, self.controller.lockouts,
-                                     self._grid_loss)
+                                     self._grid_loss, self.controller.derates)
         self.cycle_ms: deque[float] = deque(maxlen=5000)
         self.lateness_ms: deque[float] = deque(maxlen=5000)
         self._tasks: list[asyncio.Task[None]] = []

@@ -69,6 +69,7 @@ class Controller:
         self.strategies: list[Strategy] = pipeline()
         self.overrides: dict[tuple[str, str], Override] = {}
         self.lockouts: dict[str, str] = {}  # device -> why (set by protection)
+        self.derates: dict[str, float] = {}  # battery -> fraction of ratings (protection)
         self.memory: dict[str, Any] = {}
         self.last: Setpoints = {}
         self.last_now: float | None = None
@@ -119,7 +120,7 @@ class Controller:
                 problems += self._refuse_non_finite(d, type(s).__name__)
         dt = now - self.last_now if self.last_now is not None else 0.0
         out = build_setpoints(site, d, self.devices, self.last, dt, self.overrides,
-                              self.lockouts, problems, state, qnow)
+                              self.lockouts, problems, state, qnow, self.derates)
         for dev, points in out.items():
             v = points.get("p_set_kw")
             if isinstance(v, float) and self.last.get(dev, {}).get("p_set_kw") != v:
@@ -361,6 +362,7 @@ class Controller:
         return {
             "mode": self.modes.as_dict(), "grid_ok": self.grid_ok, "cycles": self.cycles,
             "setpoints": self.last, "lockouts": dict(self.lockouts),
+            "derates": dict(self.derates),
             "write_failed": dict(self.write_failed),
             "notes": dict(self.last_decision.notes) if self.last_decision else {},
             "overrides": [o.as_dict() for o in self.overrides.values()],

@@ -62,7 +62,8 @@ def ramp(prev: float | None, target: float, rate: float | None, dt: float) -> fl
 def build_setpoints(site: Site, d: Decision, devices: dict[str, Device],
                     last: Setpoints, dt: float, overrides: dict[tuple[str, str], Override],
                     lockouts: dict[str, str], problems: list[str] | None = None,
-                    state: SiteState | None = None, qnow: float | None = None) -> Setpoints:
+                    state: SiteState | None = None, qnow: float | None = None,
+                    derates: dict[str, float] | None = None) -> Setpoints:
     """One setpoint per controllable, online device (offline ones are not in ``site``).
     ``problems`` collects the non-finite values refused; with ``state``, held overrides on
     points no strategy drives are added for devices that are online at ``qnow``."""
@@ -101,6 +102,8 @@ def build_setpoints(site: Site, d: Decision, devices: dict[str, Device],
             else b.discharge_max_kw
         lo = -min(b.charge_max_kw, r.p_charge_max_kw or r.p_max_kw or 1e9) if r \
             else -b.charge_max_kw
+        if derates and b.id in derates:  # its BMS is silent: protection derated it
+            hi, lo = hi * derates[b.id], lo * derates[b.id]
         want = finite(b.id, "p_set_kw", float(ov(b.id, "p_set_kw", d.battery_kw.get(b.id, 0.0))),
                       0.0)
         if b.id in lockouts or estop:
