@@ -159,19 +159,6 @@ class Applier:
         self._kick(dev_id, d)
         return fut
 
-    def write(self, dev_id: str, point: str, value: PointValue
-              ) -> asyncio.Future[WriteOutcome] | None:
-        """Queue ``value`` like a setpoint (retried while it fails) and return a future of
-        the first attempt's outcome (an operator waits for it)."""
-        if dev_id not in self.ios:
-            return None
-        d = self.devs.setdefault(dev_id, _Dev())
-        cur = d.queue.get(point)
-        fut = self._queue(dev_id, d, point, value, command=bool(cur and cur.command),
-                          waiter=True)
-        self._kick(dev_id, d)
-        return fut
-
     def _queue(self, dev_id: str, d: _Dev, point: str, value: PointValue, command: bool,
                waiter: bool = False) -> asyncio.Future[WriteOutcome] | None:
         old = d.queue.get(point)
