@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from gateway.model import NATURES, DeviceHealth, Invalid, Nature, PointValue, Quality, Reading
 
 ChangeListener = Callable[[str, dict[str, Reading]], None]
+SampleListener = Callable[[str, dict[str, Reading]], None]  # device, every polled reading
 HealthListener = Callable[[str, DeviceHealth], None]
 PollListener = Callable[[str, bool, float | None], None]  # device, ok, latency_ms
 
@@ -62,6 +63,7 @@ class SiteState:
     def __init__(self) -> None:
         self.devices: dict[str, DeviceState] = {}
         self._listeners: list[ChangeListener] = []
+        self._sample_listeners: list[SampleListener] = []
         self._health_listeners: list[HealthListener] = []
         self._poll_listeners: list[PollListener] = []
 
@@ -75,6 +77,13 @@ class SiteState:
         """Call ``listener(device_id, changed)`` after every update; returns unsubscribe."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def on_sample(self, listener: SampleListener) -> Callable[[], None]:
+        """Call ``listener(device_id, readings)`` after every successful poll with every
+        point it read, changed or not (protection judges a held value by its duration)."""
+        self._sample_listeners.append(listener)
+        return lambda: (self._sample_listeners.remove(listener)
+                        if listener in self._sample_listeners else None)
 
     def on_health(self, listener: HealthListener) -> Callable[[], None]:
         self._health_listeners.append(listener)
@@ -131,6 +140,10 @@ class SiteState:
         if changed:
             for listener in list(self._listeners):
                 listener(device_id, changed)
+        if self._sample_listeners:
+            sample = {p: dev.readings[p] for p in values if p in dev.readings}
+            for sample_listener in list(self._sample_listeners):
+                sample_listener(device_id, sample)
         return changed
 
     def fail(self, device_id: str, error: str, ts: float) -> bool:

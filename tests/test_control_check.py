@@ -54,3 +54,16 @@ def test_autogrid_check_prints_them_with_positions(tmp_path: Path,
     assert code == 1
     assert f"site.yaml:{line}:16: control.protection.critical[0]: no device 'ghost'" \
         in out.out + out.err
+
+
+def test_a_bms_link_to_a_device_that_is_not_a_battery_is_reported_at_its_field(
+        tmp_path: Path, tpl_dir: Path) -> None:
+    text = BASE + "control:\n  protection:\n    bms_guards:\n      meter1: ghost\n"
+    found = problems(tmp_path, tpl_dir, text)
+    lines = len(BASE.splitlines())
+    got = [(where(p), p.path, p.message) for p in found]
+    assert got == [
+        (f"site.yaml:{lines + 4}:15", "control.protection.bms_guards.meter1",
+         "'meter1' is not a bms of this site"),
+        (f"site.yaml:{lines + 4}:15", "control.protection.bms_guards.meter1",
+         "no device 'ghost'")]

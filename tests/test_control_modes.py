@@ -68,3 +68,18 @@ def test_black_start_from_the_battery_needs_a_pcc_breaker() -> None:
     assert "PCC breaker" in (m.refuse("black_start", grid_ok=False) or "")
     assert m.refuse("black_start", grid_ok=True) is None
     assert machine().refuse("black_start", grid_ok=False) is None
+
+
+def test_an_island_an_operator_asked_for_stays_until_an_operator_reconnects() -> None:
+    cfg = ControlConfig.model_validate({"emergency": {"pcc_breaker": "pcc",
+                                                      "reconnect_delay_s": 1.0}})
+    m = ModeMachine(cfg)
+    assert m.request("island", 0.0, "operator: drill", operator=True) == [("pcc", "trip", True)]
+    for t in range(1, 30):  # the grid is healthy all along
+        m.step(float(t), True, {"pcc": False}, True)
+    assert m.mode == "island" and m.held
+    auto = ModeMachine(cfg)
+    auto.request("island", 0.0, "grid lost")
+    for t in range(1, 5):
+        auto.step(float(t), True, {"pcc": False}, True)
+    assert auto.mode == "reconnect"

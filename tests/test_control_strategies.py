@@ -22,7 +22,7 @@ def ctl(only: dict[str, Any], control: dict[str, Any] | None = None, **kw: Any
 
 
 def run(c: Controller, values: dict[str, Any], now: float = T0) -> dict[str, Any]:
-    return c.cycle(site_state(c.cfg, values, now), now)
+    return c.cycle(site_state(c.cfg, values, now), now).setpoints
 
 
 def test_grid_limit_discharges_battery_then_cuts_public_ev_then_sheds_deferrable() -> None:
@@ -254,7 +254,7 @@ def test_offline_devices_are_planned_around() -> None:
     c = ctl({"self_consumption": True})
     state = site_state(c.cfg, normal_values(grid_kw=10.0))
     state.fail("bat", "timeout", T0)
-    out = c.cycle(state, T0)
+    out = c.cycle(state, T0).setpoints
     assert "bat" not in out
 
 
@@ -264,10 +264,11 @@ def test_emergency_stop_zeroes_generation_and_charging() -> None:
     assert c.request_mode("estop", "test") is None
     v = normal_values(grid_kw=10.0, pv_kw=20.0)
     v["ev1"] = car()
-    out = run(c, v)
+    res = c.cycle(site_state(c.cfg, v, T0), T0)
+    out = res.setpoints
     assert out["bat"]["p_set_kw"] == 0.0 and out["pv"]["p_limit_pct"] == 0.0
     assert out["ev1"] == {"p_set_kw": 0.0, "enabled": False}
-    assert out["pcc"] == {"trip": True}
+    assert res.commands == [("pcc", "trip", True)] and "pcc" not in out
     assert c.request_mode("island", "x") == "emergency stop is active: reset it first"
     assert c.request_mode("reset", "x") is None and c.modes.mode == "black_start"
 
@@ -281,8 +282,9 @@ def test_island_keeps_critical_loads_and_sheds_essential_when_energy_runs_low() 
     v = normal_values(soc=60.0)
     v["office"] = {"p_kw": 4.0, "enabled": True}
     assert c.request_mode("island", "drill") is None
-    out = run(c, v)
-    assert out["pcc"] == {"trip": True}
+    res = c.cycle(site_state(c.cfg, v, T0), T0)
+    out = res.setpoints
+    assert res.commands == [("pcc", "trip", True)]
     assert (out["fridge"]["enabled"], out["office"]["enabled"], out["heater"]["enabled"]) == \
         (True, True, False)
     v["bat"]["soc_pct"] = 30.0
@@ -305,7 +307,7 @@ def test_a_meter_sample_older_than_a_cars_reading_does_not_count_the_car_twice()
     state = site_state(c.cfg, v, T0)
     state.update("ev1", car(p_kw=first, departure_s=2 * 3600 - 1), T0 + 1)
     state.update("ev2", car(p_kw=0.0, departure_s=2 * 3600), T0 + 1)
-    out = c.cycle(state, T0 + 1)
+    out = c.cycle(state, T0 + 1).setpoints
     assert 30.0 + float(out["ev1"]["p_set_kw"]) + float(out["ev2"]["p_set_kw"]) <= 43.0 + 1e-6, out
 
 
@@ -325,8 +327,67 @@ def test_a_setpoint_counts_in_the_meter_only_once_the_device_has_taken_it() -> N
     v["ev2"] = car(p_kw=0.0, departure_s=2 * 3600)
     state = site_state(c.cfg, v, T0 + 1.9)
     state.update("ev1", car(p_kw=0.0, departure_s=2 * 3600), T0)  # last read at T0
-    out = c.cycle(state, T0 + 2)
+    out = c.cycle(state, T0 + 2).setpoints
     assert 30.0 + float(out["ev1"]["p_set_kw"]) + float(out["ev2"]["p_set_kw"]) <= 43.0 + 1e-6, out
     # once the applier reports the write, it dates from then
     c.written("ev1", "p_set_kw", out["ev1"]["p_set_kw"], T0 + 2.1)
     assert c.sent["ev1"][-1] == (T0 + 2.1, out["ev1"]["p_set_kw"])
+
+
+class _NanStrategy:
+    """A strategy with a bug: it asks the battery for NaN kW."""
+
+    name = "buggy"
+
+    def enabled(self, site: Any) -> bool:
+        return True
+
+    def apply(self, site: Any, d: Any) -> None:
+        d.battery_kw["bat"] = float("nan")
+        d.ev_kw["ev1"] = float("inf")
+
+
+def test_non_finite_values_never_reach_a_device_and_name_their_source() -> None:
+    import math
+    c = ctl({})
+    c.strategies.append(_NanStrategy())  # type: ignore[arg-type]
+    v = normal_values()
+    v["ev1"] = car()
+    res = c.cycle(site_state(c.cfg, v, T0), T0)
+    assert res.setpoints["bat"]["p_set_kw"] == 0.0 and res.setpoints["ev1"]["p_set_kw"] == 0.0
+    assert any("_NanStrategy" in p and "bat.p_set_kw" in p for p in res.problems)
+    c.strategies.pop()
+    c.set_override("pv", "p_limit_pct", float("nan"), 60, "mallory")
+    res = c.cycle(site_state(c.cfg, v, T0 + 1), T0 + 1)
+    assert all(math.isfinite(float(x)) for pts in res.setpoints.values()
+               for x in pts.values())
+    assert any("override by mallory on pv.p_limit_pct" in p for p in res.problems)
+
+
+def test_overrides_on_points_no_strategy_drives_are_held_and_clamped() -> None:
+    devices = [*DEFAULT_DEVICES,
+               {"id": "wind", "nature": "wind_turbine", "ratings": {"p_max_kw": 10}},
+               {"id": "bms", "nature": "bms", "ratings": {"i_max_a": 100}}]
+    c = ctl({}, devices=devices)
+    v = normal_values(soc=60.0)
+    v["wind"] = {"p_kw": 4.0}
+    v["bms"] = {"soc_pct": 60.0}
+    c.set_override("wind", "p_limit_pct", 150.0, 60, "op")
+    c.set_override("bms", "i_charge_max_a", 400.0, 60, "op")
+    c.set_override("pcc", "trip", True, 60, "op")  # a command, never held
+    out = c.cycle(site_state(c.cfg, v, T0), T0).setpoints
+    assert out["wind"] == {"p_limit_pct": 100.0}
+    assert out["bms"] == {"i_charge_max_a": 100.0}
+    assert "pcc" not in out
+    v.pop("bms")  # the BMS goes offline: nothing is written to it
+    state = site_state(c.cfg, v, T0 + 1)
+    state.fail("bms", "timeout", T0 + 1)
+    out = c.cycle(state, T0 + 1).setpoints
+    assert "bms" not in out
+
+
+def test_a_derated_battery_is_clamped_to_its_fraction() -> None:
+    c = ctl({"grid_limits": True})
+    c.derates["bat"] = 0.4  # its BMS is silent
+    out = run(c, normal_values(grid_kw=60.0, soc=60.0))
+    assert out["bat"]["p_set_kw"] == 10.0  # 40 % of 25 kW, though 17 kW are wanted

@@ -50,3 +50,18 @@ def test_recovery_from_offline_keeps_an_invalid_point_invalid() -> None:
     changed = s.update("bms1", {"cell_v_max_v": 3.3}, 103.0)
     assert changed["cell_v_max_v"].quality is Quality.GOOD
     assert s.devices["bms1"].readings["soc_pct"].quality is Quality.OFFLINE
+
+
+def test_every_poll_is_announced_to_sample_listeners_changed_or_not() -> None:
+    from gateway.model import Nature
+    from gateway.state import DeviceState, SiteState
+    state = SiteState()
+    state.add_device(DeviceState("m", Nature.METER, 10.0))
+    changes: list[dict[str, object]] = []
+    samples: list[dict[str, object]] = []
+    state.on_change(lambda d, ch: changes.append({p: r.value for p, r in ch.items()}))
+    state.on_sample(lambda d, s: samples.append({p: (r.value, r.ts) for p, r in s.items()}))
+    state.update("m", {"i_l1_a": 70.0}, 1.0)
+    state.update("m", {"i_l1_a": 70.0}, 2.0)
+    assert changes == [{"i_l1_a": 70.0}]
+    assert samples == [{"i_l1_a": (70.0, 1.0)}, {"i_l1_a": (70.0, 2.0)}]

@@ -4,29 +4,53 @@ written to the audit log with the caller's user name, refused ones with their re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import inspect
+import math
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from gateway.api import ApiError, ApiServer, Caller
 from gateway.control.config import CLASS_RANK, Strategies
-from gateway.model import NATURES, Kind
+from gateway.control.safety import COMMAND_POINTS, VIEW_POINTS
+from gateway.model import NATURES, Kind, Quality
 
 if TYPE_CHECKING:
+    from gateway.control.applier import WriteOutcome
     from gateway.control.component import ControlComponent
 
 MAX_OVERRIDE_S = 7 * 86400.0
 MODES = ("estop", "island", "reconnect", "reset", "black_start")
+ANSWER_S = 5.0  # how long a reply waits for the device's answer to a write
 
 
 def _num(req: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
     v = req.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ApiError(f"'{key}' must be a number from {lo:g} to {hi:g}")
+    if not math.isfinite(v):
+        raise ApiError(f"'{key}' must be a finite number (found {v})")
+    if not lo <= v <= hi:
         raise ApiError(f"'{key}' must be a number from {lo:g} to {hi:g}")
     return float(v)
+
+
+async def _answer(fut: asyncio.Future[WriteOutcome], what: str, then: str) -> WriteOutcome:
+    """The device's answer to a write, or an ApiError saying it refused or did not answer
+    within ANSWER_S (``then``: what happens next, e.g. that it is retried)."""
+    try:
+        outcome = await asyncio.wait_for(asyncio.shield(fut), ANSWER_S)
+    except TimeoutError:
+        raise ApiError(f"device timed out: {what} not answered within {ANSWER_S:g} s; "
+                       f"{then}") from None
+    if not outcome.ok:
+        raise ApiError(f"device refused/timed out: {what}: {outcome.error}; {then}")
+    return outcome
 
 
 def register(comp: ControlComponent, api: ApiServer) -> None:
@@ -42,9 +66,21 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             except ApiError as exc:
                 store.audit(caller.user, action, detail, ok=False, reason=str(exc))
                 raise
+            if inspect.isawaitable(result):  # audited once the device has answered
+                return _audit_when_done(result, caller.user, action, detail)
             store.audit(caller.user, action, detail)
             return result
         return handler
+
+    async def _audit_when_done(result: Awaitable[Any], user: str, action: str,
+                               detail: dict[str, Any]) -> Any:
+        try:
+            out = await result
+        except ApiError as exc:
+            store.audit(user, action, detail, ok=False, reason=str(exc))
+            raise
+        store.audit(user, action, detail)
+        return out
 
     # -- viewing --------------------------------------------------------------------------
     def status(req: dict[str, Any], caller: Caller) -> Any:
@@ -110,24 +146,71 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         return c.sessions.set(charger, **changes).as_dict(now)
 
     def override_set(req: dict[str, Any], caller: Caller) -> Any:
+        """Hold ``value`` on a writable point the device's template maps (a breaker's trip
+        or close is a one-shot command instead), write it now and answer with what the
+        device took; refused with the reason when it cannot be applied now."""
         dev_id, point, value = req.get("device"), req.get("point"), req.get("value")
         dev = comp.daemon.state.devices.get(dev_id) if isinstance(dev_id, str) else None
-        if dev is None:
+        if dev is None or not isinstance(dev_id, str):
             raise ApiError(f"unknown device {dev_id!r}")
         spec = NATURES[dev.nature].get(point) if isinstance(point, str) else None
         if spec is None or not spec.writable or point == "watchdog_s" or \
-                spec.kind not in (Kind.FLOAT, Kind.BOOL):
+                spec.kind not in (Kind.FLOAT, Kind.BOOL) or not isinstance(point, str):
             raise ApiError(f"{point!r} is not a setpoint of a {dev.nature}")
         if spec.kind is Kind.BOOL and not isinstance(value, bool):
             raise ApiError(f"'{point}' needs true or false")
         if spec.kind is Kind.FLOAT and (isinstance(value, bool)
                                         or not isinstance(value, int | float)):
             raise ApiError(f"'{point}' needs a number ({spec.unit})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ApiError(f"'{point}' must be a finite number (found {value})")
         duration = _num(req, "duration_s", 1, MAX_OVERRIDE_S) or 3600.0
         if c.modes.mode == "estop":
             raise ApiError("emergency stop is active: overrides are not applied")
-        assert isinstance(dev_id, str) and isinstance(point, str)
-        return c.set_override(dev_id, point, value, duration, caller.user).as_dict()
+        io = comp.daemon.ios.get(dev_id)
+        if io is None:
+            raise ApiError(f"{dev_id} is not polled by this gateway")
+        writable = getattr(getattr(io, "template", None), "writable", None)
+        if isinstance(writable, list) and point not in writable:
+            raise ApiError(f"{dev_id}'s template has no writable '{point}' (writable: "
+                           f"{', '.join(writable) or 'none'})")
+        quality = dev.device_quality(time.time())
+        if quality is not Quality.GOOD:
+            raise ApiError(f"{dev_id} is {quality}: nothing can be written to it now")
+        if dev_id in c.lockouts:
+            raise ApiError(f"{dev_id} is held at zero by protection: {c.lockouts[dev_id]}")
+        if point in COMMAND_POINTS:
+            if value is not True:
+                raise ApiError(f"'{point}' is a command: send true to {point} the breaker")
+            return _breaker_command(dev_id, point)
+        if not comp.control.controller:
+            raise ApiError("the site controller does not run on this gateway "
+                           "(control.controller: false), so nothing would hold an override")
+        if point in VIEW_POINTS.get(dev.nature, ()) and dev_id not in c.visible:
+            need = " (a battery needs a usable soc_pct)" if str(dev.nature) == "bess" else ""
+            raise ApiError(f"control cannot see {dev_id} now{need}: override not applied")
+        o = c.set_override(dev_id, point, value, duration, caller.user)
+        comp.run_cycle()  # through clamps, ramps and the applier now, not next cycle
+        return _override_written(o.as_dict(), dev_id, point)
+
+    async def _breaker_command(dev_id: str, point: str) -> Any:
+        fut = comp.applier.command(dev_id, point, True)
+        assert fut is not None
+        outcome = await _answer(fut, f"{dev_id} {point}",
+                                "retried until the breaker takes it")
+        return {"device": dev_id, "point": point, "command": True, **outcome.as_dict()}
+
+    async def _override_written(o: dict[str, Any], dev_id: str, point: str) -> Any:
+        fut = comp.applier.waiter(dev_id, point)
+        if fut is None and c.last.get(dev_id, {}).get(point) is None:
+            raise ApiError(f"control produced no {point} for {dev_id} this cycle: the "
+                           f"override is set but nothing was written")
+        if fut is None:  # the device already has the value (within the dead-band)
+            return {**o, "written": True, "read_back": comp.applier.last_written(dev_id, point),
+                    "at": None, "unchanged": True}
+        outcome = await _answer(fut, f"{dev_id}.{point}",
+                                "the override stays set and is retried")
+        return {**o, **outcome.as_dict(), "value_written": outcome.value}
 
     def override_clear(req: dict[str, Any], caller: Caller) -> Any:
         dev_id, point = req.get("device"), req.get("point")
@@ -162,16 +245,40 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         if want not in MODES:
             raise ApiError(f"mode must be one of {', '.join(MODES)}")
         why = c.request_mode(str(want), f"operator {caller.user}: "
-                                        f"{req.get('reason') or want}")
+                                        f"{req.get('reason') or want}", operator=True)
         if why is not None:
             raise ApiError(why)
+        sent = []
         for dev, point, value in c.pending_commands:  # breakers act now, not next cycle
-            comp.applier.command(dev, point, value)
+            fut = comp.applier.command(dev, point, value)
+            if fut is not None:
+                sent.append((dev, point, fut))
         c.pending_commands = []
         comp._mode_changed()
         if want == "estop":  # zero everything now, without waiting for the cycle
             comp.run_cycle()
-        return c.modes.as_dict()
+        if not sent:
+            return c.modes.as_dict()
+        return _breakers_answered(str(want), sent)
+
+    async def _breakers_answered(want: str, sent: list[tuple[str, str, asyncio.Future[
+            WriteOutcome]]]) -> Any:
+        """The mode's reply waits for its breakers: what each took, or an error that says
+        the mode was entered but a breaker has not acted yet (and is being retried)."""
+        answers = await asyncio.gather(
+            *(_answer(fut, f"{dev} {point}", "retried until the breaker takes it")
+              for dev, point, fut in sent), return_exceptions=True)
+        done, failed = [], []
+        for (dev, point, _), a in zip(sent, answers, strict=True):
+            if isinstance(a, BaseException):
+                failed.append(str(a))
+            else:
+                done.append({"device": dev, "point": point, **a.as_dict()})
+        if failed:
+            state = ("the site is not islanded until it does" if want == "island"
+                     else "the breaker has not acted yet")
+            raise ApiError(f"mode {c.modes.mode} entered, but {'; '.join(failed)}: {state}")
+        return {**c.modes.as_dict(), "breakers": done}
 
     def estop(req: dict[str, Any], caller: Caller) -> Any:
         return mode({**req, "mode": "estop"}, caller)

@@ -22,6 +22,7 @@ from gateway.control.protection import Protection
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
+    from gateway.service.reload import ReloadReport
 
 log = logging.getLogger("autogrid.control")
 STALE_CHECK_S = 0.25
@@ -53,26 +54,38 @@ class ControlComponent:
         self.applier = Applier(daemon.ios, daemon.state, self.store, self.control.rewrite_s,
                                {d.id: d.control.deadband_kw for d in cfg.devices if d.control})
         self.controller.confirm_writes = True
-        self.applier.on_written.append(self.controller.written)
+        self.applier.on_outcome.append(self.controller.outcome)
         self.protection = Protection(cfg, self.control.protection, daemon.state, self.store,
                                      self.applier.command, self.controller.lockouts,
-                                     self._grid_loss)
+                                     self._grid_loss, self.controller.derates)
         self.cycle_ms: deque[float] = deque(maxlen=5000)
         self.lateness_ms: deque[float] = deque(maxlen=5000)
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _grid_loss(self, why: str) -> None:
-        """Protection saw the grid go: island now (PCC breaker opens at once)."""
+    def _grid_loss(self, why: str) -> str:
+        """Protection saw the grid go: island now (the PCC trip is sent at once and
+        retried until confirmed). Returns what was done, for the alarm: never claims an
+        island where there is no PCC breaker to open."""
         c = self.controller
-        if c.modes.mode != "normal" or self.control.emergency.pcc_breaker is None \
-                or not self.control.protection.grid_loss_trip:
-            return
+        pcc = self.control.emergency.pcc_breaker
+        if pcc is None:
+            return "no PCC breaker configured, site not islanded: alarm only"
+        if not self.control.protection.grid_loss_trip:
+            return "grid_loss_trip is off, site not islanded: alarm only"
+        if c.modes.mode != "normal":
+            return f"site already in {c.modes.mode} mode: no new action"
         c.grid_ok = False
-        if c.request_mode(c.grid_lost_mode(), f"protection: {why}") is None:
-            for dev, point, value in c.pending_commands:
-                self.applier.command(dev, point, value)
-            c.pending_commands = []
-            self._mode_changed()
+        want = c.grid_lost_mode()
+        refused = c.request_mode(want, f"protection: {why}")
+        if refused is not None:
+            return f"{want} refused: {refused}"
+        sent = [f"{point} sent to {dev}" for dev, point, _ in c.pending_commands]
+        for dev, point, value in c.pending_commands:
+            self.applier.command(dev, point, value)
+        c.pending_commands = []
+        self._mode_changed()
+        what = "islanding" if want == "island" else "site dark: black start from the battery"
+        return f"{what} ({', '.join(sent) or 'no breaker command'}; confirmation pending)"
 
     async def start(self) -> None:
         self.store.open()
@@ -93,6 +106,18 @@ class ControlComponent:
         await self.applier.stop()
         self.store.close()
 
+    def rebind(self, rep: ReloadReport) -> None:
+        """A config reload swapped device handles and config: the applier writes through
+        the new handles (and writes everything afresh to a replaced device), controller
+        and protection use the new devices' ratings and drop removed devices."""
+        cfg = self.daemon.cfg
+        for dev_id in rep.replaced + rep.removed:
+            self.applier.forget(dev_id)
+        self.applier.deadband_kw = {d.id: d.control.deadband_kw for d in cfg.devices
+                                    if d.control}
+        self.controller.rebind(cfg)
+        self.protection.rebind(cfg)
+
     async def _stale_loop(self) -> None:
         while True:
             await asyncio.sleep(STALE_CHECK_S)
@@ -104,13 +129,17 @@ class ControlComponent:
         t0 = time.perf_counter()
         try:
             before = (c.modes.mode, len(c.modes.history))
-            setpoints = c.cycle(self.daemon.state, c.clock(), time.time())
+            res = c.cycle(self.daemon.state, c.clock(), time.time())
             if (c.modes.mode, len(c.modes.history)) != before:
                 self._mode_changed()
-            for dev, points in setpoints.items():  # breaker commands are one-shot
-                for point in [p for p in points if p in ("trip", "close")]:
-                    self.applier.command(dev, point, points.pop(point))
-            self.applier.submit(setpoints)
+            for dev, point, value in res.commands:  # one-shot, retried until confirmed
+                self.applier.command(dev, point, value)
+            self.applier.submit(res.setpoints)
+            if res.problems:
+                self.store.raise_("controller", "non_finite", "warning",
+                                  "; ".join(res.problems))
+            elif self.store.is_active("controller", "non_finite"):
+                self.store.clear("controller", "non_finite")
         except Exception:  # a strategy bug must not stop the cycle (or protection)
             log.exception("control cycle failed")
             self.store.raise_("controller", "cycle", "warning", "control cycle failed; "

@@ -95,6 +95,11 @@ class Protection(_Strict):
     critical: list[str] = Field(default_factory=list)  # device ids (default: grid meter, bess)
     grid_loss_trip: bool = True  # open the PCC breaker and island on loss of grid
     reset_after_s: Seconds = 5.0  # a zeroed device is released this long after it is fine
+    # BMS id -> the battery (bess) it guards: a cell fault or the loss of the BMS acts on
+    # that battery only (a BMS that guards none is alarmed, and nothing is zeroed)
+    bms_guards: dict[str, str] = Field(default_factory=dict)
+    bms_loss_action: Literal["zero", "derate"] = "zero"  # BMS silent or invalid
+    bms_loss_derate_pct: Pct = 50.0  # of the battery's ratings, with bms_loss_action derate
 
 
 class Emergency(_Strict):
@@ -134,6 +139,15 @@ def reference_issues(control: ControlConfig, natures: dict[str, str]
     for i, dev in enumerate(control.protection.critical):
         if dev not in natures:
             out.append((("protection", "critical", i), f"no device '{dev}'"))
+    for bms, bat in control.protection.bms_guards.items():
+        if natures.get(bms) != "bms":
+            out.append((("protection", "bms_guards", bms),
+                        f"'{bms}' is not a bms of this site" if bms in natures
+                        else f"no device '{bms}'"))
+        if natures.get(bat) != "bess":
+            out.append((("protection", "bms_guards", bms),
+                        f"'{bat}' is not a battery (bess) of this site" if bat in natures
+                        else f"no device '{bat}'"))
     return out
 
 

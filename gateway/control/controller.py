@@ -1,5 +1,6 @@
 """The site controller: one cycle reads SiteState, runs the strategies in priority order
-and returns one safe setpoint per controllable device (plus breaker commands).
+and returns a ``CycleResult``: one safe setpoint per controllable device, the one-shot
+breaker commands of the mode machine, and the non-finite values it refused.
 
 ``Controller.cycle(state, now)`` is synchronous and does no I/O, so ``autogrid simulate``
 runs it in lockstep with the physics; the daemon component calls it every ``cycle_s`` and
@@ -9,9 +10,11 @@ hands the result to the setpoint applier.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.models import SiteConfig
 from gateway.control.config import ControlConfig, EvDefaults
@@ -24,7 +27,7 @@ from gateway.control.context import (
     Site,
     _num,
 )
-from gateway.control.modes import ModeMachine
+from gateway.control.modes import Command, ModeMachine
 from gateway.control.plan import Plan
 from gateway.control.safety import Override, Setpoints, build_setpoints
 from gateway.control.sessions import EvSession, SessionBook
@@ -32,9 +35,23 @@ from gateway.control.strategies import Strategy, pipeline
 from gateway.model import Nature, Quality
 from gateway.state import DeviceState, SiteState
 
+if TYPE_CHECKING:
+    from gateway.control.applier import WriteOutcome
+
 log = logging.getLogger("autogrid.control")
 INF = float("inf")
 SETTLE_S = 0.2  # a setpoint shows in the meter's readings this long after the cycle
+
+
+@dataclass
+class CycleResult:
+    """What one cycle asks for: held setpoints (rewritten while they hold), one-shot
+    breaker commands (retried by the applier until confirmed), and the values a strategy
+    or an override produced that are not finite numbers (refused, said here)."""
+
+    setpoints: Setpoints = field(default_factory=dict)
+    commands: list[Command] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 class Controller:
@@ -52,6 +69,7 @@ class Controller:
         self.strategies: list[Strategy] = pipeline()
         self.overrides: dict[tuple[str, str], Override] = {}
         self.lockouts: dict[str, str] = {}  # device -> why (set by protection)
+        self.derates: dict[str, float] = {}  # battery -> fraction of ratings (protection)
         self.memory: dict[str, Any] = {}
         self.last: Setpoints = {}
         self.last_now: float | None = None
@@ -67,14 +85,15 @@ class Controller:
         self.meter_ts: float | None = None
         # device -> its last few (reading time, p_kw): what it drew when the meter sampled
         self.seen_p: dict[str, list[tuple[float, float]]] = {}
+        self.write_failed: dict[str, str] = {}  # device -> why its last setpoint failed
+        self.visible: set[str] = set()  # devices the last cycle's Site view could see
         self.cycles = 0
 
     # -- the cycle --------------------------------------------------------------------------
     def cycle(self, state: SiteState, now: float, quality_now: float | None = None
-              ) -> Setpoints:
+              ) -> CycleResult:
         """Run one control cycle at ``now`` (control time: deadlines, tariff, plan);
-        readings are judged fresh at ``quality_now`` (default: ``now``). Returns
-        {device id: {point: value}}; breaker commands appear once, when issued."""
+        readings are judged fresh at ``quality_now`` (default: ``now``)."""
         qnow = now if quality_now is None else quality_now
         for key in [k for k, o in self.overrides.items() if o.expires_s <= now]:
             del self.overrides[key]
@@ -91,15 +110,17 @@ class Controller:
         site.mode = self.modes.mode
         self.memory["stage"] = self.modes.stage
         self.memory["source"] = self.modes.source
+        self.visible = {x.id for xs in (site.batteries, site.chargers, site.pvs, site.loads)
+                        for x in xs}
+        problems: list[str] = []
         d = Decision()
         for s in self.strategies:
             if s.enabled(site):
                 s.apply(site, d)
+                problems += self._refuse_non_finite(d, type(s).__name__)
         dt = now - self.last_now if self.last_now is not None else 0.0
         out = build_setpoints(site, d, self.devices, self.last, dt, self.overrides,
-                              self.lockouts)
-        for dev, point, value in commands:
-            out.setdefault(dev, {})[point] = value
+                              self.lockouts, problems, state, qnow, self.derates)
         for dev, points in out.items():
             v = points.get("p_set_kw")
             if isinstance(v, float) and self.last.get(dev, {}).get("p_set_kw") != v:
@@ -110,6 +131,23 @@ class Controller:
         self.last_now = now
         self.last_decision = d
         self.cycles += 1
+        return CycleResult(out, commands, problems)
+
+    def _refuse_non_finite(self, d: Decision, strategy: str) -> list[str]:
+        """A strategy's NaN or infinite value never reaches a device: it keeps the last
+        value written (or zero) and the cycle reports which strategy produced it."""
+        out = []
+        for name, values in (("battery_kw", d.battery_kw), ("ev_kw", d.ev_kw),
+                             ("pv_limit_pct", d.pv_limit_pct)):
+            for dev, v in list(values.items()):
+                if math.isfinite(v):
+                    continue
+                point = "p_limit_pct" if name == "pv_limit_pct" else "p_set_kw"
+                last = self.last.get(dev, {}).get(point)
+                keep = float(last) if isinstance(last, int | float) else 0.0
+                values[dev] = keep
+                out.append(f"strategy {strategy} asked {dev}.{point} = {v}: refused, "
+                           f"kept {keep:g}")
         return out
 
     def site_view(self, state: SiteState, now: float, qnow: float) -> Site:
@@ -194,16 +232,34 @@ class Controller:
                                        rated, _num(dev.value("p_limit_pct", qnow)) or 100.0))
         return site
 
-    def written(self, device_id: str, point: str, value: object, ts: float) -> None:
-        """The applier wrote ``value`` to the device at ``ts`` (wall time, as readings)."""
-        if point != "p_set_kw":
+    def outcome(self, o: WriteOutcome) -> None:
+        """The applier's answer to a write: a setpoint counts from when the device took
+        it; one the device did not take is forgotten (its power is not assumed)."""
+        if o.ok:
+            self.write_failed.pop(o.device, None)
+            self.written(o.device, o.point, o.value, o.at)
             return
-        hist = self.sent.get(device_id) or []
+        self.write_failed[o.device] = f"{o.point} = {o.value!r}: {o.error}"
+        if o.point != "p_set_kw":
+            return
+        hist = self.sent.get(o.device) or []
+        for i in range(len(hist) - 1, -1, -1):
+            if hist[i][1] == o.value and hist[i][0] == INF:
+                del hist[i]
+                break
+
+    def written(self, device_id: str, point: str, value: object, ts: float) -> None:
+        """The device took ``value`` at ``ts`` (wall time, as readings)."""
+        if point != "p_set_kw" or not isinstance(value, float):
+            return
+        hist = self.sent.setdefault(device_id, [])
         for i in range(len(hist) - 1, -1, -1):
             if hist[i][1] == value:
                 if hist[i][0] == INF:
                     hist[i] = (ts, hist[i][1])
-                break
+                return
+        hist.append((ts, value))  # a retry took a value whose first write failed
+        del hist[:-4]
 
     def _charger(self, dev: DeviceState, now: float, qnow: float) -> ChargerView:
         points = {p: dev.value(p, qnow) for p in dev.readings}
@@ -265,6 +321,16 @@ class Controller:
         t_cmd, v_cmd = settled[-1]
         return p if ts >= t_cmd + SETTLE_S else v_cmd
 
+    def rebind(self, cfg: SiteConfig) -> None:
+        """A reload changed the devices: use their new ratings; forget removed ones."""
+        self.cfg = cfg
+        self.devices = {d.id: d for d in cfg.devices}
+        for key in [k for k in self.overrides if k[0] not in self.devices]:
+            del self.overrides[key]
+        for table in (self.last, self.sent, self.seen_p, self.write_failed):
+            for dev_id in [d for d in table if d not in self.devices]:
+                del table[dev_id]
+
     # -- operator side --------------------------------------------------------------------
     def set_override(self, device: str, point: str, value: Any, duration_s: float,
                      user: str) -> Override:
@@ -273,14 +339,16 @@ class Controller:
         self.overrides[(device, point)] = o
         return o
 
-    def request_mode(self, want: str, reason: str) -> str | None:
+    def request_mode(self, want: str, reason: str, operator: bool = False) -> str | None:
         """Enter a mode (estop, island, reconnect, reset, black_start); the reason it was
-        refused, or None when done. Breaker commands go out with the next cycle."""
+        refused, or None when done. Breaker commands go out with the next cycle (or at
+        once, by whoever asked). An island an operator asked for is held until an
+        operator reconnects."""
         why = self.modes.refuse(want, self.grid_ok is True)
         if why is not None:
             return why
         self.pending_commands += self.modes.request(want, self.clock(), reason,
-                                                    self.grid_ok is True)
+                                                    self.grid_ok is True, operator)
         return None
 
     def grid_lost_mode(self) -> str:
@@ -294,6 +362,8 @@ class Controller:
         return {
             "mode": self.modes.as_dict(), "grid_ok": self.grid_ok, "cycles": self.cycles,
             "setpoints": self.last, "lockouts": dict(self.lockouts),
+            "derates": dict(self.derates),
+            "write_failed": dict(self.write_failed),
             "notes": dict(self.last_decision.notes) if self.last_decision else {},
             "overrides": [o.as_dict() for o in self.overrides.values()],
             "shed": list(self.memory.get("shed", [])),

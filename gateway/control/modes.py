@@ -5,7 +5,8 @@ normal -> island        grid lost (protection or the PCC meter) while a battery 
                         grid-forming (by the emergency strategy), non-critical loads shed
 normal -> black_start   grid lost and the site went dark (no battery forming): from the battery
 island -> black_start   the island collapsed (the battery stopped forming): from the battery
-island -> reconnect     grid healthy for ``reconnect_delay_s`` (or an operator, if healthy)
+island -> reconnect     grid healthy for ``reconnect_delay_s`` (or an operator, if healthy);
+                        an island an operator asked for is left only by an operator
 reconnect               stage 0 (critical loads only) -> close PCC -> the battery leaves
                         grid-forming -> stage 1 (+ essential) -> stage 2 (+ deferrable, PV,
                         EVs) -> normal, ``step_delay_s`` apart
@@ -41,6 +42,7 @@ class ModeMachine:
     closing: list[str] = field(default_factory=list)  # breakers we are closing
     source: str = "grid"  # what a black start starts from: "grid" or "battery"
     was_forming: bool = False  # a battery formed the island in this mode
+    held: bool = False  # an operator asked for this island: no automatic reconnection
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def _enter(self, mode: str, now: float, reason: str, stage: int = 0) -> None:
@@ -48,6 +50,7 @@ class ModeMachine:
         del self.history[:-50]
         self.mode, self.stage, self.since, self.reason = mode, stage, now, reason
         self.was_forming = False
+        self.held = False
 
     # -- requests (operators, protection) -------------------------------------------------
     def refuse(self, want: str, grid_ok: bool) -> str | None:
@@ -78,16 +81,18 @@ class ModeMachine:
                     "breaker (control.emergency.pcc_breaker)")
         return None
 
-    def request(self, want: str, now: float, reason: str, grid_ok: bool = True
-                ) -> list[Command]:
+    def request(self, want: str, now: float, reason: str, grid_ok: bool = True,
+                operator: bool = False) -> list[Command]:
         """Enter the requested mode (already validated); returns breaker commands.
-        ``grid_ok``: the grid is healthy now (a black start then starts from it)."""
+        ``grid_ok``: the grid is healthy now (a black start then starts from it);
+        ``operator``: an operator asked (an island is then held until one reconnects)."""
         em = self.cfg.emergency
         if want == "estop":
             self._enter("estop", now, reason)
             return [(b, "trip", True) for b in em.estop_open_breakers]
         if want == "island":
             self._enter("island", now, reason)
+            self.held = operator
             return [(em.pcc_breaker, "trip", True)] if em.pcc_breaker else []
         if want == "reconnect":
             self._enter("reconnect", now, reason)
@@ -134,7 +139,7 @@ class ModeMachine:
                 self.was_forming = True
             elif forming is False and self.was_forming and not grid_ok:
                 return self._black_start(now, "the island collapsed", False)
-            if grid_back:
+            if grid_back and not self.held:
                 self._enter("reconnect", now, "grid healthy again")
             return []
         if self.mode == "black_start" and self.source == "battery":
@@ -204,4 +209,5 @@ class ModeMachine:
 
     def as_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "stage": self.stage, "since": self.since,
-                "reason": self.reason, "source": self.source, "history": list(self.history[-10:])}
+                "reason": self.reason, "source": self.source, "held": self.held,
+                "history": list(self.history[-10:])}

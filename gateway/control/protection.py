@@ -1,5 +1,7 @@
-"""Local protection: runs on every new sample (a SiteState listener), never waits on the
-network or on the controller's cycle. A rule that holds for its delay acts at once:
+"""Local protection: runs on every sample (a SiteState ``on_sample`` listener: every poll,
+changed or not, so a value held constant past a rule's delay trips, and a healthy value
+held constant releases), never waits on the network or on the controller's cycle. A rule
+that holds for its delay acts at once:
 zero the device (and lock it out of control until it is fine again), trip a breaker,
 island the site on loss of grid, and raise an alarm. Stale critical readings are checked
 by a light timer. The time from the offending sample to the command is recorded.
@@ -15,10 +17,10 @@ from dataclasses import dataclass
 from gateway.config.models import SiteConfig
 from gateway.control.alarms import ControlStore
 from gateway.control.config import Protection as ProtectionCfg
-from gateway.model import Nature, Quality, Reading
+from gateway.model import Nature, PointValue, Quality, Reading
 from gateway.state import SiteState
 
-Write = Callable[[str, str, object], None]  # device, point, value: issue now, don't wait
+Write = Callable[[str, str, PointValue], object]  # device, point, value: issue, don't wait
 ZERO_POINT = {Nature.BESS: ("p_set_kw", 0.0), Nature.EVSE: ("p_set_kw", 0.0),
               Nature.PV_INVERTER: ("p_limit_pct", 0.0)}
 
@@ -84,29 +86,50 @@ def rules_for(cfg: SiteConfig, p: ProtectionCfg) -> list[Rule]:
 class Protection:
     def __init__(self, cfg: SiteConfig, p: ProtectionCfg, state: SiteState,
                  store: ControlStore, write: Write, lockouts: dict[str, str],
-                 on_grid_loss: Callable[[str], None] | None = None) -> None:
+                 on_grid_loss: Callable[[str], str | None] | None = None,
+                 derates: dict[str, float] | None = None) -> None:
         self.cfg = cfg
         self.p = p
         self.state = state
         self.store = store
         self.write = write
         self.lockouts = lockouts
+        self.derates = derates if derates is not None else {}  # battery -> fraction
+        self.lost: dict[str, str | None] = {}  # silent/invalid BMS -> the battery it guards
         self.on_grid_loss = on_grid_loss
         self.rules: dict[tuple[Nature, str], list[Rule]] = {}
-        for r in rules_for(cfg, p):
-            self.rules.setdefault((r.nature, r.point), []).append(r)
         self.since: dict[tuple[str, str], float] = {}  # (device, rule) -> first violation
         self.fine_since: dict[str, float] = {}
         self.active: dict[tuple[str, str], Rule] = {}
         self.latencies_ms: deque[float] = deque(maxlen=10_000)
         self.trips = 0
         self._unsub: Callable[[], None] | None = None
+        self.critical: list[str] = []
+        self.rebind(cfg)
+
+    def rebind(self, cfg: SiteConfig) -> None:
+        """(Re)build the rules and the watched devices from ``cfg`` (start, reload);
+        a removed device's timers and alarms go with it."""
+        self.cfg = cfg
+        self.rules = {}
+        for r in rules_for(cfg, self.p):
+            self.rules.setdefault((r.nature, r.point), []).append(r)
         bess = [d.id for d in cfg.devices if d.nature is Nature.BESS]
         meters = [d.id for d in cfg.devices if d.nature is Nature.METER]
-        self.critical = p.critical or (meters[:1] + bess)
+        bms = [d.id for d in cfg.devices if d.nature is Nature.BMS]
+        # every BMS is watched: an inverter without its BMS's word must not run on
+        self.critical = list(dict.fromkeys((self.p.critical or (meters[:1] + bess)) + bms))
+        ids = {d.id for d in cfg.devices}
+        for key in [k for k in self.since if k[0] not in ids]:
+            del self.since[key]
+        for key in [k for k in self.active if k[0] not in ids]:
+            del self.active[key]
+            self.store.clear(key[0], key[1])
+        for dev_id in [d for d in self.lockouts if d not in ids]:
+            del self.lockouts[dev_id]
 
     def attach(self) -> None:
-        self._unsub = self.state.on_change(self.on_sample)
+        self._unsub = self.state.on_sample(self.on_sample)
 
     def detach(self) -> None:
         if self._unsub is not None:
@@ -114,11 +137,12 @@ class Protection:
             self._unsub = None
 
     # -- every sample -------------------------------------------------------------------------
-    def on_sample(self, device_id: str, changed: dict[str, Reading]) -> None:
+    def on_sample(self, device_id: str, sample: dict[str, Reading]) -> None:
+        """Judge every reading of one poll against the rules on its point."""
         dev = self.state.devices.get(device_id)
         if dev is None or not self.p.enabled:
             return
-        for point, reading in changed.items():
+        for point, reading in sample.items():
             rules = self.rules.get((dev.nature, point))
             if not rules:
                 continue
@@ -130,6 +154,7 @@ class Protection:
                     continue
                 key = (device_id, rule.name)
                 if ok and rule.violated(float(v)):  # type: ignore[arg-type]
+                    self.fine_since.pop(f"{device_id}:{rule.name}", None)
                     first = self.since.setdefault(key, reading.ts)
                     if key not in self.active and reading.ts - first >= rule.delay_s:
                         self._trip(device_id, rule, float(v), reading.ts)  # type: ignore[arg-type]
@@ -148,12 +173,17 @@ class Protection:
             point, zero = ZERO_POINT[nature]
             self.lockouts[t] = msg
             self.write(t, point, zero)
+        done: str | None = None
         if rule.action == "grid_loss" and self.on_grid_loss is not None:
-            self.on_grid_loss(msg)
+            done = self.on_grid_loss(msg)
         self.latencies_ms.append((time.time() - sample_ts) * 1000.0)
         self.trips += 1
-        action = {"zero": "zeroed " + ", ".join(targets),
-                  "zero_chargers": "chargers zeroed", "grid_loss": "islanding",
+        zeroed = "zero sent to " + ", ".join(targets) if targets else "no device to zero"
+        if rule.action == "zero" and rule.nature is Nature.BMS and not targets:
+            zeroed = (f"no battery zeroed: {device_id} guards none "
+                      f"(control.protection.bms_guards)")
+        action = {"zero": zeroed, "zero_chargers": zeroed,
+                  "grid_loss": done or "grid loss: alarm only (no control attached)",
                   "alarm": "alarm only"}[rule.action]
         self.store.raise_(device_id, rule.name, rule.severity, f"{msg}: {action}")
 
@@ -166,6 +196,7 @@ class Protection:
         del self.active[key]
         self.store.clear(device_id, rule.name)
         still = {t for (d, _), r in self.active.items() for t in self._targets(d, r)}
+        still |= {b for b in self.lost.values() if b is not None}
         for t in list(self.lockouts):
             if t not in still and t in self._targets(device_id, rule):
                 del self.lockouts[t]
@@ -174,8 +205,10 @@ class Protection:
         if rule.target is not None:
             return [rule.target]
         if rule.action == "zero":
-            return [device_id] if rule.nature is Nature.BESS else [
-                d.device_id for d in self.state.of_nature(Nature.BESS)]
+            if rule.nature is Nature.BESS:
+                return [device_id]
+            bat = self.p.bms_guards.get(device_id)  # a BMS acts on its own battery only
+            return [bat] if bat is not None and bat in self.state.devices else []
         if rule.action == "zero_chargers":
             return [d.device_id for d in self.state.of_nature(Nature.EVSE)]
         return []
@@ -191,6 +224,8 @@ class Protection:
                 continue
             limit = self.p.stale_after_s or dev.max_age_s
             last = dev.health.last_ok
+            if dev.nature is Nature.BMS:
+                self._watch_bms(dev_id, now, limit)
             if last is None or now - last > limit or dev.health.quality is Quality.OFFLINE:
                 stale.append(dev_id)
                 if not self.store.is_active(dev_id, "stale"):
@@ -201,10 +236,52 @@ class Protection:
                 self.store.clear(dev_id, "stale")
         return stale
 
+    def _watch_bms(self, bms: str, now: float, limit: float) -> None:
+        """A BMS silent past its max age, or whose cell readings cannot be true, is lost:
+        its battery is zeroed (or derated), as an inverter does without its BMS; released
+        once the BMS is fresh and valid again."""
+        dev = self.state.devices[bms]
+        last = dev.health.last_ok
+        bad = sorted(p for p in dev.invalid if p.startswith("cell_"))
+        why = None
+        if last is None or now - last > limit or dev.health.quality is Quality.OFFLINE:
+            why = f"no fresh reading for more than {limit:.1f} s"
+        elif bad:
+            why = "invalid " + ", ".join(f"{p} ({dev.invalid[p]})" for p in bad)
+        bat = self.p.bms_guards.get(bms)
+        bat = bat if bat is not None and bat in self.state.devices else None
+        if why is not None:
+            if bms in self.lost:
+                return
+            self.lost[bms] = bat
+            if bat is None:
+                done = "no battery linked (control.protection.bms_guards): none zeroed"
+            elif self.p.bms_loss_action == "derate":
+                self.derates[bat] = self.p.bms_loss_derate_pct / 100.0
+                done = f"{bat} derated to {self.p.bms_loss_derate_pct:g} % of its ratings"
+            else:
+                self.lockouts[bat] = f"{bms} lost: {why}"
+                nature = self.state.devices[bat].nature
+                point, zero = ZERO_POINT[nature]
+                self.write(bat, point, zero)
+                done = f"zero sent to {bat}"
+            self.store.raise_(bms, "lost", "critical", f"BMS lost: {why}: {done}")
+            return
+        if bms not in self.lost:
+            return
+        bat = self.lost.pop(bms)
+        if bat is not None:
+            self.derates.pop(bat, None)
+            still = {t for (d, _), r in self.active.items() for t in self._targets(d, r)}
+            if bat not in still and bat not in self.lost.values():
+                self.lockouts.pop(bat, None)
+        self.store.clear(bms, "lost")
+
     def status(self) -> dict[str, object]:
         lat = sorted(self.latencies_ms)
         return {"enabled": self.p.enabled, "trips": self.trips,
                 "active": [{"device": d, "rule": r} for d, r in self.active],
-                "lockouts": dict(self.lockouts),
+                "lockouts": dict(self.lockouts), "derates": dict(self.derates),
+                "bms_lost": dict(self.lost),
                 "latency_ms_p50": lat[len(lat) // 2] if lat else None,
                 "latency_ms_max": lat[-1] if lat else None}

@@ -4,7 +4,9 @@ Devices are compared by everything that shapes their polling: the device entry, 
 connection and its template. Unchanged devices keep their poll task (no gap); removed ones
 are stopped and detached; added ones attached and polled; changed ones replaced. New
 devices are attached (no I/O) before anything old is touched, so a device that cannot be
-attached leaves the running config untouched.
+attached leaves the running config untouched. Afterwards every component that holds
+devices (a ``rebind(report)`` method: control's writer, protection, controller) is re-bound
+to the new handles and config, so nothing keeps writing to a detached device.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ async def apply(daemon: Daemon, old: LoadedConfig, new: LoadedConfig) -> ReloadR
         daemon.ios[dev_id] = io
         daemon.state.add_device(dstate)
         daemon.poller.add(io, devices[dev_id].poll_interval_s)
+    for comp in daemon.components:
+        rebind = getattr(comp, "rebind", None)
+        if rebind is not None:
+            rebind(rep)
     return rep
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -35,6 +35,9 @@ from sim_devices.physics.site import SimSite
 from sim_devices.physics.wind import WindTurbine
 from sim_devices.settings import SimulationSettings
 
+if TYPE_CHECKING:
+    from gateway.control.controller import CycleResult
+
 RUNS = ("none", "rules", "scheduler")
 RUN_TITLES = {"none": "no control", "rules": "rule-based", "scheduler": "with scheduler"}
 
@@ -42,7 +45,7 @@ RUN_TITLES = {"none": "no control", "rules": "rule-based", "scheduler": "with sc
 class Controller(Protocol):
     plan: Plan | None
 
-    def cycle(self, state: SiteState, now: float) -> dict[str, dict[str, PointValue]]: ...
+    def cycle(self, state: SiteState, now: float) -> CycleResult: ...
 
 
 ControllerFactory = Callable[[SiteConfig], Controller]
@@ -178,7 +181,10 @@ class Lockstep:
                         res.plans_fallback.append(out.plan.status)
                     next_plan = now + self.replan_s
             if self.controller is not None:
-                self._apply(self.controller.cycle(self.state, now), now)
+                cyc = self.controller.cycle(self.state, now)
+                self._apply(cyc.setpoints, now)
+                for dev, point, value in cyc.commands:  # one-shot breaker commands
+                    self._apply({dev: {point: value}}, now)
             self.site.check_watchdogs(wall_s=now)
             shed = sum(m.profile.p_kw(now + self.step_s / 2) for m in loads if not m.enabled)
             self.site.step(self.step_s)
