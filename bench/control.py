@@ -139,14 +139,14 @@ async def run(cfg: SiteConfig, seconds: float) -> dict[str, Any]:
         comp.lateness_ms.clear()
         comp.protection.latencies_ms.clear()
         polls0 = sum(d.health.polls for d in daemon.state.devices.values())
-        skipped0 = getattr(comp, "skipped_cycles", 0)
+        skipped0 = comp.skipped_cycles
         cycles0 = comp.controller.cycles
         await asyncio.sleep(seconds)
         polls = sum(d.health.polls for d in daemon.state.devices.values()) - polls0
         loaded = {"cycle_ms": list(comp.cycle_ms), "late_ms": list(comp.lateness_ms),
                   "polls_s": polls / seconds, "writes": comp.applier.writes,
                   "cycles": comp.controller.cycles - cycles0,
-                  "skipped": getattr(comp, "skipped_cycles", 0) - skipped0}
+                  "skipped": comp.skipped_cycles - skipped0}
         trips = list(comp.protection.latencies_ms)
         await daemon.poller.stop()  # bare: the same cycle, nothing else on the loop
         frozen = time.time()

@@ -61,6 +61,8 @@ class ControlComponent:
         self.cycle_ms: deque[float] = deque(maxlen=5000)
         self.lateness_ms: deque[float] = deque(maxlen=5000)
         self._tasks: list[asyncio.Task[None]] = []
+        self.skipped_cycles = 0  # slots the cycle loop skipped because a cycle overran
+        self._overrunning = False
 
     def _grid_loss(self, why: str) -> str:
         """Protection saw the grid go: island now (the PCC trip is sent at once and
@@ -167,8 +169,18 @@ class ControlComponent:
             self.run_cycle()
             due += period
             now = loop.time()
-            if due < now:
-                due += ((now - due) // period + 1) * period
+            if due < now:  # overran: skip the missed slots, keep the phase, say so once
+                missed = int((now - due) // period) + 1
+                due += missed * period
+                if not self._overrunning:
+                    log.warning("control cycle overran its %.0f ms slot: %d cycle(s) skipped",
+                                period * 1000.0, missed)
+                self._overrunning = True
+                self.skipped_cycles += missed
+            elif self._overrunning:
+                self._overrunning = False
+                log.info("control cycles on time again (%d skipped in all)",
+                         self.skipped_cycles)
             await asyncio.sleep(due - now)
 
     def stats(self) -> dict[str, Any]:
@@ -179,6 +191,7 @@ class ControlComponent:
                 "cycle_ms_p50": pct(self.cycle_ms, 0.5), "cycle_ms_p99": pct(self.cycle_ms, 0.99),
                 "lateness_ms_p50": pct(self.lateness_ms, 0.5),
                 "lateness_ms_p99": pct(self.lateness_ms, 0.99),
+                "skipped_cycles": self.skipped_cycles,
                 "applier": self.applier.stats(), "protection": self.protection.status()}
 
 

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("autogrid.service")
 
-# Sections that a reload cannot apply to a running daemon (they need a restart).
-RESTART_SECTIONS = ("gateways", "historian", "metrics")
+# Sections that a reload cannot apply to a running daemon (they need a restart). Control
+# re-binds its devices on a reload, but its thresholds and strategies are read at start.
+RESTART_SECTIONS = ("gateways", "historian", "metrics", "control")
 
 
 class ReloadError(Exception):
