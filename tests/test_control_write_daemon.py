@@ -129,3 +129,20 @@ async def test_api_overrides_and_breaker_commands_answer_with_what_the_device_to
             await wait_for(lambda: comp.controller.modes.mode == "normal", "reconnected")
             audit = await api.request("audit")
             assert ("mode_request", False) in [(e["action"], e["ok"]) for e in audit]
+
+
+async def test_shed_and_restore_answer_with_what_the_load_took(tmp_path: Path) -> None:
+    cfg = site(tmp_path, import_limit=200.0)
+    async with running(cfg) as (runner, daemon, comp):
+        await wait_for(lambda: runner.values("heater")["enabled"] is True
+                       and comp.daemon.state.devices["heater"].health.last_ok is not None,
+                       "the heater on and polled")
+        async with ApiClient(daemon.socket_path) as api:
+            r = await api.request("shed", load="heater", duration_s=600)
+            assert r["written"] is True and r["read_back"] is False
+            assert runner.values("heater")["enabled"] is False
+            r = await api.request("restore", load="heater")
+            assert r["restored"] == "heater" and r["enabled"] is True
+            assert runner.values("heater")["enabled"] is True
+            with pytest.raises(ApiRequestError, match="not a load"):
+                await api.request("shed", load="bat")

@@ -222,15 +222,25 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         return {"cleared": [f"{d}.{p}" for d, p in keys]}
 
     def shed(req: dict[str, Any], caller: Caller) -> Any:
+        """Switch a load off for ``duration_s``; answers once the load took it."""
         load = req.get("load")
         dev = comp.daemon.state.devices.get(load) if isinstance(load, str) else None
-        if dev is None or str(dev.nature) != "load":
+        if dev is None or str(dev.nature) != "load" or not isinstance(load, str):
             raise ApiError(f"{load!r} is not a load")
         duration = _num(req, "duration_s", 1, MAX_OVERRIDE_S) or 3600.0
-        assert isinstance(load, str)
-        return c.set_override(load, "enabled", False, duration, caller.user).as_dict()
+        quality = dev.device_quality(time.time())
+        if quality is not Quality.GOOD:
+            raise ApiError(f"{load} is {quality}: it cannot be switched now")
+        if not comp.control.controller:
+            raise ApiError("the site controller does not run on this gateway "
+                           "(control.controller: false), so nothing would hold the shed")
+        o = c.set_override(load, "enabled", False, duration, caller.user)
+        comp.run_cycle()
+        return _override_written(o.as_dict(), load, "enabled")
 
     def restore(req: dict[str, Any], caller: Caller) -> Any:
+        """End an operator's shed; answers with what the load took (control may still
+        keep it off for the grid limit, and says so)."""
         load = req.get("load")
         if c.overrides.pop((str(load), "enabled"), None) is None:
             shed_by_control = c.memory.get("shed", [])
@@ -238,7 +248,18 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
                 raise ApiError(f"{load} was shed by the grid limit; it comes back when "
                                "there is room")
             raise ApiError(f"{load!r} was not shed by an operator")
-        return {"restored": load}
+        comp.run_cycle()
+        return _restored(str(load))
+
+    async def _restored(load: str) -> Any:
+        fut = comp.applier.waiter(load, "enabled")
+        if fut is None:
+            on = c.last.get(load, {}).get("enabled")
+            note = {} if on else {"note": "control keeps it off for now (grid limit or "
+                                          "island); it comes back when there is room"}
+            return {"restored": load, "enabled": on, **note}
+        outcome = await _answer(fut, f"{load}.enabled", "retried until the load takes it")
+        return {"restored": load, "enabled": outcome.value, **outcome.as_dict()}
 
     def mode(req: dict[str, Any], caller: Caller) -> Any:
         want = req.get("mode")
