@@ -294,3 +294,15 @@ def test_analytics_screen_shows_forecast_band_anomalies_and_battery_health() -> 
     d.set_answer("forecast", {"available": False, "error": "needs 17 days of history"})
     app.refresh(force=True)
     assert "no forecast model yet (needs 17 days of history)" in text_of(app)
+
+
+def test_done_text_says_what_the_device_took() -> None:
+    from gateway.console.app import done_text
+
+    assert done_text("shed heater", {"written": True, "read_back": False}) == \
+        "Done: shed heater (device took False)"
+    assert done_text("island", {"mode": "island"}) == "Done: island (site mode now island)"
+    assert done_text("restore heater", {"restored": "heater", "enabled": False,
+                                        "note": "control keeps it off for now"}) == \
+        "Done: restore heater (control keeps it off for now)"
+    assert done_text("x", None) == "Done: x"

@@ -110,9 +110,7 @@ class ConsoleApp:
         except ApiUnavailable as exc:
             self.notify(f"{what} not sent: {exc}", "error")
             return
-        mode = result.get("mode") if isinstance(result, dict) else None
-        self.notify(f"Done: {what}" + (f" (site mode now {mode})" if isinstance(mode, str)
-                                        else ""))
+        self.notify(done_text(what, result))
         await self._load_caps(self.current)
         if after:
             after()
@@ -342,3 +340,19 @@ async def run_console(path: Path, token: str | None = None, color: bool = True,
     if start:
         app.go(start)
     return await app.run()
+
+
+def done_text(what: str, result: Any) -> str:
+    """What the gateway answered, in words: the device's read-back when it reports one,
+    the site mode when that changed, control's note when it keeps a load off."""
+    if not isinstance(result, dict):
+        return f"Done: {what}"
+    parts = []
+    if "read_back" in result:
+        parts.append(f"device took {result['read_back']}")
+    if isinstance(result.get("mode"), str):
+        parts.append(f"site mode now {result['mode']}")
+    if isinstance(result.get("note"), str):
+        parts.append(result["note"])
+    return f"Done: {what}" + (f" ({'; '.join(parts)})" if parts else "")
+
