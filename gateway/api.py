@@ -136,6 +136,7 @@ class ApiServer:
         self.extra_stats = extra_stats
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._inode: tuple[int, int] | None = None  # of the socket file we bound
         self.started = time.time()
         self.role_of: Callable[[int, int], str] = default_role
         # Set by the console policy when tokens are configured: a request carrying
@@ -167,11 +168,13 @@ class ApiServer:
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
-            if await _socket_alive(self.path):
+            if await _socket_alive(self.path):  # never unlink a socket someone serves
                 raise RuntimeError(f"{self.path}: another daemon is already listening here")
             self.path.unlink()
         self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
                                                        limit=MAX_LINE)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
         os.chmod(self.path, 0o660)
 
     async def stop(self) -> None:
@@ -181,8 +184,18 @@ class ApiServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        self._unlink_own_socket()
+
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket file only if it is still the one we bound (same inode): a
+        daemon that failed to start, or was replaced, must not cut off another one."""
+        if self._inode is None:
+            return
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                self.path.unlink()
+        self._inode = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -18,6 +18,7 @@ from gateway.components import Component, build_components
 from gateway.config.models import Device, SiteConfig
 from gateway.historian import Historian
 from gateway.poller import Poller
+from gateway.runlock import RunLock, lock_path
 from gateway.service.safestop import write_safe_setpoints
 from gateway.state import DeviceState, SiteState
 
@@ -60,13 +61,25 @@ class Daemon:
         self.api: ApiServer | None = None
         self.started = 0.0
         self.components: list[Component] = []
+        self.lock = RunLock(self._lock_path(), self.gateway_id)
         self._stop = asyncio.Event()
+
+    def _lock_path(self) -> Path:
+        """The run lock lives in the state directory (see gateway.runlock.lock_path)."""
+        hist = Path(self.cfg.historian.path) if self.cfg.historian.enabled else None
+        ctl = self.cfg.control
+        control_db = Path(ctl.state_path) if ctl is not None and ctl.state_path else None
+        return lock_path(self.gateway_id, hist and hist.absolute(),
+                         control_db and control_db.absolute(), self.socket_path.absolute())
 
     # -- life cycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bring everything up; on failure, tear down what was started and re-raise."""
+        """Bring everything up; on failure, tear down what was started and re-raise.
+
+        The run lock comes first: when another daemon holds it, nothing is touched."""
         self.started = time.time()
+        self.lock.acquire()  # AlreadyRunning / LockError: nothing to tear down
         try:
             self._attach_devices()
             if self.cfg.historian.enabled:
@@ -136,6 +149,7 @@ class Daemon:
         if self.api is not None:
             await self.api.stop()
             self.api = None
+        self.lock.release()
 
     async def run(self, install_signals: bool = True) -> None:
         """Start, serve until SIGINT/SIGTERM (or request_stop), shut down cleanly."""
