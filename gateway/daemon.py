@@ -86,7 +86,8 @@ class Daemon:
                 self.historian = Historian(self.cfg.historian)
                 await self.historian.start()
                 self.state.on_change(self.historian.record)
-            self.api = ApiServer(self.state, self.socket_path, self.gateway_id, self.stats)
+            self.api = ApiServer(self.state, self.socket_path, self.gateway_id, self.stats,
+                                 self.cfg.api)
             await self.api.start()
             for dev in self.cfg.devices_of(self.gateway_id):
                 self.poller.add(self.ios[dev.id], dev.poll_interval_s)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("autogrid.service")
 
 # Sections that a reload cannot apply to a running daemon (they need a restart).
-RESTART_SECTIONS = ("gateways", "historian", "metrics")
+RESTART_SECTIONS = ("gateways", "historian", "metrics", "api")
 
 
 class ReloadError(Exception):
