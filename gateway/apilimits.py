@@ -12,6 +12,8 @@
       token_failures: 5             # bad tokens from one uid within token_window_s ...
       token_window_s: 60
       token_lockout_s: 300          # ... and its token attempts are refused for this long
+      audit_retention_days: 90      # audit rows (commands, refusals) older than this go ...
+      audit_max_rows: 100000        # ... and so do the oldest beyond this count
 
 Plain Python (no I/O) so the config schema can import it and the tests can drive time.
 """
@@ -35,6 +37,8 @@ class ApiSettings(BaseModel):
     token_failures: Annotated[int, Field(ge=1, le=1000)] = 5
     token_window_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
     token_lockout_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    audit_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
+    audit_max_rows: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
 
     @model_validator(mode="after")
     def _reserve_fits(self) -> ApiSettings:
