@@ -62,6 +62,7 @@ class Daemon:
         self.started = 0.0
         self.components: list[Component] = []
         self.lock = RunLock(self._lock_path(), self.gateway_id)
+        self.stop_problems: list[str] = []  # what the last shutdown could not do cleanly
         self._stop = asyncio.Event()
 
     def _lock_path(self) -> Path:
@@ -145,7 +146,11 @@ class Daemon:
                 log.warning("closing driver %s: %s", driver.name, exc)
         self.drivers.clear()
         if self.historian is not None:
-            await self.historian.stop()
+            lost = await self.historian.stop()
+            if lost:
+                self.stop_problems.append(f"{lost} historian rows not written to "
+                                          f"{self.historian.path} "
+                                          f"({self.historian.last_error})")
             self.historian = None
         if self.api is not None:
             await self.api.stop()

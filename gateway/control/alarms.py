@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.dbfiles import create_private, describe
 
 log = logging.getLogger("autogrid.control")
 
@@ -88,7 +89,7 @@ class ControlStore:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _create_private(self.path)
+            create_private(self.path)
             self._db = sqlite3.connect(str(self.path), check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -97,8 +98,8 @@ class ControlStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise RuntimeError(f"control database {self.path}: cannot open: {why}") from None
+            raise RuntimeError(f"control database {self.path}: cannot open: "
+                               f"{describe(exc)}") from None
         for row in self._db.execute("SELECT key, source, severity, message, raised_s, "
                                     "cleared_s, acked_s, acked_by, count FROM alarms"):
             a = Alarm(*row)
@@ -127,7 +128,7 @@ class ControlStore:
                 if self._db.in_transaction:
                     self._db.rollback()
                 log.error("alarm %s not saved to %s: %s", a.key, self.path,
-                          _describe_db_error(exc))
+                          describe(exc))
 
     # -- alarms --------------------------------------------------------------------------
     def raise_(self, source: str, condition: str, severity: str, message: str,
@@ -205,8 +206,8 @@ class ControlStore:
                     self._db.rollback()
                 if self.audit_error is None:
                     log.error("audit log %s cannot be written: %s (rows are kept in memory, "
-                              "the last 1000 only)", self.path, _describe_db_error(exc))
-                self.audit_error = _describe_db_error(exc)
+                              "the last 1000 only)", self.path, describe(exc))
+                self.audit_error = describe(exc)
                 return
             if self.audit_error is not None:
                 log.info("audit log %s is written again", self.path)
@@ -232,7 +233,7 @@ class ControlStore:
                 if self._db.in_transaction:
                     self._db.rollback()
                 log.warning("audit retention on %s failed: %s", self.path,
-                            _describe_db_error(exc))
+                            describe(exc))
                 return 0
         if n:
             log.info("audit retention: deleted %d rows (older than %g days or beyond %d rows)",
@@ -252,24 +253,6 @@ class ControlStore:
                 rows = [r for r in reversed(self._audit_mem) if r[0] < cursor][:limit]
         return [{"id": r[0], "ts": r[1], "user": r[2], "action": r[3],
                  "detail": json.loads(r[4]), "ok": bool(r[5]), "reason": r[6]} for r in rows]
-
-
-def _create_private(path: Path) -> None:
-    """Create the database file 0640 (SQLite makes its -wal/-shm files alike): audit rows
-    and history are not for every local user. An existing file loses world access."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        mode = os.fstat(fd).st_mode & 0o777
-        if mode & 0o007:
-            os.fchmod(fd, mode & ~0o007)
-    finally:
-        os.close(fd)
-
-
-def _describe_db_error(exc: sqlite3.Error) -> str:
-    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-        return "disk full"
-    return str(exc)
 
 
 def _cut(text: str) -> str:
