@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway.api import MAX_LINE
+from gateway.apiwire import MAX_LINE
 
 
 class ApiUnavailable(Exception):

@@ -171,17 +171,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     path = _socket_from_args(args)
 
-    async def fetch() -> Any:
+    async def fetch() -> tuple[Any, Any]:
         async with ApiClient(path) as client:
-            return await client.request("snapshot")
+            return await client.request("snapshot"), await client.request("stats")
 
-    snap = asyncio.run(fetch())
+    snap, stats = asyncio.run(fetch())
+    warning = historian_warning(stats)
     if args.json:
         json.dump(snap, sys.stdout, indent=2)
         print()
+        if warning:
+            print(warning, file=sys.stderr)
     else:
         print(render(snap, title=f"AutoGrid gateway {snap.get('gateway', '')}"))
+        if warning:
+            print(f"\n{warning}")
     return EXIT_OK
+
+
+def historian_warning(stats: Any) -> str | None:
+    """One line when the daemon's history is not being recorded (disk full, broken file)."""
+    h = stats.get("historian") if isinstance(stats, dict) else None
+    if not isinstance(h, dict) or not (h.get("last_error") or h.get("dropped")):
+        return None
+    what = h.get("last_error") or "recovered"
+    return (f"WARNING historian: {what} ({h.get('path')}): {h.get('buffered', 0)} rows "
+            f"waiting, {h.get('dropped', 0)} rows lost")
 
 
 def _socket_from_args(args: argparse.Namespace) -> Path:

@@ -4,6 +4,11 @@ Readings are buffered in memory by the SiteState listener (cheap, on the event l
 written by a flush task in a worker thread, so a slow disk never stalls polling. Old rows
 are deleted after ``retention_days``. ``export_csv`` turns a time range into a CSV with
 pandas for engineers who want a spreadsheet.
+
+A full disk (SQLITE_FULL) or a broken file never stops polling: the first failure is
+logged with the path, the rows stay buffered (at most BUFFER_BATCHES batches; the oldest
+are dropped and counted beyond that) and are retried; ``stats()`` says ``disk_full`` and
+how many rows were lost, and a stop that cannot write the buffer says how many it lost.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from gateway.aio import cancel_and_wait
 from gateway.config.models import Historian as HistorianConfig
+from gateway.dbfiles import create_private, describe
 from gateway.model import Quality, Reading
 
 log = logging.getLogger("autogrid.historian")
@@ -41,8 +47,10 @@ CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);
 CREATE INDEX IF NOT EXISTS samples_point_ts ON samples (point_id, ts);
 """
 
-QUALITY_CODE = {Quality.GOOD: 0, Quality.STALE: 1, Quality.OFFLINE: 2}
+QUALITY_CODE = {Quality.GOOD: 0, Quality.STALE: 1, Quality.OFFLINE: 2, Quality.INVALID: 3}
 QUALITY_NAME = {v: str(k) for k, v in QUALITY_CODE.items()}
+
+BUFFER_BATCHES = 50  # rows kept in memory while the disk refuses them, in batches
 
 # device, point, unit, ts, value, quality: what record() buffers
 Buffered = tuple[str, str, str, float, object, Quality]
@@ -59,8 +67,10 @@ class Historian:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.rows_written = 0
-        self.dropped = 0
+        self.dropped = 0  # rows lost: dropped from a full buffer, or unwritten at stop
         self.last_error: str | None = None
+        self.disk_full = False
+        self._dropping = False  # the current failure episode has dropped rows (logged)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -68,22 +78,39 @@ class Historian:
         await asyncio.to_thread(self._open)
         self._task = asyncio.create_task(self._flush_loop(), name="historian flush")
 
-    async def stop(self) -> None:
-        """Flush everything still buffered, then close."""
+    async def stop(self) -> int:
+        """Flush everything still buffered, then close; returns the rows that could not be
+        written (and are lost), after saying so in the log."""
         if self._task:
             await cancel_and_wait([self._task])
             self._task = None
         await self.flush()
+        lost = len(self._buffer)
+        if lost:
+            self.dropped += lost
+            self._buffer = []
+            log.error("historian stopped with %d rows not written to %s (%s); %d rows lost "
+                      "in all", lost, self.path, self.last_error, self.dropped)
         await asyncio.to_thread(self._close)
+        return lost
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        for pid, device, point in db.execute("SELECT id, device, point FROM points"):
-            self._point_ids[(device, point)] = pid
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                for pid, device, point in db.execute("SELECT id, device, point FROM points"):
+                    self._point_ids[(device, point)] = pid
+            except BaseException:
+                db.close()
+                raise
+        except (OSError, sqlite3.Error) as exc:
+            raise RuntimeError(f"historian database {self.path}: cannot open: "
+                               f"{describe(exc)}") from None
         self._db = db
 
     def _close(self) -> None:
@@ -101,8 +128,18 @@ class Historian:
             buf.append((device_id, point, r.unit, r.ts, r.value, r.quality))
         if len(buf) >= self.cfg.batch_size:
             self._wake.set()
-        if len(buf) > 50 * self.cfg.batch_size:  # disk gone: bound memory, say so
-            drop = len(buf) - 50 * self.cfg.batch_size
+        self._bound_buffer()
+
+    def _bound_buffer(self) -> None:
+        """Keep at most BUFFER_BATCHES batches in memory; drop the oldest and count them."""
+        buf, limit = self._buffer, BUFFER_BATCHES * self.cfg.batch_size
+        if len(buf) > limit:
+            drop = len(buf) - limit
+            if not self._dropping:  # once per episode
+                log.error("historian buffer full (%d rows) while %s cannot be written: "
+                          "dropping the oldest rows (%d lost so far)", limit, self.path,
+                          self.dropped + drop)
+            self._dropping = True
             del buf[:drop]
             self.dropped += drop
 
@@ -126,14 +163,21 @@ class Historian:
         try:
             n = await asyncio.to_thread(self._write, batch)
         except sqlite3.Error as exc:
-            if self.last_error != str(exc):
-                log.error("historian write failed (%d rows kept for retry): %s", len(batch), exc)
-            self.last_error = str(exc)
+            why = describe(exc)
             self._buffer[:0] = batch
+            self._bound_buffer()
+            if self.last_error != why:
+                log.error("historian: %s writing %s (%d rows kept in memory and retried; "
+                          "polling goes on)", why, self.path, len(self._buffer))
+            self.last_error = why
+            self.disk_full = why == "disk full"
             return 0
         if self.last_error is not None:
-            log.info("historian writes recovered")
+            log.info("historian writes to %s recovered (%d rows lost meanwhile)", self.path,
+                     self.dropped)
             self.last_error = None
+            self.disk_full = False
+            self._dropping = False
         return n
 
     def _write(self, batch: list[Buffered]) -> int:
@@ -155,7 +199,8 @@ class Historian:
                 db.executemany("INSERT INTO samples VALUES (?,?,?,?,?)", rows)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLITE_FULL has already rolled it back
+                    db.execute("ROLLBACK")
                 raise
             self.rows_written += len(rows)
             return len(rows)
@@ -172,7 +217,13 @@ class Historian:
         cutoff = time.time() - self.cfg.retention_days * 86400.0
         with self._db_lock:
             if self._db is not None:
-                n = self._db.execute("DELETE FROM samples WHERE ts < ?", (cutoff,)).rowcount
+                try:
+                    n = self._db.execute("DELETE FROM samples WHERE ts < ?",
+                                         (cutoff,)).rowcount
+                except sqlite3.Error as exc:
+                    log.warning("historian retention on %s failed: %s", self.path,
+                                describe(exc))
+                    return
                 if n:
                     log.info("historian retention: deleted %d samples older than %.0f days",
                              n, self.cfg.retention_days)
@@ -181,4 +232,5 @@ class Historian:
         size = self.path.stat().st_size if self.path.exists() else 0
         return {"path": str(self.path), "rows_written": self.rows_written,
                 "buffered": len(self._buffer), "dropped": self.dropped, "size_bytes": size,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "disk_full": self.disk_full}
+

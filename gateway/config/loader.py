@@ -25,6 +25,7 @@ from gateway.yamlsrc import (
     SourceError,
     load_yaml_text,
     parse_model,
+    read_bounded,
 )
 from sim_devices.settings import SimulationSettings, load_simulation_settings
 
@@ -56,7 +57,7 @@ def read_source(path: str | Path) -> Source:
     p = Path(path)
     name = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_bounded(p, name)
     except FileNotFoundError:
         raise ConfigUnreadable([Problem(name, None, "", "file not found")]) from None
     except IsADirectoryError:

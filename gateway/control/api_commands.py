@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from gateway.api import ApiError, ApiServer, Caller
+from gateway.control.alarms import MAX_PAGE
 from gateway.control.config import CLASS_RANK, Strategies
 from gateway.control.safety import COMMAND_POINTS, VIEW_POINTS
 from gateway.model import NATURES, Kind, Quality
@@ -59,8 +60,10 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
 
     def audited(action: str, fn: Callable[[dict[str, Any], Caller], Any]
                 ) -> Callable[[dict[str, Any], Caller], Any]:
+        """Audit the command's outcome: done, or refused with its reason. A crash is
+        audited by the API (which turns it into a refusal); the store bounds the detail."""
         def handler(req: dict[str, Any], caller: Caller) -> Any:
-            detail = {k: v for k, v in req.items() if k not in ("cmd", "id")}
+            detail = {k: v for k, v in req.items() if k not in ("cmd", "id", "token")}
             try:
                 result = fn(req, caller)
             except ApiError as exc:
@@ -91,8 +94,13 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         return store.listing(active_only=bool(req.get("active_only", False)))
 
     def audit(req: dict[str, Any], caller: Caller) -> Any:
-        limit = _num(req, "limit", 1, 10_000)
-        return store.audit_log(int(limit) if limit else 100)
+        """A page of the audit log, newest first; the next page: ``before`` = last id."""
+        limit = _num(req, "limit", 1, MAX_PAGE)
+        before = req.get("before")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise ApiError("'before' must be an audit entry id (an integer) from the "
+                           "previous page")
+        return store.audit_log(int(limit) if limit else 100, before)
 
     def sessions(req: dict[str, Any], caller: Caller) -> Any:
         now = c.clock()
@@ -342,7 +350,8 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
     for name, fn, help_ in (
             ("control_status", status, "mode, setpoints, strategies' notes, cycle stats"),
             ("alarms", alarms, "alarms {active_only?}"),
-            ("audit", audit, "audit log, newest first {limit?}"),
+            ("audit", audit, f"audit log, newest first {{limit? (<= {MAX_PAGE}), before? "
+                             f"(id: the next page)}}"),
             ("ev_sessions", sessions, "EV sessions, active and recent"),
             ("plan", plan, "the scheduler's current plan")):
         api.register(name, fn, role="viewer", help=help_)

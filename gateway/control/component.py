@@ -49,7 +49,8 @@ class ControlComponent:
             raise ConfigRuntimeError("; ".join(problems))
         self.daemon = daemon
         self.control = cfg.control
-        self.store = ControlStore(state_path(daemon))
+        self.store = ControlStore(state_path(daemon), cfg.api.audit_retention_days,
+                                  cfg.api.audit_max_rows)
         self.controller = Controller(cfg, self.control)
         self.applier = Applier(daemon.ios, daemon.state, self.store, self.control.rewrite_s,
                                {d.id: d.control.deadband_kw for d in cfg.devices if d.control})
@@ -94,6 +95,7 @@ class ControlComponent:
         if self.daemon.api is not None:
             from gateway.control.api_commands import register
             register(self, self.daemon.api)
+            self.daemon.api.audit_sink = self.store.audit  # refusals are audited too
         self.protection.attach()
         self.store.audit("daemon", "control_start", {"controller": self.control.controller,
                                                      "cycle_s": self.control.cycle_s})

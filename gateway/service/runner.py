@@ -103,7 +103,11 @@ class Service:
             log.error("stop took longer than %.0f s; exiting anyway", STOP_TIMEOUT_S)
             return 1
         task.result()
-        log.info("stopped cleanly in %.2f s", time.monotonic() - t0)
+        if self.daemon.stop_problems:
+            log.error("stopped in %.2f s, not cleanly: %s", time.monotonic() - t0,
+                      "; ".join(self.daemon.stop_problems))
+        else:
+            log.info("stopped cleanly in %.2f s", time.monotonic() - t0)
         return 0
 
     async def _watchdog(self, interval_s: float) -> None:
