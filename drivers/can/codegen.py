@@ -43,25 +43,25 @@ class _Gen:
         self.ns[name] = value
         return name
 
-    def physical(self, sig: Signal) -> tuple[str, str]:
-        """Statements computing the signal's raw bits and physical value; returns their
-        variables (bits is "None" for float and multiplexed signals)."""
+    def physical(self, sig: Signal) -> tuple[str, str, str]:
+        """Statements computing the signal's unsigned raw bits, its integer raw value
+        (signed if the signal is) and its physical value; returns their variables (bits
+        and raw are "None" for float and multiplexed signals)."""
         v = self.var()
         if sig.is_float or self.msg.is_multiplexed():
             self.lines.append(f"{v} = {self.const(compile_signal(self.msg, sig))}(d)")
-            return "None", v
+            return "None", "None", v
         big = sig.byte_order == "big_endian"
         src = "be" if big else "le"
         self.uses_be |= big
         self.uses_le |= not big
         shift, mask = lsb_shift(sig, self.msg.length), (1 << sig.length) - 1
-        b = self.var()
+        b = raw = self.var()
         self.lines.append(f"{b} = ({src} >> {shift}) & {mask}")
-        raw = b
         if sig.is_signed:
-            self.lines.append(f"{v} = {b} - {1 << sig.length} if {b} & "
+            raw = self.var()
+            self.lines.append(f"{raw} = {b} - {1 << sig.length} if {b} & "
                               f"{1 << (sig.length - 1)} else {b}")
-            raw = v
         scale, offset = float(sig.scale), float(sig.offset)
         fast = fast_scale(scale, offset)
         if fast is not None:
@@ -71,7 +71,7 @@ class _Gen:
         else:
             self.lines.append(f"{v} = round({raw} * {scale!r} + {offset!r}, "
                               f"{decimals(scale, offset)})")
-        return b, v
+        return b, raw, v
 
     def point(self, name: str, pt: CanPoint, kind: Kind) -> None:
         key = repr(name)
@@ -80,13 +80,13 @@ class _Gen:
             for bit, flag in enumerate(pt.flags):
                 sig = signal_of(self.msg, flag)
                 if sig is not None:  # 1-bit signals: no pattern, and 0..1 is all they carry
-                    parts.append(f"({1 << bit} if {self.physical(sig)[1]} else 0)")
+                    parts.append(f"({1 << bit} if {self.physical(sig)[2]} else 0)")
             self.lines.append(f"out[{key}] = {' | '.join(parts) or '0'}")
             return
         assert pt.signal is not None
         sig = signal_of(self.msg, pt.signal)
         assert sig is not None
-        bits, v = self.physical(sig)
+        bits, raw, v = self.physical(sig)
         scale = pt.scale
         if kind is Kind.BOOL:
             expr = f"({v} == 0)" if pt.invert else f"({v} != 0)"
@@ -102,13 +102,16 @@ class _Gen:
         else:
             places = decimals(float(sig.scale) * scale, float(sig.offset) * scale)
             expr = f"round({v} * {scale!r}, {places}) + 0.0"
-        # a value that cannot be true becomes Invalid(value, why) (drivers.can.validity)
+        # a value that cannot be true becomes Invalid(value, why) (drivers.can.validity):
+        # one chained comparison on the raw integer per point; the reason only on a miss
         check = SignalCheck.of(self.msg, sig)
-        x = self.var()
-        self.lines.append(f"{x} = {expr}")
-        shown = v if kind is Kind.STR else x  # an invalid enum shows its number
-        self.lines.append(f"out[{key}] = {self.const(check.judge)}({bits}, {v}, {shown}) "
-                          f"if {check.fast_condition(bits, v)} else {x}")
+        shown = v if kind is Kind.STR else expr  # an invalid enum shows its number
+        fine = check.fast_valid(sig, raw, v)
+        if fine is None:
+            self.lines.append(f"out[{key}] = {expr}")
+        else:
+            self.lines.append(f"out[{key}] = {expr} if {fine} else "
+                              f"{self.const(check.judge)}({bits}, {v}, {shown})")
         if kind is Kind.STR:
             why = f"not in the value table of {check.where}"
             self.lines.append(f"if out[{key}] is None: out[{key}] = INVALID({v}, {why!r})")
@@ -121,9 +124,11 @@ def compile_message(msg: Message, points: Sequence[tuple[str, CanPoint, Kind]]
     gen.lines.append("out = {}")
     for name, pt, kind in points:
         gen.point(name, pt, kind)
-    ff = gen.const(b"\xff" * msg.length)
-    gen.lines.append(f"if d[:{msg.length}] == {ff}: "
-                     f"return MARK(out, {all_ff_frame(msg.name)!r})")
+    ones = (1 << (8 * msg.length)) - 1  # the message's bytes all 0xFF (longer frames too)
+    test = f"be == {ones}" if gen.uses_be else f"le & {ones} == {ones}"
+    if not gen.uses_be and not gen.uses_le:  # float or multiplexed signals only
+        test = f"d[:{msg.length}] == {gen.const(bytes([255]) * msg.length)}"
+    gen.lines.append(f"if {test}: return MARK(out, {all_ff_frame(msg.name)!r})")
     head = []
     if gen.uses_le:
         head.append("le = int.from_bytes(d, 'little')")

@@ -374,11 +374,21 @@ class CanLink:
 
     def deliver(self, msg: can.Message) -> None:
         """Hand one received frame to the devices listening on its id (in the loop)."""
-        frame = self._accept(msg)
-        if frame is not None:
-            now = time.monotonic()
-            for h in self._handlers[frame[0]]:
-                h(frame[1], now)
+        if msg.is_error_frame:
+            self.error_frames += 1
+            return
+        if msg.is_remote_frame:
+            return
+        self.frames += 1
+        key = msg.arbitration_id | EXTENDED if msg.is_extended_id else msg.arbitration_id
+        hs = self._handlers.get(key)
+        if hs is None:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return
+        data = msg.data
+        now = time.monotonic()
+        for h in hs:
+            h(data, now)
 
     def _lost(self, exc: BaseException) -> None:
         if self._bus is None:

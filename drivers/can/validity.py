@@ -10,8 +10,9 @@ says what it means). A physical value outside the DBC signal's [min|max] cannot 
 either. A frame whose every byte is 0xFF is the node's "nothing available" frame: every
 point it carries is invalid. 1-bit signals carry no pattern.
 
-The checks are split in two: a cheap condition the generated decoder tests on every frame
-(``fast_condition``), and ``why`` which names the reason only when that condition fires.
+The checks are split in two: one chained comparison on the raw integer the generated
+decoder makes for every value (``fast_valid``), and ``why``, which decides and names the
+reason only for a value outside that span.
 """
 
 from __future__ import annotations
@@ -55,26 +56,40 @@ class SignalCheck:
         """Whether raw bit patterns mean something for this signal (width >= 2 bits)."""
         return self.width >= 2
 
-    @property
-    def raw_trigger(self) -> int | None:
-        """The lowest unsigned raw value (bits as read) that may be a pattern; None when
-        the signal has none. Unsigned: all ones minus one; signed: the sign bit alone (the
-        decoder tests equality for signed signals)."""
-        if not self.patterns:
+    def fast_valid(self, sig: Signal, raw: str, phys: str) -> str | None:
+        """Python source that is true only for a value that is surely fine: ``raw`` (the
+        integer raw value, "None" for float/multiplexed signals) within the raw span of
+        the DBC range minus the patterns, else ``phys`` within the range (false for NaN).
+        Stricter than ``why`` at the edges, never looser: ``why`` decides the rest. None
+        when every raw value the signal can carry is fine (a plain 1-bit flag)."""
+        if raw == "None":
+            lo = repr(self.lo - self.tol) if self.lo is not None else "-INF"
+            hi = repr(self.hi + self.tol) if self.hi is not None else "INF"
+            return f"{lo} <= {phys} <= {hi}"
+        if self.signed:
+            rlo, rhi = -(1 << (self.width - 1)), (1 << (self.width - 1)) - 1
+        else:
+            rlo, rhi = 0, (1 << self.width) - 1
+        span = rlo, rhi
+        if self.patterns:
+            if self.signed:
+                rlo += 1  # the sign bit alone
+            else:
+                rhi -= 2  # all ones, all ones minus one
+        scale, offset = float(sig.scale), float(sig.offset)
+        ends = [(x - offset) / scale for x in (self.lo, self.hi) if x is not None]
+        if self.lo is not None and self.hi is not None:
+            low, high = min(ends), max(ends)
+            rlo, rhi = max(rlo, math.ceil(low)), min(rhi, math.floor(high))
+        elif ends:  # one bound only: its side depends on the sign of the scale
+            bound = ends[0]
+            if (self.lo is not None) == (scale > 0):
+                rlo = max(rlo, math.ceil(bound))
+            else:
+                rhi = min(rhi, math.floor(bound))
+        if (rlo, rhi) == span:
             return None
-        return 1 << (self.width - 1) if self.signed else (1 << self.width) - 2
-
-    def fast_condition(self, bits: str, phys: str) -> str:
-        """Python source that is true when the value may be invalid; ``bits`` names the
-        unsigned raw bits (or "None" for float/multiplexed signals), ``phys`` the value."""
-        parts = []
-        trigger = self.raw_trigger
-        if trigger is not None and bits != "None":
-            parts.append(f"{bits} == {trigger}" if self.signed else f"{bits} >= {trigger}")
-        lo = repr(self.lo - self.tol) if self.lo is not None else "-INF"
-        hi = repr(self.hi + self.tol) if self.hi is not None else "INF"
-        parts.append(f"not ({lo} <= {phys} <= {hi})")  # also true for NaN
-        return " or ".join(parts)
+        return f"{rlo} <= {raw} <= {rhi}"
 
     def why(self, bits: int | None, phys: float) -> str | None:
         """Why the value is invalid, or None when it is fine after all."""
