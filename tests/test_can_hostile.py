@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from drivers.base import WriteError
 from drivers.can.device import CanDeviceIO
-from drivers.can.link import CanLink
+from drivers.can.driver import CanDriver
+from drivers.can.link import EXTENDED, CanLink
 from drivers.template import load_template
 from gateway.config.models import SiteConfig
 from gateway.daemon import Daemon
-from gateway.model import Quality
+from gateway.model import Invalid, Quality
 from tests.hostile_slcan import HostileAdapter
 from tests.waiting import until
 
@@ -245,3 +247,57 @@ async def test_a_flood_of_unknown_ids_loses_no_bms_frame(tmp_path: Path) -> None
         assert all(adapter.written[arb] == 1 + n // every for arb in slots)
         await until(lambda: rig.reading("soc_pct") == (77.0, Quality.GOOD), "SOC from flood")
         assert rig.link.counters["malformed"] == 0
+
+
+async def test_a_command_frame_never_carries_a_guess(tmp_path: Path) -> None:
+    """The charger's command frame carries power, enable and watchdog together: with the
+    status frame all-0xFF, 'enabled' is unknown, so a power write is refused rather than
+    sent with a guessed enable bit; an enable write goes out but is not confirmed by an
+    invalid read-back."""
+    tpl = load_template("dc_charger_can")
+    adapter = HostileAdapter(tmp_path / "can0")
+    await adapter.start()
+    command = tpl.message("EMS_ChargerControl")
+    received: list[dict[str, float]] = []
+    adapter.subscribe(command.frame_id | EXTENDED, lambda data, ts: received.append(
+        command.decode(bytes(data), decode_choices=False)))
+    status, power, energy = (tpl.message(n) for n in
+                             ("Charger_Status", "Charger_Power", "Charger_Energy"))
+    frames = [(status.frame_id, b"\xff" * 8),
+              (power.frame_id, bytes(power.encode({"ActivePower": 0, "PowerSetpoint": 0,
+                                                   "MaxPower": 50, "WatchdogTimeout": 30}))),
+              (energy.frame_id, bytes(energy.encode({"SessionEnergy": 1,
+                                                     "TotalEnergy": 100})))]
+
+    async def send() -> None:
+        while True:
+            if adapter.adapter_open:
+                for arb, data in frames:
+                    adapter.frame(arb, data, extended=True)
+            await asyncio.sleep(0.02)
+
+    cfg = site(tmp_path)
+    conn = cfg.connection("rack")
+    dev = cfg.devices[0].model_copy(update={"id": "ev1", "nature": "evse",
+                                            "template": "dc_charger_can"})
+    driver = CanDriver()
+    sender = asyncio.create_task(send(), name="hostile charger")
+    try:
+        io = driver.attach(dev, tpl, conn)
+        values = await io.read()
+        assert isinstance(values["enabled"], Invalid) and values["p_max_kw"] == 50.0
+        with pytest.raises(WriteError, match=r"'p_set_kw' not sent: EMS_ChargerControl also "
+                                             r"carries 'enabled', whose reported value True "
+                                             r"is invalid \(carried by an all-0xFF"):
+            await io.write("p_set_kw", 5.0)
+        with pytest.raises(WriteError, match=r"sent 'enabled' = 1 but the device reports "
+                                             r"True, which is carried by an all-0xFF"):
+            await io.write("enabled", True)
+        await until(lambda: len(received) == 1, "the enable frame at the adapter")
+        assert received == [{"PowerRequest": 0.0, "Enable": 1, "WatchdogTimeout": 30.0}]
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        await driver.close()
+        await adapter.stop()

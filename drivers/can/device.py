@@ -243,10 +243,12 @@ class CanDeviceIO(DeviceIO):
         """Every signal of a command frame: the new value; for the others what we sent
         last, else what the device reports now (points verified 'equal'), else no
         restriction for a limit ('at_most': the signal's maximum), else the DBC's initial
-        value."""
+        value. WriteError when the device's report of another signal is invalid and we
+        never sent it: the frame would carry a guess."""
         pt = self.template.points[point]
         assert pt.command is not None
         current: dict[str, float] = {}
+        unknown: dict[str, str] = {}  # signal -> why the device's report of it is unusable
         for name, other in self.template.points.items():
             cmd = other.command
             if cmd is None or cmd.message != msg.name or name == point:
@@ -259,7 +261,13 @@ class CanDeviceIO(DeviceIO):
             slot = self.slots.get(other.message) if other.message else None
             if slot is not None and slot.data is not None and other.signal is not None:
                 sig = signal_of(slot.message, other.signal)
-                if sig is not None:
+                kind = NATURES[self.template.nature][name].kind
+                shown = point_decoder(slot.message, other, kind)(slot.data)
+                if isinstance(shown, Invalid):  # never echo a value that cannot be true
+                    unknown[cmd.signal] = (f"'{name}', whose reported value "
+                                           f"{_show(shown.raw)} is invalid ({shown.why}); "
+                                           f"write '{name}' first")
+                elif sig is not None:
                     reported = compile_signal(slot.message, sig)(slot.data)
                     if NATURES[self.template.nature][name].kind is Kind.BOOL:
                         reported = float((reported != 0) != other.invert)
@@ -274,6 +282,10 @@ class CanDeviceIO(DeviceIO):
                 out[sig.name] = self._sent[(msg.name, sig.name)]
             elif sig.name in current:
                 out[sig.name] = current[sig.name]
+            elif sig.name in unknown:
+                raise WriteError(f"{self.device_id}: '{point}' not sent: {msg.name} also "
+                                 f"carries {unknown[sig.name]} (a guess could switch "
+                                 f"something nobody asked for)")
             else:
                 out[sig.name] = _initial(sig)
         return out
