@@ -247,6 +247,10 @@ async def test_a_flood_of_unknown_ids_loses_no_bms_frame(tmp_path: Path) -> None
         assert all(adapter.written[arb] == 1 + n // every for arb in slots)
         await until(lambda: rig.reading("soc_pct") == (77.0, Quality.GOOD), "SOC from flood")
         assert rig.link.counters["malformed"] == 0
+        await polled_more(rig, 1)
+        extra = rig.io.stats.extra  # what diagnostics show
+        assert extra["bus_dropped_by_id"] == rig.link.dropped_ids
+        assert extra["frames"]["BMS_SOC"] == adapter.written[0x355]
 
 
 async def test_a_command_frame_never_carries_a_guess(tmp_path: Path) -> None:

@@ -147,7 +147,16 @@ class CanDeviceIO(DeviceIO):
             if data is not None:
                 out.update(dec(data))
         self._note_invalid(out)
+        self._diagnostics()
         return out
+
+    def _diagnostics(self) -> None:
+        """Frame counters of this device and its bus, for diagnostics (``stats.extra``)."""
+        link = self.link
+        self.stats.extra.update({
+            "frames": {s.message.name: s.frames for s in self.slots.values()},
+            "malformed": self.malformed, "invalid": dict(self.invalid),
+            "bus": link.counters, "bus_dropped_by_id": link.dropped_ids})
 
     def _note_invalid(self, values: dict[str, PointValue | Invalid | None]) -> None:
         """Log a point turning invalid once per episode, and its recovery once."""
