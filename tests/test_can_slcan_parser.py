@@ -53,3 +53,12 @@ def test_prefixes() -> None:
     assert prefix_id(b"T1FFFFFFF") == 0x1FFFFFFF and prefix_id(b"T20000000") is None
     assert prefix_id(b"t35") is None and prefix_id(b"x355") is None
     assert frame_prefixes([0x35A], EXTENDED) == {b"t35A": 0x35A, b"t35a": 0x35A}
+
+
+def test_a_restart_forgets_the_partial_line_and_keeps_the_counters() -> None:
+    p = SlcanParser()
+    assert p.feed(b"t7FF0\rt3554320", ACCEPT) == []  # the port went away mid-frame
+    p.restart()
+    assert p.feed(b"064\rt355432006400\r", ACCEPT) == [(0x355, bytes.fromhex("32006400"))]
+    assert p.malformed == 1  # "064" alone is no frame; never glued to the old half
+    assert p.dropped_by_id(EXTENDED) == {0x7FF: 1} and p.frames == 2

@@ -291,7 +291,9 @@ class CanLink:
     def _read_slcan(self, bus: can.BusABC, stop: threading.Event) -> None:
         """Read the adapter in chunks; unknown ids are counted, never parsed."""
         read = chunk_reader(bus.serialPortOrig)  # type: ignore[attr-defined]
-        parser = self._parser = SlcanParser()
+        parser = self._parser or SlcanParser()  # counters run on across reconnects
+        parser.restart()
+        self._parser = parser
         while not stop.is_set():
             try:
                 chunk = read(RECV_POLL_S)

@@ -59,6 +59,10 @@ class SlcanParser:
         self.dropped: dict[bytes, int] = {}  # id prefix -> frames nobody listens to
         self._rest = b""
 
+    def restart(self) -> None:
+        """A new connection: forget a partial line of the old one (counters stay)."""
+        self._rest = b""
+
     def feed(self, chunk: bytes, accept: dict[bytes, int]) -> list[tuple[int, bytes]]:
         """(key, payload) of every complete frame in ``chunk`` whose id is accepted."""
         # slcan ends a frame with CR; an adapter refusing a command answers BEL
