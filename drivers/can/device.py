@@ -6,7 +6,8 @@ device: if any message the polled points need is older than the connection's
 ``frame_timeout_s``, ``read()`` raises DeviceTimeout naming the silent frames, so the
 device goes offline (a BMS whose limits frame stopped is not to be trusted with the rest
 either). A frame shorter than its DBC length is malformed: counted, logged once, ignored
-(the last good payload ages out instead). A decoded value that cannot be true (a "not
+(the last good payload ages out instead); a longer one is read by its leading bytes (BMSs
+pad short messages to 8 bytes). A decoded value that cannot be true (a "not
 available"/"error" bit pattern, outside the DBC range: drivers.can.validity) is returned
 as ``Invalid(value, why)``, logged once when it turns invalid and once when it recovers.
 """
