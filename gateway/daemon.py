@@ -181,6 +181,8 @@ class Daemon:
             "historian": self.historian.stats() if self.historian else None,
             "devices": {d: {"requests": io.stats.requests, "errors": io.stats.errors,
                             "timeouts": io.stats.timeouts, "reconnects": io.stats.reconnects,
-                            "last_error": io.stats.last_error}
+                            "last_error": io.stats.last_error,
+                            "events": io.stats.counters()}
                         for d, io in self.ios.items()},
         }
+

@@ -251,6 +251,8 @@ async def test_a_flood_of_unknown_ids_loses_no_bms_frame(tmp_path: Path) -> None
         extra = rig.io.stats.extra  # what diagnostics show
         assert extra["bus_dropped_by_id"] == rig.link.dropped_ids
         assert extra["frames"]["BMS_SOC"] == adapter.written[0x355]
+        events = rig.daemon.stats()["devices"][rig.io.device_id]["events"]  # status/metrics
+        assert events["frames.BMS_SOC"] == adapter.written[0x355]
 
 
 async def test_a_command_frame_never_carries_a_guess(tmp_path: Path) -> None:
