@@ -41,7 +41,7 @@ def site_config(tmp: Path) -> Path:
     once (cell temperature above 10 °C), a car already at ev_bay2, and a role policy that
     makes this user a viewer unless it presents the operator token."""
     cfg = yaml.safe_load((REPO / "site_configs" / "demo.yaml").read_text())
-    cfg["control"] = {"protection": {"cell_temp_max_c": 10}}
+    cfg["control"]["protection"] = {"cell_temp_max_c": 10}
     cfg["simulation"]["clock"]["start"] = "2025-06-21T08:01:00+02:00"
     cfg["historian"]["path"] = str(tmp / "history.sqlite")
     cfg["console"] = {"roles": {"viewer": [getpass.getuser()]},
@@ -124,7 +124,7 @@ def value(snap: dict[str, Any], dev: str, point: str) -> Any:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Path]:
-    site_config(tmp_path)
+    devices = len(yaml.safe_load(site_config(tmp_path).read_text())["devices"])
     out = (tmp_path / "demo.out").open("w")
     proc = subprocess.Popen([*AUTOGRID, "demo", "-c", str(tmp_path / "site.yaml"),
                              "--interval", "5"], cwd=tmp_path, env=env_for(tmp_path),
@@ -135,7 +135,7 @@ def demo(tmp_path: Path) -> Iterator[Path]:
         while time.monotonic() < deadline:
             if sock.exists():
                 try:
-                    if snapshot(sock)["summary"]["devices"]["good"] == 7:
+                    if snapshot(sock)["summary"]["devices"]["good"] == devices:
                         break
                 except Exception:
                     pass

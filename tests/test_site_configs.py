@@ -48,9 +48,10 @@ def test_demo_is_one_gateway_on_loopback() -> None:
     by_template = sorted((d.template, d.nature) for d in cfg.devices)
     assert by_template == [
         ("generic_bess", Nature.BESS), ("generic_breaker", Nature.BREAKER),
+        ("generic_breaker", Nature.BREAKER),
         ("generic_evse", Nature.EVSE), ("generic_evse", Nature.EVSE),
-        ("generic_load", Nature.LOAD), ("meter_3ph", Nature.METER),
-        ("sunspec_inverter", Nature.PV_INVERTER)]
+        ("generic_load", Nature.LOAD), ("generic_load", Nature.LOAD),
+        ("meter_3ph", Nature.METER), ("sunspec_inverter", Nature.PV_INVERTER)]
     dev = {d.id: d for d in cfg.devices}
     assert dev["pv_roof"].ratings.kwp == 30
     assert (dev["battery"].ratings.capacity_kwh, dev["battery"].ratings.p_max_kw) == (50, 25)
@@ -58,6 +59,11 @@ def test_demo_is_one_gateway_on_loopback() -> None:
         == [11, 22]
     assert dev["grid_meter"].poll_interval_s == 0.5
     assert {d.poll_interval_s for d in cfg.devices if d.id != "grid_meter"} == {1.0}
+    # it can island: a PCC breaker, and a critical load the battery carries
+    assert cfg.control is not None
+    assert dev[cfg.control.emergency.pcc_breaker or ""].nature == Nature.BREAKER
+    assert [d.id for d in cfg.devices if d.control and d.control.priority == "critical"] \
+        == ["it_rack"]
     assert not cfg.historian.path.is_absolute()
     assert cfg.site.grid.import_limit_kw and cfg.site.grid.export_limit_kw is not None
 
