@@ -104,9 +104,9 @@ def test_no_meter_at_all_is_refused_while_grid_strategies_are_on(tmp_path: Path,
 def test_monitor_only_control_without_a_grid_meter_is_a_printed_warning(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = (REPO / "site_configs" / "demo.yaml").read_text(encoding="utf-8")
-    old = "    template: meter_3ph\n"
+    old = "    role: grid "
     assert text.count(old) == 1
-    text = text.replace(old, old + "    role: sub\n")
+    text = text.replace(old, "    role: sub  ")
     f = tmp_path / "site.yaml"
     f.write_text(text.replace("control:\n  cycle_s: 1.0\n", "control:\n  controller: false\n"),
                  encoding="utf-8")
