@@ -67,7 +67,9 @@ def test_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
     r = run(["demo", "--duration", "3", "--interval", "1"], tmp_path, timeout=90)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
-    assert "Power flow" in r.stdout and "7 ok, 0 stale, 0 offline" in r.stdout
+    demo = yaml.safe_load((REPO / "site_configs" / "demo.yaml").read_text())
+    assert "Power flow" in r.stdout and f"{len(demo['devices'])} ok, 0 stale, 0 offline" \
+        in r.stdout
     # demo.yaml's simulated day starts 2025-06-21 07:30 in Europe/Berlin, at 60x
     assert "Simulated site time  2025-06-21 07:3" in r.stdout and "CEST (60x" in r.stdout
     assert "stopped" in r.stdout
@@ -79,6 +81,7 @@ def test_demo_stops_cleanly_on_ctrl_c_and_status_works_meanwhile(tmp_path: Path)
     proc = subprocess.Popen([*AUTOGRID, "demo", "--interval", "0.5"], cwd=tmp_path,
                             env=env_for(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    devices = len(yaml.safe_load((REPO / "site_configs" / "demo.yaml").read_text())["devices"])
     try:
         sock = tmp_path / "autogrid-gw1.sock"
         deadline = time.monotonic() + 60
@@ -87,7 +90,7 @@ def test_demo_stops_cleanly_on_ctrl_c_and_status_works_meanwhile(tmp_path: Path)
             if sock.exists():
                 status = run(["status", "--socket", str(sock), "--json"], tmp_path)
                 if status.returncode == 0 and \
-                        json.loads(status.stdout)["summary"]["devices"]["good"] == 7:
+                        json.loads(status.stdout)["summary"]["devices"]["good"] == devices:
                     break
             time.sleep(0.3)
         assert status is not None and status.returncode == 0, status and status.stderr
@@ -151,6 +154,7 @@ def test_sim_and_run_as_separate_processes_then_export(split_site: Path, tmp_pat
     sim = subprocess.Popen([*AUTOGRID, "sim", "-c", str(split_site)], cwd=tmp_path,
                            env=env_for(tmp_path), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
+    devices = len(yaml.safe_load(split_site.read_text())["devices"])
     daemon = None
     try:
         time.sleep(1.0)
@@ -159,12 +163,12 @@ def test_sim_and_run_as_separate_processes_then_export(split_site: Path, tmp_pat
                                   stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         good = 0
-        while time.monotonic() < deadline and good < 7:
+        while time.monotonic() < deadline and good < devices:
             r = run(["status", "-c", str(split_site), "--json"], tmp_path)
             if r.returncode == 0:
                 good = json.loads(r.stdout)["summary"]["devices"]["good"]
             time.sleep(0.3)
-        assert good == 7
+        assert good == devices
         time.sleep(1.0)
         code, _, err = stop(daemon, signal.SIGTERM)
         daemon = None

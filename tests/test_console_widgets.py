@@ -78,7 +78,7 @@ def site_data(role: str = "engineer", control: bool = False) -> ConsoleData:
              "need_kwh": 27.5, "departure_s": NOW + 3600, "priority": "fleet",
              "v2g_allowed": True, "v2g_capable": True}], "history": []})
         d.set_answer("control_status", {
-            "mode": {"mode": "island", "stage": 0, "reason": "grid lost"},
+            "mode": {"mode": "island", "stage": 0, "reason": "grid lost"}, "grid_ok": True,
             "strategies": {"grid_limits": True, "peak_shaving": False,
                            "peak_threshold_kw": 30.0},
             "notes": {"grid_limits": "import 12.5 of 43 kW"},
@@ -214,6 +214,23 @@ def test_emergency_needs_two_steps_and_the_exact_word() -> None:
         app.top.keypress(size, ch)
     app.top.keypress(size, "enter")
     assert sent[-1] == ("mode", {"mode": "reconnect"})
+
+
+def test_a_mode_the_site_cannot_enter_is_refused_before_any_confirmation() -> None:
+    data = site_data(role="operator", control=True)
+    app = ConsoleApp(data)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    app.act = lambda cap, params, what, after=None: sent.append((cap, params))  # type: ignore
+    show(app, "emergency")
+    app.handle_key("i")  # the site is islanded already
+    assert "step 1 of 2" not in text_of(app)
+    assert "Island: refused: already islanded" in text_of(app)
+    status = data.answers["control_status"].result
+    data.set_answer("control_status", {**status, "grid_ok": False})
+    app.handle_key("r")  # reconnect while the grid is still down
+    assert "step 1 of 2" not in text_of(app)
+    assert "refused: the grid is not healthy at the PCC" in text_of(app)
+    assert sent == []
 
 
 @pytest.mark.parametrize("size", [(80, 24), (100, 30), (200, 60), (60, 15)])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.aio import cancel_and_wait
-from gateway.config.loader import LoadedConfig, load_config
+from gateway.config.loader import LoadedConfig, load_config, warning_line
 from gateway.daemon import ConfigRuntimeError, Daemon, pick_gateway
 from gateway.service.notify import Notifier, watchdog_interval_s
 from gateway.service.reload import ReloadError, ReloadReport, apply
@@ -175,6 +175,8 @@ def serve(config: str | Path, gateway_id: str | None, socket_path: Path | None,
 
     loaded = load_config(config)
     setup_logging(loaded.config.logging, verbose)
+    for w in loaded.warnings:
+        log.warning("%s", warning_line(w))
     daemon = Daemon(loaded.config, gateway_id, socket_path)
 
     async def main() -> int:
