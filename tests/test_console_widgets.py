@@ -323,3 +323,26 @@ def test_done_text_says_what_the_device_took() -> None:
                                         "note": "control keeps it off for now"}) == \
         "Done: restore heater (control keeps it off for now)"
     assert done_text("x", None) == "Done: x"
+
+
+def test_island_on_a_site_whose_breakers_include_no_pcc_breaker_is_refused_at_once() -> None:
+    """The daemon names its PCC breaker (none here) in control_status, so a site with a
+    feeder breaker but no PCC breaker is refused before the dialog, not after it."""
+    data = site_data(role="operator", control=True)
+    snap = {"devices": {**data.devices, "ev_feeder": {
+        "id": "ev_feeder", "nature": "breaker", "protocol": "modbus_tcp", "quality": "good",
+        "last_ok": NOW - 1, "errors": 0, "points": {"closed": point(True, "")}}},
+        "summary": data.summary}
+    data.set_snapshot(snap)
+    assert "breaker" in [d.get("nature") for d in data.devices.values()]
+    status = data.answers["control_status"].result
+    data.set_answer("control_status", {**status, "mode": {"mode": "normal"},
+                                       "grid_ok": True, "pcc_breaker": None})
+    app = ConsoleApp(data)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    app.act = lambda cap, params, what, after=None: sent.append((cap, params))  # type: ignore
+    show(app, "emergency")
+    app.handle_key("i")
+    assert "step 1 of 2" not in text_of(app)
+    assert "no PCC breaker" in text_of(app)
+    assert sent == []

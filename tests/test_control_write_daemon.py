@@ -93,6 +93,8 @@ async def test_api_overrides_and_breaker_commands_answer_with_what_the_device_to
         await wait_for(lambda: "bat" in comp.controller.visible
                        and comp.controller.grid_ok is True, "control running")
         async with ApiClient(daemon.socket_path) as api:
+            status = await api.request("control_status")  # the console refuses on it
+            assert status["pcc_breaker"] == "pcc"
             r = await api.request("override_set", device="bat", point="p_set_kw", value=4.0,
                                   duration_s=600)
             assert r["written"] is True and r["read_back"] == 4.0 and r["at"] > 0
