@@ -11,6 +11,8 @@
    each wake-up is, first with nothing else (baseline), then while the same training
    runs in the analytics worker thread. Printed: p50/p99/max lateness and the ratio of
    p99 with training to p99 without (both measured in this run).
+5. Anomaly detectors on the held-out scenario families (bench/analytics_detect.py):
+   precision, recall, false alarms per detector, days to find each fault.
 """
 
 from __future__ import annotations
@@ -134,6 +136,10 @@ def main() -> None:
         r99 = np.percentile(busy, 99) / max(np.percentile(base, 99), 1e-3)
         rmax = max(busy) / max(max(base), 1e-3)
         print(f"  [{worker}] ratio training/baseline: p99 {r99:.2f}, max {rmax:.2f}")
+
+    import bench.analytics_detect as detect  # the detectors on the held-out families
+
+    detect.main(["--families", "held_out"])
 
 
 if __name__ == "__main__":

@@ -298,16 +298,22 @@ def test_analytics_screen_shows_forecast_band_anomalies_and_battery_health() -> 
     d.set_answer("anomalies", [{"device": "pv_roof", "signal": "p_kw", "score": 0.93,
                                 "explanation": "PV output 40 % below expected",
                                 "ts": "2026-01-01T10:00:00+00:00", "detector": "pv"}])
-    d.set_answer("battery_health", {"batteries": ["battery"], "reports": {"battery": {
-        "device": "battery", "soh_pct": 97.5, "resistance_mohm": 41.0,
-        "soh_slope_pct_per_year": -2.1, "remaining_life_years": 8.3}}})
+    d.set_answer("battery_health", {"batteries": ["battery", "bess2"], "reports": {
+        "battery": {"device": "battery", "soh_pct": 97.5, "soh_ci_pct": 0.9,
+                    "capacity_kwh": 48.8, "n_cycles": 12, "resistance_mohm": 41.0,
+                    "resistance_ci_mohm": 1.5, "soh_slope_pct_per_year": -2.1,
+                    "remaining_life_years": 8.3},
+        "bess2": {"device": "bess2", "capacity_note": "not enough data: 1 charge and 2 "
+                  "discharge cycles", "resistance_note": "not enough data: 4 of 30 steps"}}})
     app = ConsoleApp(d)
     text = show(app, "analytics")
     assert "Site load fc    8.0 [6.0-12.5] actual    9.5 kW" in text
     assert "random_forest" in text and "model v3" in text
     assert "▁" in text and "█" in text  # the next 24 h as a sparkline
     assert "pv_roof" in text and "0.93" in text and "40 % below expected" in text
-    assert "SOH 97.5 %" in text and "life 8.3 yr" in text
+    assert "SOH 97.5 ± 0.9 %" in text and "life 8.3 yr" in text
+    assert "R 41.0 ± 1.5 mΩ" in text
+    assert "bess2" in text and "SOH not enough data: 1 charge" in text
     d.set_answer("forecast", {"available": False, "error": "needs 17 days of history"})
     app.refresh(force=True)
     assert "no forecast model yet (needs 17 days of history)" in text_of(app)

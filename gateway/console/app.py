@@ -221,6 +221,16 @@ class ConsoleApp:
 
     # -- running -------------------------------------------------------------------------
 
+    async def call(self, cmd: str, **params: Any) -> Any:
+        """One API request for a screen's own flow (ApiUnavailable when not connected)."""
+        if self.bridge is None:
+            raise ApiUnavailable("not connected to the daemon")
+        return await self.bridge.call(cmd, **params)
+
+    def spawn(self, coro: Any, name: str) -> None:
+        """Run a screen's own follow-up work (e.g. waiting for a training's outcome)."""
+        self._spawn(coro, name)
+
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.append(task)

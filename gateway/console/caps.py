@@ -43,6 +43,7 @@ CAPS: dict[str, Cap] = {
     "anomalies": Cap(("anomalies",), ANALYTICS),  # [{device, signal, score, explanation, ts}]
     "battery_health": Cap(("battery_health",), ANALYTICS),  # {batteries, reports: {dev: ..}}
     "train": Cap(("analytics_train",), ANALYTICS),
+    "training_status": Cap(("analytics_training",), ANALYTICS),  # {run, state, error?, ...}
     # cluster and trading
     "cluster": Cap(("cluster_status", "cluster"), CLUSTER),
     "orders": Cap(("order_book", "orders"), TRADING),

@@ -176,6 +176,8 @@ class ControlStore:
         a.acked_s = time.time() if now is None else now
         a.acked_by = user
         self._save(a)
+        for fn in list(self.listeners):  # e.g. an alarm that acknowledging ends
+            fn(a)
         return a
 
     def listing(self, active_only: bool = False) -> list[dict[str, Any]]:
