@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,12 +125,14 @@ class Weather:
     """Weather at one site; deterministic for a given seed."""
 
     def __init__(self, latitude: float, longitude: float, timezone: str,
-                 settings: WeatherSettings, seed: int = 0) -> None:
+                 settings: WeatherSettings, seed: int = 0, cache_days: int = _CACHE_DAYS
+                 ) -> None:
         self.latitude = latitude
         self.longitude = longitude
         self.timezone = timezone
         self.settings = settings
         self.seed = seed
+        self.cache_days = cache_days  # a whole year for reference data; 3 for the simulator
         self._days: dict[int, DayWeather] = {}
         self._poa: dict[tuple[int, float, float], np.ndarray] = {}
         lat = abs(latitude)
@@ -143,7 +146,7 @@ class Weather:
         got = self._days.get(d)
         if got is None:
             got = self._compute_day(d)
-            if len(self._days) >= _CACHE_DAYS:
+            if len(self._days) >= self.cache_days:
                 del self._days[min(self._days)]
             self._days[d] = got
         return got
@@ -155,7 +158,7 @@ class Weather:
         arr = self._poa.get(key)
         if arr is None:
             arr = self._compute_poa(self.day(t), tilt_deg, azimuth_deg)
-            if len(self._poa) >= 64:
+            if len(self._poa) >= max(64, 2 * self.cache_days):
                 self._poa.clear()
             self._poa[key] = arr
         return interp(arr, d * DAY_S, t)
@@ -171,8 +174,27 @@ class Weather:
     def poa_series(self, start: float, end: float, step_s: float, tilt_deg: float,
                    azimuth_deg: float) -> np.ndarray:
         """Vectorised POA over [start, end) (for tests and forecasts)."""
-        ts = np.arange(start, end, step_s)
-        return np.array([self.poa_w_m2(float(t), tilt_deg, azimuth_deg) for t in ts])
+        return self.poa_at(np.arange(start, end, step_s), tilt_deg, azimuth_deg)
+
+    def poa_at(self, ts: np.ndarray, tilt_deg: float, azimuth_deg: float) -> np.ndarray:
+        """``poa_w_m2`` at many epoch seconds (a year of quarters in well under a second)."""
+        return self._per_day(ts, lambda t: (self.poa_w_m2(t, tilt_deg, azimuth_deg),
+                                            self._poa[(int(t // DAY_S), tilt_deg,
+                                                       azimuth_deg)])[1])
+
+    def temp_at(self, ts: np.ndarray) -> np.ndarray:
+        """``temp_air_c`` at many epoch seconds."""
+        return self._per_day(ts, lambda t: self.day(t).temp_c)
+
+    def _per_day(self, ts: np.ndarray, arrays: Callable[[float], np.ndarray]) -> np.ndarray:
+        ts = np.asarray(ts, dtype=float)
+        out = np.empty(ts.shape)
+        days = (ts // DAY_S).astype(np.int64)
+        grid = np.arange(_N) * RES_S
+        for d in np.unique(days):
+            sel = days == d
+            out[sel] = np.interp(ts[sel] - d * DAY_S, grid, arrays(float(d * DAY_S)))
+        return out
 
     # --- daily precomputation ----------------------------------------------------------
     def _compute_day(self, d: int) -> DayWeather:
