@@ -218,13 +218,14 @@ def test_cli_forecast_prints_metrics_and_writes_plot(tmp_path: Path,
 
     png = tmp_path / "fc.png"
     rc = main(["forecast", "-c", str(DEMO), "--source", "reference", "--days", "7",
-               "--retrain-days", "7", "--trees", "5", "--plot", str(png), "--model-dir",
-               str(tmp_path / "m"), "--no-progress"])
+               "--val-days", "7", "--retrain-days", "7", "--trees", "5", "--plot", str(png),
+               "--model-dir", str(tmp_path / "m"), "--no-progress"])
     out = capsys.readouterr().out
     print(out)
     assert rc == 0
-    assert "== load" in out and "== pv" in out and "skill vs seasonal_naive_7d" in out
-    assert "vs clear-sky persistence" in out and "mae_kw" in out
+    assert "== load" in out and "== pv" in out and "skill vs the strongest naive method" in out
+    assert "cs_persistence" in out and "seasonal_naive_1d" in out and "mae_kw" in out
+    assert "scored on the test window" in out and "<- chosen" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "m" / "forecast-v1.pkl").is_file()
     assert main(["forecast", "-c", str(DEMO), "--source", "historian"]) == 1  # no historian
