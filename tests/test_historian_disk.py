@@ -145,3 +145,32 @@ async def test_status_shows_a_full_disk_while_the_daemon_keeps_serving(tmp_path:
         await daemon.shutdown()
     assert daemon.stop_problems == [f"20 historian rows not written to "
                                     f"{tmp_path / 'history.sqlite'} (disk full)"]
+
+
+async def test_disk_full_raises_an_alarm_that_clears_when_writes_recover(tmp_path: Path) -> None:
+    from gateway.control.component import historian_alarm
+
+    h = Historian(HistorianConfig(path=tmp_path / "history.sqlite", batch_size=BATCH,
+                                  flush_interval_s=3600))
+    await h.start()
+    store = ControlStore(tmp_path / "control.sqlite")
+    store.open()
+    try:
+        historian_alarm(store, h)
+        assert "historian:write" not in store.alarms
+        make_full(h)
+        fill(h, 100)
+        assert await h.flush() == 0
+        historian_alarm(store, h)
+        alarm = store.alarms["historian:write"]
+        assert alarm.active and alarm.severity == "critical"
+        assert alarm.message.startswith(f"disk full: cannot write {h.path}")
+        db = h._db
+        assert db is not None
+        db.execute("PRAGMA max_page_count = 1000000")  # space again
+        assert await h.flush() > 0
+        historian_alarm(store, h)
+        assert not store.alarms["historian:write"].active
+    finally:
+        store.close()
+        await h.stop()
