@@ -85,3 +85,12 @@ def test_clear_summer_day_matches_pvlibs_pvwatts_chain() -> None:
     assert e_ref > 150.0  # a long clear June day on 30 kWp
     assert abs(e_sim / e_ref - 1.0) < 0.03, (e_sim, e_ref)
     assert abs(sim.max() / float(np.max(ac)) - 1.0) < 0.03
+
+
+def test_every_clear_sky_model_gives_beam_and_diffuse() -> None:
+    """Haurwitz gives global irradiance only; the site still gets beam and diffuse."""
+    noon = pd.Timestamp("2025-06-21 11:00", tz="UTC").timestamp()
+    for model in ("haurwitz", "simplified_solis"):
+        w = Weather(48.0, 11.0, "Europe/Berlin", WeatherSettings(model=model, cloudiness=0.0),
+                    seed=1)
+        assert w.poa_w_m2(noon, 30.0, 180.0) > 500.0, model

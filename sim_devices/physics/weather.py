@@ -232,6 +232,9 @@ class Weather:
         model = _TMY_CS_MODEL if self.settings.model == "tmy" else self.settings.model
         loc = pvlib.location.Location(self.latitude, self.longitude)
         cs = loc.get_clearsky(times, model=model, solar_position=sp)
+        if "dni" not in cs:  # haurwitz gives GHI only: split it into beam and diffuse
+            split = pvlib.irradiance.erbs(cs["ghi"], sp["zenith"], times)
+            cs = cs.assign(dni=split["dni"], dhi=split["dhi"])
         up = sp["apparent_zenith"].to_numpy(dtype=float) < 90
         return tuple(np.where(up, np.nan_to_num(cs[k].to_numpy(dtype=float)).clip(min=0.0), 0.0)
                      for k in ("ghi", "dni", "dhi"))  # type: ignore[return-value]
