@@ -5,6 +5,30 @@ from __future__ import annotations
 import time
 from typing import Any
 
+# C0/C1 control characters and the bidirectional overrides: a device (a Modbus string
+# register, a DNP3 octet string, an error text) must not be able to move the cursor, clear
+# the screen or reorder what an operator reads.
+_UNSAFE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_UNSAFE.update({c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a))})
+_UNSAFE.update({ord("\t"): " ", ord("\n"): " ", ord("\r"): " "})
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every control character shown as an escape (ESC -> ``\\x1b``), so
+    a device-supplied string cannot drive the operator's terminal."""
+    return text.translate(_UNSAFE)
+
+
+def sanitized(obj: Any) -> Any:
+    """A copy of a JSON-like answer with every string (keys too) made safe to print."""
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if isinstance(obj, dict):
+        return {safe_text(k) if isinstance(k, str) else k: sanitized(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [sanitized(v) for v in obj]
+    return obj
+
 _FLOW = [
     ("Grid", "grid_kw", "importing", "exporting"),
     ("PV", "pv_kw", "producing", "consuming"),
@@ -60,6 +84,7 @@ _KEY_POINTS = {
 def render(snapshot: dict[str, Any], title: str = "AutoGrid", now: float | None = None) -> str:
     """The snapshot (from SiteState.snapshot or the API) as an operator-readable page."""
     now = time.time() if now is None else now
+    snapshot = sanitized(snapshot)
     s = snapshot["summary"]
     lines = [f"{title} — {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}", "",
              "Power flow"]

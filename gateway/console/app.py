@@ -26,6 +26,7 @@ from gateway.console.data import ConsoleData
 from gateway.console.dialogs import Dialog
 from gateway.console.screens import SCREENS, Screen
 from gateway.console.theme import palette
+from gateway.summary import safe_text
 
 log = logging.getLogger("autogrid.console")
 
@@ -67,7 +68,8 @@ class ConsoleApp:
     # -- Ctx for the screens -------------------------------------------------------------
 
     def notify(self, text: str, level: str = "notice") -> None:
-        self.message = (text, "error" if level == "error" else "notice", time.time())
+        self.message = (safe_text(text), "error" if level == "error" else "notice",
+                        time.time())
         self._draw_status()
 
     def dialog(self, dlg: Dialog) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from gateway.apiclient import ApiClient, ApiRequestError, ApiUnavailable
 from gateway.console import caps
 from gateway.console.data import ConsoleData
+from gateway.summary import safe_text, sanitized
 
 SUBSCRIBE_INTERVAL_S = 0.25  # 4 updates per second at most
 
@@ -62,7 +63,9 @@ class Bridge:
             params["token"] = self.token
         async with self._lock:
             try:
-                return await self._req.request(cmd, **params)
+                # Every string a device or the daemon sends is made safe to print here,
+                # once, before any screen can show it.
+                return sanitized(await self._req.request(cmd, **params))
             except (OSError, TimeoutError) as exc:
                 raise ApiUnavailable(f"lost the daemon: {exc or type(exc).__name__}") from None
 
@@ -79,20 +82,24 @@ class Bridge:
         try:
             self.data.set_answer(cap, await self.call(cmd, **params))
         except ApiRequestError as exc:
-            self.data.set_answer(cap, error=str(exc))
+            self.data.set_answer(cap, error=safe_text(str(exc)))
 
     async def refresh_fast(self) -> None:
         self.data.set_summary(await self.call("summary"))
 
     async def refresh_slow(self) -> None:
+        """Statistics and each device's health. The health comes from the snapshot, which
+        carries polls and latency (the device list does not, so they froze at connect)."""
         self.data.stats = await self.call("stats")
-        self.data.set_devices(await self.call("devices"))
+        snap = await self.call("snapshot")
+        self.data.set_devices([{**dev, "id": dev_id}
+                               for dev_id, dev in snap.get("devices", {}).items()])
 
     async def follow(self, on_update: Callable[[], None]) -> None:
         """Apply subscription events until the connection closes."""
         assert self._sub is not None
         async for event in self._sub.events():
-            self.data.apply_update(event)
+            self.data.apply_update(sanitized(event))
             on_update()
 
 

@@ -1,0 +1,111 @@
+"""What operators rely on in the console, against a real API server in the same loop:
+device strings cannot drive the terminal, Diagnostics keeps counting, an alarm opens its
+detail on Enter and is acknowledged once, and screens are found by their tab label."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.api import ApiServer, Caller
+from gateway.console.app import ConsoleApp
+from gateway.console.bridge import Bridge
+from gateway.console.data import ConsoleData
+from gateway.model import Nature
+from gateway.state import DeviceState, SiteState
+from gateway.summary import render
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\x9b31m"
+
+
+def make_state() -> SiteState:
+    state = SiteState()
+    state.add_device(DeviceState("grid_meter", Nature.METER, max_age_s=30,
+                                 protocol="modbus_tcp", role="grid"))
+    state.add_device(DeviceState("pv_roof", Nature.PV_INVERTER, max_age_s=30,
+                                 protocol="modbus_tcp"))
+    state.update("grid_meter", {"p_kw": 5.0, "v_v": 230.0}, time.time(), latency_ms=1.0)
+    state.update("pv_roof", {"p_kw": 2.0, "state": f"MPPT{ESCAPES}"}, time.time())
+    return state
+
+
+class Alarms:
+    """Alarm commands with the control component's shape; counts acknowledgements."""
+
+    def __init__(self, api: ApiServer) -> None:
+        self.acks: list[str] = []
+        self.alarms = [{"key": "pv_roof:comm", "source": "pv_roof", "severity": "warning",
+                        "message": "inverter reports " + "a very long reason " * 5 + "END",
+                        "raised_s": time.time(), "active": True, "acked_by": None}]
+        api.register("alarms", lambda r, c: self.alarms, role="viewer")
+        api.register("audit", lambda r, c: [], role="viewer")
+        api.register("alarm_ack", self.ack, role="operator")
+
+    def ack(self, req: dict[str, Any], caller: Caller) -> Any:
+        self.acks.append(str(req.get("key")))
+        self.alarms[0]["acked_by"] = caller.user
+        self.alarms[0]["acked_s"] = time.time()
+        return self.alarms[0]
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> Any:
+    state = make_state()
+    api = ApiServer(state, tmp_path / "api.sock", "gw1", lambda: {"devices": {}})
+    alarms = Alarms(api)
+    await api.start()
+    data = ConsoleData()
+    bridge = Bridge(api.path, data, interval_s=0.05)
+    await bridge.connect()
+    app = ConsoleApp(data, bridge)
+    try:
+        yield app, state, alarms
+    finally:
+        await bridge.close()
+        await api.stop()
+
+
+async def settle(app: ConsoleApp) -> None:
+    while app._tasks:
+        await asyncio.gather(*list(app._tasks))
+    app.refresh(force=True)
+
+
+def text_of(app: ConsoleApp, cols: int = 100, rows: int = 30) -> str:
+    return "\n".join(ln.decode("utf-8", "replace")
+                     for ln in app.top.render((cols, rows), focus=True).text)
+
+
+async def test_device_strings_are_shown_without_their_control_characters(live: Any) -> None:
+    app, state, _ = live
+    state.devices["pv_roof"].health.last_error = f"refused{ESCAPES}"
+    await app.bridge.refresh_slow()
+    app.go("devices")
+    await settle(app)
+    app.current.show("pv_roof")
+    app.refresh(force=True)
+    screen = text_of(app)
+    assert "\x1b" not in screen and "\x07" not in screen and "\x9b" not in screen
+    assert "MPPT\\x1b[2J" in screen  # what the device sent is still visible, as text
+    assert "refused\\x1b[2J" in screen
+    page = render(state.snapshot())
+    assert "\x1b" not in page and "MPPT\\x1b[2J" in page
+
+
+async def test_diagnostics_polls_and_latency_follow_the_device(live: Any) -> None:
+    app, state, _ = live
+    app.go("diagnostics")
+    await app.bridge.refresh_slow()
+    app.refresh(force=True)
+    assert app.data.devices["grid_meter"]["polls"] == 1
+    for i in range(4):
+        state.update("grid_meter", {"p_kw": 6.0 + i}, time.time(), latency_ms=42.5)
+    await app.bridge.refresh_slow()
+    app.refresh(force=True)
+    assert app.data.devices["grid_meter"]["polls"] == 5
+    row = next(ln for ln in text_of(app, 120).splitlines() if ln.startswith("grid_meter"))
+    assert "42.5 ms" in row and " 5 " in row
