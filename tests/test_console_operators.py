@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ from gateway.api import ApiServer, Caller
 from gateway.console.app import ConsoleApp
 from gateway.console.bridge import Bridge
 from gateway.console.data import ConsoleData
+from gateway.console.main import screen_name
+from gateway.console.sitetime import SiteTimeSource
 from gateway.model import Nature
 from gateway.state import DeviceState, SiteState
 from gateway.summary import render
 
+SIM_START = datetime(2025, 6, 21, 6, 0, tzinfo=UTC).timestamp()
 ESCAPES = "\x1b[2J\x1b]0;owned\x07\x9b31m"
 
 
@@ -57,6 +61,13 @@ async def live(tmp_path: Path) -> Any:
     state = make_state()
     api = ApiServer(state, tmp_path / "api.sock", "gw1", lambda: {"devices": {}})
     alarms = Alarms(api)
+    site = SiteTimeSource("Europe/Berlin")  # a simulation at 60x, 06:00 UTC = 08:00 CEST
+    sim_start, wall_start = SIM_START, time.time()
+    site.use_simulation(lambda: sim_start + (time.time() - wall_start) * 60, 60)
+    api.register("site_time", lambda r, c: site.answer(), role="viewer")
+    api.register("ev_sessions", lambda r, c: {"active": [
+        {"charger": "ev_bay1", "priority": "fleet", "departure_s": SIM_START + 9 * 3600}],
+        "history": []}, role="viewer")
     await api.start()
     data = ConsoleData()
     bridge = Bridge(api.path, data, interval_s=0.05)
@@ -73,6 +84,12 @@ async def settle(app: ConsoleApp) -> None:
     while app._tasks:
         await asyncio.gather(*list(app._tasks))
     app.refresh(force=True)
+
+
+def press(app: ConsoleApp, key: str, size: tuple[int, int] = (80, 24)) -> None:
+    """A key as urwid's main loop delivers it: widgets first, then the app."""
+    if app.top.keypress(size, key) is not None:
+        app.handle_key(key)
 
 
 def text_of(app: ConsoleApp, cols: int = 100, rows: int = 30) -> str:
@@ -109,3 +126,41 @@ async def test_diagnostics_polls_and_latency_follow_the_device(live: Any) -> Non
     assert app.data.devices["grid_meter"]["polls"] == 5
     row = next(ln for ln in text_of(app, 120).splitlines() if ln.startswith("grid_meter"))
     assert "42.5 ms" in row and " 5 " in row
+
+
+async def test_enter_opens_the_alarm_and_a_acknowledges_it_once(live: Any) -> None:
+    app, _, alarms = live
+    app.go("alarms")
+    await settle(app)
+    screen = text_of(app, 80, 24)
+    assert "END" in screen  # the whole message, wrapped, at 80 columns
+    press(app, "enter")
+    detail = text_of(app, 80, 24)
+    assert "Alarm pv_roof:comm" in detail and "not acknowledged" in detail
+    assert alarms.acks == []  # Enter only opens it
+    press(app, "a")  # acknowledge from the detail
+    await settle(app)
+    assert alarms.acks == ["pv_roof:comm"]
+    press(app, "a")
+    await settle(app)
+    assert alarms.acks == ["pv_roof:comm"]  # not sent twice
+    assert "already acknowledged by" in text_of(app, 100, 30)
+
+
+async def test_times_are_on_the_site_clock_in_the_site_zone(live: Any) -> None:
+    app, _, _ = live
+    app.go("ev")
+    await settle(app)
+    screen = text_of(app, 80, 24)
+    header = screen.splitlines()[0]
+    assert "08:0" in header and "CEST sim 60x" in header, header
+    row = next(ln for ln in screen.splitlines() if ln.startswith("ev_bay1"))
+    assert "17:00:00" in row  # departure on the site clock, Berlin summer time
+
+
+def test_screens_open_by_tab_label_and_number() -> None:
+    assert screen_name("forecast") == "analytics"
+    assert screen_name("Diag") == "diagnostics"
+    assert screen_name("7") == "alarms"
+    with pytest.raises(ValueError, match="unknown screen 'forcast'"):
+        screen_name("forcast")

@@ -16,6 +16,7 @@ from typing import Any
 from gateway.apiclient import ApiClient, ApiRequestError, ApiUnavailable
 from gateway.console import caps
 from gateway.console.data import ConsoleData
+from gateway.console.sitetime import SiteClock
 from gateway.summary import safe_text, sanitized
 
 SUBSCRIBE_INTERVAL_S = 0.25  # 4 updates per second at most
@@ -44,6 +45,7 @@ class Bridge:
         # (the other order loses it until the point changes again, e.g. a breaker trip).
         await self._sub.start_subscription(interval_s=self.interval_s)
         self.data.set_snapshot(await self.call("snapshot"))
+        await self.refresh_clock()
         if "summary_history" in self.data.commands and not self.data.seeded:
             with contextlib.suppress(ApiRequestError):
                 self.data.seed_history(await self.call("summary_history"))
@@ -87,10 +89,16 @@ class Bridge:
     async def refresh_fast(self) -> None:
         self.data.set_summary(await self.call("summary"))
 
+    async def refresh_clock(self) -> None:
+        """The site's clock and zone, when the daemon tells them (``site_time``)."""
+        if "site_time" in self.data.commands:
+            self.data.set_clock(SiteClock.from_answer(await self.call("site_time")))
+
     async def refresh_slow(self) -> None:
         """Statistics and each device's health. The health comes from the snapshot, which
         carries polls and latency (the device list does not, so they froze at connect)."""
         self.data.stats = await self.call("stats")
+        await self.refresh_clock()
         snap = await self.call("snapshot")
         self.data.set_devices([{**dev, "id": dev_id}
                                for dev_id, dev in snap.get("devices", {}).items()])
