@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="simulated site + gateway with site_configs/demo.yaml")
     d.add_argument("-c", "--config", default=None, help="site config (default: demo.yaml)")
     d.add_argument("--duration", type=float, help="stop after this many seconds")
-    d.add_argument("--interval", type=float, default=1.0, help="refresh period of the summary")
+    d.add_argument("--interval", type=float, default=None,
+                   help="seconds between summaries (default: 1 on a terminal; otherwise 10, "
+                        "one line each, and a line at once when health, mode or alarms "
+                        "change)")
     d.add_argument("--speed", type=float, help="simulated seconds per real second")
 
     c = sub.add_parser("check", help="validate a site config; lists every error")
@@ -167,13 +170,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.apiclient import ApiClient
-    from gateway.summary import render
+    from gateway.summary import fetch_picture, render
 
     path = _socket_from_args(args)
 
     async def fetch() -> Any:
         async with ApiClient(path) as client:
-            return await client.request("snapshot")
+            return await fetch_picture(client)
 
     snap = asyncio.run(fetch())
     if args.json:

@@ -164,3 +164,18 @@ def test_screens_open_by_tab_label_and_number() -> None:
     assert screen_name("7") == "alarms"
     with pytest.raises(ValueError, match="unknown screen 'forcast'"):
         screen_name("forcast")
+
+
+def test_sparkline_scale_includes_zero_and_a_minimum_span_and_gaps_stay_blank() -> None:
+    from gateway.console.widgets import BLOCKS, spark_range, sparkline
+
+    now = 1000.0
+    small = [(now - 50 + i, 0.1) for i in range(50)]
+    lo, hi = spark_range(small, 2.0)
+    assert (lo, hi) == (0.0, 2.0)
+    line = sparkline(small, 10, now, 100.0, True, lo, hi)
+    assert BLOCKS[-1] not in line and line.strip() == BLOCKS[0] * 5  # 0.1 kW is a low bar
+    # data for the first 10 s, then nothing for 90 s: the gap is not drawn over
+    early = [(now - 100 + i, 5.0) for i in range(10)]
+    line = sparkline(early, 10, now, 100.0, True, 0.0, 5.0, gap_s=30.0)
+    assert line[0] == BLOCKS[-1] and line[5:] == " " * 5

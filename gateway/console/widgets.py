@@ -20,33 +20,60 @@ ASCII_BLOCKS = "_.-:=+*#"
 
 
 def sparkline(samples: Sequence[tuple[float, float]], width: int, now: float,
-              window_s: float, unicode: bool = True) -> str:
+              window_s: float, unicode: bool = True, lo: float | None = None,
+              hi: float | None = None, gap_s: float | None = None) -> str:
     """``samples`` (ts, value) of the last ``window_s`` seconds as ``width`` characters;
-    each character is the mean of its time bucket; a bucket without a sample holds the
-    previous value, and is blank before the first sample."""
+    each character is the mean of its time bucket on the scale ``lo``..``hi`` (default: the
+    samples' own range). A bucket without a sample holds the previous value for ``gap_s``
+    at most (default: always); past that, and before the first sample, it is blank, so a
+    gap in the data shows as a gap."""
     if width <= 0:
         return ""
     step = window_s / width
     sums = [0.0] * width
     counts = [0] * width
+    last_ts = [float("-inf")] * width
     for ts, v in samples:
         i = int((ts - (now - window_s)) / step)
         if 0 <= i < width:
             sums[i] += v
             counts[i] += 1
+            last_ts[i] = max(last_ts[i], ts)
     vals = [s / c for s, c in zip(sums, counts, strict=True) if c]
     if not vals:
         return " " * width
-    lo, hi = min(vals), max(vals)
+    lo = min(vals) if lo is None else lo
+    hi = max(vals) if hi is None else hi
     chars = BLOCKS if unicode else ASCII_BLOCKS
     out = []
-    prev = " "
-    for s, c in zip(sums, counts, strict=True):
+    prev, seen = " ", float("-inf")
+    for i, (s, c) in enumerate(zip(sums, counts, strict=True)):
         if c:
             frac = 0.5 if hi == lo else (s / c - lo) / (hi - lo)
-            prev = chars[min(len(chars) - 1, int(frac * len(chars)))]
+            prev = chars[max(0, min(len(chars) - 1, int(frac * len(chars))))]
+            seen = last_ts[i]
+        elif gap_s is not None and now - window_s + (i + 1) * step - seen > gap_s:
+            prev = " "
         out.append(prev)
     return "".join(out)
+
+
+def spark_range(samples: Sequence[tuple[float, float]], min_span: float,
+                floor: float | None = 0.0) -> tuple[float, float]:
+    """A sparkline's scale: the samples' range widened to include ``floor`` (zero for
+    power) and to at least ``min_span``, so 0.1 kW does not fill a bar."""
+    vals = [v for _, v in samples] or [0.0]
+    lo, hi = min(vals), max(vals)
+    if floor is not None:
+        lo, hi = min(lo, floor), max(hi, floor)
+    if hi - lo < min_span:
+        mid = (hi + lo) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+        if floor is not None and lo < floor <= min(vals):
+            lo, hi = floor, floor + min_span
+        elif floor is not None and hi > floor >= max(vals):
+            lo, hi = floor - min_span, floor
+    return lo, hi
 
 
 def flow_bar(value: float | None, scale: float, width: int, unicode: bool = True) -> str:
