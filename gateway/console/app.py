@@ -158,10 +158,11 @@ class ConsoleApp:
                  f" AutoGrid > {self.current.title}")
         # Most important first, so a narrow terminal loses the least useful part.
         state = [link] + ([f"alarms {n}"] if n is not None else [])
-        who = [f"gateway {d.ping.get('gateway', '?')}", f"{d.user} ({d.role})"]
-        self.header_text.set_choices([sep.join([title, *state, *who]),
-                                      sep.join([title, *state, who[0]]),
-                                      sep.join([title, *state])])
+        who = f"{d.user} ({d.role})"
+        self.header_text.set_choices([
+            sep.join([title, *state, f"gateway {d.ping.get('gateway', '?')}", who]),
+            sep.join([title, *state, who]), sep.join([title, *state, d.role]),
+            sep.join([title, *state])])
         self.clock.set_text(self.clock_text() + " ")
         cols = self.header.original_widget
         width = len(self.clock.text)
