@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--screen", help="screen to open first (overview, devices, alarms, ...)")
 
     e = sub.add_parser("export", help="export historian data to CSV")
-    e.add_argument("-c", "--config", help="site config (to find the historian database)")
+    e.add_argument("-c", "--config", help="site config: the historian database, the site's "
+                   "time zone and the points' resolution (without it: UTC, noise-free floats)")
     e.add_argument("--db", help="historian database path (instead of -c)")
     e.add_argument("--from", dest="start", help="start time, ISO 8601 with offset")
     e.add_argument("--to", dest="end", help="end time, ISO 8601 with offset")
@@ -208,18 +209,19 @@ def cmd_console(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from gateway.export import export_csv
 
+    cfg = _load(args.config).config if args.config else None
     if args.db:
         db = Path(args.db)
-    elif args.config:
-        db = Path(_load(args.config).config.historian.path)
+    elif cfg is not None:
+        db = Path(cfg.historian.path)
     else:
         raise UsageError("give the historian with --db PATH or -c CONFIG")
     if args.output:
         with open(args.output, "w", newline="", encoding="utf-8") as fh:
-            n = export_csv(db, fh, args.start, args.end, args.device, args.wide)
+            n = export_csv(db, fh, args.start, args.end, args.device, args.wide, cfg)
         print(f"{args.output}: {n} rows", file=sys.stderr)
     else:
-        export_csv(db, sys.stdout, args.start, args.end, args.device, args.wide)
+        export_csv(db, sys.stdout, args.start, args.end, args.device, args.wide, cfg)
     return EXIT_OK
 
 

@@ -7,10 +7,12 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.config.models import SiteConfig
 from gateway.daemon import Daemon
+from gateway.export import record_sim_run
 from gateway.summary import active_alarms, mode_text, one_line, render, site_time_text
 
 log = logging.getLogger("autogrid.demo")
@@ -46,6 +48,8 @@ def _on_sim_time(daemon: Daemon, runner: object) -> None:
             comp.controller.clock = clock.now  # type: ignore[attr-defined]
         if comp.name == "console":
             comp.site_time.use_simulation(clock.now, clock.speed)  # type: ignore[attr-defined]
+    if daemon.cfg.historian.enabled:  # so `autogrid export` can put samples on this clock
+        record_sim_run(Path(daemon.cfg.historian.path), clock.now(), clock.speed)
 
 
 def picture(daemon: Daemon) -> dict[str, Any]:
