@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sim", help="serve the site's simulated devices on 127.0.0.1")
     s.add_argument("-c", "--config", required=True, help="site config (YAML)")
-    s.add_argument("--speed", type=float, help="simulated seconds per real second")
+    s.add_argument("--speed", type=float, help="simulated seconds per real second "
+                   "(default: simulation.clock.speed of the config)")
     s.add_argument("--control-socket", help="Unix socket for fault injection and grid loss")
 
     d = sub.add_parser("demo", help="simulated site + gateway with site_configs/demo.yaml")
@@ -47,10 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between summaries (default: 1 on a terminal; otherwise 10, "
                         "one line each, and a line at once when health, mode or alarms "
                         "change)")
-    d.add_argument("--speed", type=float, help="simulated seconds per real second")
+    d.add_argument("--speed", type=float, help="simulated seconds per real second "
+                   "(default: simulation.clock.speed of the config)")
 
     c = sub.add_parser("check", help="validate a site config; lists every error")
-    c.add_argument("config", help="site config (YAML)")
+    c.add_argument("config", nargs="?", help="site config (YAML)")
+    c.add_argument("-c", "--config", dest="config_opt", metavar="CONFIG",
+                   help="the same, as the other commands take it")
 
     st = sub.add_parser("status", help="show the running daemon's site summary")
     st.add_argument("-c", "--config", help="site config, to find the daemon's socket")
@@ -85,7 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.analytics.report import add_parser as add_forecast_parser
 
     add_forecast_parser(sub)
+    for action in sub._choices_actions:  # each command's --help opens with what it does
+        cmd = sub.choices[action.dest]
+        if not cmd.description and action.help:
+            cmd.description = action.help[0].upper() + action.help[1:] + "."
+        cmd.formatter_class = DefaultsHelpFormatter
     return p
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that names each option's default, where it has one worth naming."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "default" in text.lower() or default in (None, False, argparse.SUPPRESS) or \
+                not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _load(path: str) -> Any:
@@ -97,7 +118,13 @@ def _load(path: str) -> Any:
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config.loader import run_check
 
-    return run_check(args.config, sys.stdout)
+    if args.config and args.config_opt and args.config != args.config_opt:
+        raise UsageError(f"two configs given ({args.config} and -c {args.config_opt}); "
+                         f"check one at a time")
+    path = args.config or args.config_opt
+    if not path:
+        raise UsageError("which config? autogrid check site.yaml (or -c site.yaml)")
+    return run_check(path, sys.stdout)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
