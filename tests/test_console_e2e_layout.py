@@ -1,7 +1,9 @@
 """The real console in tmux against `autogrid demo`, at 80x24 and 120x40: the header clock
-and key bar are whole, the Overview shows devices and active alarms, an alarm opens on
-Enter with its whole message, Diagnostics keeps counting, and `autogrid status` says the
-same mode, alarm count and site clock as the console (parity)."""
+(the simulated site clock) and key bar are whole, the Overview shows devices, active
+alarms and the sparklines' scale, EV departures are in the site's zone, no tracker jargon,
+an alarm's message is whole and opens on Enter, it is acknowledged once, Diagnostics keeps
+counting, and `autogrid status` says the same mode, alarm count and site clock as the
+console (parity)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ def test_console_layout_and_status_parity(demo: Path, tmp_path: Path,  # noqa: F
                      "water_heater")):
             assert re.search(rf"good +{dev} ", s), dev
 
+        # each power-flow row shows its sparkline's scale
+        assert re.search(r"Grid .*\b0\.\.\d+", s) and "0..100" in s
+
         # status says what the console says (same words, same sources)
         st = run(["status", "--socket", str(demo)], tmp_path)
         assert st.returncode == 0, st.stderr
@@ -46,8 +51,19 @@ def test_console_layout_and_status_parity(demo: Path, tmp_path: Path,  # noqa: F
         assert "cell over temperature" in st.stdout
 
         # an alarm opens on Enter, its whole message shown; nothing is acknowledged
-        tm.keys("7")
-        tm.wait_for("critical", "cell over temperature", save=f"alarms-{cols}x{rows}")
+        # EV departures on the site clock in the site's zone (ev_bay2 leaves 17:30 Berlin
+        # time; this machine's zone may be another)
+        tm.keys("4")
+        tm.wait_until(lambda scr: re.search(r"^ev_bay2 .* 17:3\d:\d\d ", scr, re.M)
+                      is not None, f"ev-{cols}x{rows}")
+        tm.keys("5")
+        s = tm.wait_for("Energy trading is not part of this gateway yet",
+                        save=f"trading-{cols}x{rows}")
+        assert "issue" not in s.lower()
+
+        tm.keys("7")  # the whole message, wrapped at 80 columns, not cut
+        tm.wait_for("critical", "cell over temperature", "zero sent to",
+                    save=f"alarms-{cols}x{rows}")
         tm.keys("Enter")
         s = tm.wait_for("Alarm battery", "not acknowledged", "Enter/Esc: close",
                         save=f"alarm-detail-{cols}x{rows}")
