@@ -20,12 +20,17 @@ def safe_text(text: str) -> str:
 
 
 def sanitized(obj: Any) -> Any:
-    """A copy of a JSON-like answer with every string (keys too) made safe to print."""
-    if isinstance(obj, str):
-        return safe_text(obj)
-    if isinstance(obj, dict):
-        return {safe_text(k) if isinstance(k, str) else k: sanitized(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
+    """A copy of a JSON-like answer with every string (keys too) made safe to print.
+    (Hot: the console runs every live update through it; printable text is kept as is.)"""
+    t = type(obj)
+    if t is float or t is int or t is bool or obj is None:
+        return obj
+    if t is str:
+        return obj if obj.isprintable() else obj.translate(_UNSAFE)
+    if t is dict:
+        return {(k if type(k) is not str or k.isprintable() else k.translate(_UNSAFE)):
+                sanitized(v) for k, v in obj.items()}
+    if t is list or t is tuple:
         return [sanitized(v) for v in obj]
     return obj
 

@@ -59,15 +59,19 @@ class Bridge:
         self._req = self._sub = None
 
     async def call(self, cmd: str, **params: Any) -> Any:
+        # Every string a device or the daemon sends is made safe to print here, once,
+        # before any screen can show it.
+        return sanitized(await self.call_raw(cmd, **params))
+
+    async def call_raw(self, cmd: str, **params: Any) -> Any:
+        """The answer as sent: not safe to show until passed through ``sanitized``."""
         if self._req is None:
             raise ApiUnavailable("not connected to the daemon")
         if self.token:
             params["token"] = self.token
         async with self._lock:
             try:
-                # Every string a device or the daemon sends is made safe to print here,
-                # once, before any screen can show it.
-                return sanitized(await self._req.request(cmd, **params))
+                return await self._req.request(cmd, **params)
             except (OSError, TimeoutError) as exc:
                 raise ApiUnavailable(f"lost the daemon: {exc or type(exc).__name__}") from None
 
@@ -99,9 +103,10 @@ class Bridge:
         carries polls and latency (the device list does not, so they froze at connect)."""
         self.data.stats = await self.call("stats")
         await self.refresh_clock()
-        snap = await self.call("snapshot")
-        self.data.set_devices([{**dev, "id": dev_id}
-                               for dev_id, dev in snap.get("devices", {}).items()])
+        snap = await self.call_raw("snapshot")  # the points are not used here: not cleaned
+        self.data.set_devices(sanitized([
+            {**{k: v for k, v in dev.items() if k != "points"}, "id": dev_id}
+            for dev_id, dev in snap.get("devices", {}).items()]))
 
     async def follow(self, on_update: Callable[[], None]) -> None:
         """Apply subscription events until the connection closes."""
