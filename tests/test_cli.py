@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -64,14 +65,20 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
-    r = run(["demo", "--duration", "3", "--interval", "1"], tmp_path, timeout=90)
+    r = run(["demo", "--duration", "3"], tmp_path, timeout=90)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+    # not a terminal: one line at start and one per change of health, mode or alarms
+    # (the whole page every second made 1,300 lines a minute of a log)
+    assert "Power flow" not in r.stdout
+    lines = [ln for ln in r.stdout.splitlines() if "; devices " in ln]
     demo = yaml.safe_load((REPO / "site_configs" / "demo.yaml").read_text())
-    assert "Power flow" in r.stdout and f"{len(demo['devices'])} ok, 0 stale, 0 offline" \
-        in r.stdout
+    n = len(demo["devices"])
+    assert lines and f"devices {n} ok 0 stale 0 offline; mode normal" in r.stdout
+    tails = [ln.split("; devices ", 1)[1] for ln in lines]
+    assert all(a != b for a, b in pairwise(tails)), lines
     # demo.yaml's simulated day starts 2025-06-21 07:30 in Europe/Berlin, at 60x
-    assert "Simulated site time  2025-06-21 07:3" in r.stdout and "CEST (60x" in r.stdout
+    assert lines[0].startswith("2025-06-21 07:3") and " CEST " in lines[0]
     assert "stopped" in r.stdout
     assert not list(tmp_path.glob("*.sock")), "API socket left behind"
     assert (tmp_path / "autogrid-demo.sqlite").is_file()
@@ -97,8 +104,14 @@ def test_demo_stops_cleanly_on_ctrl_c_and_status_works_meanwhile(tmp_path: Path)
         snap = json.loads(status.stdout)
         assert snap["gateway"] == "gw1"
         assert snap["summary"]["grid_kw"] is not None
+        assert snap["mode"] == "normal" and isinstance(snap["alarms"], list)
+        assert snap["site_time"]["simulated"] is True
+        assert snap["site_time"]["timezone"] == "Europe/Berlin"
         text = run(["status", "--socket", str(sock)], tmp_path)
         assert "Power flow" in text.stdout and "grid_meter" in text.stdout
+        assert "Site mode normal   Active alarms " in text.stdout
+        assert "site time 2025-06-21 " in text.stdout
+        assert "(Europe/Berlin), simulated at 60x real time" in text.stdout
     finally:
         code, out, err = stop(proc)
     assert code == 0, err

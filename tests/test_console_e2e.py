@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,23 @@ class Tmux:
             time.sleep(0.2)
         self.save(f"FAILED-{save or 'wait'}", screen)
         raise AssertionError(f"never saw {texts!r} on the screen:\n{screen}")
+
+    def wait_until(self, ok: Callable[[str], bool], save: str, timeout: float = 60.0
+                   ) -> str:
+        """Wait until ``ok(screen)`` holds (a condition, not a sleep)."""
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            try:
+                if ok(screen):
+                    self.save(save, screen)
+                    return screen
+            except (StopIteration, ValueError, IndexError):
+                pass
+            time.sleep(0.2)
+        self.save(f"FAILED-{save}", screen)
+        raise AssertionError(f"the screen never met the condition ({save}):\n{screen}")
 
     def save(self, name: str, screen: str) -> None:
         self.n += 1

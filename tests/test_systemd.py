@@ -22,6 +22,7 @@ MAX_EXPOSURE = 2.5
 @pytest.fixture
 def installed(tmp_path: Path) -> Path:
     root = tmp_path / "root"
+    root.mkdir()
     r = run(["install", "--root", str(root)], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     return root

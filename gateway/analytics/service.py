@@ -23,7 +23,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,8 +174,11 @@ class AnalyticsService:
             if self.worker == "process":
                 if self._proc is None:
                     self._proc = ProcessPoolExecutor(
-                        max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-                path = await loop.run_in_executor(self._proc, job)
+                        max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_leave_interrupts_to_the_daemon)
+                with _interrupts_held():  # the worker starts with SIGINT held, see below
+                    started = loop.run_in_executor(self._proc, job)
+                path = await started
             else:
                 path = await loop.run_in_executor(self._pool, job)
             fc = await loop.run_in_executor(self._pool, _load, path)
@@ -400,3 +403,27 @@ def _adapt(fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any], Any
 
             raise ApiError(str(exc)) from None
     return handler
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT while the worker process is started: it inherits the held signal, so a
+    Ctrl-C during its start-up waits until it has chosen to ignore it. Here a Ctrl-C that
+    arrives meanwhile is delivered on leaving, not lost."""
+    import signal
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _leave_interrupts_to_the_daemon() -> None:
+    """In the training worker: Ctrl-C reaches the whole process group, but stopping is the
+    daemon's decision (it shuts the worker down), so the worker ignores SIGINT instead of
+    dying with a traceback on the operator's terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
