@@ -148,3 +148,18 @@ async def test_shed_and_restore_answer_with_what_the_load_took(tmp_path: Path) -
             assert runner.values("heater")["enabled"] is True
             with pytest.raises(ApiRequestError, match="not a load"):
                 await api.request("shed", load="bat")
+
+
+async def test_acknowledging_an_alarm_twice_writes_one_audit_row(tmp_path: Path) -> None:
+    cfg = site(tmp_path, import_limit=200.0)
+    async with running(cfg) as (runner, daemon, comp):
+        comp.store.raise_("bat", "drill", "warning", "a drill alarm")
+        async with ApiClient(daemon.socket_path) as api:
+            first = await api.request("alarm_ack", key="bat:drill")
+            second = await api.request("alarm_ack", key="bat:drill")
+            assert first["acked_by"] == second["acked_by"] and "already_acknowledged" not in first
+            assert second["already_acknowledged"] is True
+            with pytest.raises(ApiRequestError, match="unknown alarm"):
+                await api.request("alarm_ack", key="bat:nothing")
+            rows = [e for e in await api.request("audit") if e["action"] == "alarm_ack"]
+            assert [e["ok"] for e in rows] == [False, True]  # newest first

@@ -118,10 +118,19 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
 
     # -- steering (operator) ----------------------------------------------------------------
     def ack(req: dict[str, Any], caller: Caller) -> Any:
+        """Acknowledge an alarm once: a second acknowledgement of the same occurrence
+        answers who acknowledged it and writes no second audit row."""
         key = req.get("key")
+        detail = {"key": key}
         if not isinstance(key, str) or key not in store.alarms:
-            raise ApiError(f"unknown alarm {key!r}")
-        return store.ack(key, caller.user).as_dict()
+            why = f"unknown alarm {key!r}"
+            store.audit(caller.user, "alarm_ack", detail, ok=False, reason=why)
+            raise ApiError(why)
+        if store.alarms[key].acked_s is not None:
+            return {**store.alarms[key].as_dict(), "already_acknowledged": True}
+        out = store.ack(key, caller.user).as_dict()
+        store.audit(caller.user, "alarm_ack", detail)
+        return out
 
     def ev_set(req: dict[str, Any], caller: Caller) -> Any:
         charger = req.get("charger")
@@ -355,8 +364,8 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             ("ev_sessions", sessions, "EV sessions, active and recent"),
             ("plan", plan, "the scheduler's current plan")):
         api.register(name, fn, role="viewer", help=help_)
+    api.register("alarm_ack", ack, role="operator", help="acknowledge an alarm {key}")
     for name, fn, help_ in (
-            ("alarm_ack", ack, "acknowledge an alarm {key}"),
             ("ev_set", ev_set, "change a session {charger, priority?, departure_s? | "
                                "departure_in_h?, energy_kwh?, departure_soc_pct?, "
                                "v2g_allowed?}"),
