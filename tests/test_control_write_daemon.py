@@ -152,7 +152,7 @@ async def test_shed_and_restore_answer_with_what_the_load_took(tmp_path: Path) -
 
 async def test_acknowledging_an_alarm_twice_writes_one_audit_row(tmp_path: Path) -> None:
     cfg = site(tmp_path, import_limit=200.0)
-    async with running(cfg) as (runner, daemon, comp):
+    async with running(cfg) as (_runner, daemon, comp):
         comp.store.raise_("bat", "drill", "warning", "a drill alarm")
         async with ApiClient(daemon.socket_path) as api:
             first = await api.request("alarm_ack", key="bat:drill")
