@@ -48,8 +48,6 @@ def _on_sim_time(daemon: Daemon, runner: object) -> None:
             comp.controller.clock = clock.now  # type: ignore[attr-defined]
         if comp.name == "console":
             comp.site_time.use_simulation(clock.now, clock.speed)  # type: ignore[attr-defined]
-    if daemon.cfg.historian.enabled:  # so `autogrid export` can put samples on this clock
-        record_sim_run(Path(daemon.cfg.historian.path), clock.now(), clock.speed)
 
 
 def picture(daemon: Daemon) -> dict[str, Any]:
@@ -86,6 +84,10 @@ async def run_demo(cfg: SiteConfig, duration_s: float | None = None,
     tty = out.isatty()
     if interval_s is None:
         interval_s = 1.0 if tty else 10.0
+    clock = getattr(getattr(runner, "site", None), "clock", None)
+    if clock is not None and live_cfg.historian.enabled:
+        # before the first poll, so `autogrid export` puts every sample on this clock
+        record_sim_run(Path(live_cfg.historian.path), clock.now(), clock.speed)
     try:
         await daemon.start()
         _on_sim_time(daemon, runner)

@@ -49,6 +49,9 @@ def site_config(tmp: Path, pcc: bool = True) -> Path:
                                   "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}]}
     if not pcc:  # a site that cannot island: no breaker at all, none named as the PCC
         cfg["devices"] = [d for d in cfg["devices"] if d["nature"] != "breaker"]
+        kept = {d["id"] for d in cfg["devices"]}
+        cfg["simulation"]["devices"] = {k: v for k, v in cfg["simulation"]["devices"].items()
+                                        if k in kept}
         cfg["control"].pop("emergency", None)
     path = tmp / "site.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -295,7 +295,7 @@ def test_analytics_screen_shows_forecast_band_anomalies_and_battery_health() -> 
     d = site_data(control=True)
     d.commands.update({c: {"cmd": c, "role": "viewer", "allowed": True}
                        for c in ("forecast", "anomalies", "battery_health")})
-    start = dt.datetime.fromtimestamp(NOW - 450, dt.UTC)
+    start = dt.datetime.fromtimestamp(time.time() - 450, dt.UTC)  # now: not at import
     times = [(start + dt.timedelta(minutes=15 * i)).isoformat() for i in range(96)]
     d.set_answer("forecast", {
         "available": True, "version": 3, "trained_at": "2026-01-01T00:00:00+00:00",
