@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from drivers.base import Driver, DriverError
 from drivers.modbus.device import ModbusDeviceIO
 from drivers.modbus.endpoint import Client, ConnectionConfig, Endpoint, endpoint_key, make_client
+from drivers.modbus.pipeline import PipelinedEndpoint
 from drivers.template import ModbusTemplate
 from gateway.config.models import Device, ModbusRtuOverTcp, ModbusSerial, ModbusTcp
 
@@ -50,7 +51,10 @@ class ModbusDriver(Driver):
         key = endpoint_key(connection)
         ep = self._endpoints.get(key)
         if ep is None:
-            ep = Endpoint(connection, self._client_factory)
+            if isinstance(connection, ModbusTcp) and connection.max_in_flight > 1:
+                ep = PipelinedEndpoint(connection)
+            else:
+                ep = Endpoint(connection, self._client_factory)
         io = ModbusDeviceIO(device.id, device.unit_id, template, ep, device.points,
                             self.max_gap if max_gap is None else max_gap, self._detach)
         self._endpoints[key] = ep
