@@ -81,6 +81,7 @@ class Poller:
         self._lanes: dict[str, _Lane] = {}
         self._seq = 0
         self.lateness_ms: deque[float] = deque(maxlen=LATENESS_SAMPLES)
+        self.latency_ms: deque[float] = deque(maxlen=LATENESS_SAMPLES)  # good reads only
         self.polls = 0
         self.skipped = 0
 
@@ -149,6 +150,7 @@ class Poller:
             self._failed(io.device_id, f"internal error: {type(exc).__name__}: {exc}")
             return False
         latency_ms = (time.perf_counter() - t0) * 1000.0
+        self.latency_ms.append(latency_ms)
         health = self.state.devices[io.device_id].health
         if health.consecutive_errors:
             log.info("%s: recovered after %d failed polls", io.device_id,
@@ -270,17 +272,19 @@ class Poller:
     # ---- metrics ---------------------------------------------------------------------
 
     def stats(self) -> dict[str, object]:
-        """Polls, skipped slots and the start lateness of recent polls (p50/p99/max ms)."""
-        late = sorted(self.lateness_ms)
-
-        def pct(q: float) -> float | None:
-            return late[min(len(late) - 1, int(q * len(late)))] if late else None
-
-        return {"polls": self.polls, "skipped": self.skipped, "endpoints": len(self._lanes),
-                "late_ms_p50": pct(0.50), "late_ms_p99": pct(0.99),
-                "late_ms_max": late[-1] if late else None,
-                "overrunning": sorted(k for k, lane in self._lanes.items()
-                                      if lane.overrun_since is not None)}
+        """Polls, skipped slots, and over the recent polls: how late they started and how
+        long a good read took (p50/p99/max, ms)."""
+        out: dict[str, object] = {"polls": self.polls, "skipped": self.skipped,
+                                  "endpoints": len(self._lanes),
+                                  "overrunning": sorted(k for k, lane in self._lanes.items()
+                                                        if lane.overrun_since is not None)}
+        for name, samples in (("late_ms", self.lateness_ms), ("read_ms", self.latency_ms)):
+            ordered = sorted(samples)
+            for label, q in (("p50", 0.50), ("p99", 0.99)):
+                out[f"{name}_{label}"] = (ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+                                          if ordered else None)
+            out[f"{name}_max"] = ordered[-1] if ordered else None
+        return out
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

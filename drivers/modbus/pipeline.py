@@ -1,4 +1,4 @@
-"""Modbus TCP with several requests in flight on one connection (``max_in_flight`` > 1).
+"""Modbus TCP on a lean asyncio link, with ``max_in_flight`` requests in flight at once.
 
 Modbus TCP tells answers apart by the MBAP transaction id, so requests need not wait for
 each other: a device read sends all its blocks in one write (one syscall) and waits for
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections import deque
 from collections.abc import Sequence
 from time import monotonic
 
@@ -122,10 +123,14 @@ class _Link(asyncio.Protocol):
                     continue
                 return self._garbage(f"answer to transaction {tid}, which is not in flight")
             fut, want_unit, fc = entry
+            why = None
             if unit != want_unit:
-                return self._garbage(f"answer from unit {unit}, asked unit {want_unit}")
-            if buf[7] not in (fc, fc | 0x80):
-                return self._garbage(f"function code {buf[7]} in the answer to function {fc}")
+                why = f"answer from unit {unit}, asked unit {want_unit}"
+            elif buf[7] not in (fc, fc | 0x80):
+                why = f"function code {buf[7]} in the answer to function {fc}"
+            if why is not None:
+                self.pending[tid] = entry  # fails with the rest
+                return self._garbage(why)
             if not fut.done():
                 fut.set_result(bytes(buf[7:end]))
             del buf[:end]
@@ -144,7 +149,7 @@ class PipelinedEndpoint(Endpoint):
         super().__init__(conn)
         self.window = conn.max_in_flight
         self._free = self.window
-        self._slot_waiters: list[asyncio.Future[None]] = []
+        self._slot_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
 
@@ -225,14 +230,20 @@ class PipelinedEndpoint(Endpoint):
 
     async def _exchange(self, requests: list[Request], stats: IOStats, device: str,
                         verb: str, what: list[tuple[Function, int, int]]) -> list[bytes]:
-        """Send ``requests`` (window permitting) and return their answers' PDUs in order."""
+        """Send ``requests`` and return their answers' PDUs in order.
+
+        With a window of 1 the read holds the connection and sends one request after the
+        other; with a larger one it sends up to a window's worth in one write. Either way
+        each exchange has one deadline, not one per request.
+        """
         out: list[bytes] = []
         start = 0
         while start < len(requests):
-            chunk = requests[start:start + self.window]
+            one_by_one = self.window == 1
+            chunk = requests if one_by_one else requests[start:start + self.window]
             for attempt in range(self.conn.retries + 1):
                 try:
-                    out.extend(await self._exchange_chunk(chunk, stats))
+                    out.extend(await self._exchange_chunk(chunk, stats, one_by_one))
                     break
                 except _Lost:
                     f, a, n = what[start]
@@ -249,31 +260,39 @@ class PipelinedEndpoint(Endpoint):
                     if attempt < self.conn.retries:
                         continue
                     f, a, n = what[start]
-                    unit = chunk[0][0]
                     raise DeviceTimeout(f"no answer within {self.conn.timeout_s} s "
-                                        f"{_what(verb, f, a, n, unit, device)} "
+                                        f"{_what(verb, f, a, n, chunk[0][0], device)} "
                                         f"on {self.key}") from None
             start += len(chunk)
         return out
 
-    async def _exchange_chunk(self, chunk: list[Request], stats: IOStats) -> list[bytes]:
+    async def _exchange_chunk(self, chunk: list[Request], stats: IOStats,
+                              one_by_one: bool) -> list[bytes]:
         if self._not_before and monotonic() < self._not_before:
             raise self._backoff_error()
         if self._closed:
             raise self._closed_error()
-        await self._take_slots(len(chunk))
+        slots = 1 if one_by_one else len(chunk)
+        await self._take_slots(slots)
         futs: list[asyncio.Future[bytes]] = []
+        answers: list[bytes] = []
         link: _Link | None = None
         try:
             async with asyncio.timeout(self.conn.timeout_s):
                 link = self._link or await self._connect_link(stats)
                 stats.requests += len(chunk)
-                futs = link.send(chunk)
-                answers = [await f for f in futs]
+                if one_by_one:
+                    for request in chunk:
+                        (fut,) = link.send((request,))
+                        futs.append(fut)
+                        answers.append(await fut)
+                else:
+                    futs = link.send(chunk)
+                    answers = [await f for f in futs]
         except TimeoutError:
             if link is not None and link is self._link:
                 self._drop()  # a late answer must not meet a later request
-            if len(futs) > 1 and any(f.done() for f in futs) and self.window > 1:
+            if len(futs) > 1 and not one_by_one and any(f.done() for f in futs):
                 # Some answered, the rest never will: a server that handles one request
                 # at a time and drops what else it received (pymodbus' server does).
                 log.warning("%s: answered only part of %d requests sent together; sending "
@@ -287,7 +306,7 @@ class PipelinedEndpoint(Endpoint):
                 link.abandon(futs)
             raise
         finally:
-            self._give_slots(len(chunk))
+            self._give_slots(slots)
             for f in futs:  # a failed link fails them all: one is raised, none left unread
                 if f.done() and not f.cancelled():
                     f.exception()
@@ -297,22 +316,31 @@ class PipelinedEndpoint(Endpoint):
     # ---- the window -----------------------------------------------------------------
 
     async def _take_slots(self, n: int) -> None:
-        while self._free < n:
-            fut = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._slot_waiters:
-                    self._slot_waiters.remove(fut)
-        self._free -= n
+        """Wait for ``n`` free request slots, first come first served (a poll walking
+        its devices must not starve a setpoint write queued behind it)."""
+        if self._free >= n and not self._slot_waiters:
+            self._free -= n
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._give_slots(n)  # granted as the cancel came: hand the slots on
+            elif (n, fut) in self._slot_waiters:
+                self._slot_waiters.remove((n, fut))
+            raise
 
     def _give_slots(self, n: int) -> None:
         self._free += n
-        waiters, self._slot_waiters = self._slot_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        waiters = self._slot_waiters
+        while waiters and self._free >= waiters[0][0]:
+            need, fut = waiters.popleft()
+            if fut.done():  # its task was cancelled while it waited
+                continue
+            self._free -= need
+            fut.set_result(None)
 
     # ---- connection -----------------------------------------------------------------
 
