@@ -1,17 +1,19 @@
 """The poller: one task per endpoint, walking that endpoint's devices on a schedule.
 
-A device is read every ``interval_s`` at a fixed phase inside the interval, taken from a
-stable hash of its id, so thousands of 1 Hz devices are spread over the second instead of
-firing at the same instant (and contending for one endpoint's lock). An endpoint whose
-link can carry several requests at once (``io.pipeline_window`` > 1, Modbus TCP with
-``max_in_flight``) gets that many device reads in flight; any other endpoint reads one
-device after the other. Endpoints are polled in parallel.
+Each endpoint's devices of one interval form a poll group: they are read one after the
+other at the group's phase inside the interval and published to SiteState together, so
+control never combines a meter read after the chargers moved with charger powers read
+before (the grid meter is read last). The phase comes from a stable hash of the endpoint,
+so the hundreds of endpoints of a large site are spread over the second instead of all
+firing at the same instant. An endpoint whose link carries several requests at once
+(``io.pipeline_window`` > 1, Modbus TCP ``max_in_flight``) has that many device reads in
+flight instead. Endpoints are polled in parallel.
 
-A poll that starts after its slot is late (lateness is kept as a metric); a device whose
-read overran whole slots skips them (counted in ``polls_skipped``, logged once per episode
-per endpoint, and again when the endpoint is back on schedule). A failed read marks the
-device offline at once and is logged once; the recovery is logged once too. Nothing a
-device does can end the daemon.
+A poll that starts after its slot is late (kept as a metric); a device whose read overran
+whole slots skips them (counted in ``polls_skipped``, logged once per episode per
+endpoint, and again when the endpoint is back on schedule). A failed read marks the device
+offline at once and is logged once; the recovery is logged once too. Nothing a device does
+can end the daemon.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ ON_TIME_POLLS = 20  # polls in a row without a skip that end an overrun episode
 LATENESS_SAMPLES = 20_000  # recent poll start lateness kept for percentiles
 
 
-def phase_of(device_id: str, interval_s: float) -> float:
-    """Where in its interval a device is polled: stable across restarts and machines."""
+def phase_of(key: str, interval_s: float) -> float:
+    """Where in the interval a poll group (an endpoint) is polled: the same on every
+    restart and machine, spread evenly over the interval across keys."""
     if interval_s <= 0:
         return 0.0
-    return (zlib.crc32(device_id.encode()) / 2**32) * interval_s
+    return (zlib.crc32(key.encode()) / 2**32) * interval_s
 
 
 @dataclass
@@ -94,7 +97,7 @@ class Poller:
         job = PollJob(io, interval_s)
         now = loop.time()
         if interval_s > 0:
-            job.due = now + (phase_of(io.device_id, interval_s) - now) % interval_s
+            job.due = now + (phase_of(io.endpoint, interval_s) - now) % interval_s
         else:
             job.due = now
         lane = self._lanes.get(io.endpoint)
@@ -136,26 +139,37 @@ class Poller:
 
     async def poll_once(self, job: PollJob) -> bool:
         """One read of one device into SiteState. True when the read succeeded."""
+        return self._publish(job, await self._read(job))
+
+    async def _read(self, job: PollJob) -> tuple[float, object]:
+        """(latency ms, values) of a good read, or (-1, error text) of a failed one."""
         io = job.io
         t0 = time.perf_counter()
         try:
             values = await io.read()
         except DriverError as exc:
-            self._failed(io.device_id, str(exc) or type(exc).__name__)
-            return False
+            return -1.0, str(exc) or type(exc).__name__
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a driver bug must not end the daemon
             log.exception("%s: unexpected error from driver", io.device_id)
-            self._failed(io.device_id, f"internal error: {type(exc).__name__}: {exc}")
+            return -1.0, f"internal error: {type(exc).__name__}: {exc}"
+        return (time.perf_counter() - t0) * 1000.0, values
+
+    def _publish(self, job: PollJob, result: tuple[float, object]) -> bool:
+        latency_ms, payload = result
+        device_id = job.io.device_id
+        if device_id not in self.state.devices:
+            return False  # removed while it was read
+        if latency_ms < 0:
+            self._failed(device_id, str(payload))
             return False
-        latency_ms = (time.perf_counter() - t0) * 1000.0
         self.latency_ms.append(latency_ms)
-        health = self.state.devices[io.device_id].health
+        health = self.state.devices[device_id].health
         if health.consecutive_errors:
-            log.info("%s: recovered after %d failed polls", io.device_id,
+            log.info("%s: recovered after %d failed polls", device_id,
                      health.consecutive_errors)
-        self.state.update(io.device_id, values, time.time(), latency_ms)
+        self.state.update(device_id, payload, time.time(), latency_ms)  # type: ignore[arg-type]
         return True
 
     def _failed(self, device_id: str, error: str) -> None:
@@ -203,7 +217,7 @@ class Poller:
             if job.interval_s > 0:
                 self.lateness_ms.append((now - due) * 1000.0)
             if lane.window == 1:
-                await self._poll_and_reschedule(lane, job, loop)
+                await self._round(lane, job, now, loop)
                 continue
             while lane.in_flight >= lane.window:
                 lane.slot_free = loop.create_future()
@@ -213,6 +227,43 @@ class Poller:
                                      name=f"poll {job.io.device_id}")
             lane.children.add(child)
             child.add_done_callback(lane.children.discard)
+
+    async def _round(self, lane: _Lane, first: PollJob, now: float,
+                     loop: asyncio.AbstractEventLoop) -> None:
+        """Read every device of the lane that is due, one after the other, then publish
+        them together: control then never sees half a round (a meter read after the
+        chargers' setpoints moved next to charger powers read before)."""
+        jobs = [first]
+        heap = lane.heap
+        while heap and heap[0][0] <= now:
+            _, _, job = heapq.heappop(heap)
+            if job.active:
+                if job.interval_s > 0:
+                    self.lateness_ms.append((now - job.due) * 1000.0)
+                jobs.append(job)
+        if len(jobs) > 1:  # the grid meter last: its import then includes what the
+            jobs.sort(key=self._grid_last)  # others' readings show (control nets them)
+        results: list[tuple[float, object]] = []
+        try:
+            for job in jobs:
+                job.reading = True
+                results.append(await self._read(job))
+        finally:
+            for job in jobs:
+                job.reading = False
+                if job.waiter is not None and not job.waiter.done():
+                    job.waiter.set_result(None)
+        for job, result in zip(jobs, results, strict=True):
+            if job.active:
+                self._publish(job, result)
+        if cancel_requested():  # a library swallowed our cancel (3.11 wait_for)
+            raise asyncio.CancelledError
+        for job in jobs:
+            await self._reschedule(lane, job, loop)
+
+    def _grid_last(self, job: PollJob) -> bool:
+        dev = self.state.devices.get(job.io.device_id)
+        return dev is not None and dev.role == "grid"
 
     async def _poll_in_window(self, lane: _Lane, job: PollJob,
                               loop: asyncio.AbstractEventLoop) -> None:
@@ -234,6 +285,10 @@ class Poller:
                 job.waiter.set_result(None)
         if cancel_requested():  # a library swallowed our cancel (3.11 wait_for)
             raise asyncio.CancelledError
+        await self._reschedule(lane, job, loop)
+
+    async def _reschedule(self, lane: _Lane, job: PollJob,
+                          loop: asyncio.AbstractEventLoop) -> None:
         self.polls += 1
         now = loop.time()
         if job.interval_s <= 0:  # "as fast as possible" (benchmarks): let others run too

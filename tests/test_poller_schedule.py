@@ -1,6 +1,7 @@
-"""The poll schedule (unit tests with fake devices): one task per endpoint, phases spread
-over the interval by a stable hash of the device id, a bounded number of reads in flight
-per endpoint, and skipped slots counted and logged once per episode."""
+"""The poll schedule (unit tests with fake devices): one task per endpoint, endpoints'
+phases spread over the interval by a stable hash, an endpoint's due devices read as one
+round and published together with the grid meter last, a bounded number of reads in
+flight per endpoint, and skipped slots counted and logged once per episode."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tests.waiting import until
 class FakeIO(DeviceIO):
     """Records the loop time of every read; a read can be held until released."""
 
-    def __init__(self, device_id: str, endpoint: str = "tcp://ep", window: int = 1) -> None:
+    def __init__(self, device_id: str, endpoint: str = "tcp://ep", window: int = 1,
+                 state: SiteState | None = None) -> None:
         self.device_id = device_id
         self.endpoint = endpoint
         self.stats = IOStats()
@@ -29,9 +31,13 @@ class FakeIO(DeviceIO):
         self.hold: asyncio.Event | None = None
         self.in_flight = 0
         self.board: dict[str, int] | None = None  # shared count of reads in flight
+        self.state = state
+        self.seen: list[dict[str, int]] = []  # at each read: polls SiteState has published
 
     async def read(self) -> Mapping[str, PointValue | Invalid | None]:
         self.started.append(asyncio.get_running_loop().time())
+        if self.state is not None:
+            self.seen.append({d: s.health.polls for d, s in self.state.devices.items()})
         board = self.board if self.board is not None else {}
         board["now"] = board.get("now", 0) + 1
         board["max"] = max(board.get("max", 0), board["now"])
@@ -48,10 +54,12 @@ class FakeIO(DeviceIO):
         raise NotImplementedError
 
 
-def _state(ios: list[FakeIO]) -> SiteState:
+def _state(ios: list[FakeIO], grid: str | None = None) -> SiteState:
     state = SiteState()
     for io in ios:
-        state.add_device(DeviceState(io.device_id, Nature.METER, max_age_s=60.0))
+        state.add_device(DeviceState(io.device_id, Nature.METER, max_age_s=60.0,
+                                     role="grid" if io.device_id == grid else None))
+        io.state = state
     return state
 
 
@@ -81,9 +89,9 @@ async def test_one_task_per_endpoint_not_per_device() -> None:
     assert _poll_tasks() == []
 
 
-async def test_first_polls_follow_the_phases_not_the_order_of_adding() -> None:
+async def test_first_polls_follow_the_endpoint_phases_not_the_order_of_adding() -> None:
     interval = 0.4
-    ios = [FakeIO(f"meter{i}") for i in range(12)]
+    ios = [FakeIO(f"meter{i}", endpoint=f"tcp://10.0.0.{i}:502") for i in range(12)]
     poller = Poller(_state(ios))
     loop = asyncio.get_running_loop()
     added = loop.time()
@@ -93,13 +101,32 @@ async def test_first_polls_follow_the_phases_not_the_order_of_adding() -> None:
         await until(lambda: all(io.started for io in ios), "a poll of every device")
     finally:
         await poller.stop()
-    by_phase = sorted(ios, key=lambda io: (phase_of(io.device_id, interval) - added) % interval)
+    by_phase = sorted(ios, key=lambda io: (phase_of(io.endpoint, interval) - added) % interval)
     by_start = sorted(ios, key=lambda io: io.started[0])
     assert [io.device_id for io in by_start] == [io.device_id for io in by_phase]
     assert by_start != ios  # the hash reordered them: the check above is not vacuous
     for io in ios:  # nobody is polled before its slot
-        slot = added + (phase_of(io.device_id, interval) - added) % interval
+        slot = added + (phase_of(io.endpoint, interval) - added) % interval
         assert io.started[0] >= slot
+
+
+async def test_an_endpoint_round_is_published_together_with_the_grid_meter_read_last(
+        ) -> None:
+    ios = [FakeIO(name) for name in ("grid", "ev1", "ev2", "bat")]
+    state = _state(ios, grid="grid")
+    poller = Poller(state)
+    try:
+        for io in ios:
+            poller.add(io, 0.3)
+        await until(lambda: all(len(io.started) >= 2 for io in ios), "two rounds")
+    finally:
+        await poller.stop()
+    first = sorted(ios, key=lambda io: io.started[0])
+    assert first[-1].device_id == "grid"  # added first, read last
+    # the whole first round was read before any of it reached SiteState
+    assert [sum(io.seen[0].values()) for io in ios] == [0, 0, 0, 0]
+    # and the second round was read after all of the first was published
+    assert [min(io.seen[1].values()) for io in ios] == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("window", [1, 3])
