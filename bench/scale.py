@@ -1,12 +1,13 @@
 """Scale: the real `autogrid run` daemon at 200/500/1000/2000 devices polled at 1 Hz.
 
     python bench/scale.py [--sizes 200,500,1000,2000] [--seconds 60] [--warmup 10]
-                          [--window 1] [--analytics] [--no-control] [--json]
+                          [--window 1] [--control] [--analytics] [--json]
 
 For each size: cheap Modbus TCP servers (bench/servers.py, 10 devices per endpoint, at
 most 250 devices per server process, each checked to stay below half a core) and the
-daemon as a subprocess (`python -m gateway.cli run`) with the historian and the site
-controller on (analytics off unless --analytics), its own temp dir and API socket. After
+daemon as a subprocess (`python -m gateway.cli run`) with the historian on, the site
+controller with --control and analytics with --analytics, its own temp dir and API socket
+(the servers store writes, so control's read-backs confirm as on a device). After
 a warm-up, over --seconds (>= 60 for the figures that count): daemon CPU % of one core
 and RSS (from /proc), achieved poll rate per device, skipped slots, and from the daemon's
 own poller statistics the read latency and the poll start lateness p50/p99. Printed last:
@@ -111,7 +112,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             ports = farm.start()
             cfg = tmp / "site.yaml"
             cfg.write_text(yaml.safe_dump(site_yaml(n, ports, tmp, args.window,
-                                                    not args.no_control, args.analytics)))
+                                                    args.control, args.analytics)))
             daemon = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c",
                                        str(cfg)], cwd=tmp, stdout=subprocess.DEVNULL,
                                       stderr=open(tmp / "daemon.log", "w"),  # noqa: SIM115
@@ -181,7 +182,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--window", type=int, default=1, help="max_in_flight per endpoint")
     ap.add_argument("--analytics", action="store_true", help="analytics component on")
-    ap.add_argument("--no-control", action="store_true", help="site controller off")
+    ap.add_argument("--control", action="store_true", help="site controller on")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -189,7 +190,7 @@ def main() -> int:
         print(f"note: {args.seconds:g} s per size is a smoke run; the figures need >= 60 s",
               file=sys.stderr)
     print(f"autogrid run at {sizes} devices, 1 Hz, historian on, control "
-          f"{'off' if args.no_control else 'on'}, analytics {'on' if args.analytics else 'off'},"
+          f"{'on' if args.control else 'off'}, analytics {'on' if args.analytics else 'off'},"
           f" max_in_flight {args.window}; {args.seconds:g} s each after {args.warmup:g} s "
           f"warm-up; {os.cpu_count()} CPUs; {platform.node()}; {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'devices':>8}{'CPU %':>8}{'RSS MB':>8}{'rate Hz':>9}{'skipped':>9}"

@@ -89,7 +89,16 @@ class _Serve(asyncio.Protocol):
         table = self.units.get(unit)
         if table is None:
             return bytes((fc | 0x80, 11))
-        if fc in (5, 6, 16):
+        if fc in (5, 6, 16):  # stored, so a write's read-back shows it as on a device
+            _, address, value = _REQ.unpack_from(pdu)
+            if fc == 5:
+                table[1][address] = 1 if value == 0xFF00 else 0
+            elif fc == 6:
+                table[3][address] = value
+            else:
+                count = value
+                for i, v in enumerate(struct.unpack_from(f">{count}H", pdu, 6)):
+                    table[3][address + i] = v
             return pdu[:5]
         if fc not in (1, 2, 3, 4):
             return bytes((fc | 0x80, 1))
@@ -119,7 +128,7 @@ def _server_main(endpoints: list[list[tuple[int, str]]], pipe: Connection) -> No
                     template = load_template(tpl)
                     assert isinstance(template, ModbusTemplate)
                     cache[tpl] = tables_for(template)
-                tables[unit] = cache[tpl]
+                tables[unit] = {fc: dict(regs) for fc, regs in cache[tpl].items()}
             srv = await loop.create_server(lambda t=tables: _Serve(t), "127.0.0.1", 0)  # type: ignore[misc]
             servers.append(srv)
             ports.append(srv.sockets[0].getsockname()[1])
