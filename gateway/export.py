@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -26,27 +27,32 @@ def read_history(db_path: Path, start: str | None = None, end: str | None = None
     """Samples as a long table: time (UTC), device, point, value, unit, quality."""
     if not db_path.is_file():
         raise FileNotFoundError(f"{db_path}: no historian database here")
-    where: list[str] = []
-    args: list[float | str] = []
-    t0, t1 = _epoch(start), _epoch(end)
-    if t0 is not None:
-        where.append("s.ts >= ?")
-        args.append(t0)
-    if t1 is not None:
-        where.append("s.ts < ?")
-        args.append(t1)
-    if devices:
-        where.append(f"p.device IN ({','.join('?' * len(devices))})")
-        args.extend(devices)
-    sql = ("SELECT s.ts, p.device, p.point, s.value, s.text, p.unit, s.quality "
-           "FROM samples s JOIN points p ON p.id = s.point_id")
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY s.ts"
     uri = f"file:{db_path}?mode=ro"
     with sqlite3.connect(uri, uri=True) as db:
+        compact = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                             "name='history'").fetchone() is not None
+        # integer milliseconds since the compact format; seconds (REAL) before it
+        ts, table, scale = (("s.ts_ms", "history", 1000.0) if compact
+                            else ("s.ts", "samples", 1.0))
+        where: list[str] = []
+        args: list[float | str] = []
+        t0, t1 = _epoch(start), _epoch(end)
+        if t0 is not None:
+            where.append(f"{ts} >= ?")
+            args.append(math.ceil(t0 * scale) if compact else t0)
+        if t1 is not None:
+            where.append(f"{ts} < ?")
+            args.append(math.ceil(t1 * scale) if compact else t1)
+        if devices:
+            where.append(f"p.device IN ({','.join('?' * len(devices))})")
+            args.extend(devices)
+        sql = (f"SELECT {ts} AS ts, p.device, p.point, s.value, s.text, p.unit, s.quality "
+               f"FROM {table} s JOIN points p ON p.id = s.point_id")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {ts}, s.point_id" if compact else " ORDER BY s.ts"
         df = pd.read_sql_query(sql, db, params=args)
-    df["time"] = pd.to_datetime(df.pop("ts"), unit="s", utc=True)
+    df["time"] = pd.to_datetime(df.pop("ts"), unit="ms" if compact else "s", utc=True)
     df["value"] = df["value"].astype(object).where(df["text"].isna(), df["text"])
     df = df.drop(columns=["text"])
     df["quality"] = df["quality"].map(QUALITY_NAME)
