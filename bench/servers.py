@@ -153,7 +153,7 @@ class ServerFarm:
     """Server processes for ``endpoints`` (each a list of (unit, template)), a few per process."""
 
     endpoints: list[list[tuple[int, str]]]
-    per_process: int = 250  # devices per server process
+    per_process: int = 100  # devices per server process (each stays well below a core)
 
     def __post_init__(self) -> None:
         self.procs: list[Any] = []
