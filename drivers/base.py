@@ -51,6 +51,20 @@ class IOStats:
     last_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def counters(self, max_table: int = 16) -> dict[str, float]:
+        """The numeric protocol event counters in ``extra`` (DNP3 restarts, CAN frames,
+        ...), a small table of them flattened to ``name.key``; big tables (per-id drops)
+        stay in ``extra`` so a stats reply or /metrics cannot swell."""
+        out: dict[str, float] = {}
+        for name, v in self.extra.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[name] = float(v)
+            elif isinstance(v, dict) and len(v) <= max_table:
+                for key, x in v.items():
+                    if isinstance(x, int | float) and not isinstance(x, bool):
+                        out[f"{name}.{key}"] = float(x)
+        return out
+
 
 class DeviceIO(ABC):
     """One device behind a driver: read all points, write one point."""

@@ -10,6 +10,13 @@ needs a role (viewer < operator < engineer) and is refused with the reason other
 A subscription streams ``{"event": "update", "ts": ..., "changes": {dev: {point: reading}},
 "health": {dev: quality}}`` at most every ``interval_s``, coalescing changes in between,
 so a slow client costs memory bounded by the number of points, never a growing queue.
+
+A bad line (invalid UTF-8 or JSON, NaN, deep nesting, a wrong id) gets a one-line error
+and the connection stays usable; a line over MAX_LINE gets the error and the connection is
+closed. Connections are capped in total and per uid, with a reserve that only operators
+and engineers may use, and closed when idle (``api:`` settings, gateway.apilimits).
+Refusals (role, token, handler crash) go to the audit log; repeated bad tokens from one
+uid lock its token attempts out for a while.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import os
 import pwd
@@ -27,16 +33,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.aio import cancel_and_wait
+from gateway.apilimits import ApiSettings, ConnectionLimiter, TokenLimiter
+from gateway.apiwire import MAX_LINE, BadRequest, encode, parse_request
 from gateway.model import DeviceHealth, Reading
 from gateway.state import SiteState
 
 log = logging.getLogger("autogrid.api")
 
-MAX_LINE = 64 * 1024
 PROTOCOL_VERSION = 1
+ACCEPT_RETRY_S = 0.5  # pause after a failed accept (out of descriptors)
+ACCEPT_QUIET_S = 10.0  # accepts working this long end an out-of-descriptors episode
 
 
 class ApiError(Exception):
@@ -76,9 +85,9 @@ def default_role(uid: int, gid: int) -> str:
     return "engineer" if uid in (0, os.getuid()) else "viewer"
 
 
-def peer_caller(writer: asyncio.StreamWriter,
+def peer_caller(sock: socket.socket | None,
                 role_of: Callable[[int, int], str] = default_role) -> Caller:
-    sock = writer.get_extra_info("socket")
+    """The kernel's word on who connected (SO_PEERCRED) and the role that gives."""
     pid, uid, gid = -1, -1, -1
     if sock is not None and hasattr(socket, "SO_PEERCRED"):
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -122,25 +131,41 @@ class _Subscription:
             changes, self.pending = self.pending, {}
             health, self.health = self.health, {}
             msg = {"event": "update", "ts": time.time(), "changes": changes, "health": health}
-            self.writer.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+            self.writer.write(encode(msg))
             await self.writer.drain()
             await asyncio.sleep(self.interval_s)
 
 
+class AuditSink(Protocol):
+    """Where refusals are recorded (the control store's audit log, when there is one)."""
+
+    def __call__(self, user: str, action: str, detail: dict[str, Any], ok: bool = True,
+                 reason: str | None = None) -> None: ...
+
+
 class ApiServer:
     def __init__(self, state: SiteState, socket_path: Path, gateway_id: str,
-                 extra_stats: Callable[[], dict[str, Any]] | None = None) -> None:
+                 extra_stats: Callable[[], dict[str, Any]] | None = None,
+                 settings: ApiSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
         self.path = socket_path
         self.gateway_id = gateway_id
         self.extra_stats = extra_stats
-        self._server: asyncio.AbstractServer | None = None
+        self.settings = settings or ApiSettings()
+        self.limiter = ConnectionLimiter(self.settings)
+        self.tokens = TokenLimiter(self.settings, clock)
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._inode: tuple[int, int] | None = None  # of the socket file we bound
         self.started = time.time()
         self.role_of: Callable[[int, int], str] = default_role
         # Set by the console policy when tokens are configured: a request carrying
         # "token" runs as the token's name and role (an unknown token raises ApiError).
         self.token_caller: Callable[[str, Caller], Caller] | None = None
+        # Set by the control component: refusals are audited there (else logged).
+        self.audit_sink: AuditSink | None = None
         self.commands: dict[str, Command] = {}
         for name, fn, help_ in (
                 ("ping", self._ping, "daemon identity and uptime"),
@@ -148,8 +173,7 @@ class ApiServer:
                 ("snapshot", self._snapshot, "every device with every point"),
                 ("devices", self._devices, "device list with health"),
                 ("device", self._device, "one device: {device}"),
-                ("stats", lambda r, c: self.extra_stats() if self.extra_stats else {},
-                 "communication and historian statistics"),
+                ("stats", self._stats, "communication and historian statistics"),
                 ("commands", self._commands, "the commands you may use")):
             self.register(name, fn, role="viewer", help=help_)
 
@@ -165,48 +189,138 @@ class ApiServer:
         self.commands[name] = Command(name, handler, role, help)
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot create the API socket directory {self.path.parent}: "
+                               f"{exc.strerror or exc}") from None
         if self.path.exists() or self.path.is_symlink():
-            if await _socket_alive(self.path):
+            if await _socket_alive(self.path):  # never unlink a socket someone serves
                 raise RuntimeError(f"{self.path}: another daemon is already listening here")
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
-                                                       limit=MAX_LINE)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(self.path))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise RuntimeError(f"cannot listen on the API socket {self.path}: "
+                               f"{exc.strerror or exc}") from None
+        sock.setblocking(False)
+        self._listener = sock
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
         os.chmod(self.path, 0o660)
+        self._accept_task = asyncio.create_task(self._accept_loop(sock), name="api accept")
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._accept_task is not None:
+            await cancel_and_wait([self._accept_task])
+            self._accept_task = None
         await cancel_and_wait(list(self._clients))
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._unlink_own_socket()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket file only if it is still the one we bound (same inode): a
+        daemon that failed to start, or was replaced, must not cut off another one."""
+        if self._inode is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                self.path.unlink()
+        self._inode = None
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept connections. Running out of descriptors (EMFILE) is one episode: logged
+        once when it starts and once when an accept works again, however often it flaps,
+        until accepts have worked for ACCEPT_QUIET_S; failed accepts pause, never spin."""
+        loop = asyncio.get_running_loop()
+        failed, last_fail, recovered = 0, 0.0, False
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if failed == 0:
+                    log.error("API: cannot accept connections on %s: %s (%d API connections "
+                              "open); retrying every %.1f s", self.path,
+                              exc.strerror or exc, self.limiter.total, ACCEPT_RETRY_S)
+                failed += 1
+                last_fail = loop.time()
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            if failed and not recovered:
+                log.warning("API: accepting connections again on %s (%d attempts failed)",
+                            self.path, failed)
+                recovered = True
+            if failed and loop.time() - last_fail > ACCEPT_QUIET_S:
+                failed, recovered = 0, False  # the episode is over
+            task = asyncio.create_task(self._connection(conn), name="api client")
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        """Admit (or refuse with a reason) one accepted connection, then serve it."""
+        loop = asyncio.get_running_loop()
+        caller = peer_caller(conn, self.role_of)
+        try:
+            reader = asyncio.StreamReader(limit=MAX_LINE)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
+        except OSError:
+            conn.close()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        why = self.limiter.admit(caller.uid, caller.may("operator"))
+        try:
+            if why is not None:
+                if self.limiter.refused == 1 or self.limiter.refused % 1000 == 0:
+                    log.warning("API: refused a connection from %s: %s (%d refused so far)",
+                                caller.user, why, self.limiter.refused)
+                with contextlib.suppress(ConnectionError):
+                    await _send(writer, {"id": None, "ok": False, "error": why})
+                return
+            try:
+                await self._serve(reader, writer, caller)
+            finally:
+                self.limiter.release(caller.uid)
+        except Exception as exc:  # a bug of ours: one line, the connection closes
+            log.error("API connection from %s failed: %s: %s", caller.user,
+                      type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     caller: Caller) -> None:
         sub: _Subscription | None = None
         unsubscribe: list[Callable[[], None]] = []
-        caller = peer_caller(writer, self.role_of)
+        idle_s = self.settings.idle_timeout_s
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    if sub is None:
+                        line = await asyncio.wait_for(reader.readline(), idle_s)
+                    else:  # a subscriber is busy receiving, not idle
+                        line = await reader.readline()
+                except TimeoutError:
+                    await _send(writer, {"id": None, "ok": False,
+                                         "error": f"no request for {idle_s:g} s; closing"})
+                    return
                 except (ValueError, asyncio.LimitOverrunError):
-                    await _send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} "
-                                                                "bytes; closing"})
+                    await _send(writer, {"id": None, "ok": False,
+                                         "error": f"request longer than {MAX_LINE} bytes; "
+                                                  "closing"})
                     return
                 if not line:
                     return
                 req_id: Any = None
                 try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict):
-                        raise ApiError("a request is a JSON object like {\"cmd\": \"ping\"}")
-                    req_id = req.get("id")
+                    req_id, req = parse_request(line)
                     cmd = req.get("cmd")
                     if cmd == "subscribe":
                         if sub is not None:
@@ -227,9 +341,7 @@ class ApiServer:
                     else:
                         result = await self._dispatch(cmd, req, caller)
                     reply = {"id": req_id, "ok": True, "result": result}
-                except json.JSONDecodeError as exc:
-                    reply = {"id": req_id, "ok": False, "error": f"not valid JSON: {exc.msg}"}
-                except ApiError as exc:
+                except (BadRequest, ApiError) as exc:
                     reply = {"id": req_id, "ok": False, "error": str(exc)}
                 await _send(writer, reply)
                 if sub is not None and sub.task is None:
@@ -241,10 +353,6 @@ class ApiServer:
                 u()
             if sub and sub.task:
                 await cancel_and_wait([sub.task])
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            self._clients.discard(task)
 
     def _subscribe(self, req: dict[str, Any], writer: asyncio.StreamWriter) -> _Subscription:
         devices = req.get("devices")
@@ -261,22 +369,71 @@ class ApiServer:
                              float(interval))
 
     async def _dispatch(self, cmd: Any, req: dict[str, Any], caller: Caller) -> Any:
+        """Check the token and the role, run the handler; every refusal on the way and every
+        handler crash is audited (a handler's own refusals are audited by its wrapper)."""
         token = req.pop("token", None)
+        name = cmd if isinstance(cmd, str) else repr(cmd)
         if token is not None:
-            if self.token_caller is None or not isinstance(token, str):
-                raise ApiError("this gateway accepts no tokens (none are configured)")
-            caller = self.token_caller(token, caller)
+            caller = self._token_caller(token, name, req, caller)
         command = self.commands.get(cmd) if isinstance(cmd, str) else None
         if command is None:
             known = ", ".join(sorted([*self.commands, "subscribe", "unsubscribe"]))
-            raise ApiError(f"unknown command {cmd!r} (known: {known})")
+            why = f"unknown command {_short(cmd)} (known: {known})"
+            self._refused(caller, name, req, why)
+            raise ApiError(why)
         if not caller.may(command.role):
-            raise ApiError(f"'{cmd}' needs the {command.role} role; {caller.user} is "
-                           f"{caller.role}")
-        result = command.handler(req, caller)
-        if inspect.isawaitable(result):
-            result = await result
+            why = f"'{cmd}' needs the {command.role} role; {caller.user} is {caller.role}"
+            self._refused(caller, name, req, why)
+            raise ApiError(why)
+        try:
+            result = command.handler(req, caller)
+            if inspect.isawaitable(result):
+                result = await result
+        except ApiError:
+            raise
+        except Exception as exc:  # a handler bug: one line in the log and to the client
+            why = f"internal error: {type(exc).__name__}: {exc}"
+            log.error("API command %r from %s failed: %s", name, caller.user, why,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+            self._refused(caller, name, req, why)
+            raise ApiError(f"'{name}' failed: {why} (the request was not carried out)"
+                           ) from None
         return result
+
+    def _token_caller(self, token: Any, name: str, req: dict[str, Any], caller: Caller
+                      ) -> Caller:
+        """The token's identity; bad tokens count towards a lockout of the peer's uid."""
+        left = self.tokens.locked_for(caller.uid)
+        if left is not None:
+            raise ApiError(f"too many bad tokens from {caller.user}; token attempts are "
+                           f"refused for another {left:.0f} s")
+        if self.token_caller is None or not isinstance(token, str):
+            why = "this gateway accepts no tokens (none are configured)"
+        else:
+            try:
+                return self.token_caller(token, caller)
+            except ApiError as exc:
+                why = str(exc)
+        self._refused(caller, name, req, f"bad token: {why}")
+        if self.tokens.failed(caller.uid):
+            s = self.settings
+            lockout = (f"{s.token_failures} bad tokens within {s.token_window_s:g} s: token "
+                       f"attempts from {caller.user} (uid {caller.uid}) refused for "
+                       f"{s.token_lockout_s:g} s")
+            log.warning("API: %s", lockout)
+            self._refused(caller, "token_lockout", {}, lockout)
+        raise ApiError(why)
+
+    def _refused(self, caller: Caller, action: str, req: dict[str, Any], why: str) -> None:
+        """Audit a refusal (or log it when there is no audit store); never raises."""
+        detail = {k: v for k, v in req.items() if k not in ("cmd", "id", "token")}
+        if self.audit_sink is not None:
+            try:
+                self.audit_sink(caller.user, action, detail, ok=False, reason=why)
+                return
+            except Exception as exc:  # the audit store's own trouble is reported there
+                log.debug("API: auditing a refusal failed: %s", exc)
+        log.info("API: refused %s from %s: %s", _short(action), caller.user, why)
 
     def _ping(self, req: dict[str, Any], caller: Caller) -> Any:
         return {"gateway": self.gateway_id, "version": PROTOCOL_VERSION,
@@ -296,9 +453,14 @@ class ApiServer:
                  "last_error": d.health.last_error}
                 for d in self.state.devices.values()]
 
+    def _stats(self, req: dict[str, Any], caller: Caller) -> Any:
+        stats = self.extra_stats() if self.extra_stats else {}
+        return {**stats, "api": {"connections": self.limiter.total,
+                                 "refused_connections": self.limiter.refused}}
+
     def _device(self, req: dict[str, Any], caller: Caller) -> Any:
         dev = req.get("device")
-        if dev not in self.state.devices:
+        if not isinstance(dev, str) or dev not in self.state.devices:
             raise ApiError(f"unknown device {dev!r} (known: "
                            f"{', '.join(sorted(self.state.devices))})")
         return self.state.device_snapshot(dev)
@@ -310,8 +472,13 @@ class ApiServer:
 
 
 async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
-    writer.write(json.dumps(msg, separators=(",", ":"), default=str).encode() + b"\n")
+    writer.write(encode(msg))
     await writer.drain()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 async def _socket_alive(path: Path) -> bool:

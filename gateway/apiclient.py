@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway.api import MAX_LINE
+from gateway.apiwire import MAX_LINE
 
 
 class ApiUnavailable(Exception):
@@ -70,7 +70,12 @@ class ApiClient:
         self._next_id += 1
         req_id = self._next_id
         msg = {"id": req_id, "cmd": cmd, **params}
-        self._writer.write(json.dumps(msg).encode() + b"\n")
+        try:
+            line_out = json.dumps(msg, allow_nan=False)
+        except ValueError:  # NaN/Infinity are not JSON: the daemon would refuse the line
+            raise ApiRequestError(f"{cmd}: every number must be finite (NaN and Infinity "
+                                  f"cannot be sent)") from None
+        self._writer.write(line_out.encode() + b"\n")
         await self._writer.drain()
         while True:
             line = await asyncio.wait_for(self._reader.readline(), timeout_s)
@@ -81,6 +86,9 @@ class ApiClient:
                 self._events.put_nowait(reply)
                 continue
             if reply.get("id") != req_id:
+                if reply.get("id") is None and reply.get("ok") is False:
+                    # the daemon could not read our line (so it has no id to echo)
+                    raise ApiRequestError(reply.get("error", "request refused"))
                 continue
             if not reply.get("ok"):
                 raise ApiRequestError(reply.get("error", "request refused"))

@@ -37,17 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sim", help="serve the site's simulated devices on 127.0.0.1")
     s.add_argument("-c", "--config", required=True, help="site config (YAML)")
-    s.add_argument("--speed", type=float, help="simulated seconds per real second")
+    s.add_argument("--speed", type=float, help="simulated seconds per real second "
+                   "(default: simulation.clock.speed of the config)")
     s.add_argument("--control-socket", help="Unix socket for fault injection and grid loss")
 
     d = sub.add_parser("demo", help="simulated site + gateway with site_configs/demo.yaml")
     d.add_argument("-c", "--config", default=None, help="site config (default: demo.yaml)")
     d.add_argument("--duration", type=float, help="stop after this many seconds")
-    d.add_argument("--interval", type=float, default=1.0, help="refresh period of the summary")
-    d.add_argument("--speed", type=float, help="simulated seconds per real second")
+    d.add_argument("--interval", type=float, default=None,
+                   help="seconds between summaries (default: 1 on a terminal; otherwise 10, "
+                        "one line each, and a line at once when health, mode or alarms "
+                        "change)")
+    d.add_argument("--speed", type=float, help="simulated seconds per real second "
+                   "(default: simulation.clock.speed of the config)")
 
     c = sub.add_parser("check", help="validate a site config; lists every error")
-    c.add_argument("config", help="site config (YAML)")
+    c.add_argument("config", nargs="?", help="site config (YAML)")
+    c.add_argument("-c", "--config", dest="config_opt", metavar="CONFIG",
+                   help="the same, as the other commands take it")
 
     st = sub.add_parser("status", help="show the running daemon's site summary")
     st.add_argument("-c", "--config", help="site config, to find the daemon's socket")
@@ -64,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--screen", help="screen to open first (overview, devices, alarms, ...)")
 
     e = sub.add_parser("export", help="export historian data to CSV")
-    e.add_argument("-c", "--config", help="site config (to find the historian database)")
+    e.add_argument("-c", "--config", help="site config: the historian database, the site's "
+                   "time zone and the points' resolution (without it: UTC, noise-free floats)")
     e.add_argument("--db", help="historian database path (instead of -c)")
     e.add_argument("--from", dest="start", help="start time, ISO 8601 with offset")
     e.add_argument("--to", dest="end", help="end time, ISO 8601 with offset")
@@ -81,7 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.analytics.cliargs import add_parser as add_forecast_parser
 
     add_forecast_parser(sub)
+    for action in sub._choices_actions:  # each command's --help opens with what it does
+        cmd = sub.choices[action.dest]
+        if not cmd.description and action.help:
+            cmd.description = action.help[0].upper() + action.help[1:] + "."
+        cmd.formatter_class = DefaultsHelpFormatter
     return p
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that names each option's default, where it has one worth naming."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "default" in text.lower() or default in (None, False, argparse.SUPPRESS) or \
+                not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _load(path: str) -> Any:
@@ -93,7 +118,13 @@ def _load(path: str) -> Any:
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config.loader import run_check
 
-    return run_check(args.config, sys.stdout)
+    if args.config and args.config_opt and args.config != args.config_opt:
+        raise UsageError(f"two configs given ({args.config} and -c {args.config_opt}); "
+                         f"check one at a time")
+    path = args.config or args.config_opt
+    if not path:
+        raise UsageError("which config? autogrid check site.yaml (or -c site.yaml)")
+    return run_check(path, sys.stdout)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -167,21 +198,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.apiclient import ApiClient
-    from gateway.summary import render
+    from gateway.summary import fetch_picture, render
 
     path = _socket_from_args(args)
 
-    async def fetch() -> Any:
+    async def fetch() -> tuple[Any, Any]:
         async with ApiClient(path) as client:
-            return await client.request("snapshot")
+            return await fetch_picture(client), await client.request("stats")
 
-    snap = asyncio.run(fetch())
+    snap, stats = asyncio.run(fetch())
+    warning = historian_warning(stats)
     if args.json:
         json.dump(snap, sys.stdout, indent=2)
         print()
+        if warning:
+            print(warning, file=sys.stderr)
     else:
         print(render(snap, title=f"AutoGrid gateway {snap.get('gateway', '')}"))
+        if warning:
+            print(f"\n{warning}")
     return EXIT_OK
+
+
+def historian_warning(stats: Any) -> str | None:
+    """One line when the daemon's history is not being recorded (disk full, broken file)."""
+    h = stats.get("historian") if isinstance(stats, dict) else None
+    if not isinstance(h, dict) or not (h.get("last_error") or h.get("dropped")):
+        return None
+    what = h.get("last_error") or "recovered"
+    return (f"WARNING historian: {what} ({h.get('path')}): {h.get('buffered', 0)} rows "
+            f"waiting, {h.get('dropped', 0)} rows lost")
 
 
 def _socket_from_args(args: argparse.Namespace) -> Path:
@@ -205,18 +251,19 @@ def cmd_console(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from gateway.export import export_csv
 
+    cfg = _load(args.config).config if args.config else None
     if args.db:
         db = Path(args.db)
-    elif args.config:
-        db = Path(_load(args.config).config.historian.path)
+    elif cfg is not None:
+        db = Path(cfg.historian.path)
     else:
         raise UsageError("give the historian with --db PATH or -c CONFIG")
     if args.output:
         with open(args.output, "w", newline="", encoding="utf-8") as fh:
-            n = export_csv(db, fh, args.start, args.end, args.device, args.wide)
+            n = export_csv(db, fh, args.start, args.end, args.device, args.wide, cfg)
         print(f"{args.output}: {n} rows", file=sys.stderr)
     else:
-        export_csv(db, sys.stdout, args.start, args.end, args.device, args.wide)
+        export_csv(db, sys.stdout, args.start, args.end, args.device, args.wide, cfg)
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from gateway.components import Component, build_components
 from gateway.config.models import Device, SiteConfig
 from gateway.historian import Historian
 from gateway.poller import Poller
+from gateway.runlock import RunLock, lock_path
 from gateway.service.safestop import write_safe_setpoints
 from gateway.state import DeviceState, SiteState
 
@@ -60,20 +61,34 @@ class Daemon:
         self.api: ApiServer | None = None
         self.started = 0.0
         self.components: list[Component] = []
+        self.lock = RunLock(self._lock_path(), self.gateway_id)
+        self.stop_problems: list[str] = []  # what the last shutdown could not do cleanly
         self._stop = asyncio.Event()
+
+    def _lock_path(self) -> Path:
+        """The run lock lives in the state directory (see gateway.runlock.lock_path)."""
+        hist = Path(self.cfg.historian.path) if self.cfg.historian.enabled else None
+        ctl = self.cfg.control
+        control_db = Path(ctl.state_path) if ctl is not None and ctl.state_path else None
+        return lock_path(self.gateway_id, hist and hist.absolute(),
+                         control_db and control_db.absolute(), self.socket_path.absolute())
 
     # -- life cycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bring everything up; on failure, tear down what was started and re-raise."""
+        """Bring everything up; on failure, tear down what was started and re-raise.
+
+        The run lock comes first: when another daemon holds it, nothing is touched."""
         self.started = time.time()
+        self.lock.acquire()  # AlreadyRunning / LockError: nothing to tear down
         try:
             self._attach_devices()
             if self.cfg.historian.enabled:
                 self.historian = Historian(self.cfg.historian)
                 await self.historian.start()
                 self.state.on_change(self.historian.record)
-            self.api = ApiServer(self.state, self.socket_path, self.gateway_id, self.stats)
+            self.api = ApiServer(self.state, self.socket_path, self.gateway_id, self.stats,
+                                 self.cfg.api)
             await self.api.start()
             for dev in self.cfg.devices_of(self.gateway_id):
                 self.poller.add(self.ios[dev.id], dev.poll_interval_s)
@@ -131,11 +146,16 @@ class Daemon:
                 log.warning("closing driver %s: %s", driver.name, exc)
         self.drivers.clear()
         if self.historian is not None:
-            await self.historian.stop()
+            lost = await self.historian.stop()
+            if lost:
+                self.stop_problems.append(f"{lost} historian rows not written to "
+                                          f"{self.historian.path} "
+                                          f"({self.historian.last_error})")
             self.historian = None
         if self.api is not None:
             await self.api.stop()
             self.api = None
+        self.lock.release()
 
     async def run(self, install_signals: bool = True) -> None:
         """Start, serve until SIGINT/SIGTERM (or request_stop), shut down cleanly."""
@@ -162,6 +182,8 @@ class Daemon:
             "poller": self.poller.stats(),
             "devices": {d: {"requests": io.stats.requests, "errors": io.stats.errors,
                             "timeouts": io.stats.timeouts, "reconnects": io.stats.reconnects,
-                            "last_error": io.stats.last_error}
+                            "last_error": io.stats.last_error,
+                            "events": io.stats.counters()}
                         for d, io in self.ios.items()},
         }
+

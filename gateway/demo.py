@@ -7,13 +7,13 @@ import contextlib
 import logging
 import signal
 import sys
-from datetime import UTC, datetime, tzinfo
-from typing import TextIO
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from pathlib import Path
+from typing import Any, TextIO
 
 from gateway.config.models import SiteConfig
 from gateway.daemon import Daemon
-from gateway.summary import render
+from gateway.export import record_sim_run
+from gateway.summary import active_alarms, mode_text, one_line, render, site_time_text
 
 log = logging.getLogger("autogrid.demo")
 
@@ -37,45 +37,45 @@ async def start_site(cfg: SiteConfig, speed: float | None = None) -> tuple[objec
     return runner, with_ports(cfg, ports)
 
 
-def _control_on_sim_time(daemon: Daemon, runner: object) -> None:
-    """EV deadlines and tariffs follow the simulated clock, which runs faster than ours."""
-    clock = getattr(getattr(runner, "site", None), "clock", None)
-    for comp in daemon.components:
-        if comp.name == "control" and clock is not None:
-            comp.controller.clock = clock.now  # type: ignore[attr-defined]
-
-
-def _sim_time_line(runner: object, cfg: SiteConfig) -> str:
-    """The simulated site's own clock (it runs faster than the wall clock above)."""
+def _on_sim_time(daemon: Daemon, runner: object) -> None:
+    """EV deadlines, tariffs and every time shown follow the simulated clock, which runs
+    faster than ours."""
     clock = getattr(getattr(runner, "site", None), "clock", None)
     if clock is None:
-        return ""
-    try:
-        tz: tzinfo = ZoneInfo(cfg.site.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = UTC
-    when = datetime.fromtimestamp(clock.now(), tz=tz)
-    return (f"\n\nSimulated site time  {when:%Y-%m-%d %H:%M} {when:%Z} "
-            f"({clock.speed:g}x real time)")
-
-
-def _control_line(daemon: Daemon) -> str:
-    """Mode, active alarms and setpoints, when site control runs."""
+        return
     for comp in daemon.components:
-        if comp.name != "control":
-            continue
-        c = comp.controller  # type: ignore[attr-defined]
-        alarms = comp.store.listing(active_only=True)  # type: ignore[attr-defined]
-        sp = ", ".join(f"{d}.{p}={v:.1f}" if isinstance(v, float) else f"{d}.{p}={v}"
-                       for d, pts in sorted(c.last.items()) for p, v in pts.items())
-        text = f"\n\nControl  mode {c.modes.mode}, {len(alarms)} active alarm(s)"
-        for a in alarms[:3]:
-            text += f"\n  [{a['severity']}] {a['source']}: {a['message']}"
-        return text + (f"\n  setpoints: {sp}" if sp else "")
-    return ""
+        if comp.name == "control":
+            comp.controller.clock = clock.now  # type: ignore[attr-defined]
+        if comp.name == "console":
+            comp.site_time.use_simulation(clock.now, clock.speed)  # type: ignore[attr-defined]
+    if daemon.cfg.historian.enabled:  # so `autogrid export` can put samples on this clock
+        record_sim_run(Path(daemon.cfg.historian.path), clock.now(), clock.speed)
 
 
-async def run_demo(cfg: SiteConfig, duration_s: float | None = None, interval_s: float = 1.0,
+def picture(daemon: Daemon) -> dict[str, Any]:
+    """What `autogrid status` shows, taken in-process: snapshot, mode, alarms, site time."""
+    snap: dict[str, Any] = daemon.state.snapshot()
+    status = alarms = clock = None
+    for comp in daemon.components:
+        if comp.name == "control":
+            status = {"mode": comp.controller.modes.mode}  # type: ignore[attr-defined]
+            alarms = comp.store.listing(active_only=True)  # type: ignore[attr-defined]
+        if comp.name == "console":
+            clock = comp.site_time.answer()  # type: ignore[attr-defined]
+    snap["mode"] = mode_text(status)
+    snap["alarms"] = active_alarms(alarms)
+    snap["site_time"] = clock
+    return snap
+
+
+def _changes(pic: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a demo without a terminal print at once: health, mode, alarms."""
+    return (tuple(sorted(pic["summary"].get("devices", {}).items())), pic.get("mode"),
+            tuple(sorted(str(a.get("key")) for a in pic.get("alarms") or [])))
+
+
+async def run_demo(cfg: SiteConfig, duration_s: float | None = None,
+                   interval_s: float | None = None,
                    speed: float | None = None, out: TextIO = sys.stdout) -> None:
     runner, live_cfg = await start_site(cfg, speed)
     daemon = Daemon(live_cfg)
@@ -84,23 +84,30 @@ async def run_demo(cfg: SiteConfig, duration_s: float | None = None, interval_s:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tty = out.isatty()
+    if interval_s is None:
+        interval_s = 1.0 if tty else 10.0
     try:
         await daemon.start()
-        _control_on_sim_time(daemon, runner)
+        _on_sim_time(daemon, runner)
         print(f"AutoGrid demo: {len(daemon.ios)} simulated devices on 127.0.0.1, "
               f"API at {daemon.socket_path}. Ctrl-C stops.", file=out, flush=True)
         elapsed = 0.0
+        last_line = -interval_s
+        seen: tuple[Any, ...] | None = None
+        step = interval_s if tty else min(1.0, interval_s)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
-            elapsed += interval_s
-            page = render(daemon.state.snapshot(), title=f"AutoGrid demo — {cfg.site.name}")
-            page += _sim_time_line(runner, cfg)
-            page += _control_line(daemon)
+                await asyncio.wait_for(stop.wait(), step)
+            elapsed += step
+            pic = picture(daemon)
             if tty:
+                page = render(pic, title=f"AutoGrid demo — {cfg.site.name}")
                 out.write("\x1b[H\x1b[2J" + page + "\n")
-            else:
-                out.write(page + "\n\n")
+            elif _changes(pic) != seen or elapsed - last_line >= interval_s:
+                # Not a terminal (a log, a pipe): one line per change or per interval.
+                seen, last_line = _changes(pic), elapsed
+                when = site_time_text(pic.get("site_time")) or ""
+                out.write(f"{when.split(' (')[0]}  {one_line(pic)}\n")
             out.flush()
             if duration_s is not None and elapsed >= duration_s:
                 break

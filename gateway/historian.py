@@ -10,6 +10,11 @@ Storage: ``history`` is keyed (point_id, ts_ms) WITHOUT ROWID, integer milliseco
 B-tree and no other index: a row costs about a third of the old rowid table with two
 indexes. ``samples`` is a view with the old shape (ts in seconds) for readers written
 against it; a database in the old format is converted when it is opened.
+
+A full disk (SQLITE_FULL) or a broken file never stops polling: the first failure is
+logged with the path, the rows stay buffered (at most BUFFER_BATCHES batches; the oldest
+are dropped and counted beyond that) and are retried; ``stats()`` says ``disk_full`` and
+how many rows were lost, and a stop that cannot write the buffer says how many it lost.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from gateway.aio import cancel_and_wait
 from gateway.config.models import Historian as HistorianConfig
+from gateway.dbfiles import create_private, describe
 from gateway.model import Quality, Reading
 
 log = logging.getLogger("autogrid.historian")
@@ -61,6 +67,8 @@ DROP TABLE samples;
 QUALITY_CODE = {Quality.GOOD: 0, Quality.STALE: 1, Quality.OFFLINE: 2, Quality.INVALID: 3}
 QUALITY_NAME = {v: str(k) for k, v in QUALITY_CODE.items()}
 
+BUFFER_BATCHES = 50  # rows kept in memory while the disk refuses them, in batches
+
 # device, point, unit, ts, value, quality: what record() buffers
 Buffered = tuple[str, str, str, float, object, Quality]
 
@@ -79,8 +87,10 @@ class Historian:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.rows_written = 0
-        self.dropped = 0
+        self.dropped = 0  # rows lost: dropped from a full buffer, or unwritten at stop
         self.last_error: str | None = None
+        self.disk_full = False
+        self._dropping = False  # the current failure episode has dropped rows (logged)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -88,28 +98,47 @@ class Historian:
         await asyncio.to_thread(self._open)
         self._task = asyncio.create_task(self._flush_loop(), name="historian flush")
 
-    async def stop(self) -> None:
-        """Flush everything still buffered, then close."""
+    async def stop(self) -> int:
+        """Flush everything still buffered, then close; returns the rows that could not be
+        written (and are lost), after saying so in the log."""
         if self._task:
             await cancel_and_wait([self._task])
             self._task = None
         await self.flush()
+        lost = len(self._buffer)
+        if lost:
+            self.dropped += lost
+            self._buffer = []
+            log.error("historian stopped with %d rows not written to %s (%s); %d rows lost "
+                      "in all", lost, self.path, self.last_error, self.dropped)
         await asyncio.to_thread(self._close)
+        return lost
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        old = db.execute("SELECT type FROM sqlite_master WHERE name='samples'").fetchone()
-        db.executescript(_SCHEMA)
-        if old is not None and old[0] == "table":
-            n = db.execute("SELECT count(*) FROM samples").fetchone()[0]
-            log.info("historian %s: converting %d rows to the compact format", self.path, n)
-            db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
-        db.executescript(_VIEW)
-        for pid, device, point in db.execute("SELECT id, device, point FROM points"):
-            self._point_ids[(device, point)] = pid
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                old = db.execute("SELECT type FROM sqlite_master WHERE name='samples'"
+                                 ).fetchone()
+                db.executescript(_SCHEMA)
+                if old is not None and old[0] == "table":
+                    n = db.execute("SELECT count(*) FROM samples").fetchone()[0]
+                    log.info("historian %s: converting %d rows to the compact format",
+                             self.path, n)
+                    db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
+                db.executescript(_VIEW)
+                for pid, device, point in db.execute("SELECT id, device, point FROM points"):
+                    self._point_ids[(device, point)] = pid
+            except BaseException:
+                db.close()
+                raise
+        except (OSError, sqlite3.Error) as exc:
+            raise RuntimeError(f"historian database {self.path}: cannot open: "
+                               f"{describe(exc)}") from None
         self._db = db
 
     def _close(self) -> None:
@@ -139,8 +168,18 @@ class Historian:
             buf.append((device_id, point, r.unit, r.ts, r.value, r.quality))
         if len(buf) >= self.cfg.batch_size:
             self._wake.set()
-        if len(buf) > 50 * self.cfg.batch_size:  # disk gone: bound memory, say so
-            drop = len(buf) - 50 * self.cfg.batch_size
+        self._bound_buffer()
+
+    def _bound_buffer(self) -> None:
+        """Keep at most BUFFER_BATCHES batches in memory; drop the oldest and count them."""
+        buf, limit = self._buffer, BUFFER_BATCHES * self.cfg.batch_size
+        if len(buf) > limit:
+            drop = len(buf) - limit
+            if not self._dropping:  # once per episode
+                log.error("historian buffer full (%d rows) while %s cannot be written: "
+                          "dropping the oldest rows (%d lost so far)", limit, self.path,
+                          self.dropped + drop)
+            self._dropping = True
             del buf[:drop]
             self.dropped += drop
 
@@ -164,14 +203,21 @@ class Historian:
         try:
             n = await asyncio.to_thread(self._write, batch)
         except sqlite3.Error as exc:
-            if self.last_error != str(exc):
-                log.error("historian write failed (%d rows kept for retry): %s", len(batch), exc)
-            self.last_error = str(exc)
+            why = describe(exc)
             self._buffer[:0] = batch
+            self._bound_buffer()
+            if self.last_error != why:
+                log.error("historian: %s writing %s (%d rows kept in memory and retried; "
+                          "polling goes on)", why, self.path, len(self._buffer))
+            self.last_error = why
+            self.disk_full = why == "disk full"
             return 0
         if self.last_error is not None:
-            log.info("historian writes recovered")
+            log.info("historian writes to %s recovered (%d rows lost meanwhile)", self.path,
+                     self.dropped)
             self.last_error = None
+            self.disk_full = False
+            self._dropping = False
         return n
 
     def _write(self, batch: list[Buffered]) -> int:
@@ -194,7 +240,8 @@ class Historian:
                 db.executemany("INSERT OR REPLACE INTO history VALUES (?,?,?,?,?)", rows)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLITE_FULL has already rolled it back
+                    db.execute("ROLLBACK")
                 raise
             self.rows_written += len(rows)
             return len(rows)
@@ -214,15 +261,20 @@ class Historian:
             if db is None:
                 return
             n = 0
-            db.execute("BEGIN")
             try:  # per point: a range of the primary key each, never a full scan
-                for (pid,) in db.execute("SELECT id FROM points").fetchall():
-                    n += db.execute("DELETE FROM history WHERE point_id = ? AND ts_ms < ?",
-                                    (pid, cutoff_ms)).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                db.execute("BEGIN")
+                try:
+                    for (pid,) in db.execute("SELECT id FROM points").fetchall():
+                        n += db.execute("DELETE FROM history WHERE point_id = ? AND ts_ms < ?",
+                                        (pid, cutoff_ms)).rowcount
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                log.warning("historian retention on %s failed: %s", self.path, describe(exc))
+                return
             if n:
                 log.info("historian retention: deleted %d samples older than %.0f days",
                          n, self.cfg.retention_days)
@@ -232,4 +284,4 @@ class Historian:
         return {"path": str(self.path), "rows_written": self.rows_written,
                 "buffered": len(self._buffer), "dropped": self.dropped,
                 "suppressed": self.suppressed, "size_bytes": size,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "disk_full": self.disk_full}

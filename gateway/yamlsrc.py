@@ -3,6 +3,12 @@
 Site engineers edit YAML by hand; an error must say ``site.yaml:42:7: devices[3].template:
 ...``. We compose the YAML node graph ourselves and record the mark of each mapping key
 and value by its path, then turn pydantic's ``loc`` tuples back into ``file:line:col``.
+
+Aliases are shared nodes: a few of them nested ("billion laughs") expand to billions of
+values. Reading is bounded: at most MAX_FILE_BYTES of text, MAX_ALIASES alias uses and
+MAX_NODES values once aliases are expanded; past a limit the error says where (the alias
+that expands too far). Merge keys (``<<: *base``) need no limit of their own: PyYAML keeps
+each merged key once, so they cannot multiply.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 PathKey = tuple[str | int, ...]
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_ALIASES = 1000  # alias uses (*name) in one file
+MAX_NODES = 200_000  # values in one file once aliases are expanded
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,42 +92,96 @@ def format_path(path: PathKey) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    """SafeLoader that counts alias uses and remembers where each was written."""
+
+    def __init__(self, stream: str, file: str) -> None:
+        super().__init__(stream)
+        self.file = file
+        self.alias_uses = 0
+        # (id(parent node), index or id(key node)) -> where the alias was written
+        self.alias_at: dict[tuple[int, int], Mark] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            where = Mark(mark.line + 1, mark.column + 1)
+            self.alias_uses += 1
+            if self.alias_uses > MAX_ALIASES:
+                raise SourceError([Problem(self.file, where, "", f"too many YAML aliases "
+                                           f"(limit {MAX_ALIASES}): a site config needs far "
+                                           f"fewer; write the values out")])
+            if parent is not None and index is not None:
+                self.alias_at[(id(parent), _index_key(index))] = where
+        return super().compose_node(parent, index)
+
+
+def _index_key(index: Any) -> int:
+    return index if isinstance(index, int) else id(index)
+
+
+def _too_many(file: str, where: Mark) -> SourceError:
+    return SourceError([Problem(file, where, "", f"too many YAML aliases (limit {MAX_NODES} "
+                                                 f"values once expanded): the aliases here "
+                                                 f"expand past it; write the values out")])
 
 
 def _mark(node: yaml.Node) -> Mark:
     return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _walk(loader: _Loader, node: yaml.Node, path: PathKey, src: Source) -> Any:
-    src.values[path] = _mark(node)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool) or key is None:
-                raise SourceError([Problem(src.file, _mark(key_node), format_path(path),
-                                           f"mapping key must be a scalar, found {key!r}")])
-            key_s = key if isinstance(key, str) else str(key)
-            if key_s in out:
-                raise SourceError([Problem(src.file, _mark(key_node), format_path(path),
-                                           f"duplicate key '{key_s}'")])
-            src.keys[(*path, key_s)] = _mark(key_node)
-            out[key_s] = _walk(loader, value_node, (*path, key_s), src)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_walk(loader, child, (*path, i), src) for i, child in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+class _Walk:
+    """Turns the node graph into data, counting every value as aliases expand it."""
+
+    def __init__(self, loader: _Loader, src: Source) -> None:
+        self.loader = loader
+        self.src = src
+        self.count = 0
+
+    def child(self, parent: yaml.Node, index: Any, node: yaml.Node, path: PathKey,
+              via: Mark | None) -> Any:
+        alias = self.loader.alias_at.get((id(parent), _index_key(index)))
+        return self.walk(node, path, via or alias)
+
+    def walk(self, node: yaml.Node, path: PathKey, via: Mark | None = None) -> Any:
+        """``via``: the outermost alias on the way here (where an expansion error points)."""
+        loader, src = self.loader, self.src
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _too_many(src.file, via or _mark(node))
+        src.values[path] = _mark(node)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool) or key is None:
+                    raise SourceError([Problem(src.file, _mark(key_node), format_path(path),
+                                               f"mapping key must be a scalar, found "
+                                               f"{_short(key)}")])
+                key_s = key if isinstance(key, str) else str(key)
+                if key_s in out:
+                    raise SourceError([Problem(src.file, _mark(key_node), format_path(path),
+                                               f"duplicate key '{key_s}'")])
+                src.keys[(*path, key_s)] = _mark(key_node)
+                out[key_s] = self.child(node, key_node, value_node, (*path, key_s), via)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.child(node, i, c, (*path, i), via) for i, c in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_yaml_text(text: str, file: str) -> Source:
     """Parse YAML text; syntax errors become a SourceError with the position."""
     src = Source(file=file, data=None)
-    loader = _Loader(text)
+    loader = _Loader(text, file)
     try:
         node = loader.get_single_node()
-        src.data = {} if node is None else _walk(loader, node, (), src)
+        src.data = {} if node is None else _Walk(loader, src).walk(node, ())
     except yaml.MarkedYAMLError as exc:
         m = exc.problem_mark
         mark = Mark(m.line + 1, m.column + 1) if m is not None else None
@@ -125,15 +189,29 @@ def load_yaml_text(text: str, file: str) -> Source:
         raise SourceError([Problem(file, mark, "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as exc:
         raise SourceError([Problem(file, None, "", f"YAML error: {exc}")]) from None
+    except RecursionError:
+        raise SourceError([Problem(file, None, "", "YAML nested too deeply")]) from None
     finally:
         loader.dispose()
     return src
 
 
+def read_bounded(path: Path, name: str) -> str:
+    """The file's text, refused past MAX_FILE_BYTES (a config is kilobytes; this bounds a
+    wrong path such as a log file or /dev/zero). Raises OSError/UnicodeDecodeError as is."""
+    with path.open("rb") as fh:
+        data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise SourceError([Problem(name, None, "", f"file too large (over "
+                                                   f"{MAX_FILE_BYTES // (1024 * 1024)} MiB; "
+                                                   f"a site config is far smaller)")])
+    return data.decode("utf-8")
+
+
 def load_yaml_file(path: str | Path) -> Source:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_bounded(p, str(p))
     except FileNotFoundError:
         raise SourceError([Problem(str(p), None, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:

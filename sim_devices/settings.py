@@ -185,6 +185,9 @@ class MeterSim(_Strict):
 
 class BreakerSim(_Strict):
     initially_closed: bool = True
+    # A feeder breaker: the devices it supplies lose power while it is open. A breaker
+    # that supplies none is a PCC breaker: open, the whole site is off the grid.
+    supplies: list[str] = Field(default_factory=list)
 
 
 DeviceSim = PvSim | WindSim | BatterySim | BmsSim | EvseSim | LoadSim | MeterSim | BreakerSim
@@ -271,4 +274,12 @@ def _cross_check(dev_id: str, ov: BaseModel, natures: dict[str, Nature], src: So
             elif natures[other] in (Nature.METER, Nature.BREAKER, Nature.BMS):
                 out.append(src.problem((*path, "measures", i),
                                        f"'{other}' is a {natures[other]}, it has no flow"))
+    if isinstance(ov, BreakerSim):
+        for i, other in enumerate(ov.supplies):
+            if other not in natures:
+                out.append(src.problem((*path, "supplies", i), f"no device '{other}'"))
+            elif natures[other] in (Nature.METER, Nature.BREAKER, Nature.BMS):
+                out.append(src.problem((*path, "supplies", i),
+                                       f"'{other}' is a {natures[other]}, a feeder breaker "
+                                       f"supplies devices that draw or give power"))
     return out

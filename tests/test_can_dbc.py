@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from cantools.database.can import Signal
 
 from drivers.can.dbc import compile_signal, decimals, load_dbc
 from drivers.can.link import loopback_route_problem
 from drivers.can.template import CanTemplate
 from drivers.template import TEMPLATE_DIR, load_template, load_template_file, template_names
 from gateway.config.loader import load_config
+from gateway.model import Invalid
 from gateway.yamlsrc import SourceError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,37 +160,92 @@ def test_udp_multicast_refused_unless_loopback_carries_it() -> None:
         or "multicast on" in live
 
 
+def _cannot_be_true(sig: Signal, raw: int, phys: float) -> bool:
+    """The oracle for the generated checks, from cantools' raw and scaled values: the
+    J1939 patterns (unsigned: all ones, all ones minus one; signed: sign bit alone) of
+    signals >= 2 bits outside their value table, or a value outside the DBC range."""
+    if sig.length >= 2 and raw not in (sig.choices or {}):
+        ones = (1 << sig.length) - 1
+        if raw in ((-(1 << (sig.length - 1)),) if sig.is_signed else (ones, ones - 1)):
+            return True
+    step = abs(float(sig.scale)) / 2
+    return ((sig.minimum is not None and phys < sig.minimum - step)
+            or (sig.maximum is not None and phys > sig.maximum + step))
+
+
 @pytest.mark.parametrize("template", CAN_TEMPLATES)
 def test_generated_point_decoders_match_cantools(template: str) -> None:
-    """The generated per-message code gives what cantools + the template's mapping give."""
+    """The generated per-message code gives what cantools + the template's mapping give,
+    and marks exactly the values that cannot be true as Invalid (with their value)."""
     from drivers.can.codegen import compile_message
     from gateway.model import NATURES, Kind
 
     tpl = load_template(template)
     rng = random.Random(template)
     kinds = NATURES[tpl.nature]
+    invalid_seen = valid_seen = 0
     for msg in tpl.database.messages:
         pts = [(n, p, kinds[n].kind) for n, p in tpl.points.items() if p.message == msg.name]
         if not pts:
             continue
         dec = compile_message(msg, pts)
-        for _ in range(100):
-            data = bytes(rng.randrange(256) for _ in range(msg.length))
+        payloads = [bytes(rng.randrange(256) for _ in range(msg.length)) for _ in range(300)]
+        payloads += [b"\xff" * msg.length, b"\x00" * msg.length]
+        for data in payloads:
             ref = msg.decode(data, decode_choices=False, scaling=True)
-            assert isinstance(ref, dict)
+            raws = msg.decode(data, decode_choices=False, scaling=False)
+            assert isinstance(ref, dict) and isinstance(raws, dict)
+            all_ff = data == b"\xff" * msg.length
             got = dec(data)
             for name, pt, kind in pts:
+                value = got[name]
                 if pt.flags is not None:
                     want: object = sum(1 << i for i, f in enumerate(pt.flags) if ref[f])
-                    assert got[name] == want
+                    if all_ff:
+                        assert isinstance(value, Invalid) and value.raw == want
+                        assert "all-0xFF" in value.why
+                    else:
+                        assert value == want
                     continue
                 assert pt.signal is not None
+                sig = msg.get_signal_by_name(pt.signal)
                 phys = float(ref[pt.signal])  # type: ignore[arg-type]
+                raw = int(raws[pt.signal])  # type: ignore[call-overload]
+                choices = sig.choices or {}
                 if kind is Kind.BOOL:
-                    assert got[name] is ((phys != 0) != pt.invert)
+                    want = (phys != 0) != pt.invert
                 elif kind is Kind.STR:
-                    choices = msg.get_signal_by_name(pt.signal).choices or {}
                     want = str(choices[int(phys)]) if int(phys) in choices else None
-                    assert got[name] == want
                 else:
-                    assert got[name] == pytest.approx(phys * pt.scale, rel=1e-12, abs=1e-9)
+                    want = phys * pt.scale
+                bad = all_ff or _cannot_be_true(sig, raw, phys) or want is None
+                if bad:
+                    invalid_seen += 1
+                    assert isinstance(value, Invalid), (name, data.hex(), value)
+                    shown = phys if kind is Kind.STR else want
+                    assert value.raw == pytest.approx(shown, rel=1e-12, abs=1e-9)
+                    continue
+                valid_seen += 1
+                assert not isinstance(value, Invalid), (name, data.hex(), value)
+                if kind in (Kind.BOOL, Kind.STR):
+                    assert value == want
+                else:
+                    assert value == pytest.approx(want, rel=1e-12, abs=1e-9)
+    assert invalid_seen and valid_seen  # both branches were exercised
+
+
+@pytest.mark.parametrize("template", CAN_TEMPLATES)
+def test_every_read_signal_has_a_real_range(template: str) -> None:
+    """Range checks need ranges: every signal a template reads has a DBC min/max narrower
+    than what its bits carry (a range equal to the raw span checks nothing)."""
+    tpl = load_template(template)
+    for name, pt in tpl.points.items():
+        if pt.message is None or pt.signal is None:
+            continue
+        sig = tpl.message(pt.message).get_signal_by_name(pt.signal)
+        if sig.length == 1:
+            continue
+        assert sig.minimum is not None and sig.maximum is not None, name
+        raw_hi = (1 << (sig.length - (1 if sig.is_signed else 0))) - 1
+        top = raw_hi * float(sig.scale) + float(sig.offset)
+        assert sig.maximum < top, (name, sig.maximum, top)

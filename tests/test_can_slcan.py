@@ -110,6 +110,8 @@ async def test_pty_closed_link_lost_and_recovered(site: tuple[SimRunner, Daemon]
     await until(lambda: quality(daemon, "bms") is Quality.GOOD, "bms good")
     link = daemon.drivers["can"].links["can:slcan:" + str(  # type: ignore[attr-defined]
         runner.endpoints["rack"].channel)]  # type: ignore[attr-defined]
+    await until(lambda: link.counters["frames"] > 0, "frames counted")
+    frames_before = link.counters["frames"]
     await runner.set_fault("bms", "drop")  # the adapter is unplugged: the pty goes away
     assert not (tmp_path / "can0").exists()
     await until(lambda: quality(daemon, "bms") is Quality.OFFLINE
@@ -121,6 +123,7 @@ async def test_pty_closed_link_lost_and_recovered(site: tuple[SimRunner, Daemon]
     await until(lambda: quality(daemon, "bms") is Quality.GOOD
                 and quality(daemon, "charger") is Quality.GOOD, "CAN devices back")
     assert link.stats.reconnects >= 1
+    assert link.counters["frames"] > frames_before  # counters run on across reconnects
     # and a command goes through the new link
     assert await daemon.ios["charger"].write("enabled", False) is False
     assert runner.site.models["charger"].enabled is False  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -64,12 +65,20 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
-    r = run(["demo", "--duration", "3", "--interval", "1"], tmp_path, timeout=90)
+    r = run(["demo", "--duration", "3"], tmp_path, timeout=90)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
-    assert "Power flow" in r.stdout and "7 ok, 0 stale, 0 offline" in r.stdout
+    # not a terminal: one line at start and one per change of health, mode or alarms
+    # (the whole page every second made 1,300 lines a minute of a log)
+    assert "Power flow" not in r.stdout
+    lines = [ln for ln in r.stdout.splitlines() if "; devices " in ln]
+    demo = yaml.safe_load((REPO / "site_configs" / "demo.yaml").read_text())
+    n = len(demo["devices"])
+    assert lines and f"devices {n} ok 0 stale 0 offline; mode normal" in r.stdout
+    tails = [ln.split("; devices ", 1)[1] for ln in lines]
+    assert all(a != b for a, b in pairwise(tails)), lines
     # demo.yaml's simulated day starts 2025-06-21 07:30 in Europe/Berlin, at 60x
-    assert "Simulated site time  2025-06-21 07:3" in r.stdout and "CEST (60x" in r.stdout
+    assert lines[0].startswith("2025-06-21 07:3") and " CEST " in lines[0]
     assert "stopped" in r.stdout
     assert not list(tmp_path.glob("*.sock")), "API socket left behind"
     assert (tmp_path / "autogrid-demo.sqlite").is_file()
@@ -79,6 +88,7 @@ def test_demo_stops_cleanly_on_ctrl_c_and_status_works_meanwhile(tmp_path: Path)
     proc = subprocess.Popen([*AUTOGRID, "demo", "--interval", "0.5"], cwd=tmp_path,
                             env=env_for(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    devices = len(yaml.safe_load((REPO / "site_configs" / "demo.yaml").read_text())["devices"])
     try:
         sock = tmp_path / "autogrid-gw1.sock"
         deadline = time.monotonic() + 60
@@ -87,15 +97,21 @@ def test_demo_stops_cleanly_on_ctrl_c_and_status_works_meanwhile(tmp_path: Path)
             if sock.exists():
                 status = run(["status", "--socket", str(sock), "--json"], tmp_path)
                 if status.returncode == 0 and \
-                        json.loads(status.stdout)["summary"]["devices"]["good"] == 7:
+                        json.loads(status.stdout)["summary"]["devices"]["good"] == devices:
                     break
             time.sleep(0.3)
         assert status is not None and status.returncode == 0, status and status.stderr
         snap = json.loads(status.stdout)
         assert snap["gateway"] == "gw1"
         assert snap["summary"]["grid_kw"] is not None
+        assert snap["mode"] == "normal" and isinstance(snap["alarms"], list)
+        assert snap["site_time"]["simulated"] is True
+        assert snap["site_time"]["timezone"] == "Europe/Berlin"
         text = run(["status", "--socket", str(sock)], tmp_path)
         assert "Power flow" in text.stdout and "grid_meter" in text.stdout
+        assert "Site mode normal   Active alarms " in text.stdout
+        assert "site time 2025-06-21 " in text.stdout
+        assert "(Europe/Berlin), simulated at 60x real time" in text.stdout
     finally:
         code, out, err = stop(proc)
     assert code == 0, err
@@ -151,6 +167,7 @@ def test_sim_and_run_as_separate_processes_then_export(split_site: Path, tmp_pat
     sim = subprocess.Popen([*AUTOGRID, "sim", "-c", str(split_site)], cwd=tmp_path,
                            env=env_for(tmp_path), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
+    devices = len(yaml.safe_load(split_site.read_text())["devices"])
     daemon = None
     try:
         time.sleep(1.0)
@@ -159,12 +176,12 @@ def test_sim_and_run_as_separate_processes_then_export(split_site: Path, tmp_pat
                                   stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         good = 0
-        while time.monotonic() < deadline and good < 7:
+        while time.monotonic() < deadline and good < devices:
             r = run(["status", "-c", str(split_site), "--json"], tmp_path)
             if r.returncode == 0:
                 good = json.loads(r.stdout)["summary"]["devices"]["good"]
             time.sleep(0.3)
-        assert good == 7
+        assert good == devices
         time.sleep(1.0)
         code, _, err = stop(daemon, signal.SIGTERM)
         daemon = None

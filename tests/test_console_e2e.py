@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,20 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 TOKEN = "e2e-operator-token"
 
 
-def site_config(tmp: Path) -> Path:
+def site_config(tmp: Path, pcc: bool = True) -> Path:
     """The demo site with site control on, a protection threshold that raises an alarm at
     once (cell temperature above 10 °C), a car already at ev_bay2, and a role policy that
     makes this user a viewer unless it presents the operator token."""
     cfg = yaml.safe_load((REPO / "site_configs" / "demo.yaml").read_text())
-    cfg["control"] = {"protection": {"cell_temp_max_c": 10}}
+    cfg["control"]["protection"] = {"cell_temp_max_c": 10}
     cfg["simulation"]["clock"]["start"] = "2025-06-21T08:01:00+02:00"
     cfg["historian"]["path"] = str(tmp / "history.sqlite")
     cfg["console"] = {"roles": {"viewer": [getpass.getuser()]},
                       "tokens": [{"name": "op-anna", "role": "operator",
                                   "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}]}
+    if not pcc:  # a site that cannot island: no breaker at all, none named as the PCC
+        cfg["devices"] = [d for d in cfg["devices"] if d["nature"] != "breaker"]
+        cfg["control"].pop("emergency", None)
     path = tmp / "site.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -101,6 +104,23 @@ class Tmux:
         self.save(f"FAILED-{save or 'wait'}", screen)
         raise AssertionError(f"never saw {texts!r} on the screen:\n{screen}")
 
+    def wait_until(self, ok: Callable[[str], bool], save: str, timeout: float = 60.0
+                   ) -> str:
+        """Wait until ``ok(screen)`` holds (a condition, not a sleep)."""
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            try:
+                if ok(screen):
+                    self.save(save, screen)
+                    return screen
+            except (StopIteration, ValueError, IndexError):
+                pass
+            time.sleep(0.2)
+        self.save(f"FAILED-{save}", screen)
+        raise AssertionError(f"the screen never met the condition ({save}):\n{screen}")
+
     def save(self, name: str, screen: str) -> None:
         self.n += 1
         (self.artifacts / f"{self.n:02d}-{name}.txt").write_text(screen)
@@ -124,7 +144,17 @@ def value(snap: dict[str, Any], dev: str, point: str) -> Any:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Path]:
-    site_config(tmp_path)
+    yield from run_demo(tmp_path, pcc=True)
+
+
+@pytest.fixture
+def demo_without_pcc(tmp_path: Path) -> Iterator[Path]:
+    yield from run_demo(tmp_path, pcc=False)
+
+
+def run_demo(tmp_path: Path, pcc: bool) -> Iterator[Path]:
+    """`autogrid demo` on the site of ``site_config``, until the test is done."""
+    devices = len(yaml.safe_load(site_config(tmp_path, pcc).read_text())["devices"])
     out = (tmp_path / "demo.out").open("w")
     proc = subprocess.Popen([*AUTOGRID, "demo", "-c", str(tmp_path / "site.yaml"),
                              "--interval", "5"], cwd=tmp_path, env=env_for(tmp_path),
@@ -135,7 +165,7 @@ def demo(tmp_path: Path) -> Iterator[Path]:
         while time.monotonic() < deadline:
             if sock.exists():
                 try:
-                    if snapshot(sock)["summary"]["devices"]["good"] == 7:
+                    if snapshot(sock)["summary"]["devices"]["good"] == devices:
                         break
                 except Exception:
                     pass
@@ -225,7 +255,12 @@ def test_console_end_to_end_in_tmux(demo: Path, tmp_path: Path, artifacts: Path)
         before = snapshot(demo)
         assert (value(before, "pv_roof", "p_kw") or 0) > 0.1
         tm.keys("9")
-        tm.wait_for("EMERGENCY CONTROLS", "EMERGENCY STOP", save="emergency")
+        tm.wait_for("EMERGENCY CONTROLS", "EMERGENCY STOP", "Site mode normal",
+                    save="emergency")
+        tm.keys("i")  # this site has a PCC breaker: islanding is asked for confirmation
+        tm.wait_for("ISLAND — step 1 of 2", save="island-step1")
+        tm.keys("Escape")
+        tm.wait_for("Island cancelled; nothing was sent", save="island-cancelled")
         tm.keys("s")
         tm.wait_for("step 1 of 2", save="estop-step1")
         tm.keys("y")
@@ -252,6 +287,27 @@ def test_console_end_to_end_in_tmux(demo: Path, tmp_path: Path, artifacts: Path)
         for name in ("viewer", "operator"):
             err = (tmp_path / f"{name}.err").read_text()
             assert "Traceback" not in err, err
+    finally:
+        tm.kill()
+
+
+def test_island_refused_at_once_on_a_site_without_pcc_breaker(
+        demo_without_pcc: Path, tmp_path: Path, artifacts: Path) -> None:
+    tm = Tmux(tmp_path, artifacts)
+    try:
+        tm.session = "operator"
+        tm.start("operator", {"AUTOGRID_TOKEN": TOKEN})
+        tm.wait_for("AutoGrid ▸ Overview", "(operator)", save="nopcc-overview")
+        tm.keys("9")
+        tm.wait_for("EMERGENCY CONTROLS", "Site mode normal", save="nopcc-emergency")
+        tm.keys("i")  # one key press: the reason, and no confirmation to go through
+        s = tm.wait_for("Island: refused: no PCC breaker configured", save="nopcc-island")
+        assert "step 1 of 2" not in s
+        tm.keys("q")
+        tm.wait_for("CONSOLE-EXIT=0")
+        snap = snapshot(demo_without_pcc)
+        assert "Traceback" not in (tmp_path / "operator.err").read_text()
+        assert snap["summary"]["devices"]["good"] > 0
     finally:
         tm.kill()
 

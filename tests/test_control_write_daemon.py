@@ -93,6 +93,8 @@ async def test_api_overrides_and_breaker_commands_answer_with_what_the_device_to
         await wait_for(lambda: "bat" in comp.controller.visible
                        and comp.controller.grid_ok is True, "control running")
         async with ApiClient(daemon.socket_path) as api:
+            status = await api.request("control_status")  # the console refuses on it
+            assert status["pcc_breaker"] == "pcc"
             r = await api.request("override_set", device="bat", point="p_set_kw", value=4.0,
                                   duration_s=600)
             assert r["written"] is True and r["read_back"] == 4.0 and r["at"] > 0
@@ -146,3 +148,18 @@ async def test_shed_and_restore_answer_with_what_the_load_took(tmp_path: Path) -
             assert runner.values("heater")["enabled"] is True
             with pytest.raises(ApiRequestError, match="not a load"):
                 await api.request("shed", load="bat")
+
+
+async def test_acknowledging_an_alarm_twice_writes_one_audit_row(tmp_path: Path) -> None:
+    cfg = site(tmp_path, import_limit=200.0)
+    async with running(cfg) as (_runner, daemon, comp):
+        comp.store.raise_("bat", "drill", "warning", "a drill alarm")
+        async with ApiClient(daemon.socket_path) as api:
+            first = await api.request("alarm_ack", key="bat:drill")
+            second = await api.request("alarm_ack", key="bat:drill")
+            assert first["acked_by"] == second["acked_by"] and "already_acknowledged" not in first
+            assert second["already_acknowledged"] is True
+            with pytest.raises(ApiRequestError, match="unknown alarm"):
+                await api.request("alarm_ack", key="bat:nothing")
+            rows = [e for e in await api.request("audit") if e["action"] == "alarm_ack"]
+            assert [e["ok"] for e in rows] == [False, True]  # newest first

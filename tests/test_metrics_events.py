@@ -16,7 +16,8 @@ def test_io_events_and_invalid_points_are_exported() -> None:
     state = SiteState()
     state.add_device(DeviceState("relay", Nature.BREAKER, max_age_s=10.0))
     state.update("relay", {"closed": True, "i_a": Invalid(1e9, "OVER_RANGE flag")}, 100.0)
-    stats = IOStats(extra={"device_restarts": 2, "time_syncs": 1, "note": "text is skipped"})
+    stats = IOStats(extra={"device_restarts": 2, "time_syncs": 1, "note": "text is skipped",
+                           "frames": {"BMS_SOC": 7}})
     daemon = SimpleNamespace(state=state, ios={"relay": SimpleNamespace(stats=stats)},
                              historian=None, started=0.0, gateway_id="gw1")
     reg = CollectorRegistry()
@@ -25,4 +26,5 @@ def test_io_events_and_invalid_points_are_exported() -> None:
     assert 'autogrid_io_events_total{device="relay",event="device_restarts"} 2.0' in text
     assert 'autogrid_io_events_total{device="relay",event="time_syncs"} 1.0' in text
     assert 'event="note"' not in text
+    assert 'autogrid_io_events_total{device="relay",event="frames.BMS_SOC"} 7.0' in text
     assert 'autogrid_invalid_points{device="relay"} 1.0' in text

@@ -245,3 +245,19 @@ def test_bms_links_are_checked() -> None:
     assert reference_problems(bad, natures) == [
         "control.protection.bms_guards.bms1: 'meter' is not a battery (bess) of this site",
         "control.protection.bms_guards.ghost: no device 'ghost'"]
+
+
+def test_a_reading_that_cannot_be_true_is_an_alarm_and_a_critical_one_counts_as_stale() -> None:
+    from gateway.model import Invalid
+
+    p, _, _, _ = make(stale_after_s=2.0)
+    p.state.update("meter", {"p_kw": 1.0}, T0 + 1)
+    p.state.update("bat", {"soc_pct": Invalid(250.0, "outside 0..100 %")}, T0 + 1)
+    assert p.check_stale(T0 + 1.5) == ["bat"]  # fresh, but its SOC cannot be true
+    stale = p.store.alarms["bat:stale"]
+    assert stale.active and "soc_pct = 250.0 (outside 0..100 %)" in stale.message
+    invalid = p.store.alarms["bat:invalid"]
+    assert invalid.active and "not used" in invalid.message
+    p.state.update("bat", {"soc_pct": 55.0}, T0 + 2)
+    assert p.check_stale(T0 + 2.5) == []
+    assert not p.store.is_active("bat", "invalid") and not p.store.is_active("bat", "stale")

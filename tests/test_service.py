@@ -39,6 +39,9 @@ def site(tmp: Path, port: int, metrics_port: int, *, with_heater: bool,
                             batch_size=100_000)
     keep = {"grid_meter", "pv_roof", "battery"} | ({"water_heater"} if with_heater else set())
     cfg["devices"] = [d for d in cfg["devices"] if d["id"] in keep]
+    em = cfg["control"]["emergency"]  # the breakers are not in the subset
+    em.pop("pcc_breaker", None)
+    em["estop_open_breakers"] = [b for b in em.get("estop_open_breakers", []) if b in keep]
     for d in cfg["devices"]:
         d["poll_interval_s"] = pv_interval if d["id"] == "pv_roof" else 0.2
         d.pop("safe_setpoints", None)

@@ -1,4 +1,5 @@
-"""The shipped site configs pass the checker, and say what their comments promise."""
+"""The shipped site configs pass the checker, say what their comments promise, and run:
+the daemon against their simulated devices, with the controller steering by the PCC."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ from pathlib import Path
 import pytest
 
 from drivers.template import template_names
+from gateway.apiclient import ApiClient
+from gateway.config.can import CanConnection
 from gateway.config.loader import check_config, load_config, run_check
+from gateway.config.models import SiteConfig
+from gateway.control.component import ControlComponent
+from gateway.daemon import Daemon
+from gateway.demo import _SERVED as SERVED
+from gateway.demo import with_ports
 from gateway.model import Nature
+from sim_devices.runner import SimRunner
+from tests.waiting import until_async
 
 SITE_CONFIGS = Path(__file__).resolve().parent.parent / "site_configs"
 CONFIGS = sorted(SITE_CONFIGS.glob("*.yaml"))
@@ -38,9 +48,10 @@ def test_demo_is_one_gateway_on_loopback() -> None:
     by_template = sorted((d.template, d.nature) for d in cfg.devices)
     assert by_template == [
         ("generic_bess", Nature.BESS), ("generic_breaker", Nature.BREAKER),
+        ("generic_breaker", Nature.BREAKER),
         ("generic_evse", Nature.EVSE), ("generic_evse", Nature.EVSE),
-        ("generic_load", Nature.LOAD), ("meter_3ph", Nature.METER),
-        ("sunspec_inverter", Nature.PV_INVERTER)]
+        ("generic_load", Nature.LOAD), ("generic_load", Nature.LOAD),
+        ("meter_3ph", Nature.METER), ("sunspec_inverter", Nature.PV_INVERTER)]
     dev = {d.id: d for d in cfg.devices}
     assert dev["pv_roof"].ratings.kwp == 30
     assert (dev["battery"].ratings.capacity_kwh, dev["battery"].ratings.p_max_kw) == (50, 25)
@@ -48,6 +59,11 @@ def test_demo_is_one_gateway_on_loopback() -> None:
         == [11, 22]
     assert dev["grid_meter"].poll_interval_s == 0.5
     assert {d.poll_interval_s for d in cfg.devices if d.id != "grid_meter"} == {1.0}
+    # it can island: a PCC breaker, and a critical load the battery carries
+    assert cfg.control is not None
+    assert dev[cfg.control.emergency.pcc_breaker or ""].nature == Nature.BREAKER
+    assert [d.id for d in cfg.devices if d.control and d.control.priority == "critical"] \
+        == ["it_rack"]
     assert not cfg.historian.path.is_absolute()
     assert cfg.site.grid.import_limit_kw and cfg.site.grid.export_limit_kw is not None
 
@@ -92,3 +108,50 @@ def test_campus_covers_every_kind_of_connection_and_nature() -> None:
 def test_every_built_in_template_is_used_by_an_example() -> None:
     used = {d.template for p in CONFIGS for d in load_config(p).config.devices}
     assert set(template_names()) <= used
+
+
+def runnable(cfg: SiteConfig, tmp: Path) -> SiteConfig:
+    """The shipped config as a test can run it: sockets, databases and CAN ptys in ``tmp``
+    (the ports of the served connections are patched once the simulators listen)."""
+    gws = [g.model_copy(update={"api_socket": tmp / f"{g.id}.sock"}) for g in cfg.gateways]
+    conns = [c.model_copy(update={"channel": str(tmp / f"{c.id}.pty")})
+             if isinstance(c, CanConnection) else c for c in cfg.connections]
+    hist = cfg.historian.model_copy(update={"path": tmp / "history.sqlite"})
+    return cfg.model_copy(update={"gateways": gws, "connections": conns, "historian": hist})
+
+
+def grid_gateway(cfg: SiteConfig) -> str:
+    """The gateway that owns the grid meter: its controller steers by the PCC."""
+    meters = [d for d in cfg.devices if d.nature == Nature.METER]
+    meter = next((d for d in meters if d.role == "grid"), meters[0])
+    return meter.gateway or cfg.gateways[0].id
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+async def test_each_example_runs_controlled(path: Path, tmp_path: Path) -> None:
+    cfg = runnable(load_config(path).config, tmp_path)
+    assert cfg.control is not None and cfg.control.controller, "an example without control"
+    served = {c.id: 0 for c in cfg.connections if c.type in SERVED}
+    runner = SimRunner(cfg, port_overrides=served)
+    ports = await runner.start()
+    daemon = Daemon(with_ports(cfg, ports), grid_gateway(cfg))
+    try:
+        await daemon.start()
+        comp = next(c for c in daemon.components if isinstance(c, ControlComponent))
+        async with ApiClient(daemon.socket_path) as api:
+            async def controlled() -> bool:
+                st = await api.request("control_status")
+                return st["cycles"] > 3 and bool(st["setpoints"]) \
+                    and comp.controller.meter_ts is not None
+            await until_async(controlled, f"{path.name}: the controller steering by the PCC")
+            first = await api.request("control_status")
+            summary = await api.request("summary")
+            assert summary["grid_kw"] is not None, summary
+            assert "no PCC reading" not in str(first["notes"]), first["notes"]
+
+            async def advancing() -> bool:
+                return (await api.request("control_status"))["cycles"] > first["cycles"]
+            await until_async(advancing, f"{path.name}: control cycles advancing")
+    finally:
+        await daemon.shutdown()
+        await runner.stop()

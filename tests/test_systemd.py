@@ -22,6 +22,7 @@ MAX_EXPOSURE = 2.5
 @pytest.fixture
 def installed(tmp_path: Path) -> Path:
     root = tmp_path / "root"
+    root.mkdir()
     r = run(["install", "--root", str(root)], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     return root
@@ -52,9 +53,11 @@ def test_security_exposure_is_ok(unit: str) -> None:
     assert score <= MAX_EXPOSURE and verdict in ("OK", "SAFE"), r.stdout
 
 
-def test_unit_has_the_service_essentials() -> None:
-    text = (REPO / "systemd" / "autogrid.service").read_text()
-    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=autogrid",
+@pytest.mark.parametrize("unit", ["autogrid.service", "autogrid@.service"])
+def test_unit_has_the_service_essentials(unit: str) -> None:
+    text = (REPO / "systemd" / unit).read_text()
+    for line in ("Type=notify", "LimitNOFILE=8192\n", "WatchdogSec=", "Restart=on-failure",
+                 "User=autogrid",
                  "StateDirectory=autogrid", "RuntimeDirectory=autogrid",
                  "ConfigurationDirectory=autogrid", "ExecStartPre=", "ExecReload=",
                  "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",

@@ -3,13 +3,16 @@
 For a message, the points a device reads are turned into straight-line code: the payload
 is read once as an int (little and/or big endian), each signal is a shift and a mask,
 scaling is one division by a power of ten where that is exact (so 2301 reads 230.1) and
-the template's scale, invert, enum and flags are applied inline. Only numbers from the
+the template's scale, invert, enum and flags are applied inline. Each point is then checked
+(drivers.can.validity): one comparison on the raw bits and one on the physical range per
+frame; a value that cannot be true is returned as ``Invalid(value, why)``. Only numbers from the
 DBC and the template go into the generated source; names are dict keys written with
 repr(). Float and multiplexed signals call cantools instead.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,9 +20,10 @@ from cantools.database.can import Message, Signal
 
 from drivers.can.dbc import Payload, compile_signal, decimals, fast_scale, lsb_shift, signal_of
 from drivers.can.template import CanPoint
-from gateway.model import Kind, PointValue
+from drivers.can.validity import SignalCheck, all_ff_frame, mark_frame_invalid
+from gateway.model import Invalid, Kind, PointValue
 
-MessageDecoder = Callable[[Payload], dict[str, PointValue | None]]
+MessageDecoder = Callable[[Payload], dict[str, PointValue | Invalid | None]]
 
 
 class _Gen:
@@ -39,30 +43,35 @@ class _Gen:
         self.ns[name] = value
         return name
 
-    def physical(self, sig: Signal) -> str:
-        """Statements computing the signal's physical value; returns its variable."""
+    def physical(self, sig: Signal) -> tuple[str, str, str]:
+        """Statements computing the signal's unsigned raw bits, its integer raw value
+        (signed if the signal is) and its physical value; returns their variables (bits
+        and raw are "None" for float and multiplexed signals)."""
         v = self.var()
         if sig.is_float or self.msg.is_multiplexed():
             self.lines.append(f"{v} = {self.const(compile_signal(self.msg, sig))}(d)")
-            return v
+            return "None", "None", v
         big = sig.byte_order == "big_endian"
         src = "be" if big else "le"
         self.uses_be |= big
         self.uses_le |= not big
         shift, mask = lsb_shift(sig, self.msg.length), (1 << sig.length) - 1
-        self.lines.append(f"{v} = ({src} >> {shift}) & {mask}")
+        b = raw = self.var()
+        self.lines.append(f"{b} = ({src} >> {shift}) & {mask}")
         if sig.is_signed:
-            self.lines.append(f"if {v} & {1 << (sig.length - 1)}: {v} -= {1 << sig.length}")
+            raw = self.var()
+            self.lines.append(f"{raw} = {b} - {1 << sig.length} if {b} & "
+                              f"{1 << (sig.length - 1)} else {b}")
         scale, offset = float(sig.scale), float(sig.offset)
         fast = fast_scale(scale, offset)
         if fast is not None:
             div, off = fast
             add = f" + {off}" if off else ""
-            self.lines.append(f"{v} = ({v}{add}) / {div}")
+            self.lines.append(f"{v} = ({raw}{add}) / {div}")
         else:
-            self.lines.append(f"{v} = round({v} * {scale!r} + {offset!r}, "
+            self.lines.append(f"{v} = round({raw} * {scale!r} + {offset!r}, "
                               f"{decimals(scale, offset)})")
-        return v
+        return b, raw, v
 
     def point(self, name: str, pt: CanPoint, kind: Kind) -> None:
         key = repr(name)
@@ -70,14 +79,14 @@ class _Gen:
             parts = []
             for bit, flag in enumerate(pt.flags):
                 sig = signal_of(self.msg, flag)
-                if sig is not None:
-                    parts.append(f"({1 << bit} if {self.physical(sig)} else 0)")
+                if sig is not None:  # 1-bit signals: no pattern, and 0..1 is all they carry
+                    parts.append(f"({1 << bit} if {self.physical(sig)[2]} else 0)")
             self.lines.append(f"out[{key}] = {' | '.join(parts) or '0'}")
             return
         assert pt.signal is not None
         sig = signal_of(self.msg, pt.signal)
         assert sig is not None
-        v = self.physical(sig)
+        bits, raw, v = self.physical(sig)
         scale = pt.scale
         if kind is Kind.BOOL:
             expr = f"({v} == 0)" if pt.invert else f"({v} != 0)"
@@ -93,7 +102,19 @@ class _Gen:
         else:
             places = decimals(float(sig.scale) * scale, float(sig.offset) * scale)
             expr = f"round({v} * {scale!r}, {places}) + 0.0"
-        self.lines.append(f"out[{key}] = {expr}")
+        # a value that cannot be true becomes Invalid(value, why) (drivers.can.validity):
+        # one chained comparison on the raw integer per point; the reason only on a miss
+        check = SignalCheck.of(self.msg, sig)
+        shown = v if kind is Kind.STR else expr  # an invalid enum shows its number
+        fine = check.fast_valid(sig, raw, v)
+        if fine is None:
+            self.lines.append(f"out[{key}] = {expr}")
+        else:
+            self.lines.append(f"out[{key}] = {expr} if {fine} else "
+                              f"{self.const(check.judge)}({bits}, {v}, {shown})")
+        if kind is Kind.STR:
+            why = f"not in the value table of {check.where}"
+            self.lines.append(f"if out[{key}] is None: out[{key}] = INVALID({v}, {why!r})")
 
 
 def compile_message(msg: Message, points: Sequence[tuple[str, CanPoint, Kind]]
@@ -103,6 +124,11 @@ def compile_message(msg: Message, points: Sequence[tuple[str, CanPoint, Kind]]
     gen.lines.append("out = {}")
     for name, pt, kind in points:
         gen.point(name, pt, kind)
+    ones = (1 << (8 * msg.length)) - 1  # the message's bytes all 0xFF (longer frames too)
+    test = f"be == {ones}" if gen.uses_be else f"le & {ones} == {ones}"
+    if not gen.uses_be and not gen.uses_le:  # float or multiplexed signals only
+        test = f"d[:{msg.length}] == {gen.const(bytes([255]) * msg.length)}"
+    gen.lines.append(f"if {test}: return MARK(out, {all_ff_frame(msg.name)!r})")
     head = []
     if gen.uses_le:
         head.append("le = int.from_bytes(d, 'little')")
@@ -110,7 +136,8 @@ def compile_message(msg: Message, points: Sequence[tuple[str, CanPoint, Kind]]
         head.append(f"be = int.from_bytes(d[:{msg.length}], 'big')")
     body = "\n    ".join([*head, *gen.lines, "return out"])
     source = f"def decode(d):\n    {body}\n"
-    ns: dict[str, Any] = {**gen.ns, "__builtins__": {"round": round, "int": int}}
+    ns: dict[str, Any] = {**gen.ns, "__builtins__": {"round": round, "int": int},
+                          "INF": math.inf, "INVALID": Invalid, "MARK": mark_frame_invalid}
     exec(compile(source, f"<can decoder {msg.name}>", "exec"), ns)
     decoder: MessageDecoder = ns["decode"]
     decoder.__doc__ = source  # for a curious reader: the generated code

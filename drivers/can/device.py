@@ -6,7 +6,10 @@ device: if any message the polled points need is older than the connection's
 ``frame_timeout_s``, ``read()`` raises DeviceTimeout naming the silent frames, so the
 device goes offline (a BMS whose limits frame stopped is not to be trusted with the rest
 either). A frame shorter than its DBC length is malformed: counted, logged once, ignored
-(the last good payload ages out instead).
+(the last good payload ages out instead); a longer one is read by its leading bytes (BMSs
+pad short messages to 8 bytes). A decoded value that cannot be true (a "not
+available"/"error" bit pattern, outside the DBC range: drivers.can.validity) is returned
+as ``Invalid(value, why)``, logged once when it turns invalid and once when it recovers.
 """
 
 from __future__ import annotations
@@ -25,11 +28,9 @@ from drivers.can.codegen import MessageDecoder, compile_message
 from drivers.can.dbc import Payload, compile_signal, resolution, signal_of
 from drivers.can.link import CanLink, frame_key
 from drivers.can.template import CanPoint, CanTemplate
-from gateway.model import NATURES, Kind, PointValue
+from gateway.model import NATURES, Invalid, Kind, PointValue
 
 log = logging.getLogger("drivers.can")
-
-
 
 @dataclass
 class Slot:
@@ -39,6 +40,7 @@ class Slot:
     arbitration_id: int
     data: Payload | None = None
     ts: float = 0.0
+    frames: int = 0  # good frames received (diagnostics; the flood tests count on it)
     malformed: int = 0
     waiting: int = 0  # tasks waiting for the next frame (then ``event`` is pulsed)
     event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,13 +66,14 @@ class Slot:
             return
         self.data = data
         self.ts = ts
+        self.frames += 1
         if self.waiting:
             self.event.set()  # wakes the waiters now; they re-check data/ts themselves
             self.event.clear()
 
 
 def point_decoder(msg: Message, pt: CanPoint, kind: Kind, name: str = "value"
-                  ) -> Callable[[Payload], PointValue | None]:
+                  ) -> Callable[[Payload], PointValue | Invalid | None]:
     """One point's engineering value from a payload (scale, invert, enum, kind applied)."""
     dec = compile_message(msg, [(name, pt, kind)])
     return lambda data: dec(data)[name]
@@ -113,6 +116,7 @@ class CanDeviceIO(DeviceIO):
         for key, handler in self._handlers:
             link.subscribe(key, handler)
         self._sent: dict[tuple[str, str], float] = {}  # (message, signal) -> last sent value
+        self.invalid: dict[str, str] = {}  # point -> why, while its value cannot be true
 
     def _slot(self, message: str) -> Slot:
         slot = self.slots.get(message)
@@ -127,7 +131,7 @@ class CanDeviceIO(DeviceIO):
 
     # ---- read -----------------------------------------------------------------------
 
-    async def read(self) -> dict[str, PointValue | None]:
+    async def read(self) -> dict[str, PointValue | Invalid | None]:
         self.stats.requests += 1
         try:
             await self.link.ensure_open()
@@ -137,13 +141,36 @@ class CanDeviceIO(DeviceIO):
             self.stats.errors += 1
             self.stats.last_error = str(exc)
             raise
-        out: dict[str, PointValue | None] = {}
+        out: dict[str, PointValue | Invalid | None] = {}
         slots = self.slots
         for message, dec in self._decoders.items():
             data = slots[message].data
             if data is not None:
                 out.update(dec(data))
+        self._note_invalid(out)
+        self._diagnostics()
         return out
+
+    def _diagnostics(self) -> None:
+        """Frame counters of this device and its bus, for diagnostics (``stats.extra``)."""
+        link = self.link
+        self.stats.extra.update({
+            "frames": {s.message.name: s.frames for s in self.slots.values()},
+            "malformed": self.malformed, "invalid": dict(self.invalid),
+            "bus": link.counters, "bus_dropped_by_id": link.dropped_ids})
+
+    def _note_invalid(self, values: dict[str, PointValue | Invalid | None]) -> None:
+        """Log a point turning invalid once per episode, and its recovery once."""
+        invalid = self.invalid
+        for name, value in values.items():
+            if isinstance(value, Invalid):
+                if name not in invalid:
+                    log.warning("%s: %s = %s is %s: marked invalid", self.device_id, name,
+                                _show(value.raw), value.why)
+                invalid[name] = value.why
+            elif name in invalid:
+                del invalid[name]
+                log.info("%s: %s = %s is valid again", self.device_id, name, _show(value))
 
     async def _first_frames(self) -> None:
         """Right after the bus opens, wait (up to the frame timeout) for frames never seen."""
@@ -175,7 +202,7 @@ class CanDeviceIO(DeviceIO):
             raise DeviceTimeout(f"{self.device_id}: no fresh frame within "
                                 f"{self.frame_timeout_s:g} s: {'; '.join(silent)}")
 
-    def decode(self, message: str) -> dict[str, PointValue | None]:
+    def decode(self, message: str) -> dict[str, PointValue | Invalid | None]:
         """The points carried by ``message``, from its latest payload (no I/O, no
         freshness check; benchmarks and diagnostics)."""
         data = self.slots[message].data
@@ -226,10 +253,12 @@ class CanDeviceIO(DeviceIO):
         """Every signal of a command frame: the new value; for the others what we sent
         last, else what the device reports now (points verified 'equal'), else no
         restriction for a limit ('at_most': the signal's maximum), else the DBC's initial
-        value."""
+        value. WriteError when the device's report of another signal is invalid and we
+        never sent it: the frame would carry a guess."""
         pt = self.template.points[point]
         assert pt.command is not None
         current: dict[str, float] = {}
+        unknown: dict[str, str] = {}  # signal -> why the device's report of it is unusable
         for name, other in self.template.points.items():
             cmd = other.command
             if cmd is None or cmd.message != msg.name or name == point:
@@ -242,7 +271,13 @@ class CanDeviceIO(DeviceIO):
             slot = self.slots.get(other.message) if other.message else None
             if slot is not None and slot.data is not None and other.signal is not None:
                 sig = signal_of(slot.message, other.signal)
-                if sig is not None:
+                kind = NATURES[self.template.nature][name].kind
+                shown = point_decoder(slot.message, other, kind)(slot.data)
+                if isinstance(shown, Invalid):  # never echo a value that cannot be true
+                    unknown[cmd.signal] = (f"'{name}', whose reported value "
+                                           f"{_show(shown.raw)} is invalid ({shown.why}); "
+                                           f"write '{name}' first")
+                elif sig is not None:
                     reported = compile_signal(slot.message, sig)(slot.data)
                     if NATURES[self.template.nature][name].kind is Kind.BOOL:
                         reported = float((reported != 0) != other.invert)
@@ -257,6 +292,10 @@ class CanDeviceIO(DeviceIO):
                 out[sig.name] = self._sent[(msg.name, sig.name)]
             elif sig.name in current:
                 out[sig.name] = current[sig.name]
+            elif sig.name in unknown:
+                raise WriteError(f"{self.device_id}: '{point}' not sent: {msg.name} also "
+                                 f"carries {unknown[sig.name]} (a guess could switch "
+                                 f"something nobody asked for)")
             else:
                 out[sig.name] = _initial(sig)
         return out
@@ -292,13 +331,14 @@ class CanDeviceIO(DeviceIO):
         slot = self.slots.get(pt.message) or self._slot(pt.message)
         dec = point_decoder(slot.message, pt, NATURES[self.template.nature][point].kind)
         tol = resolution(sig) * abs(pt.command.scale if pt.command else 1.0) / 2 + 1e-9
-        got: PointValue | None = None
+        got: PointValue | Invalid | None = None
         try:
             async with asyncio.timeout(self.frame_timeout_s):
                 while True:
                     if slot.data is not None and slot.ts > sent_at:
                         got = dec(slot.data)
-                        if _applied(got, expected, pt.verify, tol):
+                        if not isinstance(got, Invalid) and _applied(got, expected,
+                                                                     pt.verify, tol):
                             return got
                     await slot.next_frame()
         except TimeoutError:
@@ -307,6 +347,9 @@ class CanDeviceIO(DeviceIO):
             raise WriteError(f"{self.device_id}: sent '{point}' = {expected:g} but no "
                              f"{slot.message.name} frame confirmed it within "
                              f"{self.frame_timeout_s:g} s")
+        if isinstance(got, Invalid):
+            raise WriteError(f"{self.device_id}: sent '{point}' = {expected:g} but the device "
+                             f"reports {_show(got.raw)}, which is {got.why}")
         how = "at most" if pt.verify == "at_most" else ""
         raise WriteError(f"{self.device_id}: sent '{point}' = {expected:g} but the device "
                          f"reports {got!r} (expected {how} {expected:g})".replace("  ", " "))
@@ -317,6 +360,10 @@ class CanDeviceIO(DeviceIO):
         on_close, self._on_close = self._on_close, None
         if on_close is not None and on_close(self):  # the last device on the link
             await self.link.close()
+
+
+def _show(value: PointValue | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _applied(got: PointValue | None, expected: float, verify: str, tol: float) -> bool:

@@ -2,7 +2,10 @@
 task, and frame dispatch to the devices listening on each frame id.
 
 python-can buses block in ``recv``, so one thread per bus reads and hands frames to the
-event loop in batches (one wake-up per burst, not per frame). Only this module knows the
+event loop in batches (one wake-up per burst, not per frame). Frames of ids no device
+listens to are dropped as early as the interface allows and counted per id: in the
+kernel for socketcan (``can_filters``), before any parsing for slcan (drivers.can.slcan
+reads the adapter in bulk), at dispatch otherwise. Only this module knows the
 bus: devices see ``subscribe``/``send`` and a link state. A lost bus (adapter unplugged,
 the simulator's pty closed) is reopened by one task named "can reconnect ..." with a
 doubling, capped delay. Malformed input (a garbled slcan line, an error frame) is counted
@@ -20,13 +23,14 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import can
 
 from drivers.base import DeviceOffline, DriverError, IOStats
 from drivers.can.dbc import Payload
+from drivers.can.slcan import SlcanParser, chunk_reader, frame_prefixes
 from gateway.aio import cancel_and_wait
 from gateway.config.can import CanConnection
 
@@ -35,6 +39,11 @@ log = logging.getLogger("drivers.can")
 FrameHandler = Callable[[Payload, float], None]  # payload, monotonic receive time
 EXTENDED = 1 << 31  # key bit for 29-bit ids (cantools keeps the flag apart from the id)
 RECV_POLL_S = 0.05  # reader thread wakes this often to notice a stop
+COALESCE_S = 0.002  # after a small read, let a burst gather: fewer wake-ups under a flood
+COALESCE_BELOW = 1024  # bytes; a read this short is followed by the pause above
+DRAIN_MAX = 512  # frames taken from a python-can bus per wake-up
+KERNEL_FILTERS = frozenset({"socketcan"})  # interfaces that apply can_filters below Python
+Frame = tuple[int, Payload]  # frame key, payload
 
 
 class CanLinkError(DriverError):
@@ -131,12 +140,15 @@ class CanLink:
         self.key = link_key(conn)
         self.refs = 0
         self.stats = IOStats()
-        self.frames = self.malformed = self.error_frames = self.unknown_ids = 0
+        self.frames = self.malformed = self.error_frames = 0
+        self._dropped: dict[int, int] = {}  # frame key -> frames nobody listens to
+        self._parser: SlcanParser | None = None  # the slcan reader's counters
+        self._prefixes: dict[bytes, int] = {}  # slcan line prefix -> key, listened ids
         self._factory = bus_factory
         self._bus: can.BusABC | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._inbox: collections.deque[can.Message | BaseException] = collections.deque()
+        self._inbox: collections.deque[Sequence[Frame] | BaseException] = collections.deque()
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handlers: dict[int, list[FrameHandler]] = {}
@@ -152,8 +164,32 @@ class CanLink:
     @property
     def counters(self) -> dict[str, int]:
         """Frames received, garbled adapter lines, error frames, frames nobody reads."""
-        return {"frames": self.frames, "malformed": self.malformed,
+        parser = self._parser
+        frames, malformed = self.frames, self.malformed
+        if parser is not None:
+            frames, malformed = frames + parser.frames, malformed + parser.malformed
+        return {"frames": frames, "malformed": malformed,
                 "error_frames": self.error_frames, "unknown_ids": self.unknown_ids}
+
+    @property
+    def unknown_ids(self) -> int:
+        """Frames dropped because no device listens to their id."""
+        return sum(self.dropped_by_key().values())
+
+    def dropped_by_key(self) -> dict[int, int]:
+        """Frames dropped per frame key (29-bit ids carry EXTENDED), for diagnostics."""
+        out = dict(self._dropped)
+        parser = self._parser
+        if parser is not None:
+            for key, n in parser.dropped_by_id(EXTENDED).items():
+                out[key] = out.get(key, 0) + n
+        return out
+
+    @property
+    def dropped_ids(self) -> dict[str, int]:
+        """``dropped_by_key`` with readable ids ("0x7FF", "0x18FF00AA x" for 29-bit)."""
+        return {(f"0x{k & ~EXTENDED:X} x" if k & EXTENDED else f"0x{k:X}"): n
+                for k, n in sorted(self.dropped_by_key().items())}
 
     @property
     def up(self) -> bool:
@@ -161,6 +197,7 @@ class CanLink:
 
     def subscribe(self, key: int, handler: FrameHandler) -> None:
         self._handlers.setdefault(key, []).append(handler)
+        self._listened_changed()
 
     def unsubscribe(self, key: int, handler: FrameHandler) -> None:
         hs = self._handlers.get(key, [])
@@ -168,6 +205,24 @@ class CanLink:
             hs.remove(handler)
         if not hs:
             self._handlers.pop(key, None)
+        self._listened_changed()
+
+    def _listened_changed(self) -> None:
+        """Tell the reader (and the bus's own filters) which ids are listened to now."""
+        self._prefixes = frame_prefixes(self._handlers, EXTENDED)  # swapped whole: no lock
+        bus = self._bus
+        if bus is not None and self.conn.interface in KERNEL_FILTERS:
+            self._apply_filters(bus)
+
+    def _apply_filters(self, bus: can.BusABC) -> None:
+        filters: list[can.typechecking.CanFilter] = [
+            {"can_id": key & ~EXTENDED, "can_mask": 0x1FFFFFFF if key & EXTENDED else 0x7FF,
+             "extended": bool(key & EXTENDED)} for key in self._handlers]
+        try:
+            bus.set_filters(filters or None)
+        except Exception as exc:  # a backend without filters: dispatch still drops
+            log.info("%s: bus filters not applied (%s); unknown ids dropped at dispatch",
+                     self.key, exc)
 
     async def ensure_open(self) -> None:
         """Start connecting on first use; raise DeviceOffline while the bus is down."""
@@ -221,7 +276,11 @@ class CanLink:
         self.opened_at = time.monotonic()
         self.last_error = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read_forever, args=(bus, self._stop),
+        if self.conn.interface in KERNEL_FILTERS:
+            self._apply_filters(bus)
+        slcan = self.conn.interface == "slcan" and hasattr(bus, "serialPortOrig")
+        target = self._read_slcan if slcan else self._read_forever
+        self._thread = threading.Thread(target=target, args=(bus, self._stop),
                                         name=f"can reader {self.key}", daemon=True)
         self._thread.start()
         self._up.set()
@@ -229,21 +288,68 @@ class CanLink:
 
     # -- reader thread ----------------------------------------------------------------
 
-    def _read_forever(self, bus: can.BusABC, stop: threading.Event) -> None:
+    def _read_slcan(self, bus: can.BusABC, stop: threading.Event) -> None:
+        """Read the adapter in chunks; unknown ids are counted, never parsed."""
+        read = chunk_reader(bus.serialPortOrig)  # type: ignore[attr-defined]
+        parser = self._parser or SlcanParser()  # counters run on across reconnects
+        parser.restart()
+        self._parser = parser
         while not stop.is_set():
             try:
-                msg = bus.recv(RECV_POLL_S)
-            except (ValueError, IndexError, UnicodeDecodeError):
-                self.malformed += 1  # a garbled line from the adapter
-                continue
-            except Exception as exc:  # the bus is gone (EIO on a closed pty, unplugged)
+                chunk = read(RECV_POLL_S)
+            except Exception as exc:  # the port is gone (EIO on a closed pty, unplugged)
                 if not stop.is_set():
                     self._post(exc)
                 return
-            if msg is not None:
-                self._post(msg)
+            if not chunk:
+                continue
+            frames = parser.feed(chunk, self._prefixes)
+            if frames:
+                self._post(frames)
+            if len(chunk) < COALESCE_BELOW:
+                time.sleep(COALESCE_S)
 
-    def _post(self, item: can.Message | BaseException) -> None:
+    def _read_forever(self, bus: can.BusABC, stop: threading.Event) -> None:
+        """Other python-can buses: block for one frame, then take what else is queued."""
+        while not stop.is_set():
+            batch: list[Frame] = []
+            timeout: float = RECV_POLL_S
+            while len(batch) < DRAIN_MAX:
+                try:
+                    msg = bus.recv(timeout)
+                except (ValueError, IndexError, UnicodeDecodeError):
+                    self.malformed += 1  # a garbled frame from the backend
+                    continue
+                except Exception as exc:  # the bus is gone (unplugged, interface down)
+                    if batch:
+                        self._post(batch)
+                    if not stop.is_set():
+                        self._post(exc)
+                    return
+                if msg is None:
+                    break
+                timeout = 0.0
+                frame = self._accept(msg)
+                if frame is not None:
+                    batch.append(frame)
+            if batch:
+                self._post(batch)
+
+    def _accept(self, msg: can.Message) -> Frame | None:
+        """A data frame some device listens to as (key, payload); counts the others."""
+        if msg.is_error_frame:
+            self.error_frames += 1
+            return None
+        if msg.is_remote_frame:
+            return None
+        self.frames += 1
+        key = msg.arbitration_id | EXTENDED if msg.is_extended_id else msg.arbitration_id
+        if key not in self._handlers:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return None
+        return key, msg.data
+
+    def _post(self, item: Sequence[Frame] | BaseException) -> None:
         self._inbox.append(item)
         if not self._wake_pending and self._loop is not None:
             self._wake_pending = True
@@ -253,15 +359,23 @@ class CanLink:
     def _drain(self) -> None:
         self._wake_pending = False
         inbox = self._inbox
+        handlers = self._handlers
         while inbox:
             item = inbox.popleft()
             if isinstance(item, BaseException):
                 self._lost(item)
                 continue
-            self.deliver(item)
+            now = time.monotonic()
+            for key, data in item:
+                hs = handlers.get(key)
+                if hs is None:  # unsubscribed while the frame was on its way
+                    self._dropped[key] = self._dropped.get(key, 0) + 1
+                    continue
+                for h in hs:
+                    h(data, now)
 
     def deliver(self, msg: can.Message) -> None:
-        """Hand one received frame to the devices listening on its id."""
+        """Hand one received frame to the devices listening on its id (in the loop)."""
         if msg.is_error_frame:
             self.error_frames += 1
             return
@@ -271,7 +385,7 @@ class CanLink:
         key = msg.arbitration_id | EXTENDED if msg.is_extended_id else msg.arbitration_id
         hs = self._handlers.get(key)
         if hs is None:
-            self.unknown_ids += 1
+            self._dropped[key] = self._dropped.get(key, 0) + 1
             return
         data = msg.data
         now = time.monotonic()

@@ -21,9 +21,12 @@ class ModbusDriver(Driver):
     ``max_gap``: undeclared registers a coalesced read may bridge (0 = never read an
     address the template does not declare; devices differ in how they answer those).
 
-    Modbus TCP goes through the lean link of ``pipeline`` (``max_in_flight`` requests at
-    once); RTU over TCP and serial through pymodbus clients. ``client_factory`` makes the
-    pymodbus clients; passing one puts Modbus TCP on pymodbus too (fault-injection tests).
+    Modbus TCP with ``max_in_flight`` > 1 goes through the lean pipelining link of
+    ``pipeline`` (that many requests at once); everything else (one request at a time, RTU
+    over TCP, serial) through pymodbus clients, whose outage handling (backoff reset only
+    on a good answer, garbage frames) is the one tested against misbehaving servers.
+    ``client_factory`` makes the pymodbus clients; passing one keeps Modbus TCP on pymodbus
+    too (fault-injection tests).
     """
 
     name: ClassVar[str] = "modbus"
@@ -55,7 +58,8 @@ class ModbusDriver(Driver):
         key = endpoint_key(connection)
         ep = self._endpoints.get(key)
         if ep is None:
-            if isinstance(connection, ModbusTcp) and self._client_factory is make_client:
+            if isinstance(connection, ModbusTcp) and connection.max_in_flight > 1 \
+                    and self._client_factory is make_client:
                 ep = PipelinedEndpoint(connection)
             else:
                 ep = Endpoint(connection, self._client_factory)

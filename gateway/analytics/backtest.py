@@ -1,8 +1,13 @@
-"""Rolling-origin backtest: retrain on everything before each fold, forecast the fold's days.
+"""Model selection on a validation window, then one honest score on a later test window.
 
-Each origin is a site-local midnight: the day-ahead forecast for that day sees only data up
-to the origin (all features lag at least a day). Every model kind and the reference
-forecasts (seasonal naive; clear-sky-scaled persistence for PV) are scored on the same rows.
+Each window is a rolling-origin backtest: every origin is a site-local midnight, the models
+are refit on everything before it, and the day-ahead forecast for the following days sees
+only data up to the origin (all features lag at least a day; the weather forecast is one
+issued the day before). Every candidate (models, the same models with the weather forecast,
+and the naive methods) is scored on the same rows. The candidate with the lowest
+validation MAE is chosen, the naive methods included; the test window, which comes after,
+is scored once and never used to choose anything. Skill is always quoted against the
+strongest naive method on the scored data.
 """
 
 from __future__ import annotations
@@ -20,21 +25,61 @@ Tick = Callable[[], None]
 
 
 @dataclass
-class BacktestResult:
+class Window:
+    """One rolling-origin backtest: every candidate's forecast on the same rows."""
+
     target: str
     index: pd.DatetimeIndex
     actual: np.ndarray
     preds: dict[str, np.ndarray]
     fold: np.ndarray  # fold number of each row
-    baseline: str
-    best: str = ""
-    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def mae(self, name: str) -> float:
+        return mae(self.actual, self.preds[name])
+
+    def strongest_naive(self) -> str:
+        return min((k for k in self.preds if k in models.NAIVE), key=self.mae)
+
+    def table(self) -> pd.DataFrame:
+        """MAE, nMAE and skill against the strongest naive method on this window."""
+        denom = max(float(np.mean(np.abs(self.actual))), 1e-9)
+        ref = self.mae(self.strongest_naive())
+        rows = [{"model": models.KIND_NAMES[k], "mae_kw": self.mae(k),
+                 "nmae_pct": 100.0 * self.mae(k) / denom,
+                 "skill_pct": 100.0 * (1.0 - self.mae(k) / ref) if ref > 0 else float("nan")}
+                for k in self.preds]
+        return pd.DataFrame(rows).set_index("model")
+
+
+@dataclass
+class BacktestResult:
+    """Selection on ``validation``, the chosen candidate's bands, the ``test`` score."""
+
+    target: str
+    validation: Window
+    test: Window | None
+    best: str  # chosen on validation (may be a naive method)
+    fallback: str  # the best candidate that needs no weather forecast
     resid_q: np.ndarray = field(default_factory=lambda: np.zeros((24, 2)))
-    coverage: float = float("nan")  # share of actuals inside the p10..p90 band (out of fold)
+    coverage: float = float("nan")  # share of test actuals inside the p10..p90 band
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def scored(self) -> Window:
+        """The window the metrics describe: the test window when there is one."""
+        return self.test if self.test is not None else self.validation
+
+    @property
+    def note(self) -> str:
+        """Why the chosen candidate is what it is, in one line (empty when a model won)."""
+        if self.best in models.NAIVE:
+            return (f"no model beat {self.best} on the validation window: the forecast falls "
+                    f"back to it")
+        return ""
 
 
 def mae(a: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean(np.abs(a - p)))
+    return float(np.mean(np.abs(a - p))) if len(a) else float("nan")
 
 
 def hour_quantiles(hours: np.ndarray, resid: np.ndarray, q: tuple[float, float] = (0.1, 0.9)
@@ -48,10 +93,9 @@ def hour_quantiles(hours: np.ndarray, resid: np.ndarray, q: tuple[float, float] 
     return out
 
 
-def folds(index: pd.DatetimeIndex, tz: str, days: int, retrain_days: int
+def folds(last: pd.Timestamp, days: int, retrain_days: int
           ) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
-    """(start, end) of each fold over the last ``days`` whole local days of ``index``."""
-    last = index[-1].tz_convert(tz).normalize()  # the last (maybe partial) day is left out
+    """(start, end) of each fold over the ``days`` local days before local midnight ``last``."""
     first = last - pd.Timedelta(days=days)
     out = []
     t = first
@@ -62,18 +106,30 @@ def folds(index: pd.DatetimeIndex, tz: str, days: int, retrain_days: int
     return out
 
 
-def rolling_origin(frame: pd.DataFrame, info: SiteInfo, target: str, days: int = 28,
-                   retrain_days: int = 7, kinds: tuple[str, ...] = models.KINDS,
-                   n_trees: int = 100, n_jobs: int = 1, tick: Tick | None = None
-                   ) -> BacktestResult:
-    """Backtest ``target`` (column ``{target}_kw`` of ``frame``) over its last ``days`` days."""
+def candidates(target: str, weather: bool, kinds: tuple[str, ...] = models.KINDS
+               ) -> tuple[str, ...]:
+    wx = tuple(f"{k}_wx" for k in kinds) if weather and models.WX_COLS.get(target) else ()
+    return (*kinds, *wx, *models.naive_names(target))
+
+
+def has_weather(frame: pd.DataFrame, target: str) -> bool:
+    cols = {"pv": "ghi_fc_w_m2", "load": "temp_fc_c"}
+    return target in cols and cols[target] in frame and bool(frame[cols[target]].notna().any())
+
+
+def rolling_origin(frame: pd.DataFrame, info: SiteInfo, target: str, days: int,
+                   retrain_days: int, kinds: tuple[str, ...], end: pd.Timestamp,
+                   n_trees: int = 100, n_jobs: int = 1, tick: Tick | None = None) -> Window:
+    """Backtest ``kinds`` on ``target`` over the ``days`` local days before ``end``."""
     y = frame[f"{target}_kw"].astype(float)
-    feats = models.complete(features.build(y, target, info))
+    wx = frame[[c for c in ("ghi_fc_w_m2", "temp_fc_c") if c in frame]]
+    feats = models.complete(features.build(y, target, info, wx=wx))
     idx = pd.DatetimeIndex(frame.index)
-    fl = folds(idx, info.timezone, days, retrain_days)
+    fl = folds(end, days, retrain_days)
     if not fl or fl[0][0] <= idx[0] + pd.Timedelta(days=2):
-        raise ValueError(f"{target}: {len(idx) / 96:.1f} days of history is too short for a "
-                         f"{days}-day backtest (need at least {days + 3} days)")
+        raise ValueError(f"{target}: {len(idx) / 96:.1f} days of history is too short for "
+                         f"this backtest (it starts {fl[0][0] if fl else end:%Y-%m-%d}, which "
+                         f"needs 3 days of history before it)")
     preds: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     rows: list[np.ndarray] = []
     fold_no: list[np.ndarray] = []
@@ -83,49 +139,72 @@ def rolling_origin(frame: pd.DataFrame, info: SiteInfo, target: str, days: int =
         for k in kinds:
             m, cols = models.fit(k, target, feats[train], y[train], n_trees, n_jobs)
             preds[k].append(models.predict(m, cols, feats[test], target))
-            if tick:
+            if tick and k not in models.NAIVE:
                 tick()
         rows.append(np.flatnonzero(test))
         fold_no.append(np.full(int(test.sum()), i))
     sel = np.concatenate(rows)
     out = {k: np.concatenate(v) for k, v in preds.items()}
-    for name, b in features.baselines(feats.iloc[sel], target).items():
-        out[name] = np.maximum(b, 0.0)
     actual = y.to_numpy()[sel]
     ok = np.isfinite(actual) & np.all([np.isfinite(v) for v in out.values()], axis=0)
-    res = BacktestResult(target, idx[sel][ok], actual[ok], {k: v[ok] for k, v in out.items()},
-                         np.concatenate(fold_no)[ok], features.SEASONAL_NAIVE[target])
-    score(res, kinds, info)
+    return Window(target, idx[sel][ok], actual[ok], {k: v[ok] for k, v in out.items()},
+                  np.concatenate(fold_no)[ok])
+
+
+def evaluate(frame: pd.DataFrame, info: SiteInfo, target: str, val_days: int = 14,
+             test_days: int = 0, retrain_days: int = 7, kinds: tuple[str, ...] = models.KINDS,
+             n_trees: int = 100, n_jobs: int = 1, tick: Tick | None = None) -> BacktestResult:
+    """Choose on the validation window, then (``test_days`` > 0) score once on the test window.
+
+    The test window is the last ``test_days`` whole local days; validation the
+    ``val_days`` before it.
+    """
+    idx = pd.DatetimeIndex(frame.index)
+    last = idx[-1].tz_convert(info.timezone).normalize()  # the last partial day is left out
+    val_end = last - pd.Timedelta(days=test_days)
+    cands = candidates(target, has_weather(frame, target), kinds)
+    val = rolling_origin(frame, info, target, val_days, retrain_days, cands, val_end,
+                         n_trees, n_jobs, tick)
+    best = min(cands, key=val.mae)
+    fallback = min((k for k in cands if not models.uses_weather(k)), key=val.mae)
+    hours = val.index.tz_convert(info.timezone).hour.to_numpy()
+    resid_q = hour_quantiles(hours, val.actual - val.preds[best])
+    test = (rolling_origin(frame, info, target, test_days, retrain_days, cands, last,
+                           n_trees, n_jobs, tick) if test_days > 0 else None)
+    res = BacktestResult(target, val, test, best, fallback, resid_q)
+    res.metrics = _metrics(res)
+    res.coverage = _coverage(res.scored, best, resid_q, info) if test is not None else (
+        _cross_coverage(val, best, info))
     return res
 
 
-def score(res: BacktestResult, kinds: tuple[str, ...], info: SiteInfo) -> None:
-    """Metrics table, best model kind, hour-of-day residual quantiles and band coverage."""
-    a = res.actual
-    denom = max(float(np.mean(np.abs(a))), 1e-9)
-    base = mae(a, res.preds[res.baseline])
-    ref = "cs_persistence" if "cs_persistence" in res.preds else None
-    rows = []
-    for name, p in res.preds.items():
-        m = mae(a, p)
-        row = {"model": models.KIND_NAMES.get(name, name), "mae_kw": m,
-               "nmae_pct": 100.0 * m / denom, "skill_vs_seasonal_naive_pct":
-               100.0 * (1.0 - m / base) if base > 0 else float("nan")}
-        if ref:
-            r = mae(a, res.preds[ref])
-            row["skill_vs_cs_persistence_pct"] = 100.0 * (1.0 - m / r) if r > 0 else float("nan")
-        rows.append(row)
-    res.metrics = pd.DataFrame(rows).set_index("model")
-    res.best = min(kinds, key=lambda k: mae(a, res.preds[k]))
-    hours = res.index.tz_convert(info.timezone).hour.to_numpy()
-    resid = a - res.preds[res.best]
-    res.resid_q = hour_quantiles(hours, resid)
-    inside = np.zeros(len(a), dtype=bool)
-    for f in np.unique(res.fold):  # bands from the other folds: an honest coverage
-        other = res.fold != f
-        this = ~other
-        q = hour_quantiles(hours[other], resid[other]) if other.any() else res.resid_q
-        lo = res.preds[res.best][this] + q[hours[this], 0]
-        hi = res.preds[res.best][this] + q[hours[this], 1]
-        inside[this] = (a[this] >= lo - 1e-9) & (a[this] <= hi + 1e-9)
-    res.coverage = float(inside.mean()) if len(a) else float("nan")
+def _metrics(res: BacktestResult) -> pd.DataFrame:
+    """The scored window's table plus each candidate's validation nMAE and the choice."""
+    m = res.scored.table()
+    if res.test is not None:
+        m["val_nmae_pct"] = res.validation.table()["nmae_pct"]
+    m["chosen"] = ["<- chosen" if n == models.KIND_NAMES[res.best] else
+                   ("<- fallback" if n == models.KIND_NAMES[res.fallback] else "")
+                   for n in m.index]
+    return m
+
+
+def _coverage(w: Window, best: str, q: np.ndarray, info: SiteInfo) -> float:
+    hours = w.index.tz_convert(info.timezone).hour.to_numpy()
+    p = w.preds[best]
+    inside = (w.actual >= p + q[hours, 0] - 1e-9) & (w.actual <= p + q[hours, 1] + 1e-9)
+    return float(inside.mean()) if len(inside) else float("nan")
+
+
+def _cross_coverage(w: Window, best: str, info: SiteInfo) -> float:
+    """Without a test window: each fold's coverage with bands from the other folds."""
+    hours = w.index.tz_convert(info.timezone).hour.to_numpy()
+    resid = w.actual - w.preds[best]
+    inside = np.zeros(len(resid), dtype=bool)
+    for f in np.unique(w.fold):
+        this = w.fold == f
+        q = hour_quantiles(hours[~this], resid[~this]) if (~this).any() else hour_quantiles(
+            hours, resid)
+        inside[this] = (resid[this] >= q[hours[this], 0] - 1e-9) & (
+            resid[this] <= q[hours[this], 1] + 1e-9)
+    return float(inside.mean()) if len(resid) else float("nan")

@@ -13,7 +13,10 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--source", choices=["auto", "historian", "reference"], default="auto",
                    help="history to learn from (auto: historian if long enough, else the "
                         "reference year)")
-    f.add_argument("--days", type=int, default=56, help="backtest length in days")
+    f.add_argument("--days", type=int, default=28,
+                   help="test window in days (the last days; scored once, never used to choose)")
+    f.add_argument("--val-days", type=int, default=28,
+                   help="validation window in days (before the test window; chooses the model)")
     f.add_argument("--retrain-days", type=int, default=14, help="retrain every N days")
     f.add_argument("--trees", type=int, default=100, help="random forest size")
     f.add_argument("--plot", default="forecast.png", help="PNG of forecast vs actual")

@@ -21,18 +21,42 @@ STEP = pd.Timedelta(minutes=15)
 STEP_S = 900.0
 
 
+def bdew_profile(profile: str, idx: pd.DatetimeIndex, country: str) -> np.ndarray:
+    """BDEW 2025 profile (demandlib) on a 15-minute UTC index, holidays of ``country`` as
+    Sundays, normalised to 1 kWh per year of ``idx``'s length."""
+    import demandlib.bdew as bdew
+    import holidays
+
+    local = idx.tz_convert("UTC")
+    years = sorted(set(local.year.tolist()))
+    try:
+        hol: list[object] = list(holidays.country_holidays(country, years=years).keys())
+    except NotImplementedError:
+        hol = []
+    cls = {"H25": bdew.H25, "G25": bdew.G25, "L25": bdew.L25, "P25": bdew.P25,
+           "S25": bdew.S25}[profile]
+    kw = np.asarray(cls(idx, holidays=hol).to_numpy(dtype=float))
+    return kw / (kw.sum() * STEP_S / 3600.0) * (len(idx) / (365 * 96))
+
+
 def reference_year(info: SiteInfo, year: int = 2025, profile: str = "G25",
                    annual_kwh: float = 60_000.0, noise_pct: float = 5.0,
-                   day_noise_pct: float = 5.0, seed: int = 1) -> pd.DataFrame:
-    """One year of 15-minute means (UTC index): load_kw, pv_kw, poa_w_m2, temp_air_c.
+                   day_noise_pct: float = 5.0, seed: int = 1, heating_pct: float = 0.0,
+                   steps: tuple[tuple[str, float], ...] = ()) -> pd.DataFrame:
+    """One year of 15-minute means (UTC index) from the simulator's physics.
 
-    Load = BDEW profile x (1 + fast AR(1) noise, tau 2 h) x (1 + day-to-day AR(1) factor):
-    a real site wanders around its standard profile; the profile alone is too easy.
+    Columns: load_kw, pv_kw, poa_w_m2, temp_air_c (truth) and ghi_fc_w_m2, temp_fc_c (the
+    synthetic day-ahead weather forecast for each quarter, as a forecast service gives it).
+    Load = BDEW profile (holidays as Sundays) x (1 + fast AR(1) noise, tau 2 h) x (1 +
+    day-to-day AR(1) factor) + weather-driven heating (``heating_pct`` of the annual energy,
+    in proportion to the day's heating degrees below 15 degC), times a level factor from
+    each ``steps`` date (local ISO date, factor) on: a real site wanders around its standard
+    profile, heats when it is cold and gains or loses consumers; the profile alone is too easy.
     """
     from sim_devices.physics.base import AcBus
-    from sim_devices.physics.profiles import LoadProfile
     from sim_devices.physics.pv import PvInverter
     from sim_devices.physics.weather import Weather
+    from sim_devices.physics.wx_forecast import forecast_day
     from sim_devices.settings import PvSim, WeatherSettings
 
     start = pd.Timestamp(year=year, month=1, day=1, tz=info.timezone).tz_convert("UTC")
@@ -40,33 +64,39 @@ def reference_year(info: SiteInfo, year: int = 2025, profile: str = "G25",
     idx = pd.date_range(start, end, freq=STEP, inclusive="left")
     ts = idx.as_unit("s").asi8.astype(float) + STEP_S / 2.0  # quarter midpoints
     rng = np.random.default_rng(seed)
-    base = LoadProfile(profile, info.timezone, annual_kwh=annual_kwh).p_kw_array(ts)
+    weather = Weather(info.latitude, info.longitude, info.timezone,
+                      WeatherSettings(model="tmy"), seed, cache_days=370)
+    temp = weather.temp_at(ts)
+    base = bdew_profile(profile, idx, info.country) * annual_kwh
     a = math.exp(-STEP_S / 7200.0)
     fast = _ar1(rng, len(ts), a, noise_pct / 100.0)
     days = local_days(idx, info.timezone)
     _, day_i = np.unique(days, return_inverse=True)
     slow = _ar1(rng, int(day_i.max()) + 1, 0.7, day_noise_pct / 100.0)[day_i]
-    load = np.clip(base * (1.0 + fast) * (1.0 + slow), 0.0, None)
+    load = base * (1.0 + fast) * (1.0 + slow)
+    if heating_pct > 0:
+        hdd = np.maximum(0.0, 15.0 - pd.Series(temp).groupby(day_i).transform("mean")
+                         .to_numpy())
+        load = load + hdd / max(float(hdd.sum()) * STEP_S / 3600.0, 1e-9) * (
+            heating_pct / 100.0 * annual_kwh)
+    local = idx.tz_convert(info.timezone)
+    for date, factor in steps:
+        load = np.where(local >= pd.Timestamp(date, tz=info.timezone), load * factor, load)
+    load = np.clip(load, 0.0, None)
 
-    weather = Weather(info.latitude, info.longitude, info.timezone,
-                      WeatherSettings(model="tmy"), seed)
-    pv = np.zeros(len(ts))
-    poa = np.zeros(len(ts))
-    temp = np.zeros(len(ts))
-    arrays = info.pv or ()
     invs = [PvInverter(a_.device_id, AcBus(), weather, a_.kwp, a_.p_rated_kw,
                        PvSim(tilt_deg=a_.tilt_deg, azimuth_deg=a_.azimuth_deg))
-            for a_ in arrays]
-    for i, t in enumerate(ts):
-        t = float(t)
-        temp[i] = weather.temp_air_c(t)
-        for k, inv in enumerate(invs):
-            p, _dc, _air = inv.available_kw(t)
-            pv[i] += p
-            if k == 0:
-                poa[i] = weather.poa_w_m2(t, inv.tilt_deg, inv.azimuth_deg)
-    return pd.DataFrame({"load_kw": load, "pv_kw": pv, "poa_w_m2": poa, "temp_air_c": temp},
-                        index=idx)
+            for a_ in info.pv]
+    pv = np.sum([inv.available_kw_at(ts) for inv in invs], axis=0) if invs else np.zeros(
+        len(ts))
+    poa = (weather.poa_at(ts, invs[0].tilt_deg, invs[0].azimuth_deg) if invs
+           else np.zeros(len(ts)))
+    d0, d1 = int(ts[0] // 86400), int(ts[-1] // 86400)
+    fc = pd.concat([forecast_day(weather, d) for d in range(d0, d1 + 1)])
+    fcq = fc.reindex(idx, method="ffill")  # each hour's mean over its four quarters
+    return pd.DataFrame({"load_kw": load, "pv_kw": pv, "poa_w_m2": poa, "temp_air_c": temp,
+                         "ghi_fc_w_m2": fcq["ghi_w_m2"].to_numpy(),
+                         "temp_fc_c": fcq["temp_air_c"].to_numpy()}, index=idx)
 
 
 def local_days(idx: pd.DatetimeIndex, tz: str) -> np.ndarray:

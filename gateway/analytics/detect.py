@@ -161,7 +161,7 @@ class AlarmBridge:
 
     def sync(self, current: list[Anomaly], detectors: set[str] | None = None) -> None:
         """Raise every current anomaly; clear analytics alarms not reported any more (only
-        those of ``detectors`` when given, e.g. the training alarm is synced on its own)."""
+        those of ``detectors`` when given: a detector that did not run says nothing)."""
         keep: set[str] = set()
         for (det, dev, sig), a in worst_per_signal(current).items():
             src = ALARM_PREFIX + det

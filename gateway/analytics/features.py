@@ -52,6 +52,36 @@ def calendar(index: pd.DatetimeIndex, info: SiteInfo) -> pd.DataFrame:
     return out
 
 
+def clear_sky_ghi(index: pd.DatetimeIndex, info: SiteInfo) -> np.ndarray:
+    """Clear-sky GHI (W/m2, Haurwitz) at the site at each quarter's midpoint."""
+    mid = index + pd.Timedelta(minutes=7.5)
+    loc = pvlib.location.Location(info.latitude, info.longitude)
+    cs = loc.get_clearsky(mid, model="haurwitz")
+    return np.nan_to_num(cs["ghi"].to_numpy(dtype=float)).clip(min=0.0)
+
+
+def weather_features(idx: pd.DatetimeIndex, target: str, info: SiteInfo,
+                     wx: pd.DataFrame | None, cs: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Features from a day-ahead weather forecast (``ghi_fc_w_m2``, ``temp_fc_c`` at each
+    quarter); NaN where the forecast does not cover a row."""
+    nan = np.full(len(idx), np.nan)
+    w = wx.reindex(idx) if wx is not None else pd.DataFrame(index=idx)
+    if target == "pv":
+        ghi = w["ghi_fc_w_m2"].to_numpy(dtype=float) if "ghi_fc_w_m2" in w else nan
+        kt = np.clip(ghi / np.maximum(clear_sky_ghi(idx, info), 1.0), 0.0, 1.2)
+        kt = np.where(np.isfinite(ghi), kt, np.nan)
+        return {"kt_fc": kt, "pv_fc": (cs if cs is not None else nan) * kt}
+    if target == "load":
+        temp = w["temp_fc_c"].to_numpy(dtype=float) if "temp_fc_c" in w else nan
+        day = pd.Series(temp, index=idx).groupby(local_days(idx, info.timezone)).transform(
+            "mean").to_numpy()
+        hdd = np.maximum(0.0, 15.0 - day)
+        hours = idx.tz_convert(info.timezone).hour.to_numpy()
+        return {"temp_fc": temp, "hdd_fc": hdd,
+                "hdd_fc_day": hdd * ((hours >= 6) & (hours < 22))}
+    return {}
+
+
 def clear_sky_pv(index: pd.DatetimeIndex, info: SiteInfo) -> np.ndarray:
     """Clear-sky AC power (kW) of the site's PV arrays at each quarter's midpoint."""
     if not info.pv:
@@ -83,9 +113,12 @@ def _prev_day(values: pd.Series, local_day: np.ndarray, days_back: int, how: str
     return daily.reindex(keys).to_numpy(dtype=float)
 
 
-def build(y: pd.Series, target: str, info: SiteInfo, cs: np.ndarray | None = None
-          ) -> pd.DataFrame:
-    """Features for every row of ``y`` (15-minute kW, UTC index); NaN where lags are missing."""
+def build(y: pd.Series, target: str, info: SiteInfo, cs: np.ndarray | None = None,
+          wx: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Features for every row of ``y`` (15-minute kW, UTC index); NaN where lags are missing.
+
+    ``wx``: the day-ahead weather forecast valid at each row (see ``weather_features``).
+    """
     idx = pd.DatetimeIndex(y.index)
     f = calendar(idx, info)
     local_day = local_days(idx, info.timezone)
@@ -114,17 +147,9 @@ def build(y: pd.Series, target: str, info: SiteInfo, cs: np.ndarray | None = Non
         den = _prev_day(env_s.shift(-DAY), local_day, 1, "sum")  # yesterday's own envelope
         num = _prev_day(y, local_day, 1, "sum")
         f["env_kt"] = env * np.clip(num / np.maximum(den, 1e-6), 0.0, 1.5)
+    wf = weather_features(idx, target, info, wx, f["cs"].to_numpy() if target == "pv" else None)
+    for name, col in wf.items():
+        f[name] = col
     return f
 
 
-def baselines(feats: pd.DataFrame, target: str) -> dict[str, np.ndarray]:
-    """Reference forecasts from the feature table: seasonal naive (+ CS persistence for PV)."""
-    if target == "pv":
-        return {"seasonal_naive_1d": feats["lag_1d"].to_numpy(),
-                "cs_persistence": feats["cs_kt"].to_numpy()}
-    return {"seasonal_naive_7d": feats["lag_7d"].to_numpy(),
-            "seasonal_naive_1d": feats["lag_1d"].to_numpy()}
-
-
-SEASONAL_NAIVE = {"pv": "seasonal_naive_1d", "load": "seasonal_naive_7d",
-                  "wind": "seasonal_naive_1d"}

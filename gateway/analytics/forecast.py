@@ -1,9 +1,12 @@
 """Forecaster: the chosen model per target, its bands, and ``predict`` for the scheduler.
 
-``train`` backtests both model kinds on a rolling origin, keeps the better one per target,
-takes its out-of-sample residual quantiles per local hour as the p10/p90 band, and refits
-it on the whole history. ``predict(start, horizon, step)`` returns, per target, a frame of
-p50/p10/p90 in kW; beyond a day ahead the forecast feeds itself as history.
+``train`` backtests every candidate (models, models with the weather forecast, naive
+methods) on a validation window, keeps the best per target (a naive method when no model
+beats it), takes its out-of-sample residual quantiles per local hour as the p10/p90 band,
+and refits it on the whole history. A weather-driven choice keeps the best candidate
+without weather as its fallback for when the forecast feed is missing or stale.
+``predict(start, horizon, step)`` returns, per target, a frame of p50/p10/p90 in kW;
+beyond a day ahead the forecast feeds itself as history.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from gateway.analytics.site import SiteInfo
 
 HISTORY_KEEP = pd.Timedelta(days=15)
 INTRADAY_TAU_S = 7200.0  # how fast the latest observed error fades out of a forecast
-FORMAT = 1
+FORMAT = 2
 DAY_AHEAD = pd.Timedelta(hours=24)
 
 
@@ -35,8 +38,10 @@ class TargetModel:
     estimator: Any
     cols: list[str]
     resid_q: np.ndarray  # (24, 2): p10, p90 residual per local hour
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     coverage: float = float("nan")
+    fallback: TargetModel | None = None  # used when the weather forecast is not there
+    note: str = ""  # why this kind (e.g. a naive method, nothing beat it on validation)
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Forecaster:
     version: int = 1
     trained_at: float = 0.0
     window: tuple[str, str] = ("", "")  # training data start, end (ISO, UTC)
+    notes: dict[str, str] = field(default_factory=dict)  # per target, from the last predict
 
     @property
     def targets(self) -> list[str]:
@@ -61,24 +67,41 @@ class Forecaster:
     def predict(self, start: pd.Timestamp | None = None,
                 horizon: pd.Timedelta = DAY_AHEAD,
                 step: pd.Timedelta = STEP, targets: list[str] | None = None,
-                intraday: bool = True) -> dict[str, pd.DataFrame]:
+                intraday: bool = True, weather: pd.DataFrame | None = None
+                ) -> dict[str, pd.DataFrame]:
         """Per target: DataFrame(index = UTC step starts, columns p50, p10, p90) in kW.
 
         start defaults to the quarter after the last observation. With ``intraday`` the
         error of the last observed hour is carried into the first hours (fading, 2 h).
+        ``weather``: day-ahead forecast at 15 minutes (``ghi_fc_w_m2``, ``temp_fc_c``); a
+        model that needs it and does not get it for the whole horizon gives way to its
+        fallback, and ``notes`` says so.
         """
         last = self.history.index[-1]
         t0 = pd.Timestamp(start).tz_convert("UTC") if start is not None else last + STEP
         t0 = t0.floor(STEP)
         end = t0 + pd.Timedelta(horizon)
         out: dict[str, pd.DataFrame] = {}
+        self.notes = {}
         for tg in targets or self.targets:
-            q = self._predict_quarters(self.models[tg], last, t0, end, intraday)
+            tm = self.models[tg]
+            if models.uses_weather(tm.kind) and not _covers(weather, tg, last + STEP, end):
+                fb = tm.fallback
+                self.notes[tg] = (f"no weather forecast up to {end:%Y-%m-%d %H:%M} UTC: "
+                                  f"{models.KIND_NAMES[fb.kind] if fb else 'nothing'} instead "
+                                  f"of {models.KIND_NAMES[tm.kind]}")
+                if fb is None:
+                    continue
+                tm = fb
+            elif tm.note:
+                self.notes[tg] = tm.note
+            q = self._predict_quarters(tm, last, t0, end, intraday, weather)
             out[tg] = _resample(q, t0, end, pd.Timedelta(step))
         return out
 
     def _predict_quarters(self, tm: TargetModel, last: pd.Timestamp, t0: pd.Timestamp,
-                          end: pd.Timestamp, intraday: bool) -> pd.DataFrame:
+                          end: pd.Timestamp, intraday: bool, weather: pd.DataFrame | None
+                          ) -> pd.DataFrame:
         col = f"{tm.target}_kw"
         hist = self.history[col].astype(float)
         future = pd.date_range(last + STEP, max(end, last + STEP), freq=STEP, inclusive="left")
@@ -90,7 +113,7 @@ class Forecaster:
         todo[: len(hist)] = False
         first = True
         while todo.any():
-            f = models.complete(features.build(y, tm.target, self.info, cs))
+            f = models.complete(features.build(y, tm.target, self.info, cs, weather))
             p = models.predict(tm.estimator, tm.cols, f, tm.target)
             if first:
                 fitted = p.copy()
@@ -131,7 +154,9 @@ class Forecaster:
         return {"version": self.version, "trained_at": self.trained_at,
                 "window": list(self.window), "format": FORMAT,
                 "models": {t: {"kind": models.KIND_NAMES[m.kind], "coverage_p10_p90":
-                               m.coverage, "metrics": m.metrics} for t, m in self.models.items()}}
+                               m.coverage, "metrics": m.metrics, "note": m.note,
+                               "fallback": models.KIND_NAMES[m.fallback.kind] if m.fallback
+                               else None} for t, m in self.models.items()}}
 
     def save(self, directory: Path) -> Path:
         """Write forecast-v{version}.pkl (atomically) and return its path."""
@@ -170,30 +195,55 @@ def _resample(q: pd.DataFrame, t0: pd.Timestamp, end: pd.Timestamp, step: pd.Tim
     return q.reindex(q.index.union(fine)).interpolate(method="time").ffill().reindex(fine)
 
 
+def _covers(weather: pd.DataFrame | None, target: str, t0: pd.Timestamp,
+            end: pd.Timestamp) -> bool:
+    col = {"pv": "ghi_fc_w_m2", "load": "temp_fc_c"}.get(target)
+    if weather is None or col is None or col not in weather:
+        return False
+    need = pd.date_range(t0, end, freq=STEP, inclusive="left")
+    return bool(weather[col].reindex(need).notna().all())
+
+
 def train(frame: pd.DataFrame, info: SiteInfo, version: int = 1, n_trees: int = 100,
           n_jobs: int = 1, backtest_days: int = 14, retrain_days: int = 7,
           tick: Callable[[], None] | None = None,
-          results: dict[str, backtest.BacktestResult] | None = None) -> Forecaster:
-    """Backtest both kinds per target, keep the better, refit it on all of ``frame``."""
+          results: dict[str, backtest.BacktestResult] | None = None,
+          test_days: int = 0) -> Forecaster:
+    """Choose per target on a ``backtest_days`` validation window, refit on all of ``frame``.
+
+    ``test_days`` > 0 scores the choice once on the last days (which validation does not
+    see); the daemon leaves it at 0 and reports validation figures.
+    """
     targets = [t for t in info.targets if f"{t}_kw" in frame]
-    if not targets or len(frame) < 96 * (backtest_days + 3):
-        raise ValueError(f"training needs {backtest_days + 3} days of 15-minute history, "
+    need = backtest_days + test_days + 3
+    if not targets or len(frame) < 96 * need:
+        raise ValueError(f"training needs {need} days of 15-minute history, "
                          f"found {len(frame) / 96:.1f} days")
     out: dict[str, TargetModel] = {}
+    wx = frame[[c for c in ("ghi_fc_w_m2", "temp_fc_c") if c in frame]]
     for tg in targets:
-        res = backtest.rolling_origin(frame, info, tg, backtest_days, retrain_days,
-                                      n_trees=n_trees, n_jobs=n_jobs, tick=tick)
+        res = backtest.evaluate(frame, info, tg, backtest_days, test_days, retrain_days,
+                                n_trees=n_trees, n_jobs=n_jobs, tick=tick)
         if results is not None:
             results[tg] = res
         y = frame[f"{tg}_kw"].astype(float)
-        feats = models.complete(features.build(y, tg, info))
+        feats = models.complete(features.build(y, tg, info, wx=wx))
+        metrics = {str(k): {str(c): (v if isinstance(v, str) else float(v))
+                            for c, v in row.items()}
+                   for k, row in res.metrics.to_dict(orient="index").items()}
+
         est, cols = models.fit(res.best, tg, feats, y, n_trees, n_jobs)
+        tm = TargetModel(tg, res.best, est, cols, res.resid_q, metrics, res.coverage,
+                         note=res.note)
+        if models.uses_weather(res.best):
+            val = res.validation
+            hours = val.index.tz_convert(info.timezone).hour.to_numpy()
+            est, cols = models.fit(res.fallback, tg, feats, y, n_trees, n_jobs)
+            tm.fallback = TargetModel(tg, res.fallback, est, cols, backtest.hour_quantiles(
+                hours, val.actual - val.preds[res.fallback]), metrics, res.coverage)
         if tick:
             tick()
-        out[tg] = TargetModel(tg, res.best, est, cols, res.resid_q,
-                              {str(k): {str(c): float(v) for c, v in row.items()}
-                               for k, row in res.metrics.to_dict(orient="index").items()},
-                              res.coverage)
+        out[tg] = tm
     idx = pd.DatetimeIndex(frame.index)
     hist = frame[[f"{t}_kw" for t in targets]]
     return Forecaster(info, out, hist[hist.index >= idx[-1] - HISTORY_KEEP], version,

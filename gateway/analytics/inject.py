@@ -1,26 +1,39 @@
-"""Ground truth for the detectors: simulate a site with faults injected, score the detectors.
+"""Ground truth for the detectors: simulate a site with faults injected.
 
-Faults go into the physics models where the fault is physical (a degrading PV string, a
-failing battery fan, capacity fade, a charger that lost a phase) and into the readings
-where it is a measurement fault (a stuck sensor, a drifting meter). The battery runs a
-plain self-consumption rule so it cycles as it would on a real site.
+Faults go into the physics models where the fault is physical (a lost PV string, soiling
+that grows every day, a failing battery fan, capacity fade, a charger that lost a phase)
+and into the readings where it is a measurement fault (a stuck sensor, a drifting meter,
+a battery that keeps reporting the SOH and capacity it had before it faded). Readings are
+rounded to the resolution of the device's template registers, as the gateway sees them.
+The battery runs a plain self-consumption rule so it cycles as it would on a real site.
+
+Scenarios come in *families* (season and weather): detectors are tuned on
+``TUNING_FAMILIES`` and scored on ``HELD_OUT_FAMILIES`` (gateway.analytics.evaluation),
+a fixed split. Each faulty scenario has one fault at a random moment inside its
+evaluation window; clean scenarios have none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
-from gateway.analytics.anomaly import Anomaly, AnomalyModel, Telemetry
-from gateway.analytics.site import SiteInfo, site_info
+from gateway.analytics.anomaly_base import Telemetry
 from gateway.config.models import SiteConfig
+from gateway.model import Nature
 
-KINDS = ("pv_degradation", "fan_failure", "stuck_sensor", "meter_drift", "capacity_fade",
-         "evse_derate")
+KINDS = ("pv_string_loss", "pv_soiling", "fan_failure", "stuck_sensor", "meter_drift",
+         "capacity_fade", "evse_derate")
 METER_DRIFT_KW_PER_DAY = 1.5
+SOILING_PER_DAY = 0.04  # share of the PV output lost per day of soiling
+STRING_LOSS = 0.2  # one string of five
+FADE = 0.85  # capacity left after a fade
+# (device nature, point) that freeze in the stuck-sensor faults
+STUCK = (("bess", "soc_pct"), ("meter", "f_hz"), ("bess", "cell_temp_max_c"),
+         ("pv_inverter", "p_kw"), ("meter", "v_v"))
 
 
 @dataclass(frozen=True)
@@ -38,158 +51,171 @@ class Scenario:
     train_days: int
     eval_days: int
     faults: list[Fault] = field(default_factory=list)
+    family: str = ""
+    cloudiness: float | None = None  # None: the site config's weather
+
+
+@dataclass(frozen=True)
+class Family:
+    """Conditions a group of scenarios shares: the season and how cloudy it is."""
+
+    name: str
+    month: int
+    cloudiness: float
+    seed_base: int
+
+
+FAMILIES = {f.name: f for f in (
+    Family("spring_clear", 4, 0.1, 1000), Family("summer_broken", 7, 0.4, 2000),
+    Family("autumn_mixed", 10, 0.3, 3000),
+    Family("winter_clear", 2, 0.1, 4000), Family("early_summer_overcast", 6, 0.6, 5000),
+    Family("late_summer_clear", 9, 0.15, 6000))}
+# The fixed split: thresholds and choices are made on these ...
+TUNING_FAMILIES = ("spring_clear", "summer_broken", "autumn_mixed")
+# ... and only ever scored on these (other seasons, other weather, other random draws).
+HELD_OUT_FAMILIES = ("winter_clear", "early_summer_overcast", "late_summer_clear")
+
+
+def fault_targets(cfg: SiteConfig) -> dict[str, str]:
+    """The first device of each nature the faults need (nature value -> device id)."""
+    out: dict[str, str] = {}
+    for d in cfg.devices:
+        if d.nature is Nature.METER and d.role not in (None, "grid"):
+            continue
+        out.setdefault(d.nature.value, d.id)
+    return out
+
+
+def family_scenarios(cfg: SiteConfig, family: str, year: int = 2025, train_days: int = 4,
+                     eval_days: int = 5, clean: int = 2) -> list[Scenario]:
+    """One scenario per fault (each stuck signal its own) plus ``clean`` without any, each
+    fault at a random time in the evaluation window (not in its last 12 hours)."""
+    fam = FAMILIES[family]
+    rng = np.random.default_rng(fam.seed_base)
+    tgt = fault_targets(cfg)
+    plan: list[tuple[str, str, str]] = []
+    for kind in KINDS:
+        if kind == "stuck_sensor":
+            plan += [(kind, tgt[n], sig) for n, sig in STUCK if n in tgt]
+        else:
+            nature = {"pv_string_loss": "pv_inverter", "pv_soiling": "pv_inverter",
+                      "fan_failure": "bess", "capacity_fade": "bess", "meter_drift": "meter",
+                      "evse_derate": "evse"}[kind]
+            if nature in tgt:
+                plan.append((kind, tgt[nature], ""))
+    plan += [("", "", "")] * clean
+    out = []
+    for k, (kind, dev, sig) in enumerate(plan):
+        day0 = int(rng.integers(0, 27))
+        t0 = datetime(year, fam.month, 1 + day0, tzinfo=UTC)
+        sc = Scenario(fam.seed_base + k, t0, train_days, eval_days, family=family,
+                      cloudiness=fam.cloudiness)
+        if kind:
+            onset = float(rng.uniform(0.0, eval_days - 0.5)) * 86400.0
+            start = pd.Timestamp(t0).timestamp() + train_days * 86400.0 + onset
+            sc.faults.append(Fault(kind, dev, start, sig))
+        out.append(sc)
+    return out
+
+
+def _resolution(cfg: SiteConfig) -> dict[str, dict[str, float]]:
+    """Per device, the step of each integer register point (what the gateway can see)."""
+    from drivers.template import load_template
+
+    out: dict[str, dict[str, float]] = {}
+    for d in cfg.devices:
+        try:
+            tpl = load_template(d.template)
+        except (KeyError, ValueError, OSError):
+            continue
+        pts = getattr(tpl, "points", {})
+        out[d.id] = {name: float(p.scale) for name, p in pts.items()
+                     if str(getattr(p, "type", "")).startswith(("int", "uint"))
+                     and getattr(p, "scale_factor", None) is None and getattr(p, "scale", None)}
+    return out
 
 
 def simulate(cfg: SiteConfig, start_s: float, days: float, faults: list[Fault],
-             seed: int = 0, step_s: float = 60.0) -> tuple[Telemetry, pd.DataFrame]:
+             seed: int = 0, step_s: float = 60.0, cloudiness: float | None = None
+             ) -> tuple[Telemetry, pd.DataFrame]:
     """Telemetry per device and the weather context, one sample per ``step_s``."""
     from sim_devices.clock import ManualClock
     from sim_devices.physics.battery import Battery
-    from sim_devices.physics.evse import Evse
     from sim_devices.physics.pv import PvInverter
     from sim_devices.physics.site import SimSite
     from sim_devices.settings import load_simulation_settings
 
     settings = load_simulation_settings(cfg).model_copy(update={"seed": seed})
+    if cloudiness is not None:
+        settings = settings.model_copy(update={"weather": settings.weather.model_copy(
+            update={"cloudiness": cloudiness})})
     site = SimSite(cfg, settings, ManualClock(start_s))
     pv0 = next((m for m in site.models.values() if isinstance(m, PvInverter)), None)
     bats = [m for m in site.models.values() if isinstance(m, Battery)]
+    res = _resolution(cfg)
     n = int(days * 86400 / step_s)
     rows: dict[str, list[dict[str, float]]] = {d: [] for d in site.models}
     ctx: list[tuple[float, float]] = []
     times = start_s + step_s * np.arange(1, n + 1)
-    applied: set[Fault] = set()
-    frozen: dict[Fault, float] = {}
+    applied: dict[Fault, float] = {}  # fault -> the model's value before it
+    frozen: dict[Fault, dict[str, float]] = {}
     for t in times:
         net = site.balance_kw() + sum(b.p_kw for b in bats)  # without the batteries
         for b in bats:
             site.write(b.device_id, "p_set_kw", float(net) / max(len(bats), 1), wall_s=0.0)
-        site.step(step_s)
-        for f in faults:
-            if t >= f.start_s and f not in applied:
-                applied.add(f)
-                _apply_physical(site.models[f.device], f)
-        for d, m in site.models.items():
-            rows[d].append({k: float(v) for k, v in m.read_points().items()
-                            if isinstance(v, int | float)})
         for f in faults:
             if t >= f.start_s:
-                _apply_reading(rows[f.device][-1], f, t, frozen)
+                _apply_physical(site.models[f.device], f, t, applied)
+        site.step(step_s)
+        for d, m in site.models.items():
+            row = {k: float(v) for k, v in m.read_points().items()
+                   if isinstance(v, int | float)}
+            for k, q in res.get(d, {}).items():
+                if k in row:
+                    row[k] = round(row[k] / q) * q
+            rows[d].append(row)
+        for f in faults:
+            if t >= f.start_s:
+                _apply_reading(rows[f.device], f, t, frozen)
         poa = pv0.weather.poa_w_m2(t - step_s / 2, pv0.tilt_deg, pv0.azimuth_deg) if pv0 else 0.0
         ctx.append((poa, site.weather.temp_air_c(t)))
     idx = pd.DatetimeIndex(pd.to_datetime(times, unit="s", utc=True))
     tel = {d: pd.DataFrame(r, index=idx) for d, r in rows.items()}
-    del Evse  # imported for the isinstance-free physical faults below (kept for mypy)
     return tel, pd.DataFrame(ctx, index=idx, columns=["poa_w_m2", "temp_air_c"])
 
 
-def _apply_physical(model: object, f: Fault) -> None:
-    if f.kind == "pv_degradation":
-        model.derate *= 0.8  # type: ignore[attr-defined]  # one string of five lost
+def _apply_physical(model: object, f: Fault, t: float, applied: dict[Fault, float]) -> None:
+    m: object = model
+    first = f not in applied
+    if f.kind in ("pv_string_loss", "pv_soiling"):
+        base = applied.setdefault(f, m.derate)  # type: ignore[attr-defined]
+        lost = STRING_LOSS if f.kind == "pv_string_loss" else min(
+            0.9, SOILING_PER_DAY * (t - f.start_s) / 86400.0)
+        m.derate = base * (1.0 - lost)  # type: ignore[attr-defined]
+    elif not first:
+        return
     elif f.kind == "fan_failure":
-        model.pack.r_th_k_kw *= 4.0  # type: ignore[attr-defined]
+        applied[f] = m.pack.r_th_k_kw  # type: ignore[attr-defined]
+        m.pack.r_th_k_kw *= 4.0  # type: ignore[attr-defined]
     elif f.kind == "capacity_fade":
-        model.pack.soh_pct *= 0.85  # type: ignore[attr-defined]
+        applied[f] = m.pack.soh_pct  # type: ignore[attr-defined]
+        m.pack.soh_pct *= FADE  # type: ignore[attr-defined]
     elif f.kind == "evse_derate":
-        model.p_max_kw *= 0.5  # type: ignore[attr-defined]
+        applied[f] = m.p_max_kw  # type: ignore[attr-defined]
+        m.p_max_kw *= 0.5  # type: ignore[attr-defined]
+    else:
+        applied[f] = 0.0
 
 
-def _apply_reading(row: dict[str, float], f: Fault, t: float, frozen: dict[Fault, float]
-                   ) -> None:
+def _apply_reading(rows: list[dict[str, float]], f: Fault, t: float,
+                   frozen: dict[Fault, dict[str, float]]) -> None:
+    row = rows[-1]
     if f.kind == "stuck_sensor":
-        row[f.signal] = frozen.setdefault(f, row[f.signal])
+        keep = frozen.setdefault(f, {f.signal: (rows[-2] if len(rows) > 1 else row)[f.signal]})
+        row.update(keep)
+    elif f.kind == "capacity_fade":  # the BMS still reports what it had before the fade
+        keep = frozen.setdefault(f, {k: (rows[-2] if len(rows) > 1 else row)[k]
+                                     for k in ("soh_pct", "capacity_kwh") if k in row})
+        row.update(keep)
     elif f.kind == "meter_drift":
         row["p_kw"] += METER_DRIFT_KW_PER_DAY * (t - f.start_s) / 86400.0
-
-
-def scenarios(n: int, start: datetime, train_days: int = 4, eval_days: int = 3
-              ) -> list[Scenario]:
-    """``n`` scenarios cycling through the fault kinds; every 7th one has no fault at all."""
-    targets = {"pv_degradation": "pv_roof", "fan_failure": "battery",
-               "capacity_fade": "battery", "meter_drift": "grid_meter",
-               "evse_derate": "ev_bay1"}
-    stuck = [("battery", "cell_temp_max_c"), ("pv_roof", "p_kw"), ("grid_meter", "v_v")]
-    out = []
-    for k in range(n):
-        t0 = start + pd.Timedelta(days=9 * k)
-        sc = Scenario(k, t0, train_days, eval_days)
-        fault_s = (pd.Timestamp(t0) + pd.Timedelta(days=train_days)).timestamp()
-        if k % 7 != 6:
-            kind = KINDS[k % len(KINDS)]
-            if kind == "stuck_sensor":
-                dev, sig = stuck[(k // len(KINDS)) % len(stuck)]
-                sc.faults.append(Fault(kind, dev, fault_s, sig))
-            else:
-                sc.faults.append(Fault(kind, targets[kind], fault_s))
-        out.append(sc)
-    return out
-
-
-@dataclass
-class Evaluation:
-    truth: set[tuple[int, str, str]]  # (scenario, device, local day)
-    found: set[tuple[int, str, str]]
-    kind_of: dict[tuple[int, str, str], str]
-    anomalies: list[tuple[int, Anomaly]]
-    events: dict[tuple[int, str], str] = field(default_factory=dict)  # injected faults
-    units: set[int] = field(default_factory=set)
-
-    def event_scores(self) -> tuple[float, float]:
-        """(precision, recall) per injected fault: any alarm on its device in its scenario."""
-        flagged = {(s, d) for s, d, _ in self.found}
-        tp = len(flagged & set(self.events))
-        return (tp / len(flagged) if flagged else 1.0,
-                tp / len(self.events) if self.events else 1.0)
-
-    @property
-    def precision(self) -> float:
-        return len(self.truth & self.found) / len(self.found) if self.found else 1.0
-
-    @property
-    def recall(self) -> float:
-        return len(self.truth & self.found) / len(self.truth) if self.truth else 1.0
-
-    def table(self) -> pd.DataFrame:
-        rows = []
-        for kind in sorted(set(self.kind_of.values())):
-            t = {k for k in self.truth if self.kind_of[k] == kind}
-            rows.append({"fault": kind, "device_days": len(t), "detected": len(t & self.found),
-                         "recall": len(t & self.found) / len(t) if t else float("nan")})
-        fp = self.found - self.truth
-        rows.append({"fault": "(none: false alarms)", "device_days": 0, "detected": len(fp),
-                     "recall": float("nan")})
-        rows.append({"fault": "ALL", "device_days": len(self.truth),
-                     "detected": len(self.truth & self.found), "recall": self.recall})
-        return pd.DataFrame(rows).set_index("fault")
-
-
-def evaluate(cfg: SiteConfig, scs: list[Scenario], forest_trees: int = 50,
-             info: SiteInfo | None = None) -> Evaluation:
-    """Fit the detectors on each scenario's healthy days, detect on its faulty days."""
-    info = info or site_info(cfg)
-    ev = Evaluation(set(), set(), {}, [])
-    for sc in scs:
-        t0 = pd.Timestamp(sc.start).timestamp()
-        tel, ctx = simulate(cfg, t0, sc.train_days + sc.eval_days, sc.faults, sc.seed)
-        cut = pd.Timestamp(t0 + sc.train_days * 86400.0, unit="s", tz="UTC")
-        train = {d: df[df.index < cut] for d, df in tel.items()}
-        test = {d: df[df.index >= cut] for d, df in tel.items()}
-        model = AnomalyModel(info, forest_trees).fit(train, ctx[ctx.index < cut])
-        first = pd.DatetimeIndex(test[next(iter(test))].index)
-        local = pd.Series(1, index=first.tz_convert(info.timezone).date)
-        per_day = local.groupby(level=0).size()
-        days = [str(d) for d, n in per_day.items() if n * 60.0 >= 12 * 3600]  # >= half a day
-        for a in model.detect(test, ctx[ctx.index >= cut]):
-            day = str(pd.Timestamp(a.ts).tz_convert(info.timezone).date())
-            if day in days:  # scored on whole local days only, alarms and truth alike
-                ev.found.add((sc.seed, a.device, day))
-                ev.anomalies.append((sc.seed, a))
-        ev.units.add(sc.seed)
-        for f in sc.faults:
-            ev.events[(sc.seed, f.device)] = f.kind
-            for day in days:
-                key = (sc.seed, f.device, day)
-                if pd.Timestamp(day, tz=info.timezone).timestamp() + 86400 > f.start_s:
-                    ev.truth.add(key)
-                    ev.kind_of[key] = f.kind
-    return ev

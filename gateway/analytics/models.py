@@ -1,7 +1,13 @@
-"""The two model kinds per target: Random Forest and Linear Regression (scikit-learn)."""
+"""Forecast candidates per target: Random Forest, Linear Regression (scikit-learn), each
+with and without a weather-forecast input, and the naive methods they must beat.
+
+A naive method is a candidate like any model (an estimator that copies one feature), so
+when none of the models beats it on the validation window the forecaster uses it.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -10,23 +16,46 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 
 KINDS = ("rf", "lr")
-KIND_NAMES = {"rf": "random_forest", "lr": "linear_regression"}
+WX_KINDS = ("rf_wx", "lr_wx")  # the same models with the day-ahead weather forecast
+NAIVE = {"seasonal_naive_1d": "lag_1d", "seasonal_naive_7d": "lag_7d",
+         "cs_persistence": "cs_kt"}  # name -> the feature it copies
+KIND_NAMES = {"rf": "random_forest", "lr": "linear_regression",
+              "rf_wx": "random_forest+weather", "lr_wx": "linear_regression+weather",
+              **{k: k for k in NAIVE}}
 _RF_BASE = ["qh", "dow", "daytype", "holiday", "hour_sin", "hour_cos", "doy_sin", "doy_cos",
             "lag_1d", "lag_2d", "lag_7d", "mean_1d", "mean_7d"]
 _PV = ["cs", "kt_1d", "kt_2d", "cs_kt", "cs_kt2", "env", "env_kt"]
 _LR_PV = ["cs", "cs_kt", "cs_kt2", "lag_1d", "env", "env_kt"]
+WX_COLS = {"pv": ["kt_fc", "pv_fc"], "load": ["temp_fc", "hdd_fc", "hdd_fc_day"],
+           "wind": []}
+_ONEHOT = re.compile(r"h\d+_d\d")  # hour x day type columns of features.calendar
 REQUIRED = ["lag_1d", "mean_1d"]  # a row is predictable once these are known
 _FALLBACK = {"lag_2d": "lag_1d", "lag_7d": "lag_1d", "mean_7d": "mean_1d", "kt_2d": "kt_1d",
              "cs_kt2": "cs_kt"}
 
 
+def naive_names(target: str) -> tuple[str, ...]:
+    """The naive baselines for a target: yesterday, same day last week (+ clear-sky
+    persistence for PV: yesterday's clear-sky index times today's clear sky)."""
+    base = ("seasonal_naive_1d", "seasonal_naive_7d")
+    return (*base, "cs_persistence") if target == "pv" else base
+
+
+def uses_weather(kind: str) -> bool:
+    return kind.endswith("_wx")
+
+
 def columns(kind: str, target: str, feats: pd.DataFrame) -> list[str]:
-    if kind == "rf":
-        return _RF_BASE + (_PV if target == "pv" else [])
+    if kind in NAIVE:
+        return [NAIVE[kind]]
+    base = kind.removesuffix("_wx")
+    wx = WX_COLS.get(target, []) if uses_weather(kind) else []
+    if base == "rf":
+        return _RF_BASE + (_PV if target == "pv" else []) + wx
     if target == "pv":
-        return _LR_PV
-    onehot = [c for c in feats.columns if c.startswith("h") and "_d" in c]
-    return [*onehot, "lag_1d", "lag_7d", "mean_1d", "mean_7d", "holiday"]
+        return _LR_PV + wx
+    onehot = [c for c in feats.columns if _ONEHOT.fullmatch(c)]
+    return [*onehot, "lag_1d", "lag_7d", "mean_1d", "mean_7d", "holiday", *wx]
 
 
 def complete(feats: pd.DataFrame) -> pd.DataFrame:
@@ -38,23 +67,40 @@ def complete(feats: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+class Naive:
+    """A naive method as an estimator: the forecast is its one input column."""
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Naive:
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x[:, 0], dtype=float)
+
+
 def make(kind: str, n_trees: int = 100, n_jobs: int = 1) -> Any:
-    if kind == "rf":
+    if kind in NAIVE:
+        return Naive()
+    base = kind.removesuffix("_wx")
+    if base == "rf":
         return RandomForestRegressor(n_estimators=n_trees, min_samples_leaf=3, max_features=0.5,
                                      n_jobs=n_jobs, random_state=0)
-    if kind == "lr":
+    if base == "lr":
         return LinearRegression()
-    raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
+    raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(KIND_NAMES)})")
 
 
 def fit(kind: str, target: str, feats: pd.DataFrame, y: pd.Series, n_trees: int = 100,
         n_jobs: int = 1) -> tuple[Any, list[str]]:
     cols = columns(kind, target, feats)
+    if kind in NAIVE:
+        return Naive(), cols
     x = feats[cols]
     ok = x.notna().all(axis=1).to_numpy() & y.notna().to_numpy()
     if ok.sum() < 96:
-        raise ValueError(f"{target}: only {int(ok.sum())} usable 15-minute rows to train on "
-                         f"(need a day of history beyond the lags, at least 96)")
+        raise ValueError(f"{target}: only {int(ok.sum())} usable 15-minute rows to train "
+                         f"{KIND_NAMES.get(kind, kind)} on (need a day of history beyond the "
+                         f"lags{' and a weather forecast' if uses_weather(kind) else ''}, "
+                         f"at least 96)")
     model = make(kind, n_trees, n_jobs)
     model.fit(x.to_numpy()[ok], y.to_numpy()[ok])
     return model, cols

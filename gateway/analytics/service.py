@@ -2,12 +2,13 @@
 
 Training (forecast models) and detection read the historian in a worker thread; the
 event loop only starts the work and swaps in the result. A model is saved with its
-version and training window; a failed training keeps the last good model and raises an
-``Anomaly`` (device ``analytics``) that the alarm list shows. The anomaly detectors run in
+version and training window; a failed training keeps the last good model and raises a
+training alarm of its own (source ``analytics.training``, not an anomaly), cleared by the
+next successful training or when an operator acknowledges it. The anomaly detectors run in
 the worker thread every ``detect_interval_s`` and on demand (gateway.analytics.detect); with
 the control component present every anomaly is also a control alarm (``AlarmBridge``).
 API commands: ``forecast``, ``anomalies``, ``battery_health``, ``analytics_train``,
-``analytics_detect``.
+``analytics_training``, ``analytics_detect``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from gateway.daemon import Daemon
 
 log = logging.getLogger("autogrid.analytics")
+TRAINING_SOURCE = "analytics.training"  # alarm source of a failed forecast training
+TRAINING_CONDITION = "forecast"
+HEALTH_WINDOW_S = 30 * 86400.0  # battery health rests on the last 30 days of telemetry
 
 TrainFn = Callable[[int], Forecaster]
 
@@ -106,6 +110,8 @@ class AnalyticsService:
         self.anomalies: collections.deque[Anomaly] = collections.deque(maxlen=500)
         self.training: asyncio.Task[bool] | None = None
         self.last_error: str | None = None
+        # the latest training run: run number, state (idle/running/succeeded/failed), ...
+        self.training_status: dict[str, Any] = {"run": 0, "state": "idle"}
         self.health: dict[str, Any] = {}
         self._schedule: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analytics")
@@ -116,13 +122,20 @@ class AnalyticsService:
         ctl = next((c for c in self.daemon.components if c.name == "control"),
                    None) if self.daemon is not None else None
         if ctl is not None and getattr(ctl, "store", None) is not None:
-            self.alarms = AlarmBridge(ctl.store)  # type: ignore[attr-defined]
+            self.attach_alarms(ctl.store)  # type: ignore[attr-defined]
         self.forecaster = await asyncio.get_running_loop().run_in_executor(
             self._pool, Forecaster.load_latest, self.model_dir)
         self._schedule = asyncio.create_task(self._every(), name="analytics schedule")
         if self.settings.detect and self.db_path is not None:
             self._detect_schedule = asyncio.create_task(self._detect_every(),
                                                         name="analytics detectors")
+
+    def attach_alarms(self, store: Any) -> None:
+        """Raise anomalies and training failures as alarms in ``store`` (a ControlStore)."""
+        self.alarms = AlarmBridge(store)
+        store.listeners.append(self._on_alarm)
+        # Older versions raised a failed training as an anomaly alarm that nothing cleared.
+        store.clear("analytics/training", "analytics:forecast_training")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._schedule, self._detect_schedule, self.training,
@@ -142,11 +155,17 @@ class AnalyticsService:
         """Start a training unless one runs; True if started."""
         if self.training is not None and not self.training.done():
             return False
+        self.training_status = {"run": self.training_status["run"] + 1, "state": "running",
+                                "started_at": datetime.now(UTC).isoformat()}
         self.training = asyncio.create_task(self.train_now(), name="analytics training")
         return True
 
     async def train_now(self) -> bool:
-        """Train in the worker thread; on failure keep the last good model and raise an alarm."""
+        """Train in the worker; on failure keep the last good model and raise the training
+        alarm (with the reason), on success clear it."""
+        if self.training_status.get("state") != "running":  # the schedule calls this directly
+            self.training_status = {"run": self.training_status["run"] + 1, "state": "running",
+                                    "started_at": datetime.now(UTC).isoformat()}
         version = (self.forecaster.version + 1) if self.forecaster else 1
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -155,30 +174,53 @@ class AnalyticsService:
             if self.worker == "process":
                 if self._proc is None:
                     self._proc = ProcessPoolExecutor(
-                        max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-                path = await loop.run_in_executor(self._proc, job)
+                        max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_leave_interrupts_to_the_daemon)
+                with _interrupts_held():  # the worker starts with SIGINT held, see below
+                    started = loop.run_in_executor(self._proc, job)
+                path = await started
             else:
                 path = await loop.run_in_executor(self._pool, job)
             fc = await loop.run_in_executor(self._pool, _load, path)
+        except asyncio.CancelledError:
+            self.training_status = {**self.training_status, "state": "failed",
+                                    "error": "stopped with the gateway"}
+            raise
         except Exception as exc:  # any failure of the model code must not reach the loop
-            kept = f"keeping model v{self.forecaster.version}" if self.forecaster else (
-                "no forecast until a training succeeds")
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("forecast training failed (%s): %s", kept, self.last_error)
-            failed = Anomaly("analytics", "forecast_training", 1.0,
-                             f"forecast training v{version} failed: {self.last_error}; {kept}",
-                             datetime.now(UTC).isoformat(), "training")
-            self.anomalies.append(failed)
-            if self.alarms is not None:
-                self.alarms.sync([failed], {"training"})
+            self._failed(version, exc)
             return False
-        if self.alarms is not None:
-            self.alarms.sync([], {"training"})
         self.forecaster = fc
         self.last_error = None
+        self.training_status = {**self.training_status, "state": "succeeded",
+                                "version": fc.version, "finished_at": datetime.now(UTC).isoformat()}
+        store = self._store()
+        if store is not None:
+            store.clear(TRAINING_SOURCE, TRAINING_CONDITION)
         log.info("forecast model v%d trained in %.1f s (window %s .. %s)", fc.version,
                  time.monotonic() - t0, *fc.window)
         return True
+
+    def _failed(self, version: int, exc: Exception) -> None:
+        kept = f"keeping model v{self.forecaster.version}" if self.forecaster else (
+            "no forecast until a training succeeds")
+        self.last_error = str(exc) or type(exc).__name__
+        self.training_status = {**self.training_status, "state": "failed",
+                                "error": self.last_error, "kept": kept,
+                                "finished_at": datetime.now(UTC).isoformat()}
+        log.error("forecast training v%d failed (%s): %s", version, kept, self.last_error)
+        store = self._store()
+        if store is not None:
+            store.raise_(TRAINING_SOURCE, TRAINING_CONDITION, "warning",
+                         f"forecast training v{version} failed: {self.last_error}; {kept}")
+
+    def _store(self) -> Any:
+        return self.alarms.store if self.alarms is not None else None
+
+    def _on_alarm(self, alarm: Any) -> None:
+        """An acknowledged training alarm is done with: the operator has seen the failure."""
+        if (alarm.source == TRAINING_SOURCE and alarm.active
+                and getattr(alarm, "acked_s", None) is not None):
+            self.alarms.store.clear(TRAINING_SOURCE, TRAINING_CONDITION)  # type: ignore[union-attr]
 
     # -- anomaly detectors ------------------------------------------------------------------
     def _baseline_file(self) -> Path:
@@ -251,14 +293,15 @@ class AnalyticsService:
         """The latest model's forecast (computed in the worker thread: ~0.1-0.3 s)."""
         fc = self.forecaster
         if fc is None:
-            return {"available": False, "error": self.last_error}
+            return {"available": False, "error": self.last_error,
+                    "training": dict(self.training_status)}
         hours = float(req.get("horizon_h", 24))
         step = float(req.get("step_min", 15))
         if not (0 < hours <= 168 and 1 <= step <= 1440):
             raise ValueError("horizon_h must be in (0, 168] and step_min in [1, 1440]")
         pred = await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(
             fc.predict, horizon=pd.Timedelta(hours=hours), step=pd.Timedelta(minutes=step)))
-        return {"available": True, **fc.meta(),
+        return {"available": True, **fc.meta(), "training": dict(self.training_status),
                 "forecast": {t: {"time": [i.isoformat() for i in df.index],
                                  **{c: [round(float(v), 3) for v in df[c]] for c in df}}
                              for t, df in pred.items()}}
@@ -276,22 +319,28 @@ class AnalyticsService:
         return {"batteries": list(self.info.bess_ids), "reports": self.health}
 
     def _health_from_historian(self) -> dict[str, Any]:
-        from gateway.analytics.battery_health import assess
-        from gateway.analytics.data import historian_device_frame
+        from gateway.analytics.battery_health import assess, historian_polls
 
         assert self.db_path is not None
+        span = historian_span(self.db_path)
+        since = span[1] - HEALTH_WINDOW_S if span else None
         out: dict[str, Any] = {}
         for dev in self.info.bess_ids:
-            df = historian_device_frame(self.db_path, dev, ["i_dc_a", "soc_pct", "v_dc_v",
-                                                            "capacity_kwh"])
-            if df.empty or not {"i_dc_a", "soc_pct", "v_dc_v"} <= set(df.columns):
+            df = historian_polls(self.db_path, dev, since_s=since)
+            if df.empty or "soc_pct" not in df.columns:
                 out[dev] = {"device": dev, "error": "no battery telemetry in the historian yet"}
                 continue
             out[dev] = assess(dev, df, self.info.bess_kwh.get(dev, 100.0)).as_dict()
         return out
 
     def api_train(self, req: dict[str, Any]) -> Any:
-        return {"started": self.request_training()}
+        """Start a training (or say one runs); the outcome is in ``analytics_training``."""
+        started = self.request_training()
+        return {"started": started, "training": dict(self.training_status)}
+
+    def api_training(self, req: dict[str, Any]) -> Any:
+        """The latest training run: {run, state, error?, version?, started_at, finished_at}."""
+        return dict(self.training_status)
 
     async def api_detect(self, req: dict[str, Any]) -> Any:
         """Run the detectors now; {"rebaseline": true, "baseline_s"?} first learns normal
@@ -315,7 +364,7 @@ class AnalyticsService:
     def commands(self) -> dict[str, Callable[[dict[str, Any]], Any]]:  # may return awaitables
         return {"forecast": self.api_forecast, "anomalies": self.api_anomalies,
                 "battery_health": self.api_battery_health, "analytics_train": self.api_train,
-                "analytics_detect": self.api_detect}
+                "analytics_training": self.api_training, "analytics_detect": self.api_detect}
 
 
 def build(daemon: Daemon) -> AnalyticsService | None:
@@ -335,6 +384,8 @@ def build(daemon: Daemon) -> AnalyticsService | None:
              "anomalies": "recent anomaly alarms: {limit?}",
              "battery_health": "SOH, resistance and remaining life per battery",
              "analytics_train": "retrain the forecast models now (in the background)",
+             "analytics_training": "the latest forecast training: running, succeeded or "
+                                   "failed (with the reason)",
              "analytics_detect": "run the anomaly detectors now: {rebaseline?, baseline_s?}"}
     for name, fn in svc.commands().items():
         daemon.api.register(name, _adapt(fn), role="operator" if name in (
@@ -352,3 +403,27 @@ def _adapt(fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any], Any
 
             raise ApiError(str(exc)) from None
     return handler
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT while the worker process is started: it inherits the held signal, so a
+    Ctrl-C during its start-up waits until it has chosen to ignore it. Here a Ctrl-C that
+    arrives meanwhile is delivered on leaving, not lost."""
+    import signal
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _leave_interrupts_to_the_daemon() -> None:
+    """In the training worker: Ctrl-C reaches the whole process group, but stopping is the
+    daemon's decision (it shuts the worker down), so the worker ignores SIGINT instead of
+    dying with a traceback on the operator's terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

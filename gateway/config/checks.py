@@ -18,7 +18,7 @@ from gateway.config.can import CanConnection, check_can_connection, check_can_fr
 from gateway.config.checks_devices import TemplateSet, check_devices
 from gateway.config.models import ModbusSerial, SiteConfig
 from gateway.config.suggest import unknown_name
-from gateway.control.config import check_control
+from gateway.control.config import check_control, control_warnings
 from gateway.yamlsrc import Mark, Problem, Source
 
 
@@ -164,6 +164,11 @@ def run_checks(cfg: SiteConfig, src: Source, template_dir: Path | None = None
                 *check_control(cfg, src)]
     problems += check_can_frames(cfg, src, templates.loaded)
     return sort_problems(problems), templates.loaded
+
+
+def run_warnings(cfg: SiteConfig, src: Source) -> list[Problem]:
+    """What is accepted but probably not meant; ``check`` and ``run`` print each one."""
+    return sort_problems(control_warnings(cfg, src))
 
 
 def sort_problems(problems: list[Problem]) -> list[Problem]:

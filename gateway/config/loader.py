@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from drivers.template import Template
-from gateway.config.checks import run_checks, sort_problems
+from gateway.config.checks import run_checks, run_warnings, sort_problems
 from gateway.config.checks_devices import CONNECTION_PROTOCOL
 from gateway.config.models import SiteConfig
 from gateway.yamlsrc import (
@@ -25,6 +25,7 @@ from gateway.yamlsrc import (
     SourceError,
     load_yaml_text,
     parse_model,
+    read_bounded,
 )
 from sim_devices.settings import SimulationSettings, load_simulation_settings
 
@@ -42,6 +43,7 @@ class LoadedConfig:
     path: Path
     templates: dict[str, Template] = field(default_factory=dict)  # by template name
     simulation: SimulationSettings | None = None  # the validated ``simulation:`` section
+    warnings: list[Problem] = field(default_factory=list)  # accepted, but printed
 
     def template_of(self, device_id: str) -> Template:
         """The loaded template of device ``device_id``."""
@@ -56,7 +58,7 @@ def read_source(path: str | Path) -> Source:
     p = Path(path)
     name = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_bounded(p, name)
     except FileNotFoundError:
         raise ConfigUnreadable([Problem(name, None, "", "file not found")]) from None
     except IsADirectoryError:
@@ -137,7 +139,14 @@ def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
     problems = sort_problems(problems + sim_problems)
     if problems:
         raise SourceError(problems)
-    return LoadedConfig(cfg, src, Path(path), templates, simulation)
+    return LoadedConfig(cfg, src, Path(path), templates, simulation, run_warnings(cfg, src))
+
+
+def warning_line(p: Problem) -> str:
+    """A warning as one line: ``file:line:col: warning: path: message``."""
+    where = f"{p.file}:{p.mark.line}:{p.mark.col}" if p.mark else p.file
+    return f"{where}: warning: {p.path}: {p.message}" if p.path else \
+        f"{where}: warning: {p.message}"
 
 
 def load_config(path: str | Path, *, template_dir: Path | None = None) -> LoadedConfig:
@@ -177,7 +186,10 @@ def run_check(path: str, out: TextIO, *, template_dir: Path | None = None) -> in
         print(f"{path}: {_plural(len(err.problems), 'error')}", file=out)
         return 1
     cfg = loaded.config
+    for w in loaded.warnings:
+        print(warning_line(w), file=out)
+    warned = f", {_plural(len(loaded.warnings), 'warning')}" if loaded.warnings else ""
     print(f"{path}: OK — {_plural(len(cfg.devices), 'device')} on "
           f"{_plural(len(cfg.connections), 'connection')}, "
-          f"{_plural(len(cfg.gateways), 'gateway')}", file=out)
+          f"{_plural(len(cfg.gateways), 'gateway')}{warned}", file=out)
     return 0

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gateway.analytics.config import AnalyticsSettings
+from gateway.apilimits import ApiSettings
 from gateway.config.can import CanConnection
 from gateway.config.dnp3 import Dnp3Tcp
 from gateway.console.policy import ConsoleSettings
@@ -160,6 +161,7 @@ class SiteConfig(Strict):
     control: ControlConfig | None = None  # site control and protection; absent = monitor only
     metrics: Metrics | None = None  # off unless configured
     console: ConsoleSettings | None = None  # API roles/tokens; absent = root/daemon user only
+    api: ApiSettings = Field(default_factory=ApiSettings)  # connection caps, token lockout
     tariff: Tariff | None = None  # time-of-use prices (scheduler, controller, simulate)
     scheduler: SchedulerSettings | None = None  # LP planning; on (defaults) when a tariff is set
     analytics: AnalyticsSettings | None = None  # schedules; absent = defaults (with historian)

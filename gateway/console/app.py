@@ -20,12 +20,14 @@ import urwid
 
 from gateway.aio import cancel_and_wait
 from gateway.apiclient import ApiRequestError, ApiUnavailable
-from gateway.console import caps
+from gateway.console import caps, widgets
 from gateway.console.bridge import Bridge
 from gateway.console.data import ConsoleData
 from gateway.console.dialogs import Dialog
 from gateway.console.screens import SCREENS, Screen
 from gateway.console.theme import palette
+from gateway.console.widgets import FitText
+from gateway.summary import safe_text
 
 log = logging.getLogger("autogrid.console")
 
@@ -35,6 +37,7 @@ SLOW_S = 2.0  # stats, device list, the visible screen's feature commands
 RARE_S = 30.0  # expensive answers (battery health from the historian)
 NAV_LABELS = ["Overview", "Devices", "Grid", "EV", "Trading", "Forecast", "Alarms", "Diag",
               "EMERGENCY"]
+SHORT_LABELS = ["Over", "Dev", "Grid", "EV", "Trade", "Fcst", "Alarm", "Diag", "EMERG"]
 
 
 class ConsoleApp:
@@ -47,8 +50,11 @@ class ConsoleApp:
         self.screens: list[Screen] = [cls(self) for cls in SCREENS]
         self.by_name = {s.name: s for s in self.screens}
         self.current = self.screens[0]
-        self.header = urwid.AttrMap(urwid.Text("", wrap="clip"), "header")
-        self.nav = urwid.Text("")
+        self.header_text = FitText()
+        self.clock = urwid.Text("", align="right", wrap="clip")
+        self.header = urwid.AttrMap(urwid.Columns([self.header_text, (1, urwid.Text(""))]),
+                                    "header")
+        self.nav = FitText()
         self.hints = urwid.Text("", wrap="clip")
         self.message: tuple[str, str, float] | None = None
         self.status = urwid.Text("", wrap="clip")
@@ -67,7 +73,8 @@ class ConsoleApp:
     # -- Ctx for the screens -------------------------------------------------------------
 
     def notify(self, text: str, level: str = "notice") -> None:
-        self.message = (text, "error" if level == "error" else "notice", time.time())
+        self.message = (safe_text(text), "error" if level == "error" else "notice",
+                        time.time())
         self._draw_status()
 
     def dialog(self, dlg: Dialog) -> None:
@@ -135,6 +142,7 @@ class ConsoleApp:
             return
         self._seen_version = self.data.version
         self._last_refresh = now
+        widgets.set_clock(self.data.clock)
         self.current.refresh()
         self._draw_header()
         self._draw_footer()
@@ -145,29 +153,50 @@ class ConsoleApp:
         n = d.alarm_count()
         bad = bool(n) or not d.connected
         link = "live" if d.connected else "DISCONNECTED"
-        parts = [f" AutoGrid ▸ {self.current.title}" if self.unicode else
-                 f" AutoGrid > {self.current.title}",
-                 f"gateway {d.ping.get('gateway', '?')}", f"{d.user} ({d.role})", link]
-        if n is not None:
-            parts.append(f"alarms {n}")
-        parts.append(time.strftime("%H:%M:%S"))
-        self.header.original_widget.set_text(" │ ".join(parts) if self.unicode
-                                             else " | ".join(parts))
+        sep = " │ " if self.unicode else " | "
+        title = (f" AutoGrid ▸ {self.current.title}" if self.unicode else
+                 f" AutoGrid > {self.current.title}")
+        # Most important first, so a narrow terminal loses the least useful part.
+        state = [link] + ([f"alarms {n}"] if n is not None else [])
+        who = f"{d.user} ({d.role})"
+        self.header_text.set_choices([
+            sep.join([title, *state, f"gateway {d.ping.get('gateway', '?')}", who]),
+            sep.join([title, *state, who]), sep.join([title, *state, d.role]),
+            sep.join([title, *state])])
+        self.clock.set_text(self.clock_text() + " ")
+        cols = self.header.original_widget
+        width = len(self.clock.text)
+        if cols.contents[1][0] is not self.clock or cols.contents[1][1][1] != width:
+            cols.contents[1] = (self.clock, cols.options("given", width))
         self.header.set_attr_map({None: "header_alarm" if bad else "header"})
 
+    def clock_text(self) -> str:
+        """The site clock in the site's zone; marked when it is a simulation's clock."""
+        c = self.data.clock
+        text = c.label(c.now())
+        return text + (f" sim {c.speed:g}x" if c.simulated else "")
+
     def _draw_footer(self) -> None:
-        nav: list[Any] = []
-        for i, (s, label) in enumerate(zip(self.screens, NAV_LABELS, strict=True), 1):
-            active = s is self.current
-            nav += [("key" if not active else "tab_active", f"{i}"),
-                    ("emergency" if s.name == "emergency" else
-                     ("tab_active" if active else "tab"), f" {label}"), " "]
-        nav += [("key", "q"), ("tab", " Quit"), " ", ("key", "?"), ("tab", " Help")]
-        self.nav.set_text(nav)
+        self.nav.set_choices([self._nav(NAV_LABELS, " Quit", " Help"),
+                              self._nav(SHORT_LABELS, " Quit", " Help"),
+                              self._nav(SHORT_LABELS, "", ""),
+                              self._nav(None, "", "")])
         hints: list[Any] = []
         for key, label in self.current.actions:
             hints += [("key", f" {key} "), ("text", f" {label}  ")]
         self.hints.set_text(hints or [("dim", "F1-F9 or 1-9 switch screens")])
+
+    def _nav(self, labels: list[str] | None, quit_: str, help_: str) -> list[Any]:
+        """The key bar with ``labels`` for the other screens (None: numbers only); the
+        current screen always shows its full label."""
+        nav: list[Any] = []
+        for i, s in enumerate(self.screens, 1):
+            active = s is self.current
+            label = NAV_LABELS[i - 1] if active else (labels[i - 1] if labels else "")
+            nav += [("key" if not active else "tab_active", f"{i}"),
+                    ("emergency" if s.name == "emergency" else
+                     ("tab_active" if active else "tab"), f" {label}" if label else ""), " "]
+        return [*nav, ("key", "q"), ("tab", quit_), " ", ("key", "?"), ("tab", help_)]
 
     def _draw_status(self) -> None:
         if not self.data.connected:
@@ -220,6 +249,16 @@ class ConsoleApp:
             self.go(answer)
 
     # -- running -------------------------------------------------------------------------
+
+    async def call(self, cmd: str, **params: Any) -> Any:
+        """One API request for a screen's own flow (ApiUnavailable when not connected)."""
+        if self.bridge is None:
+            raise ApiUnavailable("not connected to the daemon")
+        return await self.bridge.call(cmd, **params)
+
+    def spawn(self, coro: Any, name: str) -> None:
+        """Run a screen's own follow-up work (e.g. waiting for a training's outcome)."""
+        self._spawn(coro, name)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -16,6 +16,8 @@ from typing import Any
 from gateway.apiclient import ApiClient, ApiRequestError, ApiUnavailable
 from gateway.console import caps
 from gateway.console.data import ConsoleData
+from gateway.console.sitetime import SiteClock
+from gateway.summary import safe_text, sanitized
 
 SUBSCRIBE_INTERVAL_S = 0.25  # 4 updates per second at most
 
@@ -43,6 +45,7 @@ class Bridge:
         # (the other order loses it until the point changes again, e.g. a breaker trip).
         await self._sub.start_subscription(interval_s=self.interval_s)
         self.data.set_snapshot(await self.call("snapshot"))
+        await self.refresh_clock()
         if "summary_history" in self.data.commands and not self.data.seeded:
             with contextlib.suppress(ApiRequestError):
                 self.data.seed_history(await self.call("summary_history"))
@@ -56,6 +59,12 @@ class Bridge:
         self._req = self._sub = None
 
     async def call(self, cmd: str, **params: Any) -> Any:
+        # Every string a device or the daemon sends is made safe to print here, once,
+        # before any screen can show it.
+        return sanitized(await self.call_raw(cmd, **params))
+
+    async def call_raw(self, cmd: str, **params: Any) -> Any:
+        """The answer as sent: not safe to show until passed through ``sanitized``."""
         if self._req is None:
             raise ApiUnavailable("not connected to the daemon")
         if self.token:
@@ -79,20 +88,31 @@ class Bridge:
         try:
             self.data.set_answer(cap, await self.call(cmd, **params))
         except ApiRequestError as exc:
-            self.data.set_answer(cap, error=str(exc))
+            self.data.set_answer(cap, error=safe_text(str(exc)))
 
     async def refresh_fast(self) -> None:
         self.data.set_summary(await self.call("summary"))
 
+    async def refresh_clock(self) -> None:
+        """The site's clock and zone, when the daemon tells them (``site_time``)."""
+        if "site_time" in self.data.commands:
+            self.data.set_clock(SiteClock.from_answer(await self.call("site_time")))
+
     async def refresh_slow(self) -> None:
+        """Statistics and each device's health. The health comes from the snapshot, which
+        carries polls and latency (the device list does not, so they froze at connect)."""
         self.data.stats = await self.call("stats")
-        self.data.set_devices(await self.call("devices"))
+        await self.refresh_clock()
+        snap = await self.call_raw("snapshot")  # the points are not used here: not cleaned
+        self.data.set_devices(sanitized([
+            {**{k: v for k, v in dev.items() if k != "points"}, "id": dev_id}
+            for dev_id, dev in snap.get("devices", {}).items()]))
 
     async def follow(self, on_update: Callable[[], None]) -> None:
         """Apply subscription events until the connection closes."""
         assert self._sub is not None
         async for event in self._sub.events():
-            self.data.apply_update(event)
+            self.data.apply_update(sanitized(event))
             on_update()
 
 

@@ -1,7 +1,7 @@
 """Which API command serves which console feature, and which component provides it.
 
 Screens never hard-code a command: they ask ``resolve(cap, available)`` and, when nothing
-answers, say "not available in this gateway yet (needs <component>)" instead of failing.
+answers, say what is not available and what would provide it, in product words.
 The first name in each list is the one the component registers; later names are aliases.
 """
 
@@ -17,10 +17,10 @@ class Cap:
     component: str
 
 
-CONTROL = "site control (issue 4)"
-ANALYTICS = "analytics (issue 7)"
-CLUSTER = "clustering"
-TRADING = "energy trading"
+CONTROL = "site control: add a control section to the site config"
+ANALYTICS = "analytics: it runs with the historian on"
+CLUSTER = "several gateways in a cluster, not part of this gateway yet"
+TRADING = "energy trading, not part of this gateway yet"
 
 CAPS: dict[str, Cap] = {
     # site control (gateway/control/api_commands.py)
@@ -43,6 +43,7 @@ CAPS: dict[str, Cap] = {
     "anomalies": Cap(("anomalies",), ANALYTICS),  # [{device, signal, score, explanation, ts}]
     "battery_health": Cap(("battery_health",), ANALYTICS),  # {batteries, reports: {dev: ..}}
     "train": Cap(("analytics_train",), ANALYTICS),
+    "training_status": Cap(("analytics_training",), ANALYTICS),  # {run, state, error?, ...}
     # cluster and trading
     "cluster": Cap(("cluster_status", "cluster"), CLUSTER),
     "orders": Cap(("order_book", "orders"), TRADING),
@@ -59,4 +60,4 @@ def resolve(cap: str, available: Container[str]) -> str | None:
 
 
 def missing(cap: str) -> str:
-    return f"not available in this gateway yet (needs {CAPS[cap].component})"
+    return f"not available here ({CAPS[cap].component})"

@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.console.sitetime import SiteClock
+
 HISTORY_KEYS = ("grid_kw", "pv_kw", "wind_kw", "battery_kw", "ev_kw", "load_kw",
                 "battery_soc_pct")
 HISTORY_S = 3600.0
@@ -43,6 +45,7 @@ class ConsoleData:
     last_update: float | None = None
     version: int = 0  # bumped on every change; the UI redraws when it moved
     seeded: bool = False  # history loaded from the historian
+    clock: SiteClock = field(default_factory=SiteClock)
 
     # -- who am I -------------------------------------------------------------------------
 
@@ -128,6 +131,11 @@ class ConsoleData:
 
     def set_answer(self, cap: str, result: Any = None, error: str | None = None) -> None:
         self.answers[cap] = Answer(time.time(), result, error)
+        self.version += 1
+
+    def set_clock(self, clock: SiteClock) -> None:
+        """The site's clock and zone: every time on screen is shown on it."""
+        self.clock = clock
         self.version += 1
 
     # -- reading --------------------------------------------------------------------------

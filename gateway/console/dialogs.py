@@ -142,3 +142,26 @@ class Form(Dialog):
             self.pile.focus_position = self.first + (pos - self.first + 1) % len(self.edits)
             return None
         return super().keypress(size, key)
+
+
+class Detail(Dialog):
+    """Read-only lines (a record in full, wrapped); Enter or Esc closes, ``a`` may act."""
+
+    def __init__(self, title: str, lines: list[Any], on_done: Done,
+                 keys: dict[str, Any] | None = None) -> None:
+        self.keys = keys or {}
+        items: list[urwid.Widget] = [urwid.Text(line) for line in lines]
+        hint = "  ".join(f"{k}: {label}" for k, (label, _) in self.keys.items())
+        items += [urwid.Divider(), urwid.Text(("dim", (hint + "  " if hint else "")
+                                                + "Enter/Esc: close"))]
+        self.height = max(8, len(items) + 6)
+        super().__init__(urwid.Filler(urwid.Pile(items), valign="top"), title, on_done)
+
+    def keypress(self, size: Size, key: str) -> str | None:
+        if key in self.keys:
+            self.on_done(self.keys[key][1])
+            return None
+        if key == "enter":
+            self.on_done(None)
+            return None
+        return super().keypress(size, key)

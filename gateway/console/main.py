@@ -11,6 +11,19 @@ from gateway.console.theme import unicode_ok, want_color
 
 SCREEN_NAMES = ("overview", "devices", "grid", "ev", "trading", "analytics", "alarms",
                 "diagnostics", "emergency")
+# The words on the tabs (and their numbers) open the same screens as their names.
+ALIASES = {"forecast": "analytics", "diag": "diagnostics", "emergencies": "emergency",
+           **{str(i): name for i, name in enumerate(SCREEN_NAMES, 1)}}
+
+
+def screen_name(text: str) -> str:
+    """The screen ``--screen`` means: its name, its tab label or its number."""
+    key = text.strip().lower()
+    name = ALIASES.get(key, key)
+    if name not in SCREEN_NAMES:
+        raise ValueError(f"unknown screen {text!r} (known: {', '.join(SCREEN_NAMES)}; "
+                         f"the tab labels Forecast and Diag and the numbers 1-9 work too)")
+    return name
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -29,8 +42,7 @@ def read_token(token_file: str | None) -> str | None:
 def console_main(args: argparse.Namespace, socket_path: Path) -> int:
     from gateway.console.app import run_console
 
-    if args.screen and args.screen not in SCREEN_NAMES:
-        raise ValueError(f"unknown screen {args.screen!r} (known: {', '.join(SCREEN_NAMES)})")
+    start = screen_name(args.screen) if args.screen else None
     token = read_token(args.token_file)
     return asyncio.run(run_console(socket_path, token=token, color=want_color(args.no_color),
-                                   unicode=unicode_ok(), start=args.screen))
+                                   unicode=unicode_ok(), start=start))

@@ -108,13 +108,17 @@ def token_policy(settings: ConsoleSettings) -> Callable[[str, Caller], Caller]:
 
 class ConsolePolicy:
     """Daemon component: installs the role policy on the API (when configured) and the
-    console's ``summary_history`` command (nothing runs in the background)."""
+    console's ``summary_history`` and ``site_time`` commands (nothing runs in the
+    background)."""
 
     name = "console"
 
     def __init__(self, daemon: Daemon, settings: ConsoleSettings | None) -> None:
+        from gateway.console.sitetime import SiteTimeSource
+
         self.daemon = daemon
         self.settings = settings
+        self.site_time = SiteTimeSource(daemon.cfg.site.timezone)
 
     async def start(self) -> None:
         from gateway.console.history import register
@@ -123,6 +127,8 @@ class ConsolePolicy:
         if api is None:
             return
         register(self.daemon)
+        api.register("site_time", lambda r, c: self.site_time.answer(), role="viewer",
+                     help="the site clock (simulated in a simulation) and time zone")
         if self.settings is None:
             return
         api.role_of = role_policy(self.settings)

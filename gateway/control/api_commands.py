@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from gateway.api import ApiError, ApiServer, Caller
+from gateway.control.alarms import MAX_PAGE
 from gateway.control.config import CLASS_RANK, Strategies
 from gateway.control.safety import COMMAND_POINTS, VIEW_POINTS
 from gateway.model import NATURES, Kind, Quality
@@ -59,8 +60,10 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
 
     def audited(action: str, fn: Callable[[dict[str, Any], Caller], Any]
                 ) -> Callable[[dict[str, Any], Caller], Any]:
+        """Audit the command's outcome: done, or refused with its reason. A crash is
+        audited by the API (which turns it into a refusal); the store bounds the detail."""
         def handler(req: dict[str, Any], caller: Caller) -> Any:
-            detail = {k: v for k, v in req.items() if k not in ("cmd", "id")}
+            detail = {k: v for k, v in req.items() if k not in ("cmd", "id", "token")}
             try:
                 result = fn(req, caller)
             except ApiError as exc:
@@ -91,8 +94,13 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         return store.listing(active_only=bool(req.get("active_only", False)))
 
     def audit(req: dict[str, Any], caller: Caller) -> Any:
-        limit = _num(req, "limit", 1, 10_000)
-        return store.audit_log(int(limit) if limit else 100)
+        """A page of the audit log, newest first; the next page: ``before`` = last id."""
+        limit = _num(req, "limit", 1, MAX_PAGE)
+        before = req.get("before")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise ApiError("'before' must be an audit entry id (an integer) from the "
+                           "previous page")
+        return store.audit_log(int(limit) if limit else 100, before)
 
     def sessions(req: dict[str, Any], caller: Caller) -> Any:
         now = c.clock()
@@ -110,10 +118,19 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
 
     # -- steering (operator) ----------------------------------------------------------------
     def ack(req: dict[str, Any], caller: Caller) -> Any:
+        """Acknowledge an alarm once: a second acknowledgement of the same occurrence
+        answers who acknowledged it and writes no second audit row."""
         key = req.get("key")
+        detail = {"key": key}
         if not isinstance(key, str) or key not in store.alarms:
-            raise ApiError(f"unknown alarm {key!r}")
-        return store.ack(key, caller.user).as_dict()
+            why = f"unknown alarm {key!r}"
+            store.audit(caller.user, "alarm_ack", detail, ok=False, reason=why)
+            raise ApiError(why)
+        if store.alarms[key].acked_s is not None:
+            return {**store.alarms[key].as_dict(), "already_acknowledged": True}
+        out = store.ack(key, caller.user).as_dict()
+        store.audit(caller.user, "alarm_ack", detail)
+        return out
 
     def ev_set(req: dict[str, Any], caller: Caller) -> Any:
         charger = req.get("charger")
@@ -342,12 +359,13 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
     for name, fn, help_ in (
             ("control_status", status, "mode, setpoints, strategies' notes, cycle stats"),
             ("alarms", alarms, "alarms {active_only?}"),
-            ("audit", audit, "audit log, newest first {limit?}"),
+            ("audit", audit, f"audit log, newest first {{limit? (<= {MAX_PAGE}), before? "
+                             f"(id: the next page)}}"),
             ("ev_sessions", sessions, "EV sessions, active and recent"),
             ("plan", plan, "the scheduler's current plan")):
         api.register(name, fn, role="viewer", help=help_)
+    api.register("alarm_ack", ack, role="operator", help="acknowledge an alarm {key}")
     for name, fn, help_ in (
-            ("alarm_ack", ack, "acknowledge an alarm {key}"),
             ("ev_set", ev_set, "change a session {charger, priority?, departure_s? | "
                                "departure_in_h?, energy_kwh?, departure_soc_pct?, "
                                "v2g_allowed?}"),

@@ -22,6 +22,7 @@ from gateway.control.protection import Protection
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
+    from gateway.historian import Historian
     from gateway.service.reload import ReloadReport
 
 log = logging.getLogger("autogrid.control")
@@ -49,7 +50,8 @@ class ControlComponent:
             raise ConfigRuntimeError("; ".join(problems))
         self.daemon = daemon
         self.control = cfg.control
-        self.store = ControlStore(state_path(daemon))
+        self.store = ControlStore(state_path(daemon), cfg.api.audit_retention_days,
+                                  cfg.api.audit_max_rows)
         self.controller = Controller(cfg, self.control)
         self.applier = Applier(daemon.ios, daemon.state, self.store, self.control.rewrite_s,
                                {d.id: d.control.deadband_kw for d in cfg.devices if d.control})
@@ -94,6 +96,7 @@ class ControlComponent:
         if self.daemon.api is not None:
             from gateway.control.api_commands import register
             register(self, self.daemon.api)
+            self.daemon.api.audit_sink = self.store.audit  # refusals are audited too
         self.protection.attach()
         self.store.audit("daemon", "control_start", {"controller": self.control.controller,
                                                      "cycle_s": self.control.cycle_s})
@@ -124,6 +127,7 @@ class ControlComponent:
         while True:
             await asyncio.sleep(STALE_CHECK_S)
             self.protection.check_stale()
+            historian_alarm(self.store, self.daemon.historian)
 
     def run_cycle(self) -> None:
         """One cycle: compute and hand to the applier (which writes in the background)."""
@@ -193,6 +197,20 @@ class ControlComponent:
                 "lateness_ms_p99": pct(self.lateness_ms, 0.99),
                 "skipped_cycles": self.skipped_cycles,
                 "applier": self.applier.stats(), "protection": self.protection.status()}
+
+
+def historian_alarm(store: ControlStore, historian: Historian | None) -> None:
+    """While the historian cannot write (disk full, unwritable path), an alarm says so,
+    with the path and the rows lost so far; cleared when writes succeed again."""
+    if historian is None:
+        return
+    if historian.last_error is None:
+        store.clear("historian", "write")
+        return
+    what = "disk full" if historian.disk_full else historian.last_error
+    store.raise_("historian", "write", "critical" if historian.disk_full else "warning",
+                 f"{what}: cannot write {historian.path}; {historian.dropped} rows lost so "
+                 f"far, newer rows kept in memory and retried; polling goes on")
 
 
 def build(daemon: Daemon) -> ControlComponent | None:

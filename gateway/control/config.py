@@ -7,6 +7,7 @@ protection and grid limits only doing their job. Models are pydantic, unknown ke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -157,10 +158,71 @@ def reference_problems(control: ControlConfig, natures: dict[str, str]) -> list[
             for where, msg in reference_issues(control, natures)]
 
 
+# Strategies that steer by the power at the grid connection (the PCC meter's p_kw).
+GRID_STRATEGIES = ("grid_limits", "peak_shaving", "self_consumption")
+
+
+def grid_meter_issue(control: ControlConfig, meters: Sequence[tuple[str, str | None]]
+                     ) -> tuple[bool, str] | None:
+    """Why control cannot see the grid connection, and whether that is an error (True) or
+    only a warning; None when it can. ``meters``: (id, role) of the site's enabled meters.
+
+    The controller and protection take the meter with ``role: grid`` as the PCC meter, or
+    the only meter when the site has exactly one untagged meter (gateway/state.py).
+    """
+    if any(role == "grid" for _, role in meters):
+        return None
+    if len(meters) == 1 and meters[0][1] is None:
+        return None
+    if not meters:
+        found = "the site has no meter"
+        fix = "add a meter at the grid connection (PCC) with `role: grid`"
+    elif len(meters) == 1:
+        found = f"the only meter '{meters[0][0]}' is marked `role: sub`"
+        fix = "mark the PCC meter with `role: grid`"
+    else:
+        found = (f"the site has {len(meters)} meters ({', '.join(m for m, _ in meters)}) "
+                 f"and none is marked `role: grid`")
+        fix = "mark the PCC meter with `role: grid`"
+    steering = [s for s in GRID_STRATEGIES if getattr(control.strategies, s)]
+    if control.controller and steering:
+        return True, (f"control cannot see the grid connection: {found}, so the controller "
+                      f"knows neither grid power nor site load and {', '.join(steering)} "
+                      f"do nothing; {fix}")
+    return False, (f"control cannot see the grid connection: {found}; protection will not "
+                   f"detect grid loss and the controller has no grid power; {fix}")
+
+
+def _grid_meter_issue(cfg: SiteConfig) -> tuple[bool, str] | None:
+    assert cfg.control is not None
+    meters = [(d.id, d.role) for d in cfg.devices if d.enabled and str(d.nature) == "meter"]
+    return grid_meter_issue(cfg.control, meters)
+
+
 def check_control(cfg: SiteConfig, src: Source) -> list[Problem]:
-    """``autogrid check``: the section's device references, at the offending field."""
+    """``autogrid check``: the section's device references at the offending field, and a
+    controller that cannot see the grid connection at the ``control:`` key."""
     if cfg.control is None:
         return []
     natures = {d.id: str(d.nature) for d in cfg.devices}
-    return [src.problem(("control", *where), msg)
-            for where, msg in reference_issues(cfg.control, natures)]
+    out = [src.problem(("control", *where), msg)
+           for where, msg in reference_issues(cfg.control, natures)]
+    issue = _grid_meter_issue(cfg)
+    if issue is not None and issue[0]:
+        out.append(_at_key(src, issue[1]))
+    return out
+
+
+def control_warnings(cfg: SiteConfig, src: Source) -> list[Problem]:
+    """What ``check`` and ``run`` print but accept: a monitor-only control section (the
+    controller off, or no strategy that needs grid power) without a grid meter."""
+    if cfg.control is None:
+        return []
+    issue = _grid_meter_issue(cfg)
+    return [_at_key(src, issue[1])] if issue is not None and not issue[0] else []
+
+
+def _at_key(src: Source, message: str) -> Problem:
+    """A problem positioned at the ``control:`` key itself (not its first field)."""
+    return Problem(src.file, src.keys.get(("control",)) or src.mark(("control",)), "control",
+                   message)

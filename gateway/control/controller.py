@@ -372,6 +372,7 @@ class Controller:
                 "created_s": plan.created_s, "solver": plan.solver, "status": plan.status,
                 "steps": len(plan.steps), "tracking": plan.ok and plan.at(now) is not None},
             "strategies": self.control.strategies.model_dump(),
+            "pcc_breaker": self.control.emergency.pcc_breaker,
             "limits": {"import_limit_kw": self.cfg.site.grid.import_limit_kw,
                        "export_limit_kw": self.cfg.site.grid.export_limit_kw},
         }

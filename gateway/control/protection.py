@@ -18,7 +18,7 @@ from gateway.config.models import SiteConfig
 from gateway.control.alarms import ControlStore
 from gateway.control.config import Protection as ProtectionCfg
 from gateway.model import Nature, PointValue, Quality, Reading
-from gateway.state import SiteState
+from gateway.state import DeviceState, SiteState
 
 Write = Callable[[str, str, PointValue], object]  # device, point, value: issue, don't wait
 ZERO_POINT = {Nature.BESS: ("p_set_kw", 0.0), Nature.EVSE: ("p_set_kw", 0.0),
@@ -232,9 +232,27 @@ class Protection:
                     self.store.raise_(dev_id, "stale", "warning",
                                       f"no fresh reading for more than {limit:.1f} s: "
                                       f"planned around")
+            elif dev.invalid:  # fresh, but a reading cannot be true: as good as none
+                stale.append(dev_id)
+                self.store.raise_(dev_id, "stale", "warning",
+                                  f"readings that cannot be true ({_invalid_text(dev)}): "
+                                  f"planned around")
             elif self.store.is_active(dev_id, "stale"):
                 self.store.clear(dev_id, "stale")
+        self._check_invalid()
         return stale
+
+    def _check_invalid(self) -> None:
+        """Every device with a reading that cannot be true (out of range, a vendor's
+        not-available pattern) has an 'invalid' alarm naming the points, cleared when its
+        readings are valid again. Control never uses those readings."""
+        for dev_id, dev in self.state.devices.items():
+            if dev.invalid:
+                self.store.raise_(dev_id, "invalid", "warning",
+                                  f"readings that cannot be true, not used: "
+                                  f"{_invalid_text(dev)}")
+            elif self.store.is_active(dev_id, "invalid"):
+                self.store.clear(dev_id, "invalid")
 
     def _watch_bms(self, bms: str, now: float, limit: float) -> None:
         """A BMS silent past its max age, or whose cell readings cannot be true, is lost:
@@ -285,3 +303,13 @@ class Protection:
                 "bms_lost": dict(self.lost),
                 "latency_ms_p50": lat[len(lat) // 2] if lat else None,
                 "latency_ms_max": lat[-1] if lat else None}
+
+
+def _invalid_text(dev: DeviceState) -> str:
+    parts = []
+    for point, why in sorted(dev.invalid.items())[:4]:
+        r = dev.readings.get(point)
+        parts.append(f"{point} = {r.value!r} ({why})" if r is not None else f"{point} ({why})")
+    more = len(dev.invalid) - len(parts)
+    return "; ".join(parts) + (f"; {more} more" if more > 0 else "")
+

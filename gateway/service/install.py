@@ -81,14 +81,50 @@ def _check_root(root: Path) -> None:
         raise InstallError("needs root: run it with sudo (or give --root DIR for a tree)")
 
 
+# What the unit's ProtectHome=yes hides from the service: code there cannot be run by it.
+HIDDEN_BY_PROTECT_HOME = (Path("/home"), Path("/root"), Path("/run/user"))
+
+
+def code_paths() -> dict[str, Path]:
+    """Where the service would run code from: this interpreter's environment and the
+    package source (an editable install runs the checkout itself)."""
+    return {"the virtual environment": Path(sys.prefix).resolve(),
+            "the autogrid source": Path(__file__).resolve().parent.parent.parent}
+
+
+def hidden_code(paths: dict[str, Path]) -> str | None:
+    """Why the service could not start from ``paths`` (ProtectHome=yes), or None."""
+    for what, path in paths.items():
+        for hidden in HIDDEN_BY_PROTECT_HOME:
+            if path == hidden or hidden in path.parents:
+                return (f"{what} is under {hidden} ({path}), which the service cannot see "
+                        f"(its unit has ProtectHome=yes). Install into /opt instead: "
+                        f"sudo git clone <this repository> /opt/autogrid/src && "
+                        f"sudo python3 -m venv /opt/autogrid/venv && "
+                        f"sudo /opt/autogrid/venv/bin/pip install -e /opt/autogrid/src, then "
+                        f"sudo /opt/autogrid/venv/bin/autogrid install")
+    return None
+
+
+def _check_target(root: Path) -> None:
+    """A staging tree must exist: a mistyped --root would otherwise be created silently."""
+    if root != Path("/") and not root.is_dir():
+        raise InstallError(f"--root {root}: no such directory (create it first if a tree "
+                           f"there is what you want)")
+
+
 def install(root: Path, config: Path | None = None, enable: bool = True,
-            say: Say = print) -> None:
+            say: Say = print, paths: dict[str, Path] | None = None) -> None:
     _check_root(root)
+    why = hidden_code(code_paths() if paths is None else paths)
+    if why:
+        raise InstallError(why)
     if not SHIPPED.is_dir():
         raise InstallError(f"{SHIPPED}: the unit files ship with the source tree; install "
                            "autogrid from a checkout (pip install -e .) to use this command")
     if config is not None and not config.is_file():
         raise InstallError(f"{config}: no such file")
+    _check_target(root)
     exe = autogrid_exe()
     offline = root != Path("/")
     say(f"Installing AutoGrid into {root} (daemon: {exe})")
@@ -114,16 +150,22 @@ def install(root: Path, config: Path | None = None, enable: bool = True,
         _run(["systemctl", "daemon-reload"], say)
     if enable:
         _run(["systemctl", *rootopt, "enable", "autogrid.service"], say)
+    if offline:  # a staging tree (an image, a test): nothing runs here
+        say(f"Staged under {root}; nothing was started. On the machine that boots this tree:")
+        say(f"  check the config:  {exe} check /{CONFIG}")
+        say("  then:              systemctl daemon-reload && systemctl start autogrid")
+        return
     say("Done. Next:")
     say(f"  edit /{CONFIG}, check it:  autogrid check /{CONFIG}")
     say("  start it:                  systemctl start autogrid")
     say("  watch it:                  systemctl status autogrid; journalctl -u autogrid -f")
-    if not offline and not systemd_running():
+    if not systemd_running():
         say("  (systemd is not running here: nothing was started)")
 
 
 def uninstall(root: Path, purge: bool = False, say: Say = print) -> None:
     _check_root(root)
+    _check_target(root)
     offline = root != Path("/")
     rootopt = [f"--root={root}"] if offline else []
     say(f"Removing AutoGrid from {root}")

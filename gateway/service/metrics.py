@@ -71,9 +71,8 @@ class _StateCollector(Collector):
             if io is not None:
                 for k, fam in io_fams.items():
                     fam.add_metric([dev_id], getattr(io.stats, k))
-                for name, value in list(io.stats.extra.items()):
-                    if isinstance(value, int | float) and not isinstance(value, bool):
-                        events.add_metric([dev_id, name], float(value))
+                for name, value in io.stats.counters().items():
+                    events.add_metric([dev_id, name], value)
         yield from (polls, errors, quality, *io_fams.values(), events, invalid)
         rows = CounterMetricFamily("autogrid_historian_rows", "Rows written by the historian")
         dropped = CounterMetricFamily("autogrid_historian_dropped",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.aio import cancel_and_wait
-from gateway.config.loader import LoadedConfig, load_config
+from gateway.config.loader import LoadedConfig, load_config, warning_line
 from gateway.daemon import ConfigRuntimeError, Daemon, pick_gateway
 from gateway.service.notify import Notifier, watchdog_interval_s
 from gateway.service.reload import ReloadError, ReloadReport, apply
@@ -103,7 +103,11 @@ class Service:
             log.error("stop took longer than %.0f s; exiting anyway", STOP_TIMEOUT_S)
             return 1
         task.result()
-        log.info("stopped cleanly in %.2f s", time.monotonic() - t0)
+        if self.daemon.stop_problems:
+            log.error("stopped in %.2f s, not cleanly: %s", time.monotonic() - t0,
+                      "; ".join(self.daemon.stop_problems))
+        else:
+            log.info("stopped cleanly in %.2f s", time.monotonic() - t0)
         return 0
 
     async def _watchdog(self, interval_s: float) -> None:
@@ -171,6 +175,8 @@ def serve(config: str | Path, gateway_id: str | None, socket_path: Path | None,
 
     loaded = load_config(config)
     setup_logging(loaded.config.logging, verbose)
+    for w in loaded.warnings:
+        log.warning("%s", warning_line(w))
     daemon = Daemon(loaded.config, gateway_id, socket_path)
 
     async def main() -> int:

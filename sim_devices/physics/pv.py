@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from gateway.model import Nature, PointValue
 from sim_devices.physics.base import AcBus, SimModel, clamp
 from sim_devices.physics.weather import Weather
@@ -44,6 +46,14 @@ class PvInverter(SimModel):
         cell = air + poa / 800.0 * NOCT_RISE_C
         dc = max(0.0, self.kwp * poa / 1000.0 * (1.0 + self.gamma * (cell - 25.0)) * self.derate)
         return min(dc * self.eta, self.p_rated_kw), dc, air
+
+    def available_kw_at(self, ts: np.ndarray) -> np.ndarray:
+        """``available_kw`` (AC) at many epoch seconds, vectorised (reference data)."""
+        poa = self.weather.poa_at(ts, self.tilt_deg, self.azimuth_deg)
+        cell = self.weather.temp_at(ts) + poa / 800.0 * NOCT_RISE_C
+        dc = np.maximum(0.0, self.kwp * poa / 1000.0 * (1.0 + self.gamma * (cell - 25.0))
+                        * self.derate)
+        return np.minimum(dc * self.eta, self.p_rated_kw)
 
     def limit_kw(self) -> float:
         return (self.p_rated_kw * self.p_limit_pct / 100.0 if self.p_limit_enabled

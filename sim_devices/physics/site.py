@@ -64,6 +64,15 @@ class SimSite:
                          site.grid.nominal_v, float(site.grid.nominal_f_hz), True)
         self.grid = Grid(site.grid.nominal_v, float(site.grid.nominal_f_hz),
                          model_rng(s.seed, "__grid__"))
+        # feeder breakers: each supplies its devices through a bus of its own, live only
+        # while the feeder is closed and the site's bus is live
+        self._feeder_bus: dict[str, AcBus] = {}
+        self._fed_by: dict[str, str] = {}
+        for dev in cfg.devices:
+            if dev.nature is Nature.BREAKER:
+                for fed in s.device(dev.id, BreakerSim).supplies:
+                    self._fed_by[fed] = dev.id
+                    self._feeder_bus.setdefault(dev.id, AcBus(**vars(self.bus)))
         self.models: dict[str, SimModel] = {}
         for dev in cfg.devices:
             if dev.nature is not Nature.BMS:
@@ -81,12 +90,16 @@ class SimSite:
         self._sources = [m for m in ms if not isinstance(m, Battery | Meter | Breaker)]
         self._batteries = [m for m in ms if isinstance(m, Battery)]
         self._meters = [m for m in ms if isinstance(m, Meter)]
-        self._breakers = [m for m in ms if isinstance(m, Breaker)]
+        breakers = [m for m in ms if isinstance(m, Breaker)]
+        self._breakers = [b for b in breakers if b.device_id not in self._feeder_bus]
+        self._feeders = [b for b in breakers if b.device_id in self._feeder_bus]
         self.now_s = self.clock.now()
 
     # --- construction ----------------------------------------------------------------------
     def _build(self, dev: Device) -> SimModel:
-        s, r, bus = self.settings, dev.ratings, self.bus
+        s, r = self.settings, dev.ratings
+        feeder = self._fed_by.get(dev.id)
+        bus = self._feeder_bus[feeder] if feeder is not None else self.bus
         rng = model_rng(s.seed, dev.id)
         if dev.nature is Nature.PV_INVERTER:
             kwp = r.kwp or (r.p_max_kw * 1.1 if r.p_max_kw else 10.0)
@@ -154,7 +167,7 @@ class SimSite:
 
     @property
     def connected(self) -> bool:
-        """Grid present and every PCC breaker closed."""
+        """Grid present and every PCC breaker closed (feeder breakers aside)."""
         return self.grid.available and all(b.closed for b in self._breakers)
 
     def step(self, dt_s: float | None = None) -> None:
@@ -191,6 +204,10 @@ class SimSite:
             bus.f_hz = bus.nominal_f_hz + self.grid._df
         else:
             bus.v_v = bus.f_hz = 0.0
+        for br in self._feeders:
+            fb = self._feeder_bus[br.device_id]
+            fb.energized = bus.energized and br.closed
+            fb.v_v, fb.f_hz = (bus.v_v, bus.f_hz) if fb.energized else (0.0, 0.0)
         for m in self._sources:
             m.step(now, dt)
         if self.background is not None:
@@ -211,6 +228,11 @@ class SimSite:
         i_pcc = abs(flow) * 1000.0 / (3.0 * v) if v > 0 else 0.0
         for br in self._breakers:
             br.i_a = i_pcc
+            br.step(now, dt)
+        for br in self._feeders:
+            fed = [m for i, m in self.models.items() if self._fed_by.get(i) == br.device_id]
+            load_kw = abs(sum(m.consumption_kw() for m in fed))
+            br.i_a = load_kw * 1000.0 / (3.0 * bus.v_v) if bus.v_v > 0 else 0.0
             br.step(now, dt)
 
     def _balance_island(self, formers: list[Battery], now: float, dt: float) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import urwid
 
 from gateway.console.data import is_active
+from gateway.console.dialogs import Detail
 from gateway.console.screens.base import Screen, one_line, pick
 from gateway.console.widgets import Table, cell, fmt_time, severity_attr
 
@@ -17,12 +18,12 @@ AUDIT_HEADER = f"{'Time':<10}{'User':<16}{'Action':<20}Detail"
 class AlarmsScreen(Screen):
     name = "alarms"
     title = "Alarms"
-    actions = [("a", "acknowledge"), ("Tab", "alarms/audit")]
+    actions = [("Enter", "detail"), ("a", "acknowledge"), ("Tab", "alarms/audit")]
     caps = ("alarms", "audit")
 
     def build(self) -> urwid.Widget:
-        self.alarms = Table(HEADER, empty="no alarms")
-        self.audit = Table(AUDIT_HEADER, empty="no audit entries")
+        self.alarms = Table(HEADER, empty="no alarms", wrap="space")
+        self.audit = Table(AUDIT_HEADER, empty="no audit entries", wrap="space")
         self.pile = urwid.Pile([
             ("pack", self.alarms.header_widget()), ("weight", 3, self.alarms),
             ("pack", urwid.Divider("─")), ("pack", urwid.Text(("title", "Audit log"))),
@@ -34,14 +35,59 @@ class AlarmsScreen(Screen):
         if key == "tab":
             self.pile.focus_position = 5 if self.pile.focus_position == 1 else 1
             return True
-        if key in ("a", "enter"):
+        if key in ("a", "enter") and self.pile.focus_position == 1:
             aid = self.alarms.focus_key()
             if not aid:
                 self.ctx.notify("no alarm selected", "error")
+            elif key == "enter":
+                self.detail(aid)
             else:
-                self.ctx.act("ack", {"key": aid}, f"acknowledge alarm {aid}")
+                self.acknowledge(aid)
             return True
         return False
+
+    def _record(self, aid: str) -> dict[str, Any] | None:
+        recs, _ = self.answer("alarms")
+        return next((r for i, r in enumerate(recs or [])
+                     if str(pick(r, "key", "id", default=i)) == aid), None)
+
+    def acknowledge(self, aid: str) -> None:
+        """Acknowledge once: an alarm already acknowledged is not sent again (that would
+        only add a second audit row), the operator is told who did it and when."""
+        rec = self._record(aid)
+        by = pick(rec, "acked_by") if rec else None
+        if by:
+            self.ctx.notify(f"alarm {aid} was already acknowledged by {by} at "
+                            f"{fmt_time(pick(rec or {}, 'acked_s'))}")
+            return
+        self.ctx.act("ack", {"key": aid}, f"acknowledge alarm {aid}")
+
+    def detail(self, aid: str) -> None:
+        """Every field of one alarm, the message in full."""
+        rec = self._record(aid) or {}
+        lines: list[Any] = [[("title", "Message  "), ("value", str(pick(rec, "message",
+                                                                          "text", default="")))],
+                            ""]
+        for label, keys in (("Severity", ("severity", "level")), ("Source", ("source",)),
+                            ("Condition", ("condition",)), ("Count", ("count",))):
+            v = pick(rec, *keys)
+            if v is not None:
+                lines.append([("text", f"{label:<13}"), ("value", str(v))])
+        for label, key in (("Raised", "raised_s"), ("Cleared", "cleared_s"),
+                           ("Acknowledged", "acked_s")):
+            if pick(rec, key) is not None:
+                lines.append([("text", f"{label:<13}"), ("value", fmt_time(rec[key]))])
+        lines.append([("text", f"{'State':<13}"),
+                      ("value", ("active" if is_active(rec) else "cleared")
+                       + (f", acknowledged by {rec['acked_by']}" if rec.get("acked_by")
+                          else ", not acknowledged"))])
+
+        def done(answer: Any) -> None:
+            self.ctx.close_dialog()
+            if answer == "ack":
+                self.acknowledge(aid)
+        self.ctx.dialog(Detail(f" Alarm {aid} ", lines, done,
+                               {"a": ("acknowledge", "ack")}))
 
     def refresh(self) -> None:
         recs, why = self.answer("alarms")

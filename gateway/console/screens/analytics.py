@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import urwid
 
+from gateway.apiclient import ApiRequestError, ApiUnavailable
+from gateway.console import caps
 from gateway.console.screens.base import Screen, one_line, pick
 from gateway.console.widgets import Table, cell, fmt_time, fmt_value, parse_ts, sparkline
 
@@ -37,6 +40,42 @@ def at(points: list[tuple[float, float]], now: float) -> float | None:
     return None
 
 
+def training_line(st: Any) -> list[Any]:
+    """The latest training's outcome when it is not the model shown (running or failed)."""
+    if not isinstance(st, dict) or st.get("state") not in ("running", "failed"):
+        return []
+    if st["state"] == "running":
+        return ["\n", ("warn", "training running…")]
+    return ["\n", ("alarm", f"last training failed {fmt_time(st.get('finished_at'))}: "),
+            ("text", str(st.get("error", "")))]
+
+
+def _pm(v: Any, ci: Any, unit: str) -> str:
+    return f"{fmt_value(v)} ± {fmt_value(ci)} {unit}"
+
+
+def health_parts(r: dict[str, Any]) -> list[Any]:
+    """SOH and resistance with their 95 % intervals, or why there is no number yet."""
+    out: list[Any] = []
+    if r.get("soh_pct") is not None:
+        out += [("text", "SOH "), ("value", _pm(r["soh_pct"], r.get("soh_ci_pct"), "%")),
+                ("dim", f" ({fmt_value(r.get('capacity_kwh'))} kWh, {r.get('n_cycles')} "
+                        f"cycles)")]
+    else:
+        out += [("text", "SOH "), ("dim", str(r.get("capacity_note") or "not enough data"))]
+    if r.get("resistance_mohm") is not None:
+        out += [("text", "  R "),
+                ("value", _pm(r["resistance_mohm"], r.get("resistance_ci_mohm"), "mΩ"))]
+    else:
+        out += [("text", "  R "),
+                ("dim", str(r.get("resistance_note") or "not enough data"))]
+    if r.get("soh_slope_pct_per_year") is not None:
+        out += [("text", "  trend "),
+                ("value", f"{fmt_value(r['soh_slope_pct_per_year'])} %/yr"),
+                ("text", "  life "), ("value", f"{fmt_value(r.get('remaining_life_years'))} yr")]
+    return out
+
+
 def _score(v: Any) -> Any:
     return f"{v:.2f}" if isinstance(v, float) else v
 
@@ -62,9 +101,46 @@ class AnalyticsScreen(Screen):
 
     def handle(self, key: str) -> bool:
         if key == "t":
-            self.ctx.act("train", {}, "forecast training")
+            if self.ctx.may("train"):
+                self.ctx.notify("forecast training: sending…")
+                self.ctx.spawn(self._train(), "console training")
             return True
         return False
+
+    async def _train(self) -> None:
+        """Start a training, then say how it ended: failed (with the reason) or the version
+        it made. The gateway trains in the background; its status says when it is done."""
+        cmds = self.ctx.data.commands
+        train, status = caps.resolve("train", cmds), caps.resolve("training_status", cmds)
+        if train is None:
+            return
+        try:
+            r = await self.ctx.call(train)
+            st = r.get("training", {}) if isinstance(r, dict) else {}
+            if status is None:
+                self.ctx.notify("forecast training started (this gateway does not report "
+                                "how it ends)")
+                return
+            run = st.get("run")
+            self.ctx.notify("forecast training running…" if r.get("started") else
+                            "a forecast training is running already; waiting for it")
+            while st.get("run") == run and st.get("state") == "running":
+                await asyncio.sleep(0.5)
+                st = await self.ctx.call(status)
+        except ApiRequestError as exc:
+            self.ctx.notify(f"Refused by the gateway: {exc}", "error")
+            return
+        except ApiUnavailable as exc:
+            self.ctx.notify(f"forecast training: {exc}", "error")
+            return
+        if st.get("state") == "failed":
+            self.ctx.notify(f"Forecast training FAILED: {st.get('error')}"
+                            + (f" ({st['kept']})" if st.get("kept") else ""), "error")
+        elif st.get("state") == "succeeded":
+            self.ctx.notify(f"Done: forecast model v{st.get('version')} trained")
+        else:
+            self.ctx.notify(f"forecast training: {st.get('state', 'state unknown')}")
+        self.ctx.refresh(force=True)
 
     def refresh(self) -> None:
         self._forecast()
@@ -93,8 +169,10 @@ class AnalyticsScreen(Screen):
         if not fc.get("available"):
             self.forecast.set_text([("warn", "no forecast model yet"),
                                     ("dim", f" ({fc.get('error') or 'not trained'}); "
-                                            f"t trains one from the historian")])
+                                            f"t trains one from the historian"),
+                                    *training_line(fc.get("training"))])
             return
+        parts_training = training_line(fc.get("training"))
         now = time.time()
         parts: list[Any] = []
         models = fc.get("models", {}) if isinstance(fc.get("models"), dict) else {}
@@ -113,6 +191,7 @@ class AnalyticsScreen(Screen):
                       ("dim", f" {kind}"), "\n"]
         parts.append(("dim", f"model v{fc.get('version')} trained "
                              f"{fmt_time(fc.get('trained_at'))}"))
+        parts += parts_training
         self.forecast.set_text(parts)
 
     def _health(self) -> None:
@@ -128,12 +207,7 @@ class AnalyticsScreen(Screen):
             if r.get("error"):
                 lines += [("text", f"{dev:<14}"), ("dim", str(r["error"])), "\n"]
                 continue
-            lines += [("text", f"{dev:<14}SOH "), ("value", f"{fmt_value(r.get('soh_pct'))} %"),
-                      ("text", "  R "), ("value", f"{fmt_value(r.get('resistance_mohm'))} mΩ"),
-                      ("text", "  trend "),
-                      ("value", f"{fmt_value(r.get('soh_slope_pct_per_year'))} %/yr"),
-                      ("text", "  life "),
-                      ("value", f"{fmt_value(r.get('remaining_life_years'))} yr"), "\n"]
+            lines += [("text", f"{dev:<14}"), *health_parts(r), "\n"]
         if not lines and isinstance(res, dict):
             lines = [("dim", one_line(res) or "no battery")]
         self.health.set_text(lines or [("dim", "loading…")])

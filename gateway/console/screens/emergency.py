@@ -59,6 +59,31 @@ class EmergencyScreen(Screen):
             m = m.get("mode")
         return str(m) if m else None
 
+    def pcc_breaker(self) -> str | None:
+        """The PCC breaker as the daemon tells it: named in control_status when the daemon
+        says so, else none when the site has no breaker at all; "?" when it has breakers
+        but does not say which one is the PCC (the daemon then decides)."""
+        st = self._status()
+        for where in (st, st.get("emergency"), st.get("mode")):
+            if isinstance(where, dict) and "pcc_breaker" in where:
+                pcc = where["pcc_breaker"]
+                return str(pcc) if pcc else None
+        natures = [d.get("nature") for d in self.ctx.data.devices.values()]
+        return "?" if "breaker" in natures else None
+
+    def refusal(self, params: dict[str, Any]) -> str | None:
+        """Why the daemon would refuse this mode request now (the mode machine's own rules
+        on the mode, grid state and PCC breaker it reports), before anyone confirms it."""
+        from gateway.control.config import ControlConfig, Emergency
+        from gateway.control.modes import ModeMachine
+
+        mode = self._mode()
+        if mode is None:
+            return None  # control_status not answered yet: the daemon decides
+        cfg = ControlConfig(emergency=Emergency(pcc_breaker=self.pcc_breaker()))
+        machine = ModeMachine(cfg, mode=mode)
+        return machine.refuse(str(params.get("mode")), self._status().get("grid_ok") is True)
+
     def targets(self, key: str) -> list[Target]:
         """What the action can do right now (several: the operator picks one first)."""
         if key == "s":
@@ -111,6 +136,10 @@ class EmergencyScreen(Screen):
 
     def _confirm(self, target: Target, word: str, what: str) -> None:
         label, cap, params = target
+        why = self.refusal(params) if cap == "mode" else None
+        if why is not None:  # say it now, not after two confirmations
+            self.ctx.notify(f"{label}: refused: {why}", "error")
+            return
         self.ctx.dialog(TwoStep(label, word, what, self._done_for(cap, label, params)))
 
     def _done_for(self, cap: str, label: str, params: dict[str, Any]

@@ -9,6 +9,7 @@ from typing import Any
 
 import urwid
 
+from gateway.console import widgets
 from gateway.console.dialogs import Choice, Form
 from gateway.console.screens.base import Screen, pick
 from gateway.console.widgets import Table, cell, fmt_time, fmt_value
@@ -100,7 +101,9 @@ class EvScreen(Screen):
                              f"priority at {sid} → {answer}")
                 return
             try:
-                params = parse_departure(answer["departure"])
+                clock = widgets.CLOCK  # "17:30" is on the site's clock, in its zone
+                params = parse_departure(answer["departure"],
+                                         dt.datetime.fromtimestamp(clock.now(), tz=clock.tz))
             except ValueError:
                 self.ctx.notify("departure: give HH:MM or a number of hours", "error")
                 return
@@ -139,7 +142,7 @@ class EvScreen(Screen):
                     ("dim" if ended else "value", cell(want, 7, True)),
                     ("dim" if ended else "value", cell(got, 7, True)),
                     ("dim" if ended else "value", cell(pick(r, "need_kwh"), 7, True) + "  "),
-                    (base, cell(fmt_time(pick(r, "departure_s")), 8) + " "),
+                    (base, cell(fmt_time(pick(r, "departure_s"), site_clock=True), 8) + " "),
                     ("alarm" if prio == "emergency" and not ended else base, cell(prio, 9) + " "),
                     (base, cell(v2g, 4) + " "),
                     ("dim" if ended else "value", cell(None if ended else kw, 6, True))]))

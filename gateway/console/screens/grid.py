@@ -162,6 +162,6 @@ class GridScreen(Screen):
                 (f"{r.get('device')}.{r.get('point')}", [
                     ("text", cell(f"{r.get('device')}.{r.get('point')}", 29) + " "),
                     ("value", cell(pick(r, "value"), 10, True) + "  "),
-                    ("warn", cell(fmt_time(pick(r, "expires_s")), 10)),
+                    ("warn", cell(fmt_time(pick(r, "expires_s"), site_clock=True), 10)),
                     ("dim", cell(pick(r, "user", default=""), 16))])
                 for r in ovs if isinstance(r, dict)])

@@ -1,4 +1,5 @@
-"""Overview: power flow with values, direction and the last hour, site mode, leader, alarms."""
+"""Overview: power flow with values, direction and the last hour on a shown scale, site
+mode, leader, alarms; on a larger screen every device at a glance and the active alarms."""
 
 from __future__ import annotations
 
@@ -7,9 +8,23 @@ from collections.abc import Callable
 
 import urwid
 
-from gateway.console.data import HISTORY_S
+from gateway.console.data import HISTORY_S, is_active
 from gateway.console.screens.base import Screen, pick
-from gateway.console.widgets import Size, flow_bar, fmt_kw, sparkline
+from gateway.console.widgets import (
+    Size,
+    Table,
+    cell,
+    flow_bar,
+    fmt_kw,
+    quality_attr,
+    severity_attr,
+    spark_range,
+    sparkline,
+)
+from gateway.summary import KEY_POINTS, mode_text, point_text
+
+MIN_SPAN_KW = 2.0  # a sparkline's scale spans at least this, so 0.1 kW is a low bar
+GAP_S = 75.0  # no sample for this long (offline, disconnected) is drawn as a gap
 
 FLOW = [
     ("Grid", "grid_kw", "importing", "exporting"),
@@ -68,10 +83,44 @@ class OverviewScreen(Screen):
             lines.append(urwid.Columns([(48, self.rows[key]), self.sparks[key]],
                                        dividechars=1))
         self.soc = urwid.Text("", wrap="clip")
+        self.sparks["battery_soc_pct"] = Spark(self._spark_text("battery_soc_pct"))
         self.status = urwid.Text("")
         self.devices = urwid.Text("")
-        lines += [self.soc, urwid.Divider("─"), self.status, self.devices]
-        return urwid.Filler(urwid.Pile(lines), valign="top")
+        lines += [urwid.Columns([(48, self.soc), self.sparks["battery_soc_pct"]],
+                                dividechars=1),
+                  urwid.Divider("─"), self.status, self.devices]
+        # What a larger screen has room for: every device at a glance, the active alarms.
+        self.device_table = Table("", empty="no devices")
+        self.alarm_table = Table("", empty="no active alarms", wrap="space")
+        return urwid.Pile([*[("pack", w) for w in lines],
+                           ("weight", 3, self.device_table),
+                           ("pack", urwid.Text(("title", "Active alarms"))),
+                           ("weight", 2, self.alarm_table)])
+
+    def _fill_tables(self) -> None:
+        d = self.ctx.data
+        rows = []
+        for dev_id in sorted(d.devices):
+            dev = d.devices[dev_id]
+            q = str(dev.get("quality", "?"))
+            pts = dev.get("points", {})
+            keys = KEY_POINTS.get(str(dev.get("nature", "")), [])
+            vals = "  ".join(point_text(k, pts[k]) for k in keys if k in pts)
+            rows.append((dev_id, [(quality_attr(q), cell(q, 7) + " "),
+                                  ("text", cell(dev_id, 15) + " "),
+                                  ("dim", cell(dev.get("nature"), 12) + " "),
+                                  ("value", vals)]))
+        self.device_table.set_rows(rows)
+        recs, why = self.answer("alarms")
+        active = [r for r in recs or [] if is_active(r)]
+        self.alarm_table.set_rows(
+            [(str(pick(r, "key", default=i)), [
+                (severity_attr(pick(r, "severity", default="")),
+                 cell(pick(r, "severity", default="?"), 9) + " "),
+                ("text", f"{pick(r, 'source', default='?')}: "),
+                ("value", str(pick(r, "message", default="")))])
+             for i, r in enumerate(active)],
+            empty=why if recs is None else "no active alarms")
 
     def _window(self) -> tuple[float, float]:
         now = time.time()
@@ -81,9 +130,19 @@ class OverviewScreen(Screen):
 
     def _spark_text(self, key: str) -> Callable[[int], str]:
         def text(width: int) -> str:
+            """The scale, then the last hour on it (blank where there was no data)."""
             now, window = self._window()
-            return sparkline(list(self.ctx.data.history.get(key, ())), width, now, window,
-                             self.ctx.unicode)
+            samples = list(self.ctx.data.history.get(key, ()))
+            if key == "battery_soc_pct":
+                lo, hi = 0.0, 100.0
+            else:
+                lo, hi = spark_range(samples, MIN_SPAN_KW)
+            label = f"{lo:.0f}..{hi:.0f} " if hi - lo >= 10 else f"{lo:.1f}..{hi:.1f} "
+            label = label.rjust(12)
+            if width <= len(label) + 4:
+                label = ""
+            return label + sparkline(samples, width - len(label), now, window,
+                                     self.ctx.unicode, lo, hi, GAP_S)
         return text
 
     def refresh(self) -> None:
@@ -102,15 +161,13 @@ class OverviewScreen(Screen):
             self.sparks[key].changed()
         _, window = self._window()
         self.window_label.set_text(("dim", f"last {window / 60:.0f} min"))
+        self.sparks["battery_soc_pct"].changed()
+        self._fill_tables()
         soc = s.get("battery_soc_pct")
         self.soc.set_text([("text", f"{'Battery SOC':<12}"),
                            ("value", f"{soc:8.1f} %" if isinstance(soc, int | float)
                             else "      -- %")])
-        ctl = self.raw("control_status")
-        mode = pick(ctl, "mode", default=None) if isinstance(ctl, dict) else None
-        if isinstance(mode, dict):
-            mode = mode.get("mode")
-        mode_txt = str(mode) if mode else "monitoring only (no site control)"
+        mode = mode_txt = mode_text(self.raw("control_status"))
         mode_attr = "alarm" if mode and any(w in str(mode).lower() for w in
                                             ("emergency", "stop", "island", "shed")) else "value"
         cl = self.raw("cluster")

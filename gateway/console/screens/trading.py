@@ -27,9 +27,9 @@ class TradingScreen(Screen):
         if recs_o is None and recs_l is None:
             self.banner.set_text([
                 ("title", "Energy trading is not part of this gateway yet.\n"),
-                ("dim", "Peer-to-peer and market trading (order book, ledger) arrive with the "
-                        "trading issue; this screen fills in by itself once the daemon offers "
-                        "the 'order_book' and 'ledger' commands.")])
+                ("dim", "Peer-to-peer and market trading (order book, ledger) are not "
+                        "built into AutoGrid yet; this screen fills in by itself once a "
+                        "gateway offers them.")])
         else:
             self.banner.set_text("")
         for table, recs, why in ((self.orders, recs_o, why_o), (self.ledger, recs_l, why_l)):
