@@ -1,15 +1,24 @@
-"""Poll throughput: the AutoGrid poller against a bare pymodbus loop, same simulators, same run.
+"""Poll throughput: the AutoGrid poller against a bare pymodbus client and a naive
+one-request-per-point client, on the same servers, interleaved over several rounds.
 
-    python bench/poll.py [--devices 200] [--per-endpoint 1] [--seconds 10]
+    python bench/poll.py [--devices 200] [--per-endpoint 10] [--seconds 10] [--rounds 3]
+                         [--window 8] [--json]
 
-The simulated site (N devices of every shipped template, round robin) runs in its own
-process. Then, one after the other, each in a fresh process:
-  baseline  bare pymodbus asyncio clients, one per endpoint, each looping over its
-            devices and issuing exactly the read requests the gateway plans for them;
-  gateway   the AutoGrid ModbusDriver + Poller + SiteState + historian (SQLite), every
-            device polled as fast as its endpoint allows.
-Printed: device reads/s for both and their ratio (target >= 0.85), client CPU seconds per
-1000 device reads, and peak RSS of each client process. Bounded: every phase stops itself.
+Servers: cheap Modbus TCP servers (bench/servers.py) spread over processes of at most 250
+devices each; their CPU is measured in every phase, and a phase in which one of them used
+more than half a core is marked server-bound (the client was not the bottleneck).
+Clients, each in a fresh process, each polling every device as fast as it can:
+  autogrid      ModbusDriver + Poller + SiteState, one request at a time per endpoint
+  autogrid-pipe the same with max_in_flight = --window (Modbus TCP transaction ids)
+  bare          one pymodbus asyncio client per endpoint making exactly the requests the
+                gateway plans (the same blocks), nothing else
+  naive         one pymodbus request per point, the scale factor read again for every
+                point that has one, as common integrations do
+The phases run in a rotated order in each round, so a noisy neighbour hits all of them.
+Printed per client: device reads/s and points/s (median and range over the rounds), client
+CPU seconds per 1000 device reads, peak RSS of the client process. Ratios against bare
+pymodbus are computed per round and refused for a round in which either side got less
+than half a core (starved by the machine) or a server was saturated.
 """
 
 from __future__ import annotations
@@ -19,234 +28,271 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import platform
 import resource
+import statistics
 import sys
-import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from drivers.template import load_template, template_names
-from gateway.config.models import SiteConfig
+from bench.servers import CpuWatch, ServerFarm, modbus_templates  # noqa: E402
+from drivers.template import ModbusTemplate, load_template  # noqa: E402
+from gateway.config.models import SiteConfig  # noqa: E402
+
+CLIENTS = ("autogrid", "autogrid-pipe", "bare", "naive")
+STARVED_SHARE = 0.5  # a client phase with less CPU than this share of a core was starved
+SERVER_LIMIT = 0.5  # a server process above this share of a core may be the bottleneck
 
 
-def modbus_templates() -> list[str]:
-    return [n for n in template_names() if load_template(n).protocol == "modbus"]
-
-
-def site_config(n_devices: int, per_endpoint: int) -> SiteConfig:
+def layout(n_devices: int, per_endpoint: int) -> list[list[tuple[int, str]]]:
     names = modbus_templates()
-    conns, devices = [], []
+    endpoints: list[list[tuple[int, str]]] = []
     for i in range(n_devices):
-        ep = i // per_endpoint
         if i % per_endpoint == 0:
-            conns.append({"id": f"ep{ep}", "type": "modbus_tcp", "host": "127.0.0.1",
-                          "port": 1, "timeout_s": 2.0})
-        tpl = names[i % len(names)]
-        devices.append({"id": f"dev{i}", "nature": str(load_template(tpl).nature),
-                        "template": tpl, "connection": f"ep{ep}",
-                        "unit_id": 1 + i % per_endpoint, "poll_interval_s": 1.0})
+            endpoints.append([])
+        endpoints[-1].append((1 + i % per_endpoint, names[i % len(names)]))
+    return endpoints
+
+
+def site_config(endpoints: list[list[tuple[int, str]]], ports: list[int],
+                window: int) -> SiteConfig:
+    conns, devices = [], []
+    for e, (units, port) in enumerate(zip(endpoints, ports, strict=True)):
+        conns.append({"id": f"ep{e}", "type": "modbus_tcp", "host": "127.0.0.1",
+                      "port": port, "timeout_s": 5.0, "max_in_flight": window})
+        for unit, tpl in units:
+            devices.append({"id": f"dev{len(devices)}", "nature": str(load_template(tpl).nature),
+                            "template": tpl, "connection": f"ep{e}", "unit_id": unit,
+                            "poll_interval_s": 1.0})
     return SiteConfig.model_validate({
         "site": {"name": "bench", "latitude": 48.1, "longitude": 11.6},
         "gateways": [{"id": "gw1"}], "connections": conns, "devices": devices,
         "historian": {"enabled": False}})
 
 
-def with_ports(cfg: SiteConfig, ports: dict[str, int]) -> SiteConfig:
-    conns = [c.model_copy(update={"port": ports[c.id]}) for c in cfg.connections]
-    return cfg.model_copy(update={"connections": conns})
+# -- clients (each in a fresh process) ---------------------------------------------------
+
+async def _autogrid(cfg: SiteConfig, seconds: float) -> tuple[int, int]:
+    from drivers.modbus.driver import ModbusDriver
+    from gateway.poller import Poller
+    from gateway.state import DeviceState, SiteState
+
+    state = SiteState()
+    driver = ModbusDriver()
+    poller = Poller(state)
+    points = {}
+    ios = []
+    for dev in cfg.devices:
+        io = driver.attach(dev, load_template(dev.template), cfg.connection(dev.connection))
+        points[dev.id] = len(io.polled)
+        state.add_device(DeviceState(dev.id, dev.nature, max_age_s=5.0, endpoint=io.endpoint))
+        ios.append(io)
+    for io in ios:
+        poller.add(io, 0.0)  # as fast as the endpoint allows
+    await asyncio.sleep(seconds)
+    await poller.stop()
+    await driver.close()
+    good = {d: s.health.polls - s.health.errors for d, s in state.devices.items()}
+    errors = sum(s.health.errors for s in state.devices.values())
+    if errors:
+        print(f"autogrid: {errors} failed polls, e.g. "
+              f"{next(s.health.last_error for s in state.devices.values() if s.health.errors)}",
+              file=sys.stderr)
+    return sum(good.values()), sum(good[d] * points[d] for d in good)
 
 
-# -- simulator process -------------------------------------------------------------------
-
-def _sim_main(cfg_json: str, pipe: Connection) -> None:
-    from sim_devices.runner import SimRunner
-
-    _quiet_pymodbus()
-    async def main() -> None:
-        cfg = SiteConfig.model_validate_json(cfg_json)
-        runner = SimRunner(cfg, port_overrides={c.id: 0 for c in cfg.connections})
-        ports = await runner.start()
-        pipe.send(ports)
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_reader(pipe.fileno(), stop.set)
-        try:
-            await asyncio.wait_for(stop.wait(), 600)
-        finally:
-            await runner.stop()
-
-    asyncio.run(main())
-
-
-# -- client phases (each in a fresh process) ---------------------------------------------
-
-def _usage() -> tuple[float, int]:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss
-
-
-async def _baseline(cfg: SiteConfig, seconds: float) -> int:
-    from pymodbus.client import AsyncModbusTcpClient
-
+def _plans(cfg: SiteConfig) -> dict[str, list[tuple[int, int, list[tuple[str, int, int]]]]]:
+    """Per endpoint: (unit, points, the gateway's planned blocks) of each device."""
     from drivers.modbus.driver import ModbusDriver
 
-    # The same request plan the gateway makes, taken from its planner.
     planner = ModbusDriver()
-    plans: dict[str, list[tuple[int, list[tuple[str, int, int]]]]] = {}
+    plans: dict[str, list[tuple[int, int, list[tuple[str, int, int]]]]] = {}
     for dev in cfg.devices:
         io = planner.attach(dev, load_template(dev.template), cfg.connection(dev.connection))
         plans.setdefault(dev.connection, []).append(
-            (dev.unit_id, [(str(b.function), b.address, b.count) for b in io.blocks]))
-    await planner.close()
+            (dev.unit_id, len(io.polled),
+             [(str(b.function), b.address, b.count) for b in io.blocks]))
+    return plans
 
-    count = 0
+
+def _naive_plans(cfg: SiteConfig) -> dict[str, list[tuple[int, int, list[tuple[str, int, int]]]]]:
+    """Per endpoint: one request per polled point, and its scale factor before it."""
+    from drivers.modbus.driver import ModbusDriver
+
+    planner = ModbusDriver()
+    plans: dict[str, list[tuple[int, int, list[tuple[str, int, int]]]]] = {}
+    for dev in cfg.devices:
+        tpl = load_template(dev.template)
+        assert isinstance(tpl, ModbusTemplate)
+        io = planner.attach(dev, tpl, cfg.connection(dev.connection))
+        reqs: list[tuple[str, int, int]] = []
+        for name in io.polled:
+            pt = tpl.points[name]
+            if pt.scale_factor is not None:
+                reqs.append(("holding", pt.scale_factor, 1))
+            reqs.append((str(pt.function), pt.address, pt.width))
+        plans.setdefault(dev.connection, []).append((dev.unit_id, len(io.polled), reqs))
+    return plans
+
+
+async def _pymodbus(cfg: SiteConfig, seconds: float, naive: bool) -> tuple[int, int]:
+    from pymodbus.client import AsyncModbusTcpClient
+
+    plans = _naive_plans(cfg) if naive else _plans(cfg)
+    reads = points = 0
     stop_at = time.perf_counter() + seconds
 
     async def endpoint(conn_id: str) -> None:
-        nonlocal count
+        nonlocal reads, points
         conn = cfg.connection(conn_id)
-        client = AsyncModbusTcpClient(conn.host, port=conn.port, timeout=2.0, retries=0)  # type: ignore[union-attr,arg-type]
+        client = AsyncModbusTcpClient(conn.host, port=conn.port, timeout=5.0, retries=0)  # type: ignore[union-attr,arg-type]
         await client.connect()
         calls = {"holding": client.read_holding_registers, "input": client.read_input_registers,
                  "coil": client.read_coils, "discrete": client.read_discrete_inputs}
         try:
             while time.perf_counter() < stop_at:
-                for unit, blocks in plans[conn_id]:
+                for unit, n_points, blocks in plans[conn_id]:
                     for fn, address, n in blocks:
                         rr = await calls[fn](address, count=n, device_id=unit)
                         if rr.isError():
                             raise RuntimeError(f"{conn_id} unit {unit}: {rr}")
-                    count += 1
+                    reads += 1
+                    points += n_points
         finally:
             client.close()
 
     await asyncio.gather(*(endpoint(c) for c in plans))
-    return count
+    return reads, points
 
 
-async def _gateway(cfg: SiteConfig, seconds: float, db: Path | None) -> int:
-    from drivers.modbus.driver import ModbusDriver
-    from gateway.config.models import Historian as HistorianConfig
-    from gateway.historian import Historian
-    from gateway.poller import Poller
-    from gateway.state import DeviceState, SiteState
-
-    state = SiteState()
-    historian = None
-    if db is not None:
-        historian = Historian(HistorianConfig(path=db, flush_interval_s=1.0))
-        await historian.start()
-        state.on_change(historian.record)
-    driver = ModbusDriver()
-    poller = Poller(state)
-    for dev in cfg.devices:
-        io = driver.attach(dev, load_template(dev.template), cfg.connection(dev.connection))
-        state.add_device(DeviceState(dev.id, dev.nature, max_age_s=5.0, endpoint=io.endpoint))
-        poller.add(io, 0.0)  # as fast as the endpoint allows
-    await asyncio.sleep(seconds)
-    await poller.stop()
-    await driver.close()
-    if historian is not None:
-        await historian.stop()
-    good = sum(d.health.polls - d.health.errors for d in state.devices.values())
-    errors = sum(d.health.errors for d in state.devices.values())
-    if errors:
-        kinds: dict[str, int] = {}
-        for d in state.devices.values():
-            if d.health.last_error:
-                key = d.health.last_error.split(" reading")[0][:80]
-                kinds[key] = kinds.get(key, 0) + 1
-        print(f"gateway: {errors} failed polls; last errors: {kinds}", file=sys.stderr)
-    return good
-
-
-def _quiet_pymodbus() -> None:
+def _client_main(kind: str, cfg_json: str, seconds: float, pipe: Connection) -> None:
     import logging
 
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # lost links at phase end
-
-
-def _phase_main(kind: str, cfg_json: str, seconds: float, pipe: Connection) -> None:
-    _quiet_pymodbus()
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # links closed at phase end
     cfg = SiteConfig.model_validate_json(cfg_json)
-    cpu0, _ = _usage()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    if kind == "baseline":
-        n = asyncio.run(_baseline(cfg, seconds))
-    elif kind == "gateway":
-        n = asyncio.run(_gateway(cfg, seconds, None))
+    if kind.startswith("autogrid"):
+        reads, points = asyncio.run(_autogrid(cfg, seconds))
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            n = asyncio.run(_gateway(cfg, seconds, Path(tmp) / "bench.sqlite"))
+        reads, points = asyncio.run(_pymodbus(cfg, seconds, naive=kind == "naive"))
     elapsed = time.perf_counter() - t0
-    cpu1, rss_kb = _usage()
-    pipe.send({"reads": n, "seconds": elapsed, "cpu_s": cpu1 - cpu0, "rss_mb": rss_kb / 1024})
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    pipe.send({"reads": reads, "points": points, "seconds": elapsed, "cpu_s": cpu,
+               "rss_mb": ru1.ru_maxrss / 1024})
 
 
-def run_phase(kind: str, cfg: SiteConfig, seconds: float) -> dict[str, Any]:
+def run_phase(kind: str, cfg: SiteConfig, seconds: float, watch: CpuWatch) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    p = ctx.Process(target=_phase_main, args=(kind, cfg.model_dump_json(), seconds, child))
+    p = ctx.Process(target=_client_main, args=(kind, cfg.model_dump_json(), seconds, child))
     p.start()
-    if not parent.poll(seconds + 60):
+    watch.start()
+    if not parent.poll(seconds + 120):
         p.kill()
         raise RuntimeError(f"{kind} phase did not finish")
     result: dict[str, Any] = parent.recv()
+    result["server_share"] = max(watch.shares())
     p.join(10)
+    result["client_share"] = result["cpu_s"] / result["seconds"]
+    result["reads_per_s"] = result["reads"] / result["seconds"]
+    result["points_per_s"] = result["points"] / result["seconds"]
+    result["cpu_s_per_1000"] = result["cpu_s"] / max(result["reads"], 1) * 1000
     return result
 
 
+def _why_invalid(r: dict[str, Any]) -> str | None:
+    if r["server_share"] > SERVER_LIMIT:
+        return f"a server used {100 * r['server_share']:.0f} % of a core"
+    if r["client_share"] < STARVED_SHARE:
+        return f"the client got only {100 * r['client_share']:.0f} % of a core (starved)"
+    return None
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    return f"{med:{fmt}} ({min(values):{fmt}}..{max(values):{fmt}})"
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--devices", type=int, default=200)
-    ap.add_argument("--per-endpoint", type=int, default=1)
+    ap.add_argument("--per-endpoint", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=int, default=8, help="max_in_flight of autogrid-pipe")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args()
+    if args.rounds < 3:
+        print("note: fewer than 3 rounds give no meaningful range", file=sys.stderr)
 
-    cfg = site_config(args.devices, args.per_endpoint)
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    sim = ctx.Process(target=_sim_main, args=(cfg.model_dump_json(), child), daemon=True)
-    sim.start()
+    endpoints = layout(args.devices, args.per_endpoint)
+    farm = ServerFarm(endpoints)
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in CLIENTS}
     try:
-        if not parent.poll(120):
-            raise RuntimeError("simulator did not start")
-        live = with_ports(cfg, parent.recv())
-        print(f"{args.devices} simulated devices ({len(modbus_templates())} Modbus templates) on "
-              f"{len(live.connections)} endpoints; {args.seconds:.0f} s per phase; "
-              f"{os.cpu_count()} CPUs")
-        base = run_phase("baseline", live, args.seconds)
-        gw = run_phase("gateway", live, args.seconds)
-        gwh = run_phase("gateway+historian", live, args.seconds)
+        ports = farm.start()
+        cfgs = {"autogrid-pipe": site_config(endpoints, ports, args.window)}
+        cfgs.update({k: site_config(endpoints, ports, 1) for k in CLIENTS if k not in cfgs})
+        print(f"{args.devices} devices ({len(modbus_templates())} Modbus templates) on "
+              f"{len(endpoints)} endpoints, {len(farm.procs)} server processes; "
+              f"{args.rounds} rounds x {len(CLIENTS)} clients x {args.seconds:g} s; "
+              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {platform.node()}; "
+              f"{time.strftime('%Y-%m-%d %H:%M')}")
+        watch = CpuWatch(farm)
+        for rnd in range(args.rounds):
+            order = CLIENTS[rnd % len(CLIENTS):] + CLIENTS[:rnd % len(CLIENTS)]
+            for kind in order:
+                r = run_phase(kind, cfgs[kind], args.seconds, watch)
+                r["round"] = rnd
+                results[kind].append(r)
+                flag = _why_invalid(r)
+                print(f"  round {rnd + 1} {kind:<14}{r['reads_per_s']:>9.0f} reads/s "
+                      f"{r['cpu_s_per_1000']:>7.3f} CPU s/1000 reads  client "
+                      f"{100 * r['client_share']:>3.0f} % of a core, busiest server "
+                      f"{100 * r['server_share']:>3.0f} %{'  [' + flag + ']' if flag else ''}")
     finally:
-        parent.send("stop")
-        sim.join(30)
-        if sim.is_alive():
-            sim.kill()
+        farm.stop()
 
-    rows = []
-    for name, r in (("bare pymodbus", base), ("autogrid poller", gw),
-                    ("+ historian", gwh)):
-        rate = r["reads"] / r["seconds"]
-        cpu_per_1000 = r["cpu_s"] / max(r["reads"], 1) * 1000
-        rows.append((name, rate, cpu_per_1000, r["rss_mb"]))
-        r["reads_per_s"] = rate
-        r["cpu_s_per_1000"] = cpu_per_1000
-    print(f"{'':<18}{'reads/s':>10}{'CPU s/1000 reads':>18}{'peak RSS MB':>13}")
-    for name, rate, cpu, rss in rows:
-        print(f"{name:<18}{rate:>10.0f}{cpu:>18.3f}{rss:>13.1f}")
-    ratio = rows[1][1] / rows[0][1] if rows[0][1] else 0.0
-    ratio_h = rows[2][1] / rows[0][1] if rows[0][1] else 0.0
-    print(f"ratio autogrid/bare = {ratio:.2f} (target >= 0.85); "
-          f"with every changed value written to the historian = {ratio_h:.2f}")
+    print(f"\n{'client':<15}{'reads/s':>24}{'points/s':>26}{'CPU s/1000 reads':>26}"
+          f"{'RSS MB':>8}")
+    for kind in CLIENTS:
+        rs = results[kind]
+        print(f"{kind:<15}{_spread([r['reads_per_s'] for r in rs], '.0f'):>24}"
+              f"{_spread([r['points_per_s'] for r in rs], '.0f'):>26}"
+              f"{_spread([r['cpu_s_per_1000'] for r in rs], '.3f'):>26}"
+              f"{max(r['rss_mb'] for r in rs):>8.0f}")
+    ratios: dict[str, dict[str, list[float]]] = {}
+    print("\nratios against bare pymodbus, per round (a round is refused when either side "
+          "was starved or a server saturated):")
+    for kind in ("autogrid", "autogrid-pipe", "naive"):
+        got: dict[str, list[float]] = {"reads": [], "cpu": [], "points": []}
+        refused = []
+        for r, b in zip(results[kind], results["bare"], strict=True):
+            why = _why_invalid(b) or _why_invalid(r)
+            if why:
+                refused.append(f"round {r['round'] + 1}: {why}")
+                continue
+            got["reads"].append(r["reads_per_s"] / b["reads_per_s"])
+            got["points"].append(r["points_per_s"] / b["points_per_s"])
+            got["cpu"].append(r["cpu_s_per_1000"] / b["cpu_s_per_1000"])
+        ratios[kind] = got
+        if got["reads"]:
+            print(f"  {kind:<14} reads/s x{_spread(got['reads'], '.2f')}, points/s "
+                  f"x{_spread(got['points'], '.2f')}, CPU per read x{_spread(got['cpu'], '.2f')}"
+                  f"  ({len(got['reads'])} valid rounds)")
+        else:
+            print(f"  {kind:<14} no ratio: every round was refused")
+        for line in refused:
+            print(f"  {'':<14} refused {line}")
     if args.json:
-        print(json.dumps({"baseline": base, "gateway": gw, "gateway_historian": gwh,
-                          "ratio": ratio, "ratio_historian": ratio_h}))
+        print(json.dumps({"results": results, "ratios": ratios}))
     return 0
 
 

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.simulate.cliargs import add_parser as add_simulate_parser
 
     add_simulate_parser(sub)
-    from gateway.analytics.report import add_parser as add_forecast_parser
+    from gateway.analytics.cliargs import add_parser as add_forecast_parser
 
     add_forecast_parser(sub)
     for action in sub._choices_actions:  # each command's --help opens with what it does

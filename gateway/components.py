@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from gateway.config.models import SiteConfig
     from gateway.daemon import Daemon
 
 
@@ -36,11 +37,32 @@ FACTORIES: list[str] = [
 ]
 
 
+
+
+def _analytics_wanted(cfg: SiteConfig) -> bool:
+    return cfg.historian.enabled and (cfg.analytics is None or cfg.analytics.enabled)
+
+
+def _scheduler_wanted(cfg: SiteConfig) -> bool:
+    return cfg.scheduler.enabled if cfg.scheduler is not None else cfg.tariff is not None
+
+
+# A component whose module is heavy to import (pandas, scikit-learn, scipy) is imported
+# only when this light check of the config says it may be on; its factory still decides.
+GATES: dict[str, Callable[[SiteConfig], bool]] = {
+    "gateway.analytics.service:build": _analytics_wanted,
+    "gateway.control.scheduler_component:build": _scheduler_wanted,
+}
+
+
 def build_components(daemon: Daemon) -> list[Component]:
     import importlib
 
     out: list[Component] = []
     for target in FACTORIES:
+        gate = GATES.get(target)
+        if gate is not None and not gate(daemon.cfg):
+            continue
         module, _, fn = target.partition(":")
         factory: Factory = getattr(importlib.import_module(module), fn)
         comp = factory(daemon)

@@ -179,6 +179,7 @@ class Daemon:
             "gateway": self.gateway_id,
             "uptime_s": time.time() - self.started,
             "historian": self.historian.stats() if self.historian else None,
+            "poller": self.poller.stats(),
             "devices": {d: {"requests": io.stats.requests, "errors": io.stats.errors,
                             "timeouts": io.stats.timeouts, "reconnects": io.stats.reconnects,
                             "last_error": io.stats.last_error,

@@ -121,28 +121,35 @@ def read_history(db_path: Path, start: str | None = None, end: str | None = None
 
     if not db_path.is_file():
         raise FileNotFoundError(f"{db_path}: no historian database here")
-    where: list[str] = []
-    args: list[float | str] = []
-    t0, t1 = _epoch(start), _epoch(end)
-    if t0 is not None:
-        where.append("s.ts >= ?")
-        args.append(t0)
-    if t1 is not None:
-        where.append("s.ts < ?")
-        args.append(t1)
-    if devices:
-        where.append(f"p.device IN ({','.join('?' * len(devices))})")
-        args.extend(devices)
-    sql = ("SELECT s.ts, p.device, p.point, s.value, s.text, p.unit, s.quality "
-           "FROM samples s JOIN points p ON p.id = s.point_id")
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY s.ts"
     uri = f"file:{db_path}?mode=ro"
     with sqlite3.connect(uri, uri=True) as db:
+        compact = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                             "name='history'").fetchone() is not None
+        # integer milliseconds since the compact format; seconds (REAL) before it
+        ts, table, scale = (("s.ts_ms", "history", 1000.0) if compact
+                            else ("s.ts", "samples", 1.0))
+        where: list[str] = []
+        args: list[float | str] = []
+        t0, t1 = _epoch(start), _epoch(end)
+        if t0 is not None:
+            where.append(f"{ts} >= ?")
+            args.append(math.ceil(t0 * scale) if compact else t0)
+        if t1 is not None:
+            where.append(f"{ts} < ?")
+            args.append(math.ceil(t1 * scale) if compact else t1)
+        if devices:
+            where.append(f"p.device IN ({','.join('?' * len(devices))})")
+            args.extend(devices)
+        sql = (f"SELECT {ts} AS ts, p.device, p.point, s.value, s.text, p.unit, s.quality "
+               f"FROM {table} s JOIN points p ON p.id = s.point_id")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {ts}, s.point_id" if compact else " ORDER BY s.ts"
         df = pd.read_sql_query(sql, db, params=args)
-    ts = to_site_clock(df.pop("ts").astype(float), db_path)
-    df["time"] = pd.to_datetime(ts, unit="s", utc=True).dt.round("ms")
+    raw = df.pop("ts").astype(float)
+    site_ts = to_site_clock(raw / 1000.0 if compact else raw, db_path)
+    df["time"] = pd.Series(pd.to_datetime(site_ts, unit="s", utc=True),
+                           index=df.index).dt.round("ms")
     if cfg is not None:
         from gateway.console.sitetime import zone
 

@@ -1,17 +1,31 @@
-"""The poller: one task per device, each on its own interval.
+"""The poller: one task per endpoint, walking that endpoint's devices on a schedule.
 
-Devices behind one endpoint are serialised by the driver's endpoint lock; devices on
-different endpoints are polled in parallel. A failed read marks the device offline at
-once (so it shows within one poll period plus the timeout) and is logged once; the
-recovery is logged once too. Nothing a device does can end the daemon.
+Each endpoint's devices of one interval form a poll group: they are read one after the
+other at the group's phase inside the interval and published to SiteState together, so
+control never combines a meter read after the chargers moved with charger powers read
+before (the grid meter is read last). The phase comes from a stable hash of the endpoint,
+so the hundreds of endpoints of a large site are spread over the second instead of all
+firing at the same instant. An endpoint whose link carries several requests at once
+(``io.pipeline_window`` > 1, Modbus TCP ``max_in_flight``) has that many device reads in
+flight instead. Endpoints are polled in parallel.
+
+A poll that starts after its slot is late (kept as a metric); a device whose read overran
+whole slots skips them (counted in ``polls_skipped``, logged once per episode per
+endpoint, and again when the endpoint is back on schedule). A failed read marks the device
+offline at once and is logged once; the recovery is logged once too. Nothing a device does
+can end the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import time
-from dataclasses import dataclass
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
 
 from drivers.base import DeviceIO, DriverError
 from gateway.aio import cancel_and_wait, cancel_requested
@@ -19,56 +33,143 @@ from gateway.state import SiteState
 
 log = logging.getLogger("autogrid.poller")
 
+ON_TIME_POLLS = 20  # polls in a row without a skip that end an overrun episode
+LATENESS_SAMPLES = 20_000  # recent poll start lateness kept for percentiles
+
+
+def phase_of(key: str, interval_s: float) -> float:
+    """Where in the interval a poll group (an endpoint) is polled: the same on every
+    restart and machine, spread evenly over the interval across keys."""
+    if interval_s <= 0:
+        return 0.0
+    return (zlib.crc32(key.encode()) / 2**32) * interval_s
+
 
 @dataclass
 class PollJob:
+    """One device on the schedule. ``task`` is the endpoint task that polls it."""
+
     io: DeviceIO
     interval_s: float
     task: asyncio.Task[None] | None = None
+    due: float = 0.0  # loop time of the next slot
+    skipped: int = 0
+    active: bool = True
+    reading: bool = False
+    waiter: asyncio.Future[None] | None = None  # remove() waits here for a read in flight
+
+
+@dataclass
+class _Lane:
+    """The devices of one endpoint and the task that polls them."""
+
+    key: str
+    window: int
+    heap: list[tuple[float, int, PollJob]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Future[None] | None = None
+    in_flight: int = 0
+    slot_free: asyncio.Future[None] | None = None
+    overrun_since: float | None = None  # loop time the current overrun episode began
+    overrun_skipped: int = 0
+    on_time: int = 0
+    children: set[asyncio.Task[None]] = field(default_factory=set)  # reads in the window
 
 
 class Poller:
-    def __init__(self, state: SiteState) -> None:
+    def __init__(self, state: SiteState, on_time_polls: int = ON_TIME_POLLS) -> None:
         self.state = state
+        self.on_time_polls = on_time_polls
         self.jobs: dict[str, PollJob] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._seq = 0
+        self.lateness_ms: deque[float] = deque(maxlen=LATENESS_SAMPLES)
+        self.latency_ms: deque[float] = deque(maxlen=LATENESS_SAMPLES)  # good reads only
+        self.polls = 0
+        self.skipped = 0
+
+    # ---- schedule --------------------------------------------------------------------
 
     def add(self, io: DeviceIO, interval_s: float) -> None:
         if io.device_id in self.jobs:
             raise ValueError(f"device '{io.device_id}' is already polled")
+        loop = asyncio.get_running_loop()
         job = PollJob(io, interval_s)
+        now = loop.time()
+        if interval_s > 0:
+            job.due = now + (phase_of(io.endpoint, interval_s) - now) % interval_s
+        else:
+            job.due = now
+        lane = self._lanes.get(io.endpoint)
+        if lane is None:
+            window = max(1, int(getattr(io, "pipeline_window", 1)))
+            lane = _Lane(io.endpoint, window)
+            self._lanes[io.endpoint] = lane
+            lane.task = asyncio.create_task(self._run(lane), name=f"poll {io.endpoint}")
+        job.task = lane.task
         self.jobs[io.device_id] = job
-        job.task = asyncio.create_task(self._run(job), name=f"poll {io.device_id}")
+        self._push(lane, job)
 
     async def remove(self, device_id: str) -> None:
         job = self.jobs.pop(device_id, None)
-        if job and job.task:
-            await cancel_and_wait([job.task])
+        if job is None:
+            return
+        job.active = False  # dropped from the heap when it comes up
+        if job.reading:  # let the read in flight end (bounded by the device's timeout)
+            job.waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(job.waiter)
+        lane = self._lanes.get(job.io.endpoint)
+        if lane is not None and not any(j.io.endpoint == lane.key for j in self.jobs.values()):
+            del self._lanes[lane.key]
+            if lane.task is not None:
+                await cancel_and_wait([lane.task])
 
     async def stop(self) -> None:
-        await cancel_and_wait([j.task for j in self.jobs.values() if j.task])
+        await cancel_and_wait([lane.task for lane in self._lanes.values() if lane.task])
+        self._lanes.clear()
         self.jobs.clear()
+
+    def _push(self, lane: _Lane, job: PollJob) -> None:
+        self._seq += 1
+        heapq.heappush(lane.heap, (job.due, self._seq, job))
+        if lane.wake is not None and not lane.wake.done() and lane.heap[0][2] is job:
+            lane.wake.set_result(None)  # a new earliest slot: re-arm the wait
+
+    # ---- one read --------------------------------------------------------------------
 
     async def poll_once(self, job: PollJob) -> bool:
         """One read of one device into SiteState. True when the read succeeded."""
+        return self._publish(job, await self._read(job))
+
+    async def _read(self, job: PollJob) -> tuple[float, object]:
+        """(latency ms, values) of a good read, or (-1, error text) of a failed one."""
         io = job.io
         t0 = time.perf_counter()
         try:
             values = await io.read()
         except DriverError as exc:
-            self._failed(io.device_id, str(exc) or type(exc).__name__)
-            return False
+            return -1.0, str(exc) or type(exc).__name__
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a driver bug must not end the daemon
             log.exception("%s: unexpected error from driver", io.device_id)
-            self._failed(io.device_id, f"internal error: {type(exc).__name__}: {exc}")
+            return -1.0, f"internal error: {type(exc).__name__}: {exc}"
+        return (time.perf_counter() - t0) * 1000.0, values
+
+    def _publish(self, job: PollJob, result: tuple[float, object]) -> bool:
+        latency_ms, payload = result
+        device_id = job.io.device_id
+        if device_id not in self.state.devices:
+            return False  # removed while it was read
+        if latency_ms < 0:
+            self._failed(device_id, str(payload))
             return False
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        health = self.state.devices[io.device_id].health
+        self.latency_ms.append(latency_ms)
+        health = self.state.devices[device_id].health
         if health.consecutive_errors:
-            log.info("%s: recovered after %d failed polls", io.device_id,
+            log.info("%s: recovered after %d failed polls", device_id,
                      health.consecutive_errors)
-        self.state.update(io.device_id, values, time.time(), latency_ms)
+        self.state.update(device_id, payload, time.time(), latency_ms)  # type: ignore[arg-type]
         return True
 
     def _failed(self, device_id: str, error: str) -> None:
@@ -81,18 +182,166 @@ class Poller:
             log.warning("%s: still offline after %d polls: %s", device_id,
                         health.consecutive_errors, error)
 
-    async def _run(self, job: PollJob) -> None:
+    # ---- the endpoint task -----------------------------------------------------------
+
+    async def _run(self, lane: _Lane) -> None:
+        try:
+            await self._walk(lane)
+        finally:
+            if lane.children:
+                for child in lane.children:
+                    child.cancel()
+                await asyncio.gather(*lane.children, return_exceptions=True)
+
+    async def _walk(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
-        next_due = loop.time()
         while True:
-            await self.poll_once(job)
-            if cancel_requested():  # a library swallowed our cancel (3.11 wait_for)
-                raise asyncio.CancelledError
-            next_due += job.interval_s
+            if not lane.heap:
+                lane.wake = loop.create_future()
+                await lane.wake
+                continue
+            due, _, job = lane.heap[0]
+            if not job.active:
+                heapq.heappop(lane.heap)
+                continue
             now = loop.time()
-            if next_due < now:  # overran (slow device): skip missed slots, keep the phase
+            if due > now:
+                lane.wake = loop.create_future()
+                timer = loop.call_at(due, _resolve, lane.wake)
+                try:
+                    await lane.wake
+                finally:
+                    timer.cancel()
+                continue
+            heapq.heappop(lane.heap)
+            if job.interval_s > 0:
+                self.lateness_ms.append((now - due) * 1000.0)
+            if lane.window == 1:
+                await self._round(lane, job, now, loop)
+                continue
+            while lane.in_flight >= lane.window:
+                lane.slot_free = loop.create_future()
+                await lane.slot_free
+            lane.in_flight += 1
+            child = loop.create_task(self._poll_in_window(lane, job, loop),
+                                     name=f"poll {job.io.device_id}")
+            lane.children.add(child)
+            child.add_done_callback(lane.children.discard)
+
+    async def _round(self, lane: _Lane, first: PollJob, now: float,
+                     loop: asyncio.AbstractEventLoop) -> None:
+        """Read every device of the lane that is due, one after the other, then publish
+        them together: control then never sees half a round (a meter read after the
+        chargers' setpoints moved next to charger powers read before)."""
+        jobs = [first]
+        heap = lane.heap
+        while heap and heap[0][0] <= now:
+            _, _, job = heapq.heappop(heap)
+            if job.active:
                 if job.interval_s > 0:
-                    next_due += (int((now - next_due) // job.interval_s) + 1) * job.interval_s
-                else:  # "as fast as possible" (benchmarks): just yield to the loop
-                    next_due = now
-            await asyncio.sleep(next_due - now)
+                    self.lateness_ms.append((now - job.due) * 1000.0)
+                jobs.append(job)
+        if len(jobs) > 1:  # the grid meter last: its import then includes what the
+            jobs.sort(key=self._grid_last)  # others' readings show (control nets them)
+        results: list[tuple[float, object]] = []
+        try:
+            for job in jobs:
+                job.reading = True
+                results.append(await self._read(job))
+        finally:
+            for job in jobs:
+                job.reading = False
+                if job.waiter is not None and not job.waiter.done():
+                    job.waiter.set_result(None)
+        for job, result in zip(jobs, results, strict=True):
+            if job.active:
+                self._publish(job, result)
+        if cancel_requested():  # a library swallowed our cancel (3.11 wait_for)
+            raise asyncio.CancelledError
+        for job in jobs:
+            await self._reschedule(lane, job, loop)
+
+    def _grid_last(self, job: PollJob) -> bool:
+        dev = self.state.devices.get(job.io.device_id)
+        return dev is not None and dev.role == "grid"
+
+    async def _poll_in_window(self, lane: _Lane, job: PollJob,
+                              loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            await self._poll_and_reschedule(lane, job, loop)
+        finally:
+            lane.in_flight -= 1
+            if lane.slot_free is not None and not lane.slot_free.done():
+                lane.slot_free.set_result(None)
+
+    async def _poll_and_reschedule(self, lane: _Lane, job: PollJob,
+                                   loop: asyncio.AbstractEventLoop) -> None:
+        job.reading = True
+        try:
+            await self.poll_once(job)
+        finally:
+            job.reading = False
+            if job.waiter is not None and not job.waiter.done():
+                job.waiter.set_result(None)
+        if cancel_requested():  # a library swallowed our cancel (3.11 wait_for)
+            raise asyncio.CancelledError
+        await self._reschedule(lane, job, loop)
+
+    async def _reschedule(self, lane: _Lane, job: PollJob,
+                          loop: asyncio.AbstractEventLoop) -> None:
+        self.polls += 1
+        now = loop.time()
+        if job.interval_s <= 0:  # "as fast as possible" (benchmarks): let others run too
+            job.due = now
+            await asyncio.sleep(0)
+        else:
+            job.due += job.interval_s
+            if job.due < now:  # overran whole slots: skip them, keep the phase
+                missed = math.floor((now - job.due) / job.interval_s) + 1
+                job.due += missed * job.interval_s
+                self._skipped(lane, job, missed, now)
+            elif lane.overrun_since is not None:
+                lane.on_time += 1
+                if lane.on_time >= self.on_time_polls:
+                    log.info("%s: polls back on schedule after %.1f s (%d polls skipped)",
+                             lane.key, now - lane.overrun_since, lane.overrun_skipped)
+                    lane.overrun_since = None
+        if job.active:
+            self._push(lane, job)
+
+    def _skipped(self, lane: _Lane, job: PollJob, missed: int, now: float) -> None:
+        job.skipped += missed
+        self.skipped += missed
+        extra = job.io.stats.extra
+        extra["polls_skipped"] = extra.get("polls_skipped", 0) + missed
+        lane.on_time = 0
+        if lane.overrun_since is None:
+            lane.overrun_since = now
+            lane.overrun_skipped = 0
+            log.warning("%s: polls cannot keep their schedule: %s skipped %d slot(s) of "
+                        "%g s; skipped polls are counted (polls_skipped) and logged again "
+                        "when the endpoint is back on schedule", lane.key, job.io.device_id,
+                        missed, job.interval_s)
+        lane.overrun_skipped += missed
+
+    # ---- metrics ---------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        """Polls, skipped slots, and over the recent polls: how late they started and how
+        long a good read took (p50/p99/max, ms)."""
+        out: dict[str, object] = {"polls": self.polls, "skipped": self.skipped,
+                                  "endpoints": len(self._lanes),
+                                  "overrunning": sorted(k for k, lane in self._lanes.items()
+                                                        if lane.overrun_since is not None)}
+        for name, samples in (("late_ms", self.lateness_ms), ("read_ms", self.latency_ms)):
+            ordered = sorted(samples)
+            for label, q in (("p50", 0.50), ("p99", 0.99)):
+                out[f"{name}_{label}"] = (ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+                                          if ordered else None)
+            out[f"{name}_max"] = ordered[-1] if ordered else None
+        return out
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

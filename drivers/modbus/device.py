@@ -91,6 +91,11 @@ class ModbusDeviceIO(DeviceIO):
         self._compile()
 
     @property
+    def pipeline_window(self) -> int:
+        """How many device reads the poller may keep in flight on this device's endpoint."""
+        return self._ep.pipeline_window
+
+    @property
     def blocks(self) -> tuple[Block, ...]:
         """The current read plan (one Modbus request per block)."""
         return tuple(self._blocks)
@@ -109,6 +114,7 @@ class ModbusDeviceIO(DeviceIO):
             bi, off = where[name]
             self._slots.append((bi, off, name, self._decoders[name],
                                 self.template.points[name].scale_factor))
+        self._requests = [(b.function, b.address, b.count) for b in self._blocks]
         self.stats.extra["requests_per_read"] = len(self._blocks)
 
     def _split(self, index: int) -> bool:
@@ -159,19 +165,14 @@ class ModbusDeviceIO(DeviceIO):
         return out
 
     async def _read_blocks(self) -> list[Sequence[int]]:
-        ep, unit, stats = self._ep, self.unit, self.stats
         while True:
-            results: list[Sequence[int]] = []
-            for index, blk in enumerate(self._blocks):
-                try:
-                    results.append(await ep.read(blk.function, blk.address, blk.count, unit,
-                                                 stats, self.device_id))
-                except ModbusExceptionResponse as exc:
-                    if exc.code == ILLEGAL_DATA_ADDRESS and self._split(index):
-                        break  # read again with the finer plan
-                    raise
-            else:
-                return results
+            try:
+                return await self._ep.read_many(self._requests, self.unit, self.stats,
+                                                self.device_id)
+            except ModbusExceptionResponse as exc:
+                if exc.code == ILLEGAL_DATA_ADDRESS and self._split(exc.block):
+                    continue  # read again with the finer plan
+                raise
 
     # ---- write ----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from drivers.base import Driver, DriverError
 from drivers.modbus.device import ModbusDeviceIO
 from drivers.modbus.endpoint import Client, ConnectionConfig, Endpoint, endpoint_key, make_client
+from drivers.modbus.pipeline import PipelinedEndpoint
 from drivers.template import ModbusTemplate
 from gateway.config.models import Device, ModbusRtuOverTcp, ModbusSerial, ModbusTcp
 
@@ -19,6 +20,13 @@ class ModbusDriver(Driver):
 
     ``max_gap``: undeclared registers a coalesced read may bridge (0 = never read an
     address the template does not declare; devices differ in how they answer those).
+
+    Modbus TCP with ``max_in_flight`` > 1 goes through the lean pipelining link of
+    ``pipeline`` (that many requests at once); everything else (one request at a time, RTU
+    over TCP, serial) through pymodbus clients, whose outage handling (backoff reset only
+    on a good answer, garbage frames) is the one tested against misbehaving servers.
+    ``client_factory`` makes the pymodbus clients; passing one keeps Modbus TCP on pymodbus
+    too (fault-injection tests).
     """
 
     name: ClassVar[str] = "modbus"
@@ -50,7 +58,11 @@ class ModbusDriver(Driver):
         key = endpoint_key(connection)
         ep = self._endpoints.get(key)
         if ep is None:
-            ep = Endpoint(connection, self._client_factory)
+            if isinstance(connection, ModbusTcp) and connection.max_in_flight > 1 \
+                    and self._client_factory is make_client:
+                ep = PipelinedEndpoint(connection)
+            else:
+                ep = Endpoint(connection, self._client_factory)
         io = ModbusDeviceIO(device.id, device.unit_id, template, ep, device.points,
                             self.max_gap if max_gap is None else max_gap, self._detach)
         self._endpoints[key] = ep

@@ -63,6 +63,7 @@ class ModbusExceptionResponse(ProtocolError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+        self.block = 0  # which request of a read_many the device refused
 
 
 class _Garbage(Exception):
@@ -144,6 +145,11 @@ class Endpoint:
         return self._client is not None
 
     @property
+    def pipeline_window(self) -> int:
+        """Device reads that may be in flight at once (1: requests wait for each other)."""
+        return 1
+
+    @property
     def backoff_s(self) -> float:
         """How long the link waits before reconnecting if it fails now (diagnostics)."""
         return self._delay
@@ -172,6 +178,19 @@ class Endpoint:
                                 f"{_what('reading', function, address, count, unit, device)} "
                                 f"on {self.key}")
         return regs
+
+    async def read_many(self, blocks: Sequence[tuple[Function, int, int]], unit: int,
+                        stats: IOStats, device: str = "") -> list[Sequence[int]]:
+        """``read`` of every (function, address, count) block, in order; an exception
+        answer names its block in ``ModbusExceptionResponse.block``."""
+        out: list[Sequence[int]] = []
+        for index, (function, address, count) in enumerate(blocks):
+            try:
+                out.append(await self.read(function, address, count, unit, stats, device))
+            except ModbusExceptionResponse as exc:
+                exc.block = index
+                raise
+        return out
 
     async def write_registers(self, address: int, values: list[int], unit: int,
                               stats: IOStats, device: str = "") -> None:

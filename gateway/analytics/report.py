@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gateway.analytics import backtest
+from gateway.analytics.cliargs import add_parser  # noqa: F401  (kept importable here)
 from gateway.analytics.data import historian_targets, reference_year
 from gateway.analytics.forecast import Forecaster, train
 from gateway.analytics.models import KIND_NAMES
@@ -128,24 +129,6 @@ def run(cfg: SiteConfig, source: str = "auto", days: int = 28, retrain_days: int
     if plot_path is not None:
         print(f"plot: {plot(results, info, plot_path)}", file=out)
     return fc
-
-
-def add_parser(sub: Any) -> None:
-    """The `autogrid forecast` subcommand (argparse subparsers of the main CLI)."""
-    f = sub.add_parser("forecast", help="train load/PV forecasts, backtest, print metrics, plot")
-    f.add_argument("-c", "--config", required=True, help="site config (YAML)")
-    f.add_argument("--source", choices=["auto", "historian", "reference"], default="auto",
-                   help="history to learn from (auto: historian if long enough, else the "
-                        "reference year)")
-    f.add_argument("--days", type=int, default=28,
-                   help="test window in days (the last days; scored once, never used to choose)")
-    f.add_argument("--val-days", type=int, default=28,
-                   help="validation window in days (before the test window; chooses the model)")
-    f.add_argument("--retrain-days", type=int, default=14, help="retrain every N days")
-    f.add_argument("--trees", type=int, default=100, help="random forest size")
-    f.add_argument("--plot", default="forecast.png", help="PNG of forecast vs actual")
-    f.add_argument("--model-dir", help="save the chosen models here (versioned)")
-    f.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cmd_forecast(args: Any) -> int:

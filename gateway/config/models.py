@@ -59,6 +59,9 @@ class ModbusTcp(_Conn):
     type: Literal["modbus_tcp"]
     host: str
     port: Annotated[int, Field(ge=1, le=65535)] = 502
+    # requests in flight at once on the connection, told apart by their transaction ids;
+    # 1 = one at a time (some devices and TCP-to-serial gateways handle no more)
+    max_in_flight: Annotated[int, Field(ge=1, le=32)] = 1
 
 
 class ModbusRtuOverTcp(_Conn):

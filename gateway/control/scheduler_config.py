@@ -8,12 +8,12 @@ period the default prices apply.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from zoneinfo import ZoneInfo
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):[0-5]\d$|^24:00$")
@@ -21,6 +21,9 @@ Price = Annotated[float, Field(ge=-10, le=10)]  # per kWh; negative prices do ha
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Priority = Literal["emergency", "fleet", "public"]
+
+if TYPE_CHECKING:  # numpy only where prices are computed: config checks stay light
+    import numpy as np
 
 
 class _Strict(BaseModel):
@@ -85,6 +88,8 @@ class Tariff(_Strict):
     def prices(self, start_s: float, step_s: float, n: int, tz: str
                ) -> tuple[np.ndarray, np.ndarray]:
         """Import and export prices at the middle of each of n steps."""
+        import numpy as np
+
         pairs = [self.price_at(start_s + (i + 0.5) * step_s, tz) for i in range(n)]
         arr = np.asarray(pairs, dtype=float).reshape(n, 2)
         return arr[:, 0].copy(), arr[:, 1].copy()
@@ -124,4 +129,4 @@ class SchedulerSettings(_Strict):
 
 def step_floor(t_s: float, step_s: float) -> float:
     """Start of the step containing t_s (steps aligned to the epoch, i.e. to UTC quarters)."""
-    return float(np.floor(t_s / step_s) * step_s)
+    return float(math.floor(t_s / step_s) * step_s)

@@ -1,0 +1,133 @@
+"""Historian storage: bytes and CPU per row, the compact format against the one before it.
+
+    python bench/historian.py [--points 20000] [--rows 400000] [--batch 1000] [--rounds 3]
+
+Both write the same rows (``--points`` points, values changing every sample, one
+transaction per batch as the flush does) into a fresh SQLite file in a temp dir: "before"
+is the rowid table with REAL seconds and two indexes, "after" the Historian's own writer
+(WITHOUT ROWID, integer ms). Rounds alternate; printed: median and range of CPU seconds
+per 100k rows and bytes per row (file + WAL after a checkpoint), and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from gateway.config.models import Historian as HistorianConfig  # noqa: E402
+from gateway.historian import Historian  # noqa: E402
+from gateway.model import Quality, Reading  # noqa: E402
+
+OLD_SCHEMA = """
+CREATE TABLE points (id INTEGER PRIMARY KEY, device TEXT NOT NULL, point TEXT NOT NULL,
+                     unit TEXT NOT NULL DEFAULT '', UNIQUE (device, point));
+CREATE TABLE samples (point_id INTEGER NOT NULL REFERENCES points(id), ts REAL NOT NULL,
+                      value REAL, text TEXT, quality INTEGER NOT NULL);
+CREATE INDEX samples_ts ON samples (ts);
+CREATE INDEX samples_point_ts ON samples (point_id, ts);
+"""
+
+
+def rows(points: int, n: int) -> list[tuple[str, dict[str, Reading]]]:
+    t0 = time.time()
+    out = []
+    for k in range(n // points):
+        for p in range(points):
+            out.append((f"dev{p // 10}", {f"p{p % 10}_kw": Reading(
+                float(k * 7 + p) * 0.01, "kW", t0 + k + p * 1e-4, Quality.GOOD)}))
+    return out
+
+
+def before(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int) -> float:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(OLD_SCHEMA)
+    ids: dict[tuple[str, str], int] = {}
+    cpu0 = time.process_time()
+    flat = [(d, p, r) for d, ch in data for p, r in ch.items()]
+    for i in range(0, len(flat), batch):
+        db.execute("BEGIN")
+        for d, p, r in flat[i:i + batch]:
+            if (d, p) not in ids:
+                db.execute("INSERT OR IGNORE INTO points (device, point, unit) VALUES (?,?,?)",
+                           (d, p, r.unit))
+                ids[(d, p)] = db.execute("SELECT id FROM points WHERE device=? AND point=?",
+                                         (d, p)).fetchone()[0]
+        db.executemany("INSERT INTO samples VALUES (?,?,?,?,?)",
+                       [(ids[(d, p)], r.ts, float(r.value), None, 0)  # type: ignore[arg-type]
+                        for d, p, r in flat[i:i + batch]])
+        db.execute("COMMIT")
+    cpu = time.process_time() - cpu0
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return cpu
+
+
+def after(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int) -> float:
+    async def run() -> float:
+        h = Historian(HistorianConfig(path=path, flush_interval_s=3600, batch_size=batch))
+        await h.start()
+        cpu0 = time.process_time()
+        for i in range(0, len(data), batch):
+            for device, changed in data[i:i + batch]:
+                h.record(device, changed)
+            batch_rows, h._buffer = h._buffer, []
+            h._write(batch_rows)  # the flush's own writer, in this thread: CPU is ours
+        cpu = time.process_time() - cpu0
+        await h.stop()
+        return cpu
+
+    cpu = asyncio.run(run())
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return cpu
+
+
+def size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--points", type=int, default=20000)
+    ap.add_argument("--rows", type=int, default=400000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    data = rows(args.points, args.rows)
+    n = sum(len(c) for _, c in data)
+    res: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "bytes": []}
+                                              for k in ("before", "after")}
+    with tempfile.TemporaryDirectory(prefix="autogrid-hbench-") as tmp:
+        for rnd in range(args.rounds):
+            for kind in (("before", "after") if rnd % 2 == 0 else ("after", "before")):
+                path = Path(tmp) / f"{kind}{rnd}.sqlite"
+                cpu = (before if kind == "before" else after)(path, data, args.batch)
+                res[kind]["cpu"].append(cpu / n * 100_000)
+                res[kind]["bytes"].append(size(path) / n)
+    print(f"{n} rows of {args.points} points, batches of {args.batch}, {args.rounds} rounds; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    for kind, r in res.items():
+        print(f"  {kind:<7} CPU s/100k rows {statistics.median(r['cpu']):.3f} "
+              f"({min(r['cpu']):.3f}..{max(r['cpu']):.3f}), bytes/row "
+              f"{statistics.median(r['bytes']):.1f}")
+    cpu_ratio = statistics.median(res["after"]["cpu"]) / statistics.median(res["before"]["cpu"])
+    byte_ratio = (statistics.median(res["after"]["bytes"])
+                  / statistics.median(res["before"]["bytes"]))
+    print(f"after/before: CPU per row x{cpu_ratio:.2f}, bytes per row x{byte_ratio:.2f} "
+          f"(target <= 0.5 each)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

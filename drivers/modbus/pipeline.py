@@ -1,0 +1,417 @@
+"""Modbus TCP on a lean asyncio link, with ``max_in_flight`` requests in flight at once.
+
+Modbus TCP tells answers apart by the MBAP transaction id, so requests need not wait for
+each other: a device read sends all its blocks in one write (one syscall) and waits for
+all answers under one deadline, and other devices' reads share the connection meanwhile,
+up to ``max_in_flight`` requests (a bounded window; a device that handles fewer is given
+a smaller one). RTU framing has no transaction id: RTU over TCP and serial links keep the
+one-at-a-time endpoint.
+
+The link's behaviour on failure is the endpoint's: backoff before reconnecting (reset only
+by a good answer), an outage logged once, bytes that are not the answer to a request in
+flight fail every request on the link and resynchronise it, a timeout drops the
+connection so a late answer is never taken for another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import deque
+from collections.abc import Sequence
+from time import monotonic
+
+from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError
+from drivers.modbus.endpoint import EXCEPTION_NAMES, Endpoint, ModbusExceptionResponse, _what
+from drivers.template import Function
+from gateway.config.models import ModbusTcp
+
+log = logging.getLogger("drivers.modbus")
+
+_FC = {Function.COIL: 1, Function.DISCRETE: 2, Function.HOLDING: 3, Function.INPUT: 4}
+_MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length, unit id
+_READ = struct.Struct(">BHH")  # function, address, count (FC1-4); FC5/FC6 have the same shape
+_REGS: dict[int, struct.Struct] = {}
+
+# one request: unit, function code, PDU bytes
+Request = tuple[int, int, bytes]
+
+
+class _Lost(Exception):
+    """The connection closed under the request."""
+
+
+class _Garbled(Exception):
+    """Bytes on the link that cannot be the answer to any request in flight."""
+
+
+def _regs(n: int) -> struct.Struct:
+    s = _REGS.get(n)
+    if s is None:
+        s = _REGS[n] = struct.Struct(f">{n}H")
+    return s
+
+
+class _Link(asyncio.Protocol):
+    """One TCP connection: frames out, answers matched to their requests by transaction id."""
+
+    def __init__(self, ep: PipelinedEndpoint) -> None:
+        self.ep = ep
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, tuple[asyncio.Future[bytes], int, int]] = {}
+        self.abandoned: set[int] = set()  # ids whose asker gave up (cancelled)
+        self._buf = bytearray()
+        self._tid = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail_all(_Lost(f"{exc or 'closed by peer'}"))
+        self.ep._link_lost(self, f"connection lost ({exc or 'closed by peer'})")
+
+    def fail_all(self, exc: Exception) -> None:
+        pending, self.pending = self.pending, {}
+        for fut, _, _ in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def send(self, requests: Sequence[Request]) -> list[asyncio.Future[bytes]]:
+        """Write every request in one go; a future per request for its answer's PDU."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        out = bytearray()
+        futs: list[asyncio.Future[bytes]] = []
+        for unit, fc, pdu in requests:
+            self._tid = tid = (self._tid + 1) & 0xFFFF
+            self.abandoned.discard(tid)
+            out += _MBAP.pack(tid, 0, len(pdu) + 1, unit)
+            out += pdu
+            fut: asyncio.Future[bytes] = loop.create_future()
+            self.pending[tid] = (fut, unit, fc)
+            futs.append(fut)
+        self.transport.write(out)
+        return futs
+
+    def abandon(self, futs: Sequence[asyncio.Future[bytes]]) -> None:
+        """The asker gave up on these: a late answer to them is dropped quietly."""
+        gone = set(futs)
+        for tid, (fut, _, _) in list(self.pending.items()):
+            if fut in gone:
+                del self.pending[tid]
+                self.abandoned.add(tid)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while len(buf) >= 8:
+            tid, proto, length, unit = _MBAP.unpack_from(buf)
+            if proto != 0:
+                return self._garbage(f"not a Modbus TCP frame (protocol id 0x{proto:04x})")
+            if not 2 <= length <= 254:
+                return self._garbage(f"not a Modbus TCP frame (length {length})")
+            end = 6 + length
+            if len(buf) < end:
+                return None
+            entry = self.pending.pop(tid, None)
+            if entry is None:
+                if tid in self.abandoned:
+                    self.abandoned.discard(tid)
+                    del buf[:end]
+                    continue
+                return self._garbage(f"answer to transaction {tid}, which is not in flight")
+            fut, want_unit, fc = entry
+            why = None
+            if unit != want_unit:
+                why = f"answer from unit {unit}, asked unit {want_unit}"
+            elif buf[7] not in (fc, fc | 0x80):
+                why = f"function code {buf[7]} in the answer to function {fc}"
+            if why is not None:
+                self.pending[tid] = entry  # fails with the rest
+                return self._garbage(why)
+            if not fut.done():
+                fut.set_result(bytes(buf[7:end]))
+            del buf[:end]
+        return None
+
+    def _garbage(self, why: str) -> None:
+        self._buf.clear()
+        self.fail_all(_Garbled(why))
+        self.ep._link_garbled(self, why)
+
+
+class PipelinedEndpoint(Endpoint):
+    """A Modbus TCP endpoint with up to ``conn.max_in_flight`` requests in flight."""
+
+    def __init__(self, conn: ModbusTcp) -> None:
+        super().__init__(conn)
+        self.window = conn.max_in_flight
+        self._free = self.window
+        self._slot_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._link: _Link | None = None
+        self._connecting: asyncio.Future[_Link] | None = None
+
+    @property
+    def pipeline_window(self) -> int:
+        return self.window
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    # ---- requests -------------------------------------------------------------------
+
+    async def read(self, function: Function, address: int, count: int, unit: int,
+                   stats: IOStats, device: str = "") -> Sequence[int]:
+        return (await self.read_many([(function, address, count)], unit, stats, device))[0]
+
+    async def read_many(self, blocks: Sequence[tuple[Function, int, int]], unit: int,
+                        stats: IOStats, device: str = "") -> list[Sequence[int]]:
+        """Every block's registers (or bits), all requests sent at once, one deadline."""
+        requests = [(unit, _FC[f], _READ.pack(_FC[f], a, n)) for f, a, n in blocks]
+        answers = await self._exchange(requests, stats, device, "reading",
+                                       [(f, a, n) for f, a, n in blocks])
+        out: list[Sequence[int]] = []
+        for i, ((function, address, count), pdu) in enumerate(zip(blocks, answers,
+                                                                  strict=True)):
+            self._check_exception(pdu, i, "reading", function, address, count, unit, device)
+            nbytes = pdu[1] if len(pdu) > 1 else 0
+            if function.is_bit:
+                bits = [bool(pdu[2 + k // 8] >> (k % 8) & 1)
+                        for k in range(min(count, 8 * min(nbytes, len(pdu) - 2)))]
+                if len(bits) < count:
+                    what = _what("reading", function, address, count, unit, device)
+                    raise ProtocolError(f"short response: {len(bits)} of {count} bits "
+                                        f"{what} on {self.key}")
+                out.append(bits)
+                continue
+            got = min(nbytes, len(pdu) - 2) // 2
+            if got != count or nbytes != 2 * count:
+                what = _what("reading", function, address, count, unit, device)
+                raise ProtocolError(f"short response: {got} of {count} registers "
+                                    f"{what} on {self.key}")
+            out.append(_regs(count).unpack_from(pdu, 2))
+        return out
+
+    async def write_registers(self, address: int, values: list[int], unit: int,
+                              stats: IOStats, device: str = "") -> None:
+        if len(values) == 1:
+            pdu = _READ.pack(6, address, values[0] & 0xFFFF)
+            fc = 6
+        else:
+            n = len(values)
+            pdu = struct.pack(f">BHHB{n}H", 16, address, n, 2 * n,
+                              *(v & 0xFFFF for v in values))
+            fc = 16
+        await self._write(fc, pdu, address, len(values), Function.HOLDING, unit, stats, device)
+
+    async def write_coil(self, address: int, value: bool, unit: int, stats: IOStats,
+                         device: str = "") -> None:
+        pdu = _READ.pack(5, address, 0xFF00 if value else 0)
+        await self._write(5, pdu, address, 1, Function.COIL, unit, stats, device)
+
+    async def _write(self, fc: int, pdu: bytes, address: int, count: int, function: Function,
+                     unit: int, stats: IOStats, device: str) -> None:
+        (answer,) = await self._exchange([(unit, fc, pdu)], stats, device, "writing",
+                                         [(function, address, count)])
+        self._check_exception(answer, 0, "writing", function, address, count, unit, device)
+
+    def _check_exception(self, pdu: bytes, index: int, verb: str, function: Function,
+                         address: int, count: int, unit: int, device: str) -> None:
+        if pdu[0] & 0x80:
+            code = pdu[1] if len(pdu) > 1 else 0
+            name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
+            exc = ModbusExceptionResponse(
+                f"{name} ({code}) {_what(verb, function, address, count, unit, device)}", code)
+            exc.block = index
+            raise exc
+
+    async def _exchange(self, requests: list[Request], stats: IOStats, device: str,
+                        verb: str, what: list[tuple[Function, int, int]]) -> list[bytes]:
+        """Send ``requests`` and return their answers' PDUs in order.
+
+        With a window of 1 the read holds the connection and sends one request after the
+        other; with a larger one it sends up to a window's worth in one write. Either way
+        each exchange has one deadline, not one per request.
+        """
+        out: list[bytes] = []
+        start = 0
+        while start < len(requests):
+            one_by_one = self.window == 1
+            chunk = requests if one_by_one else requests[start:start + self.window]
+            for attempt in range(self.conn.retries + 1):
+                try:
+                    out.extend(await self._exchange_chunk(chunk, stats, one_by_one))
+                    break
+                except _Lost:
+                    f, a, n = what[start]
+                    raise DeviceOffline(f"connection to {self.key} lost "
+                                        f"{_what(verb, f, a, n, chunk[0][0], device)}"
+                                        ) from None
+                except _Garbled as exc:
+                    f, a, n = what[start]
+                    raise ProtocolError(f"garbled response ({exc}) "
+                                        f"{_what(verb, f, a, n, chunk[0][0], device)} "
+                                        f"on {self.key}") from None
+                except TimeoutError:
+                    stats.timeouts += 1
+                    if attempt < self.conn.retries:
+                        continue
+                    f, a, n = what[start]
+                    raise DeviceTimeout(f"no answer within {self.conn.timeout_s} s "
+                                        f"{_what(verb, f, a, n, chunk[0][0], device)} "
+                                        f"on {self.key}") from None
+            start += len(chunk)
+        return out
+
+    async def _exchange_chunk(self, chunk: list[Request], stats: IOStats,
+                              one_by_one: bool) -> list[bytes]:
+        if self._not_before and monotonic() < self._not_before:
+            raise self._backoff_error()
+        if self._closed:
+            raise self._closed_error()
+        slots = 1 if one_by_one else len(chunk)
+        await self._take_slots(slots)
+        futs: list[asyncio.Future[bytes]] = []
+        answers: list[bytes] = []
+        link: _Link | None = None
+        try:
+            async with asyncio.timeout(self.conn.timeout_s):
+                link = self._link or await self._connect_link(stats)
+                stats.requests += len(chunk)
+                if one_by_one:
+                    for request in chunk:
+                        (fut,) = link.send((request,))
+                        futs.append(fut)
+                        answers.append(await fut)
+                else:
+                    futs = link.send(chunk)
+                    answers = [await f for f in futs]
+        except TimeoutError:
+            if link is not None and link is self._link:
+                self._drop()  # a late answer must not meet a later request
+            if len(futs) > 1 and not one_by_one and any(f.done() for f in futs):
+                # Some answered, the rest never will: a server that handles one request
+                # at a time and drops what else it received (pymodbus' server does).
+                log.warning("%s: answered only part of %d requests sent together; sending "
+                            "one at a time from now on (set max_in_flight: 1 for it)",
+                            self.key, len(futs))
+                self._free -= self.window - 1
+                self.window = 1
+            raise
+        except asyncio.CancelledError:
+            if link is not None:
+                link.abandon(futs)
+            raise
+        finally:
+            self._give_slots(slots)
+            for f in futs:  # a failed link fails them all: one is raised, none left unread
+                if f.done() and not f.cancelled():
+                    f.exception()
+        self._answered()
+        return answers
+
+    # ---- the window -----------------------------------------------------------------
+
+    async def _take_slots(self, n: int) -> None:
+        """Wait for ``n`` free request slots, first come first served (a poll walking
+        its devices must not starve a setpoint write queued behind it)."""
+        if self._free >= n and not self._slot_waiters:
+            self._free -= n
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._give_slots(n)  # granted as the cancel came: hand the slots on
+            elif (n, fut) in self._slot_waiters:
+                self._slot_waiters.remove((n, fut))
+            raise
+
+    def _give_slots(self, n: int) -> None:
+        self._free += n
+        waiters = self._slot_waiters
+        while waiters and self._free >= waiters[0][0]:
+            need, fut = waiters.popleft()
+            if fut.done():  # its task was cancelled while it waited
+                continue
+            self._free -= need
+            fut.set_result(None)
+
+    # ---- connection -----------------------------------------------------------------
+
+    async def _connect_link(self, stats: IOStats) -> _Link:
+        if self._connecting is not None:  # another read is connecting: share its result
+            return await asyncio.shield(self._connecting)
+        loop = asyncio.get_running_loop()
+        self._connecting = loop.create_future()
+        try:
+            link = await self._open(stats)
+        except BaseException as exc:
+            if not self._connecting.done():
+                self._connecting.set_exception(
+                    exc if isinstance(exc, Exception) else DeviceOffline(f"{self.key}: "
+                                                                         "connect cancelled"))
+                self._connecting.exception()  # retrieved: no "never retrieved" warning
+            raise
+        else:
+            self._connecting.set_result(link)
+            return link
+        finally:
+            self._connecting = None
+
+    async def _open(self, stats: IOStats) -> _Link:
+        assert isinstance(self.conn, ModbusTcp)
+        self._attempts += 1
+        loop = asyncio.get_running_loop()
+        try:
+            _, link = await loop.create_connection(lambda: _Link(self), self.conn.host,
+                                                   self.conn.port)
+        except OSError as exc:
+            log.debug("connect to %s: %s", self.key, exc)
+            self._outage("cannot connect")
+            self._back_off()
+            raise self._backoff_error() from None
+        if self._closed:
+            if link.transport is not None:
+                link.transport.close()
+            raise self._closed_error()
+        if self.connects:
+            stats.reconnects += 1
+        self.connects += 1
+        self._link = link
+        return link
+
+    def _link_lost(self, link: _Link, reason: str) -> None:
+        if link is not self._link:
+            return  # we dropped it ourselves
+        self._link = None
+        self._outage(reason)
+        self._back_off()
+
+    def _link_garbled(self, link: _Link, why: str) -> None:
+        if link is not self._link:
+            return
+        self._garbled(why)
+
+    def _drop(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.fail_all(_Lost("dropped to resynchronise"))
+            if link.transport is not None:
+                link.transport.close()
+
+    def close(self) -> None:
+        self._closed = True
+        link, self._link = self._link, None
+        if link is not None:
+            link.fail_all(_Lost("closed"))
+            if link.transport is not None:
+                link.transport.close()
+
+    def __repr__(self) -> str:
+        return f"PipelinedEndpoint({self.key}, window={self.window})"
