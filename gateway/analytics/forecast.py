@@ -6,7 +6,9 @@ beats it), takes its out-of-sample residual quantiles per local hour as the p10/
 and refits it on the whole history. A weather-driven choice keeps the best candidate
 without weather as its fallback for when the forecast feed is missing or stale.
 ``predict(start, horizon, step)`` returns, per target, a frame of p50/p10/p90 in kW;
-beyond a day ahead the forecast feeds itself as history.
+beyond a day ahead the forecast feeds itself as history. PV's first 6 h come from the
+intraday model (the latest measured clear-sky index, gateway.analytics.intraday), so keep
+``history`` current with ``observe``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gateway.analytics import backtest, features, models
-from gateway.analytics.data import STEP
+from gateway.analytics import backtest, features, intraday, models
+from gateway.analytics.data import STEP, local_days
 from gateway.analytics.site import SiteInfo
 
 HISTORY_KEEP = pd.Timedelta(days=15)
@@ -53,6 +55,8 @@ class Forecaster:
     trained_at: float = 0.0
     window: tuple[str, str] = ("", "")  # training data start, end (ISO, UTC)
     notes: dict[str, str] = field(default_factory=dict)  # per target, from the last predict
+    # PV for the next 6 h from the latest measurements (gateway.analytics.intraday)
+    intraday_pv: intraday.IntradayModel | None = None
 
     @property
     def targets(self) -> list[str]:
@@ -104,7 +108,10 @@ class Forecaster:
                           ) -> pd.DataFrame:
         col = f"{tm.target}_kw"
         hist = self.history[col].astype(float)
-        future = pd.date_range(last + STEP, max(end, last + STEP), freq=STEP, inclusive="left")
+        # at least a day ahead: PV's own clear-day shape (env_kt) reads today's whole row
+        # set, so a horizon that ended before the evening came out as all zeros
+        future = pd.date_range(last + STEP, max(end, last + DAY_AHEAD + STEP), freq=STEP,
+                               inclusive="left")
         y = pd.concat([hist, pd.Series(np.nan, index=future)])
         fitted = np.full(len(y), np.nan)
         cs = features.clear_sky_pv(pd.DatetimeIndex(y.index), self.info) if (
@@ -127,7 +134,10 @@ class Forecaster:
             y = pd.Series(vals, index=y.index)
             todo &= ~now
         p50 = y.copy()
-        if intraday and len(hist):
+        near = getattr(self, "intraday_pv", None)  # older saved models have none
+        if intraday and len(hist) and tm.target == "pv" and near is not None and cs is not None:
+            p50 = self._intraday_pv(near, y, cs, len(hist) - 1, weather)
+        elif intraday and len(hist):
             recent = slice(max(0, len(hist) - 4), len(hist))
             err = hist.to_numpy()[recent] - fitted[recent]
             e0 = float(np.nanmean(err)) if np.isfinite(err).any() else 0.0
@@ -148,6 +158,23 @@ class Forecaster:
             mid, lo, hi = (np.where(night, 0.0, np.minimum(v, cap)) for v in (mid, lo, hi))
         return pd.DataFrame({"p50": mid, "p10": np.minimum(lo, mid), "p90": np.maximum(hi, mid)},
                             index=idx)
+
+    def _intraday_pv(self, near: intraday.IntradayModel, y: pd.Series, cs: np.ndarray,
+                     origin: int, weather: pd.DataFrame | None) -> pd.Series:
+        """The day-ahead PV with its first 6 h replaced by the intraday forecast from the
+        latest measurements (where the sun is high enough to read a clear-sky index)."""
+        idx = pd.DatetimeIndex(y.index)
+        pv = y.to_numpy(dtype=float).copy()
+        pv[origin + 1:] = np.nan
+        pv_fc = None
+        if weather is not None and "ghi_fc_w_m2" in weather:
+            pv_fc = features.weather_features(idx, "pv", self.info, weather, cs)["pv_fc"]
+        near_kw = near.predict(pv, cs, local_days(idx, self.info.timezone), pv_fc, origin)
+        out = y.to_numpy(dtype=float).copy()
+        span = out[origin + 1:origin + 1 + intraday.LEADS]
+        ok = np.isfinite(near_kw[:len(span)])
+        span[ok] = near_kw[:len(span)][ok]
+        return pd.Series(out, index=y.index)
 
     # -- persistence -------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -246,5 +273,8 @@ def train(frame: pd.DataFrame, info: SiteInfo, version: int = 1, n_trees: int = 
         out[tg] = tm
     idx = pd.DatetimeIndex(frame.index)
     hist = frame[[f"{t}_kw" for t in targets]]
-    return Forecaster(info, out, hist[hist.index >= idx[-1] - HISTORY_KEEP], version,
-                      time.time(), (idx[0].isoformat(), (idx[-1] + STEP).isoformat()))
+    fc = Forecaster(info, out, hist[hist.index >= idx[-1] - HISTORY_KEEP], version,
+                    time.time(), (idx[0].isoformat(), (idx[-1] + STEP).isoformat()))
+    if "pv" in targets:
+        fc.intraday_pv = intraday.fit(frame, info)
+    return fc
