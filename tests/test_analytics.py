@@ -134,3 +134,23 @@ def test_pv_follows_the_measured_clear_sky_index_for_hours() -> None:
     assert near.iloc[11] < 0.6 * plain.iloc[11]  # 3 h on (noon local)
     assert near.iloc[11] < 0.6 * clear.iloc[11]
     assert clear.iloc[11] > 0.7 * plain.iloc[11]  # measured clear sky: no such drop
+
+
+def test_the_daemon_feed_reaches_predict_and_is_not_saved(tmp_path: Path) -> None:
+    """The scheduler calls predict without a weather forecast: the forecaster takes the
+    feed's (while fresh), and falls back, saying so, when the feed has none."""
+    _, info, fr = _demo()
+    part = fr[(fr.index >= pd.Timestamp("2025-05-18", tz="UTC"))
+              & (fr.index < pd.Timestamp("2025-06-11 07:00", tz="UTC"))].copy()
+    fc = train(part, info, n_trees=10, backtest_days=7, retrain_days=7)
+    assert fc.meta()["models"]["pv"]["kind"].endswith("+weather")
+    wx = fr[["ghi_fc_w_m2", "temp_fc_c"]]
+    feed: list[pd.DataFrame | None] = [wx]
+    fc.weather_source = lambda: feed[0]
+    fc.predict(horizon=pd.Timedelta(hours=24))
+    assert "pv" not in fc.notes or "no weather forecast" not in fc.notes["pv"]
+    feed[0] = None  # stale or unreachable
+    fc.predict(horizon=pd.Timedelta(hours=24))
+    assert fc.notes["pv"].startswith("no weather forecast up to")
+    back = Forecaster.load_latest(fc.save(tmp_path).parent)
+    assert back is not None and back.weather_source is None

@@ -57,6 +57,8 @@ class Forecaster:
     notes: dict[str, str] = field(default_factory=dict)  # per target, from the last predict
     # PV for the next 6 h from the latest measurements (gateway.analytics.intraday)
     intraday_pv: intraday.IntradayModel | None = None
+    # the day-ahead weather forecast when predict is given none (the daemon's feed); not saved
+    weather_source: Callable[[], pd.DataFrame | None] | None = field(default=None, repr=False)
 
     @property
     def targets(self) -> list[str]:
@@ -81,6 +83,9 @@ class Forecaster:
         model that needs it and does not get it for the whole horizon gives way to its
         fallback, and ``notes`` says so.
         """
+        source = getattr(self, "weather_source", None)
+        if weather is None and source is not None:
+            weather = source()
         last = self.history.index[-1]
         t0 = pd.Timestamp(start).tz_convert("UTC") if start is not None else last + STEP
         t0 = t0.floor(STEP)
@@ -177,6 +182,11 @@ class Forecaster:
         return pd.Series(out, index=y.index)
 
     # -- persistence -------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["weather_source"] = None  # a live feed belongs to the daemon, not the file
+        return state
+
     def meta(self) -> dict[str, Any]:
         return {"version": self.version, "trained_at": self.trained_at,
                 "window": list(self.window), "format": FORMAT,
