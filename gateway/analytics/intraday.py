@@ -3,13 +3,12 @@
 The clear-sky index (measured PV over the site's clear-sky PV) moves slowly compared with
 the sun, so the baseline, clear-sky persistence, holds the index of the last quarter hours
 constant and projects it onto the clear-sky curve. The model adds what that baseline
-cannot know: per lead time a least-squares blend of the measured index, the day-ahead
-weather forecast's index for the target quarter, the forecast's index over the same
-recent window (so the forecast's error of the day so far is corrected) and the index of
-the day so far (a decay towards the day's level when there is no weather forecast).
-The coefficients are fitted on training weeks; the index windows are chosen on validation
-weeks; test weeks are scored once (``evaluate``). Weeks interleave (train, validation,
-train, test, ...) so each window spans the seasons.
+cannot know: per lead time a blend (least absolute error) of the measured index and the
+day-ahead weather forecast's index for the target quarter, corrected by the forecast's
+error so far today; without a weather forecast, a decay towards the day's index so far.
+Each scored week's coefficients are fitted on the weeks before it; the index window and
+that span are chosen on validation weeks; test weeks are scored once (``evaluate``).
+Weeks interleave (fit, validation, fit, test, ...) so each window spans the seasons.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ LEADS = 24  # quarter hours ahead: 15 min .. 6 h
 WINDOWS = (1, 2, 4, 8)  # quarter hours the measured index is taken over (chosen on validation)
 MIN_CS_SHARE = 0.03  # an index needs clear-sky PV above this share of the PV rating
 KT_MAX = 1.3
+SPANS_WEEKS = (3, 6, 52)  # history the coefficients are fitted on (chosen on validation)
 
 
 @dataclass
@@ -36,8 +36,8 @@ class IntradayModel:
 
     window: int  # quarter hours of the measured index
     cap_kw: float  # the clear-sky PV peak the index threshold is a share of
-    coef_wx: np.ndarray  # (LEADS, 8): see _design
-    coef: np.ndarray  # (LEADS, 4)
+    coef_wx: np.ndarray  # (LEADS, 4): see _design
+    coef: np.ndarray  # (LEADS, 3)
 
     def predict(self, pv_kw: np.ndarray, cs_kw: np.ndarray, day: np.ndarray,
                 pv_fc_kw: np.ndarray | None, origin: int) -> np.ndarray:
@@ -92,26 +92,24 @@ def _inputs(pv: np.ndarray, cs: np.ndarray, day: np.ndarray, pv_fc: np.ndarray |
 
     now = np.clip(now, 0.0, KT_MAX)
     kt_day = np.clip(so_far(np.nan_to_num(pv)), 0.0, KT_MAX)
-    # the index's change over the last hour (TMY-like clouds move hour by hour)
-    prev = np.concatenate([np.full(4, np.nan), now[:-4]])
     return {"now": now, "fc_at": np.clip(fc_at, 0.0, KT_MAX),
             "fc_win": np.clip(fc_win, 0.0, KT_MAX),
             "day": np.where(np.isfinite(kt_day), kt_day, now),
-            "fc_day": np.clip(so_far(fc), 0.0, KT_MAX),
-            "trend": np.where(np.isfinite(prev), now - prev, 0.0)}
+            "fc_day": np.clip(so_far(fc), 0.0, KT_MAX)}
 
 
 def _design(x: dict[str, np.ndarray], o: np.ndarray, t: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows for origins ``o`` and targets ``t``: with the weather forecast (measured index,
-    its change over the last hour, the day's index so far; the forecast's index at the
-    target, over the same window and over the day so far; 1, and the target's forecast
-    index times the measured one) and without (the first three and 1)."""
+    """Rows for origins ``o`` and targets ``t``. With the weather forecast: the measured
+    index, the forecast's index at the target corrected by the forecast's error over the
+    day so far and, separately, over the index window, and 1 (so the blend between them
+    is fitted per lead time). Without: the measured index, the day's index so far and 1
+    (a decay towards the day's level). Few terms, so a few weeks of history fit them."""
     n = len(o)
-    xw = np.column_stack([x["now"][o], x["trend"][o], x["day"][o], x["fc_at"][t],
-                          x["fc_win"][o], x["fc_day"][o], np.ones(n),
-                          x["fc_at"][t] * x["now"][o]])
-    xn = np.column_stack([x["now"][o], x["trend"][o], x["day"][o], np.ones(n)])
+    fc_t = x["fc_at"][t]
+    xw = np.column_stack([x["now"][o], fc_t + x["day"][o] - x["fc_day"][o],
+                          fc_t + x["now"][o] - x["fc_win"][o], np.ones(n)])
+    xn = np.column_stack([x["now"][o], x["day"][o], np.ones(n)])
     return xw, xn
 
 
@@ -213,6 +211,13 @@ class IntradayResult:
     test_base: np.ndarray
     test_pairs: int
     model: IntradayModel
+    span_weeks: int = 0  # weeks of history each scored week's coefficients were fitted on
+    fell_back: bool = False  # the model lost to persistence on validation: persistence is used
+
+    @property
+    def note(self) -> str:
+        return ("the model did not beat clear-sky persistence on the validation weeks: "
+                "persistence is used (test skill 0 by construction)" if self.fell_back else "")
 
     def skill(self, lead_h: float, test: bool = True) -> float:
         """Skill (%) over clear-sky persistence at ``lead_h`` hours."""
@@ -237,7 +242,9 @@ def _mae_per_lead(origins: list[np.ndarray], y: list[np.ndarray], sel: np.ndarra
 
 
 def evaluate(frame: pd.DataFrame, info: SiteInfo, weather: bool = True) -> IntradayResult:
-    """Fit on training weeks, choose the windows on validation weeks, score test weeks once.
+    """Choose the index window and the fitting span on validation weeks, score test weeks
+    once. Each scored week is forecast by coefficients fitted on the ``span`` weeks before
+    it (as the daemon refits on its recent history), never on a test week.
 
     The model and clear-sky persistence, whatever their windows, are scored on the same
     (origin, lead) pairs: daylight targets whose origin has a measured index in every window.
@@ -246,8 +253,9 @@ def evaluate(frame: pd.DataFrame, info: SiteInfo, weather: bool = True) -> Intra
     if not weather:
         pv_fc = None
     part = split(day)
-    train, val, test = part == 0, part == 1, part == 2
-    if not (train.any() and val.any() and test.any()):
+    week = (day - day.min()) // 7
+    val, test = part == 1, part == 2
+    if not (val.any() and test.any()):
         raise ValueError(f"intraday evaluation needs 4 weeks of history, found "
                          f"{len(frame) / 96:.1f} days")
     by_w = {w: _pairs(pv, cs, day, pv_fc, w) for w in WINDOWS}
@@ -262,26 +270,48 @@ def evaluate(frame: pd.DataFrame, info: SiteInfo, weather: bool = True) -> Intra
         r = by_w[w]
         return [on_common(w, k, r.cs[k] * r.x[k][:, 0]) for k in range(LEADS)]
 
-    def model_pred(w: int, m: IntradayModel) -> list[np.ndarray]:
-        return [on_common(w, k, _pred(m, by_w[w], k, pv_fc is not None)) for k in range(LEADS)]
+    def model_pred(w: int, span: int, scored: np.ndarray) -> list[np.ndarray]:
+        r = by_w[w]
+        out = [np.full(len(r.y[k]), np.nan) for k in range(LEADS)]
+        for wk in np.unique(week[scored]):
+            past = (week < wk) & (week >= wk - span) & ~test
+            if not past.any():
+                continue
+            m = _fit(r, past, w)
+            for k in range(LEADS):
+                rows = week[r.idx[k]] == wk
+                out[k][rows] = _pred(m, r, k, pv_fc is not None)[rows]
+        return [on_common(w, k, out[k]) for k in range(LEADS)]
 
-    fits = {w: _fit(by_w[w], train, w) for w in WINDOWS}
-    model_val = {w: _mae_per_lead(common, y, val, model_pred(w, fits[w])) for w in WINDOWS}
-    base_val = {w: _mae_per_lead(common, y, val, base_pred(w)) for w in WINDOWS}
-    w_m = min(WINDOWS, key=lambda w: float(model_val[w].sum()))
+    first = week > week.min()  # a scored week needs a week before it to fit on
+    model_val = {(w, sp): _mae_per_lead(common, y, val & first, model_pred(w, sp, val))
+                 for w in WINDOWS for sp in SPANS_WEEKS}
+    base_val = {w: _mae_per_lead(common, y, val & first, base_pred(w)) for w in WINDOWS}
+    w_m, sp = min(model_val, key=lambda c: float(model_val[c].sum()))
     w_b = min(WINDOWS, key=lambda w: float(base_val[w].sum()))
-    # refit the chosen window on training + validation weeks before the one test score
-    final = _fit(by_w[w_m], train | val, w_m)
-    test_mae = _mae_per_lead(common, y, test, model_pred(w_m, final))
-    test_base = _mae_per_lead(common, y, test, base_pred(w_b))
-    pairs = int(sum(test[common[k]].sum() for k in range(LEADS)))
-    return IntradayResult(w_m, w_b, pv_fc is not None, model_val[w_m], base_val[w_b],
-                          test_mae, test_base, pairs, final)
+    test_base = _mae_per_lead(common, y, test & first, base_pred(w_b))
+    pairs = int(sum((test & first)[common[k]].sum() for k in range(LEADS)))
+    if model_val[(w_m, sp)].sum() >= base_val[w_b].sum():  # never a worse model
+        return IntradayResult(w_b, w_b, pv_fc is not None, model_val[(w_m, sp)],
+                              base_val[w_b], test_base.copy(), test_base, pairs,
+                              persistence(w_b, _cap(cs)), sp, fell_back=True)
+    test_mae = _mae_per_lead(common, y, test & first, model_pred(w_m, sp, test))
+    final = _fit(by_w[w_m], ~test & (week >= week.max() - sp), w_m)
+    return IntradayResult(w_m, w_b, pv_fc is not None, model_val[(w_m, sp)], base_val[w_b],
+                          test_mae, test_base, pairs, final, sp)
+
+
+def persistence(window: int, cap_kw: float) -> IntradayModel:
+    """Clear-sky persistence as an IntradayModel: the measured index held constant."""
+    cw, c = np.zeros((LEADS, 4)), np.zeros((LEADS, 3))
+    cw[:, 0] = c[:, 0] = 1.0
+    return IntradayModel(window, cap_kw, cw, c)
 
 
 def fit(frame: pd.DataFrame, info: SiteInfo) -> IntradayModel:
     """The daemon's model: the window chosen on odd weeks (fitted on even ones), then refit
-    on all of ``frame``; needs two weeks of PV history."""
+    on all of ``frame``; where the model (with or without weather) did not beat clear-sky
+    persistence on those odd weeks, persistence. Needs two weeks of PV history."""
     pv, cs, day, pv_fc = _arrays(frame, info)
     week = (day - day.min()) // 7
     train, val = week % 2 == 0, week % 2 == 1
@@ -289,10 +319,18 @@ def fit(frame: pd.DataFrame, info: SiteInfo) -> IntradayModel:
         raise ValueError(f"intraday PV needs 14 days of history, found {len(frame) / 96:.1f}")
     by_w = {w: _pairs(pv, cs, day, pv_fc, w) for w in WINDOWS}
 
-    def val_mae(w: int) -> float:
-        m, r = _fit(by_w[w], train, w), by_w[w]
-        return sum(float(np.abs(r.y[k] - _pred(m, r, k, pv_fc is not None))[
-            val[r.idx[k]]].sum()) for k in range(LEADS))
+    def val_mae(w: int, weather: bool, m: IntradayModel | None = None) -> float:
+        r = by_w[w]
+        m = m or _fit(r, train, w)
+        return sum(float(np.abs(r.y[k] - _pred(m, r, k, weather))[val[r.idx[k]]].sum())
+                   for k in range(LEADS))
 
-    w = min(WINDOWS, key=val_mae)
-    return _fit(by_w[w], np.ones(len(pv), dtype=bool), w)
+    has_wx = pv_fc is not None
+    w = min(WINDOWS, key=lambda w_: val_mae(w_, has_wx))
+    model = _fit(by_w[w], np.ones(len(pv), dtype=bool), w)
+    base = persistence(w, _cap(cs))
+    if val_mae(w, False) >= val_mae(w, False, base):
+        model.coef = base.coef
+    if has_wx and val_mae(w, True) >= val_mae(w, True, base):
+        model.coef_wx = base.coef_wx
+    return model
