@@ -86,7 +86,8 @@ class Forecaster:
         source = getattr(self, "weather_source", None)
         if weather is None and source is not None:
             weather = source()
-        last = self.history.index[-1]
+        history = self.history  # one frame throughout: observe() may swap it meanwhile
+        last = history.index[-1]
         t0 = pd.Timestamp(start).tz_convert("UTC") if start is not None else last + STEP
         t0 = t0.floor(STEP)
         end = t0 + pd.Timedelta(horizon)
@@ -104,15 +105,16 @@ class Forecaster:
                 tm = fb
             elif tm.note:
                 self.notes[tg] = tm.note
-            q = self._predict_quarters(tm, last, t0, end, intraday, weather)
+            q = self._predict_quarters(tm, history, t0, end, intraday, weather)
             out[tg] = _resample(q, t0, end, pd.Timedelta(step))
         return out
 
-    def _predict_quarters(self, tm: TargetModel, last: pd.Timestamp, t0: pd.Timestamp,
+    def _predict_quarters(self, tm: TargetModel, history: pd.DataFrame, t0: pd.Timestamp,
                           end: pd.Timestamp, intraday: bool, weather: pd.DataFrame | None
                           ) -> pd.DataFrame:
         col = f"{tm.target}_kw"
-        hist = self.history[col].astype(float)
+        hist = history[col].astype(float)
+        last = history.index[-1]
         # at least a day ahead: PV's own clear-day shape (env_kt) reads today's whole row
         # set, so a horizon that ended before the evening came out as all zeros
         future = pd.date_range(last + STEP, max(end, last + DAY_AHEAD + STEP), freq=STEP,
