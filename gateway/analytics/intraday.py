@@ -3,9 +3,10 @@
 The clear-sky index (measured PV over the site's clear-sky PV) moves slowly compared with
 the sun, so the baseline, clear-sky persistence, holds the index of the last quarter hours
 constant and projects it onto the clear-sky curve. The model adds what that baseline
-cannot know: per lead time a blend (least absolute error) of the measured index and the
-day-ahead weather forecast's index for the target quarter, corrected by the forecast's
-error so far today; without a weather forecast, a decay towards the day's index so far.
+cannot know: per lead time a blend (least absolute error) of the measured index, its change
+over the last quarter hour and the day-ahead weather forecast's index for the target
+quarter, corrected by the forecast's error so far today; without a weather forecast, a
+decay towards the day's index so far.
 Each scored week's coefficients are fitted on the weeks before it; the index window and
 that span are chosen on validation weeks; test weeks are scored once (``evaluate``).
 Weeks interleave (fit, validation, fit, test, ...) so each window spans the seasons.
@@ -36,8 +37,8 @@ class IntradayModel:
 
     window: int  # quarter hours of the measured index
     cap_kw: float  # the clear-sky PV peak the index threshold is a share of
-    coef_wx: np.ndarray  # (LEADS, 4): see _design
-    coef: np.ndarray  # (LEADS, 3)
+    coef_wx: np.ndarray  # (LEADS, 5): see _design
+    coef: np.ndarray  # (LEADS, 4)
 
     def predict(self, pv_kw: np.ndarray, cs_kw: np.ndarray, day: np.ndarray,
                 pv_fc_kw: np.ndarray | None, origin: int) -> np.ndarray:
@@ -92,7 +93,9 @@ def _inputs(pv: np.ndarray, cs: np.ndarray, day: np.ndarray, pv_fc: np.ndarray |
 
     now = np.clip(now, 0.0, KT_MAX)
     kt_day = np.clip(so_far(np.nan_to_num(pv)), 0.0, KT_MAX)
-    return {"now": now, "fc_at": np.clip(fc_at, 0.0, KT_MAX),
+    prev = np.concatenate([[np.nan], now[:-1]])
+    return {"now": now, "slope": np.where(np.isfinite(prev), now - prev, 0.0),
+            "fc_at": np.clip(fc_at, 0.0, KT_MAX),
             "fc_win": np.clip(fc_win, 0.0, KT_MAX),
             "day": np.where(np.isfinite(kt_day), kt_day, now),
             "fc_day": np.clip(so_far(fc), 0.0, KT_MAX)}
@@ -102,14 +105,16 @@ def _design(x: dict[str, np.ndarray], o: np.ndarray, t: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray]:
     """Rows for origins ``o`` and targets ``t``. With the weather forecast: the measured
     index, the forecast's index at the target corrected by the forecast's error over the
-    day so far and, separately, over the index window, and 1 (so the blend between them
-    is fitted per lead time). Without: the measured index, the day's index so far and 1
-    (a decay towards the day's level). Few terms, so a few weeks of history fit them."""
+    day so far and, separately, over the index window, 1, and the measured index's change
+    over the last quarter hour (clouds that are thinning or thickening go on for a while),
+    so the blend is fitted per lead time. Without: the measured index, the day's index so
+    far, 1 and that change (a decay towards the day's level). Few terms, so a few weeks of
+    history fit them."""
     n = len(o)
     fc_t = x["fc_at"][t]
     xw = np.column_stack([x["now"][o], fc_t + x["day"][o] - x["fc_day"][o],
-                          fc_t + x["now"][o] - x["fc_win"][o], np.ones(n)])
-    xn = np.column_stack([x["now"][o], x["day"][o], np.ones(n)])
+                          fc_t + x["now"][o] - x["fc_win"][o], np.ones(n), x["slope"][o]])
+    xn = np.column_stack([x["now"][o], x["day"][o], np.ones(n), x["slope"][o]])
     return xw, xn
 
 
@@ -303,7 +308,7 @@ def evaluate(frame: pd.DataFrame, info: SiteInfo, weather: bool = True) -> Intra
 
 def persistence(window: int, cap_kw: float) -> IntradayModel:
     """Clear-sky persistence as an IntradayModel: the measured index held constant."""
-    cw, c = np.zeros((LEADS, 4)), np.zeros((LEADS, 3))
+    cw, c = np.zeros((LEADS, 5)), np.zeros((LEADS, 4))
     cw[:, 0] = c[:, 0] = 1.0
     return IntradayModel(window, cap_kw, cw, c)
 
