@@ -69,3 +69,5 @@ def test_predict_projects_the_measured_index_onto_the_clear_sky(spring: tuple) -
     assert (clear[:4] > 0.8 * cs[noon + 1: noon + 5]).all()
     night = int(np.flatnonzero(idx == pd.Timestamp("2025-06-20 00:00", tz="UTC"))[0])
     assert np.isnan(model.predict(pv, cs, day, None, night)).all()  # no index to go on
+    pv[noon] = np.nan  # the last quarter was not measured: no index, not a zero one
+    assert np.isnan(model.predict(pv, cs, day, None, noon)).all()

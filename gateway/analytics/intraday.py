@@ -77,6 +77,7 @@ def _inputs(pv: np.ndarray, cs: np.ndarray, day: np.ndarray, pv_fc: np.ndarray |
     index there and over the same window, and the measured index of the day so far."""
     cs_w = _window_sum(cs, window)
     ok = cs_w > MIN_CS_SHARE * cap * window
+    ok &= _window_sum(np.isnan(pv).astype(float), window) == 0  # a gap is no measurement
     now = np.where(ok, _window_sum(pv, window) / np.where(ok, cs_w, 1.0), np.nan)
     fc = pv_fc if pv_fc is not None else np.full(len(pv), np.nan)
     fc_at = np.where(cs > MIN_CS_SHARE * cap, fc / np.maximum(cs, 1e-9), np.nan)
