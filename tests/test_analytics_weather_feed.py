@@ -84,3 +84,22 @@ def test_bad_documents_give_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text("[]")
     with pytest.raises(FeedError, match=r"b\.json: no .hourly."):
         fetch(str(tmp_path / "b.json"))
+
+
+def test_a_refresh_keeps_the_hours_before_the_new_issue(tmp_path: Path) -> None:
+    """A service that serves from the current hour on (as the simulator does) still leaves
+    the morning's forecast, which intraday PV compares with what was measured."""
+    w = _weather()
+    path = write_file(tmp_path / "wx.json", w, T0 + 6 * 3600)
+    feed = WeatherFeed(str(path), clock=lambda: 0.0)
+    assert feed.refresh()
+    morning = feed.current()
+    assert morning is not None
+    write_file(path, w, T0 + 10 * 3600)
+    assert feed.refresh()
+    fc = feed.current()
+    assert fc is not None
+    assert fc.index[0] == pd.Timestamp(T0 + 6 * 3600, unit="s", tz="UTC")
+    assert fc.index[-1] == pd.Timestamp(T0 + 58 * 3600 - 900, unit="s", tz="UTC")
+    early = fc.index < pd.Timestamp(T0 + 10 * 3600, unit="s", tz="UTC")
+    assert fc[early].equals(morning[morning.index.isin(fc.index[early])])

@@ -25,6 +25,7 @@ import pandas as pd
 
 log = logging.getLogger("autogrid.analytics.weather")
 QUARTER = pd.Timedelta(minutes=15)
+KEEP_PAST = pd.Timedelta(hours=24)  # earlier issues' hours kept before the latest one
 
 
 class FeedError(ValueError):
@@ -102,6 +103,10 @@ class WeatherFeed:
             return False
         if self.last_error is not None:
             log.info("weather forecast: recovered (%s)", self.source)
+        if self.frame is not None:  # keep the hours before this issue (intraday PV compares
+            # the forecast with what was measured since the morning); newer values win
+            keep = self.frame[self.frame.index >= frame.index[0] - KEEP_PAST]
+            frame = frame.combine_first(keep)
         self.frame, self.fetched_at, self.last_error = frame, self.clock(), None
         return True
 
