@@ -195,7 +195,9 @@ class Forecaster:
                 "models": {t: {"kind": models.KIND_NAMES[m.kind], "coverage_p10_p90":
                                m.coverage, "metrics": m.metrics, "note": m.note,
                                "fallback": models.KIND_NAMES[m.fallback.kind] if m.fallback
-                               else None} for t, m in self.models.items()}}
+                               else None} for t, m in self.models.items()},
+                "intraday_pv": near.describe() if (near := getattr(self, "intraday_pv", None))
+                else None}
 
     def save(self, directory: Path) -> Path:
         """Write forecast-v{version}.pkl (atomically) and return its path."""

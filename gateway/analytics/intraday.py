@@ -40,6 +40,15 @@ class IntradayModel:
     coef_wx: np.ndarray  # (LEADS, 5): see _design
     coef: np.ndarray  # (LEADS, 4)
 
+    def describe(self) -> dict[str, object]:
+        """For the forecast reply: the index window and, with and without a weather
+        forecast, whether the fitted blend or plain clear-sky persistence is used."""
+        def what(c: np.ndarray) -> str:
+            return "clear-sky persistence" if (c[:, 0] == 1.0).all() and not c[:, 1:].any() \
+                else "fitted blend"
+        return {"horizon_h": LEADS / 4, "index_window_min": self.window * 15,
+                "with_weather": what(self.coef_wx), "without_weather": what(self.coef)}
+
     def predict(self, pv_kw: np.ndarray, cs_kw: np.ndarray, day: np.ndarray,
                 pv_fc_kw: np.ndarray | None, origin: int) -> np.ndarray:
         """PV (kW) for quarters origin+1 .. origin+LEADS, from the measurements up to
