@@ -26,8 +26,8 @@ from gateway.analytics.site import SiteInfo
 
 LEADS = 24  # quarter hours ahead: 15 min .. 6 h
 WINDOWS = (1, 2, 4, 8)  # quarter hours the measured index is taken over (chosen on validation)
-MIN_CS_SHARE = 0.03  # an index needs clear-sky PV above this share of the PV rating
-KT_MAX = 1.3
+MIN_CS_SHARE = 0.03  # an index needs clear-sky PV above this share of its peak (low sun: noise)
+KT_MAX = 1.3  # an index above this is a measurement or model error, not sunshine
 SPANS_WEEKS = (3, 6, 52)  # history the coefficients are fitted on (chosen on validation)
 
 
