@@ -14,6 +14,10 @@
    p99 with training to p99 without (both measured in this run).
 5. Anomaly detectors on the held-out scenario families (bench/analytics_detect.py):
    precision, recall, false alarms per detector, days to find each fault.
+6. Intraday PV (15 min .. 6 h ahead, from the latest measured clear-sky index) against
+   clear-sky persistence at 1, 2 and 3 h, with and without the day-ahead weather
+   forecast: window and fitting span chosen on validation weeks, skill on test weeks
+   (``--intraday-only`` runs just this part).
 """
 
 from __future__ import annotations
@@ -110,8 +114,36 @@ async def _jitter(info: object, trees: int, period_s: float, tmp: Path, worker: 
     return base, busy, took
 
 
+def print_intraday(frame: pd.DataFrame, info: object) -> None:
+    """Intraday PV skill over clear-sky persistence on validation and test weeks."""
+    from gateway.analytics import intraday
+
+    print("intraday PV vs clear-sky persistence (interleaved weeks: fit, validation, fit, "
+          "test; each week forecast with coefficients fitted on the weeks before it):")
+    for weather in (True, False):
+        t = time.perf_counter()
+        r = intraday.evaluate(frame, info, weather=weather)  # type: ignore[arg-type]
+        what = "with the day-ahead weather forecast" if weather else "without weather"
+        print(f"  {what}: index window {r.window * 15} min, fitted on {r.span_weeks} weeks, "
+              f"persistence window {r.baseline_window * 15} min (its best); "
+              f"{r.test_pairs} test pairs; {time.perf_counter() - t:.1f} s")
+        for name, test in (("validation", False), ("test", True)):
+            print(f"    {name:10s} skill " + ", ".join(
+                f"{h} h {r.skill(h, test):+.1f} %" for h in (1, 2, 3))
+                  + f"; 1-3 h {r.skill_between(1, 3, test):+.1f} %; 6 h "
+                  f"{r.skill(6, test):+.1f} %")
+        mae = r.test_mae[[3, 7, 11]]
+        base = r.test_base[[3, 7, 11]]
+        print("    test MAE kW at 1/2/3 h: model " + " / ".join(f"{v:.2f}" for v in mae)
+              + ", persistence " + " / ".join(f"{v:.2f}" for v in base))
+        if r.note:
+            print(f"    {r.note}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--intraday-only", action="store_true",
+                    help="only the intraday PV evaluation (part 6)")
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--cycle-ms", type=float, default=20.0)
     ap.add_argument("--worker", action="append", choices=["process", "thread"],
@@ -124,6 +156,9 @@ def main() -> None:
     frame = reference_year(info)
     print(f"reference year: {len(frame)} quarter hours generated in "
           f"{time.perf_counter() - t:.1f} s")
+    if args.intraday_only:
+        print_intraday(frame, info)
+        return
 
     from gateway.analytics import backtest
 
@@ -164,6 +199,7 @@ def main() -> None:
     import bench.analytics_detect as detect  # the detectors on the held-out families
 
     detect.main(["--families", "held_out"])
+    print_intraday(frame, info)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,26 @@ async def start_site(cfg: SiteConfig, speed: float | None = None) -> tuple[objec
     return runner, with_ports(cfg, ports)
 
 
+def serve_weather_forecast(cfg: SiteConfig, runner: object) -> tuple[object | None, SiteConfig]:
+    """Serve the simulator's synthetic day-ahead weather forecast (Open-Meteo JSON) on a free
+    loopback port and point the gateway's weather feed at it, so the demo's PV forecast is
+    weather-driven like a real site's. Returns the server (None without weather physics)."""
+    from gateway.analytics.config import AnalyticsSettings, WeatherFeedSettings
+
+    site = getattr(runner, "site", None)
+    weather, clock = getattr(site, "weather", None), getattr(site, "clock", None)
+    if weather is None or clock is None:
+        return None, cfg
+    from sim_devices.weather_endpoint import ForecastServer
+
+    server = ForecastServer(weather, clock.now).start()
+    analytics = cfg.analytics or AnalyticsSettings()
+    old = analytics.weather_feed or WeatherFeedSettings(url=server.url)
+    feed = old.model_copy(update={"url": server.url, "file": None})
+    return server, cfg.model_copy(update={"analytics": analytics.model_copy(
+        update={"weather_feed": feed})})
+
+
 def _on_sim_time(daemon: Daemon, runner: object) -> None:
     """EV deadlines, tariffs and every time shown follow the simulated clock, which runs
     faster than ours."""
@@ -76,6 +96,7 @@ async def run_demo(cfg: SiteConfig, duration_s: float | None = None,
                    interval_s: float | None = None,
                    speed: float | None = None, out: TextIO = sys.stdout) -> None:
     runner, live_cfg = await start_site(cfg, speed)
+    wx_server, live_cfg = serve_weather_forecast(live_cfg, runner)
     daemon = Daemon(live_cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,4 +140,6 @@ async def run_demo(cfg: SiteConfig, duration_s: float | None = None,
                 loop.remove_signal_handler(sig)
         await daemon.shutdown()
         await runner.stop()  # type: ignore[attr-defined]
+        if wx_server is not None:
+            wx_server.close()  # type: ignore[attr-defined]
         print("AutoGrid demo stopped: devices closed, historian flushed.", file=out, flush=True)

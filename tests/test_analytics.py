@@ -112,3 +112,49 @@ def test_battery_health_projects_remaining_life() -> None:
     assert rep.soh_slope_pct_per_year == pytest.approx(-4.0 / (165 / 365.25), rel=0.05)
     assert rep.soh_pct is not None and rep.remaining_life_years == pytest.approx(
         (rep.soh_pct - 80.0) / -rep.soh_slope_pct_per_year)
+
+
+def test_pv_follows_the_measured_clear_sky_index_for_hours() -> None:
+    """A dull front at 09:00 on a clear June day: the PV forecast for noon follows the
+    measured clear-sky index (a correction in kW of the small morning error would have
+    faded by then)."""
+    _, info, fr = _demo()
+    part = fr[(fr.index >= pd.Timestamp("2025-05-18", tz="UTC"))
+              & (fr.index < pd.Timestamp("2025-06-11 07:00", tz="UTC"))].copy()
+    fc = train(part, info, n_trees=10, backtest_days=7, retrain_days=7)
+    assert fc.intraday_pv is not None
+    meta = fc.meta()["intraday_pv"]
+    assert meta["horizon_h"] == 6.0 and meta["index_window_min"] in (15, 30, 60, 120)
+    assert {meta["with_weather"], meta["without_weather"]} <= {"fitted blend",
+                                                               "clear-sky persistence"}
+    clear = fc.predict(horizon=pd.Timedelta(hours=6))["pv"]["p50"]
+    dull = part.iloc[-8:].copy()
+    dull["pv_kw"] *= 0.25  # the last two hours at a quarter of what they were
+    fc.observe(dull)
+    plain = fc.predict(horizon=pd.Timedelta(hours=6), intraday=False)["pv"]["p50"]
+    near = fc.predict(horizon=pd.Timedelta(hours=6))["pv"]["p50"]
+    assert near.index[0] == pd.Timestamp("2025-06-11 07:00", tz="UTC")
+    assert plain.iloc[11] > 10.0  # a horizon that ends before the evening is no night
+    assert near.iloc[11] < 0.6 * plain.iloc[11]  # 3 h on (noon local)
+    assert near.iloc[11] < 0.6 * clear.iloc[11]
+    assert clear.iloc[11] > 0.7 * plain.iloc[11]  # measured clear sky: no such drop
+
+
+def test_the_daemon_feed_reaches_predict_and_is_not_saved(tmp_path: Path) -> None:
+    """The scheduler calls predict without a weather forecast: the forecaster takes the
+    feed's (while fresh), and falls back, saying so, when the feed has none."""
+    _, info, fr = _demo()
+    part = fr[(fr.index >= pd.Timestamp("2025-05-18", tz="UTC"))
+              & (fr.index < pd.Timestamp("2025-06-11 07:00", tz="UTC"))].copy()
+    fc = train(part, info, n_trees=10, backtest_days=7, retrain_days=7)
+    assert fc.meta()["models"]["pv"]["kind"].endswith("+weather")
+    wx = fr[["ghi_fc_w_m2", "temp_fc_c"]]
+    feed: list[pd.DataFrame | None] = [wx]
+    fc.weather_source = lambda: feed[0]
+    fc.predict(horizon=pd.Timedelta(hours=24))
+    assert "pv" not in fc.notes or "no weather forecast" not in fc.notes["pv"]
+    feed[0] = None  # stale or unreachable
+    fc.predict(horizon=pd.Timedelta(hours=24))
+    assert fc.notes["pv"].startswith("no weather forecast up to")
+    back = Forecaster.load_latest(fc.save(tmp_path).parent)
+    assert back is not None and back.weather_source is None

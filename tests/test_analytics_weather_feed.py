@@ -45,7 +45,9 @@ def test_endpoint_serves_a_forecast_correlated_with_but_not_equal_to_the_truth()
     assert 0.6 < np.corrcoef(fc_h, truth)[0, 1] < 0.999
     assert np.abs(fc_h - truth).mean() > 5.0
     clock[0] += 7201  # no refresh for longer than max_age_s: stale, nothing to use
-    assert feed.current() is None and "stale" in feed.status and "fall back" in feed.status
+    assert feed.current() is None and feed.state == "stale"
+    assert feed.status == ("weather forecast: stale since 1970-01-01 02:16 UTC (last good fetch "
+                           "2.0 h ago, max 2.0 h), using the model without weather")
 
 
 def test_file_source_and_failed_refresh_keeps_the_last_good_forecast(tmp_path: Path) -> None:
@@ -58,7 +60,9 @@ def test_file_source_and_failed_refresh_keeps_the_last_good_forecast(tmp_path: P
     assert str(path) in feed.last_error
     feed2 = WeatherFeed("http://127.0.0.1:9/v1/forecast", clock=lambda: 0.0)  # discard port
     assert not feed2.refresh() and feed2.current() is None
-    assert "cannot read the forecast" in feed2.status
+    assert "cannot read the forecast" in feed2.status and feed2.state == "none"
+    assert feed2.status.startswith("no weather forecast yet from http://127.0.0.1:9/v1/forecast"
+                                   ", using the model without weather (")
 
 
 def test_bad_documents_give_one_line_errors(tmp_path: Path) -> None:
@@ -80,3 +84,22 @@ def test_bad_documents_give_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text("[]")
     with pytest.raises(FeedError, match=r"b\.json: no .hourly."):
         fetch(str(tmp_path / "b.json"))
+
+
+def test_a_refresh_keeps_the_hours_before_the_new_issue(tmp_path: Path) -> None:
+    """A service that serves from the current hour on (as the simulator does) still leaves
+    the morning's forecast, which intraday PV compares with what was measured."""
+    w = _weather()
+    path = write_file(tmp_path / "wx.json", w, T0 + 6 * 3600)
+    feed = WeatherFeed(str(path), clock=lambda: 0.0)
+    assert feed.refresh()
+    morning = feed.current()
+    assert morning is not None
+    write_file(path, w, T0 + 10 * 3600)
+    assert feed.refresh()
+    fc = feed.current()
+    assert fc is not None
+    assert fc.index[0] == pd.Timestamp(T0 + 6 * 3600, unit="s", tz="UTC")
+    assert fc.index[-1] == pd.Timestamp(T0 + 58 * 3600 - 900, unit="s", tz="UTC")
+    early = fc.index < pd.Timestamp(T0 + 10 * 3600, unit="s", tz="UTC")
+    assert fc[early].equals(morning[morning.index.isin(fc.index[early])])

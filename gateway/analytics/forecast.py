@@ -6,7 +6,9 @@ beats it), takes its out-of-sample residual quantiles per local hour as the p10/
 and refits it on the whole history. A weather-driven choice keeps the best candidate
 without weather as its fallback for when the forecast feed is missing or stale.
 ``predict(start, horizon, step)`` returns, per target, a frame of p50/p10/p90 in kW;
-beyond a day ahead the forecast feeds itself as history.
+beyond a day ahead the forecast feeds itself as history. PV's first 6 h come from the
+intraday model (the latest measured clear-sky index, gateway.analytics.intraday), so keep
+``history`` current with ``observe``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gateway.analytics import backtest, features, models
-from gateway.analytics.data import STEP
+from gateway.analytics import backtest, features, intraday, models
+from gateway.analytics.data import STEP, local_days
 from gateway.analytics.site import SiteInfo
 
 HISTORY_KEEP = pd.Timedelta(days=15)
@@ -53,6 +55,10 @@ class Forecaster:
     trained_at: float = 0.0
     window: tuple[str, str] = ("", "")  # training data start, end (ISO, UTC)
     notes: dict[str, str] = field(default_factory=dict)  # per target, from the last predict
+    # PV for the next 6 h from the latest measurements (gateway.analytics.intraday)
+    intraday_pv: intraday.IntradayModel | None = None
+    # the day-ahead weather forecast when predict is given none (the daemon's feed); not saved
+    weather_source: Callable[[], pd.DataFrame | None] | None = field(default=None, repr=False)
 
     @property
     def targets(self) -> list[str]:
@@ -77,7 +83,11 @@ class Forecaster:
         model that needs it and does not get it for the whole horizon gives way to its
         fallback, and ``notes`` says so.
         """
-        last = self.history.index[-1]
+        source = getattr(self, "weather_source", None)
+        if weather is None and source is not None:
+            weather = source()
+        history = self.history  # one frame throughout: observe() may swap it meanwhile
+        last = history.index[-1]
         t0 = pd.Timestamp(start).tz_convert("UTC") if start is not None else last + STEP
         t0 = t0.floor(STEP)
         end = t0 + pd.Timedelta(horizon)
@@ -95,16 +105,20 @@ class Forecaster:
                 tm = fb
             elif tm.note:
                 self.notes[tg] = tm.note
-            q = self._predict_quarters(tm, last, t0, end, intraday, weather)
+            q = self._predict_quarters(tm, history, t0, end, intraday, weather)
             out[tg] = _resample(q, t0, end, pd.Timedelta(step))
         return out
 
-    def _predict_quarters(self, tm: TargetModel, last: pd.Timestamp, t0: pd.Timestamp,
+    def _predict_quarters(self, tm: TargetModel, history: pd.DataFrame, t0: pd.Timestamp,
                           end: pd.Timestamp, intraday: bool, weather: pd.DataFrame | None
                           ) -> pd.DataFrame:
         col = f"{tm.target}_kw"
-        hist = self.history[col].astype(float)
-        future = pd.date_range(last + STEP, max(end, last + STEP), freq=STEP, inclusive="left")
+        hist = history[col].astype(float)
+        last = history.index[-1]
+        # at least a day ahead: PV's own clear-day shape (env_kt) reads today's whole row
+        # set, so a horizon that ended before the evening came out as all zeros
+        future = pd.date_range(last + STEP, max(end, last + DAY_AHEAD + STEP), freq=STEP,
+                               inclusive="left")
         y = pd.concat([hist, pd.Series(np.nan, index=future)])
         fitted = np.full(len(y), np.nan)
         cs = features.clear_sky_pv(pd.DatetimeIndex(y.index), self.info) if (
@@ -127,7 +141,10 @@ class Forecaster:
             y = pd.Series(vals, index=y.index)
             todo &= ~now
         p50 = y.copy()
-        if intraday and len(hist):
+        near = getattr(self, "intraday_pv", None)  # older saved models have none
+        if intraday and len(hist) and tm.target == "pv" and near is not None and cs is not None:
+            p50 = self._intraday_pv(near, y, cs, len(hist) - 1, weather)
+        elif intraday and len(hist):
             recent = slice(max(0, len(hist) - 4), len(hist))
             err = hist.to_numpy()[recent] - fitted[recent]
             e0 = float(np.nanmean(err)) if np.isfinite(err).any() else 0.0
@@ -149,14 +166,38 @@ class Forecaster:
         return pd.DataFrame({"p50": mid, "p10": np.minimum(lo, mid), "p90": np.maximum(hi, mid)},
                             index=idx)
 
+    def _intraday_pv(self, near: intraday.IntradayModel, y: pd.Series, cs: np.ndarray,
+                     origin: int, weather: pd.DataFrame | None) -> pd.Series:
+        """The day-ahead PV with its first 6 h replaced by the intraday forecast from the
+        latest measurements (where the sun is high enough to read a clear-sky index)."""
+        idx = pd.DatetimeIndex(y.index)
+        pv = y.to_numpy(dtype=float).copy()
+        pv[origin + 1:] = np.nan
+        pv_fc = None
+        if weather is not None and "ghi_fc_w_m2" in weather:
+            pv_fc = features.weather_features(idx, "pv", self.info, weather, cs)["pv_fc"]
+        near_kw = near.predict(pv, cs, local_days(idx, self.info.timezone), pv_fc, origin)
+        out = y.to_numpy(dtype=float).copy()
+        span = out[origin + 1:origin + 1 + intraday.LEADS]
+        ok = np.isfinite(near_kw[:len(span)])
+        span[ok] = near_kw[:len(span)][ok]
+        return pd.Series(out, index=y.index)
+
     # -- persistence -------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["weather_source"] = None  # a live feed belongs to the daemon, not the file
+        return state
+
     def meta(self) -> dict[str, Any]:
         return {"version": self.version, "trained_at": self.trained_at,
                 "window": list(self.window), "format": FORMAT,
                 "models": {t: {"kind": models.KIND_NAMES[m.kind], "coverage_p10_p90":
                                m.coverage, "metrics": m.metrics, "note": m.note,
                                "fallback": models.KIND_NAMES[m.fallback.kind] if m.fallback
-                               else None} for t, m in self.models.items()}}
+                               else None} for t, m in self.models.items()},
+                "intraday_pv": near.describe() if (near := getattr(self, "intraday_pv", None))
+                else None}
 
     def save(self, directory: Path) -> Path:
         """Write forecast-v{version}.pkl (atomically) and return its path."""
@@ -246,5 +287,8 @@ def train(frame: pd.DataFrame, info: SiteInfo, version: int = 1, n_trees: int = 
         out[tg] = tm
     idx = pd.DatetimeIndex(frame.index)
     hist = frame[[f"{t}_kw" for t in targets]]
-    return Forecaster(info, out, hist[hist.index >= idx[-1] - HISTORY_KEEP], version,
-                      time.time(), (idx[0].isoformat(), (idx[-1] + STEP).isoformat()))
+    fc = Forecaster(info, out, hist[hist.index >= idx[-1] - HISTORY_KEEP], version,
+                    time.time(), (idx[0].isoformat(), (idx[-1] + STEP).isoformat()))
+    if "pv" in targets:
+        fc.intraday_pv = intraday.fit(frame, info)
+    return fc

@@ -44,6 +44,7 @@ from gateway.analytics.detect import (
 )
 from gateway.analytics.forecast import Forecaster, train
 from gateway.analytics.site import SiteInfo
+from gateway.analytics.weather_feed import WeatherFeed
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
@@ -52,6 +53,8 @@ log = logging.getLogger("autogrid.analytics")
 TRAINING_SOURCE = "analytics.training"  # alarm source of a failed forecast training
 TRAINING_CONDITION = "forecast"
 HEALTH_WINDOW_S = 30 * 86400.0  # battery health rests on the last 30 days of telemetry
+OBSERVE_S = 900.0  # how often the latest measurements reach the forecaster (intraday PV)
+OBSERVE_SPAN_S = 2 * 86400.0  # how much recent history each of those reads takes
 
 TrainFn = Callable[[int], Forecaster]
 
@@ -115,6 +118,11 @@ class AnalyticsService:
         self.health: dict[str, Any] = {}
         self._schedule: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analytics")
+        wf = self.settings.weather_feed
+        self.feed: WeatherFeed | None = WeatherFeed(
+            wf.source, wf.refresh_s, wf.max_age_s, timeout_s=wf.timeout_s) if wf else None
+        self._feed_task: asyncio.Task[None] | None = None
+        self._observe_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         # The one coupling to site control: its alarm store, when the component is there
@@ -123,9 +131,14 @@ class AnalyticsService:
                    None) if self.daemon is not None else None
         if ctl is not None and getattr(ctl, "store", None) is not None:
             self.attach_alarms(ctl.store)  # type: ignore[attr-defined]
-        self.forecaster = await asyncio.get_running_loop().run_in_executor(
-            self._pool, Forecaster.load_latest, self.model_dir)
+        self._use(await asyncio.get_running_loop().run_in_executor(
+            self._pool, Forecaster.load_latest, self.model_dir))
         self._schedule = asyncio.create_task(self._every(), name="analytics schedule")
+        if self.feed is not None:  # fetches in a thread of its own, never on the loop
+            self._feed_task = asyncio.create_task(self.feed.run(), name="weather forecast")
+        if self.db_path is not None:
+            self._observe_task = asyncio.create_task(self._observe_every(),
+                                                     name="analytics observe")
         if self.settings.detect and self.db_path is not None:
             self._detect_schedule = asyncio.create_task(self._detect_every(),
                                                         name="analytics detectors")
@@ -139,7 +152,8 @@ class AnalyticsService:
 
     async def stop(self) -> None:
         tasks = [t for t in (self._schedule, self._detect_schedule, self.training,
-                             self.detecting) if t is not None]
+                             self.detecting, self._feed_task, self._observe_task)
+                 if t is not None]
         await cancel_and_wait(tasks)
         if self._proc is not None:
             await asyncio.to_thread(self._proc.shutdown, wait=True, cancel_futures=True)
@@ -189,7 +203,7 @@ class AnalyticsService:
         except Exception as exc:  # any failure of the model code must not reach the loop
             self._failed(version, exc)
             return False
-        self.forecaster = fc
+        self._use(fc)
         self.last_error = None
         self.training_status = {**self.training_status, "state": "succeeded",
                                 "version": fc.version, "finished_at": datetime.now(UTC).isoformat()}
@@ -199,6 +213,39 @@ class AnalyticsService:
         log.info("forecast model v%d trained in %.1f s (window %s .. %s)", fc.version,
                  time.monotonic() - t0, *fc.window)
         return True
+
+    def _use(self, fc: Forecaster | None) -> None:
+        """Swap in a model; it takes the weather forecast from the feed while that is fresh
+        (the scheduler calls ``predict`` without one)."""
+        if fc is not None:
+            fc.weather_source = self.weather
+        self.forecaster = fc
+
+    def weather(self) -> pd.DataFrame | None:
+        """The day-ahead weather forecast if there is a fresh one, else None."""
+        return self.feed.current() if self.feed is not None else None
+
+    def weather_status(self) -> dict[str, Any]:
+        if self.feed is None:
+            return {"state": "off", "status": "no weather forecast configured "
+                    "(analytics.weather_feed): the PV forecast uses its model without weather"}
+        return self.feed.describe()
+
+    async def _observe_every(self) -> None:
+        while True:
+            await asyncio.sleep(OBSERVE_S)
+            await self.observe_now()
+
+    async def observe_now(self) -> None:
+        """Give the forecaster the latest measurements from the historian (worker thread)."""
+        fc = self.forecaster
+        if fc is None or self.db_path is None or not self.db_path.is_file():
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, _observe, fc, self.db_path, self.info)
+        except Exception as exc:  # the historian or pandas must not reach the loop
+            log.warning("forecast: cannot read the latest measurements (%s)", exc)
 
     def _failed(self, version: int, exc: Exception) -> None:
         kept = f"keeping model v{self.forecaster.version}" if self.forecaster else (
@@ -292,16 +339,19 @@ class AnalyticsService:
     async def api_forecast(self, req: dict[str, Any]) -> Any:
         """The latest model's forecast (computed in the worker thread: ~0.1-0.3 s)."""
         fc = self.forecaster
+        weather = self.weather_status()
         if fc is None:
             return {"available": False, "error": self.last_error,
-                    "training": dict(self.training_status)}
+                    "training": dict(self.training_status), "weather": weather}
         hours = float(req.get("horizon_h", 24))
         step = float(req.get("step_min", 15))
         if not (0 < hours <= 168 and 1 <= step <= 1440):
             raise ValueError("horizon_h must be in (0, 168] and step_min in [1, 1440]")
-        pred = await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(
-            fc.predict, horizon=pd.Timedelta(hours=hours), step=pd.Timedelta(minutes=step)))
+        await self.observe_now()
+        pred, notes = await asyncio.get_running_loop().run_in_executor(
+            self._pool, _predict, fc, pd.Timedelta(hours=hours), pd.Timedelta(minutes=step))
         return {"available": True, **fc.meta(), "training": dict(self.training_status),
+                "weather": weather, "notes": notes,
                 "forecast": {t: {"time": [i.isoformat() for i in df.index],
                                  **{c: [round(float(v), 3) for v in df[c]] for c in df}}
                              for t, df in pred.items()}}
@@ -391,6 +441,20 @@ def build(daemon: Daemon) -> AnalyticsService | None:
         daemon.api.register(name, _adapt(fn), role="operator" if name in (
             "analytics_train", "analytics_detect") else "viewer", help=help_[name])
     return svc
+
+
+def _observe(fc: Forecaster, db_path: Path, info: SiteInfo) -> None:
+    frame = historian_targets(db_path, info, since_s=time.time() - OBSERVE_SPAN_S)
+    cols = [c for c in fc.history.columns if c in frame]
+    if len(frame) and len(cols) == len(fc.history.columns):
+        fc.observe(frame[cols])
+
+
+def _predict(fc: Forecaster, horizon: pd.Timedelta, step: pd.Timedelta
+             ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """``predict`` and the notes it left (what fell back and why), taken together."""
+    pred = fc.predict(horizon=horizon, step=step)
+    return pred, dict(fc.notes)
 
 
 def _adapt(fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any], Any], Any]:

@@ -16,6 +16,7 @@ import logging
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 log = logging.getLogger("autogrid.analytics.weather")
 QUARTER = pd.Timedelta(minutes=15)
+KEEP_PAST = pd.Timedelta(hours=24)  # earlier issues' hours kept before the latest one
 
 
 class FeedError(ValueError):
@@ -71,7 +73,7 @@ def fetch(source: str, timeout_s: float = 10.0) -> pd.DataFrame:
                 doc = json.loads(resp.read())
         else:
             doc = json.loads(Path(source).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # URLError, timeouts, bad JSON or encoding
         raise FeedError(f"{source}: cannot read the forecast ({e})") from None
     return parse_open_meteo(doc, source)
 
@@ -80,10 +82,11 @@ class WeatherFeed:
     """The latest good forecast from ``source``, refreshed every ``refresh_s``."""
 
     def __init__(self, source: str, refresh_s: float = 3600.0, max_age_s: float = 6 * 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, timeout_s: float = 10.0) -> None:
         self.source = source
         self.refresh_s = refresh_s
         self.max_age_s = max_age_s
+        self.timeout_s = timeout_s
         self.clock = clock
         self.frame: pd.DataFrame | None = None
         self.fetched_at: float | None = None
@@ -92,7 +95,7 @@ class WeatherFeed:
     def refresh(self) -> bool:
         """Fetch once (blocking: call it from a worker thread); keep the old one on failure."""
         try:
-            frame = fetch(self.source)
+            frame = fetch(self.source, self.timeout_s)
         except FeedError as e:
             if self.last_error != str(e):
                 log.error("weather forecast: %s", e)
@@ -100,6 +103,10 @@ class WeatherFeed:
             return False
         if self.last_error is not None:
             log.info("weather forecast: recovered (%s)", self.source)
+        if self.frame is not None:  # keep the hours before this issue (intraday PV compares
+            # the forecast with what was measured since the morning); newer values win
+            keep = self.frame[self.frame.index >= frame.index[0] - KEEP_PAST]
+            frame = frame.combine_first(keep)
         self.frame, self.fetched_at, self.last_error = frame, self.clock(), None
         return True
 
@@ -110,20 +117,36 @@ class WeatherFeed:
         return self.frame if self.clock() - self.fetched_at <= self.max_age_s else None
 
     @property
-    def status(self) -> str:
+    def state(self) -> str:
+        """``fresh`` (in use), ``stale`` (too old, not used) or ``none`` (never fetched)."""
         if self.fetched_at is None:
-            return (f"no weather forecast yet from {self.source}"
-                    + (f": {self.last_error}" if self.last_error else ""))
+            return "none"
+        return "fresh" if self.clock() - self.fetched_at <= self.max_age_s else "stale"
+
+    @property
+    def status(self) -> str:
+        """One line for operators: where the forecast comes from and whether it is used."""
+        err = f"; last error: {self.last_error}" if self.last_error else ""
+        if self.fetched_at is None:
+            return (f"no weather forecast yet from {self.source}, using the model without "
+                    f"weather" + (f" ({self.last_error})" if self.last_error else ""))
         age = self.clock() - self.fetched_at
         if age > self.max_age_s:
-            return (f"weather forecast stale: last good fetch {age / 3600:.1f} h ago (max "
-                    f"{self.max_age_s / 3600:.1f} h); forecasts fall back to models without "
-                    f"weather" + (f"; last error: {self.last_error}" if self.last_error else ""))
-        return f"weather forecast from {self.source}, {age / 60:.0f} min old"
+            since = datetime.fromtimestamp(self.fetched_at + self.max_age_s, UTC)
+            return (f"weather forecast: stale since {since:%Y-%m-%d %H:%M} UTC (last good "
+                    f"fetch {age / 3600:.1f} h ago, max {self.max_age_s / 3600:.1f} h), using "
+                    f"the model without weather{err}")
+        return f"weather forecast from {self.source}, {age / 60:.0f} min old{err}"
+
+    def describe(self) -> dict[str, object]:
+        """For the API: state, the status line, source, age and the last error."""
+        age = None if self.fetched_at is None else round(self.clock() - self.fetched_at, 1)
+        return {"state": self.state, "status": self.status, "source": self.source,
+                "age_s": age, "max_age_s": self.max_age_s, "error": self.last_error}
 
     async def run(self) -> None:
-        """Refresh forever (cancel to stop); fetching runs in a worker thread."""
-        loop = asyncio.get_running_loop()
+        """Refresh forever (cancel to stop); fetching runs in a worker thread of its own, so
+        a slow server never waits behind (or holds up) training and detection."""
         while True:
-            await loop.run_in_executor(None, self.refresh)
+            await asyncio.to_thread(self.refresh)
             await asyncio.sleep(self.refresh_s)
