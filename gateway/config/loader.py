@@ -17,9 +17,9 @@ from drivers.template import Template
 from gateway.config.checks import run_checks, run_warnings, sort_problems
 from gateway.config.checks_devices import CONNECTION_PROTOCOL
 from gateway.config.models import SiteConfig
+from gateway.config.partial import parse_path, remainder
 from gateway.yamlsrc import (
     Mark,
-    PathKey,
     Problem,
     Source,
     SourceError,
@@ -99,17 +99,13 @@ _BAD_TAG = re.compile(r"^Input tag '(?P<tag>.*)' found using '(?P<key>\w+)' does
 _NO_TAG = re.compile(r"^Unable to extract tag using discriminator '(?P<key>\w+)'")
 
 
-def _parse_path(text: str) -> PathKey:
-    return tuple(int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", text))
-
-
 def _refine(problem: Problem, src: Source) -> Problem:
     """Point a union-tag error at the ``type:`` key instead of the whole mapping."""
     bad, none = _BAD_TAG.match(problem.message), _NO_TAG.match(problem.message)
     if not (bad or none):
         return problem
     key = (bad or none).group("key")  # type: ignore[union-attr]
-    path = (*_parse_path(problem.path), key)
+    path = (*parse_path(problem.path), key)
     if bad:
         msg = f"unknown {key} '{bad.group('tag')}' (expected one of: {bad.group('tags')})"
     elif problem.path.startswith("connections"):
@@ -128,12 +124,25 @@ def _simulation(cfg: SiteConfig, src: Source) -> tuple[SimulationSettings | None
         return None, err.problems
 
 
+def _cross_of_rest(src: Source, schema: list[Problem], template_dir: Path | None
+                   ) -> list[Problem]:
+    """Cross-reference problems of the part of the config the schema accepted."""
+    rest = remainder(src, schema)
+    if rest is None:
+        return []
+    problems, _templates = run_checks(rest.config, rest.source, template_dir)
+    problems += _simulation(rest.config, rest.source)[1]
+    return rest.restore(problems)
+
+
 def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
     src = read_source(path)
     try:
         cfg = parse_model(SiteConfig, src)
     except SourceError as err:
-        raise SourceError(sort_problems([_refine(p, src) for p in err.problems])) from None
+        schema = [_refine(p, src) for p in err.problems]
+        raise SourceError(sort_problems(schema + _cross_of_rest(src, schema, template_dir))
+                          ) from None
     problems, templates = run_checks(cfg, src, template_dir)
     simulation, sim_problems = _simulation(cfg, src)
     problems = sort_problems(problems + sim_problems)
@@ -152,9 +161,10 @@ def warning_line(p: Problem) -> str:
 def load_config(path: str | Path, *, template_dir: Path | None = None) -> LoadedConfig:
     """Load a site config; raise SourceError listing every problem, positioned.
 
-    Schema errors come first (and alone: cross references need a valid schema); then
-    every cross-reference problem at once. ``template_dir`` defaults to the built-in
-    drivers/templates. Raises ConfigUnreadable (a SourceError) for a missing file.
+    Schema errors and cross-reference problems are reported together, in file order
+    (cross references are checked on the part of the config the schema accepted).
+    ``template_dir`` defaults to the built-in drivers/templates. Raises ConfigUnreadable
+    (a SourceError) for a missing file.
     """
     return _load(path, template_dir)
 
