@@ -2,38 +2,54 @@
 
 How to add a protocol, say "acme":
 
-1. Copy this file to ``drivers/acme/driver.py`` (or your own package) and rename the
-   classes. Keep protocol code per protocol, never per device model: device models are
-   templates (data), and the driver maps a template's points to protocol addresses.
-2. Implement the two small interfaces from ``drivers/base.py``:
-   - ``Driver``: one instance per daemon. ``attach()`` binds a configured device
-     (``gateway.config.models.Device``) to its template and connection config and does
-     no I/O; ``close()`` closes every link and cancels every task it started.
+1. Copy this file to your own package (``autogrid_acme/driver.py``) or to
+   ``drivers/acme/`` and rename the classes. Keep protocol code per protocol, never per
+   device model: device models are templates (data), and the driver maps a template's
+   points to protocol addresses.
+2. Declare what a site config may say, as pydantic models (unknown keys are errors):
+   - a connection model, a ``drivers.connection.ConnectionBase`` with
+     ``type: Literal["acme_tcp"]`` and its fields (host, port, timeouts); override
+     ``check()`` for cross-field problems and ``endpoint()`` so two connections cannot
+     name one endpoint (``host_problems`` and ``network_endpoint`` help);
+   - a template model, a ``drivers.template.TemplateBase`` with
+     ``protocol: Literal["acme"]`` and its point model; check points against the nature
+     with ``nature_problems`` (one rule for every protocol) and say which are writable.
+   The site config's ``connections[]`` union, ``autogrid check`` and the template loader
+   are built from these declarations: no table elsewhere changes.
+3. Implement the two small interfaces from ``drivers/base.py``:
+   - ``Driver[YourConnection, YourTemplate]``: one instance per daemon. ``attach()``
+     binds a configured device (a ``DeviceSpec``: id, unit_id, points, ...) to its
+     template and connection and does no I/O; ``close()`` closes every link and cancels
+     every task it started.
    - ``DeviceIO``: ``read()`` returns every polled point by its standard name
      (``gateway.model.NATURES``), in the point's unit, None where the device says "not
-     implemented"; ``write()`` writes one point, reads it back and returns what it read.
-3. Map every failure to a ``DriverError`` subclass, never let a library exception out:
+     implemented", ``Invalid(raw, why)`` where a value cannot be true; ``write()``
+     writes one point, reads it back and returns what it read.
+4. Map every failure to a ``DriverError`` subclass, never let a library exception out:
    ``DeviceOffline`` (no link; also while backing off before a reconnect; fail fast, do
    not sleep in read()), ``DeviceTimeout``, ``ProtocolError`` (an error answer, a short
    or malformed frame), ``WriteError`` (refused, or the read-back differs),
    ``UnknownPoint``. The poller turns them into quality and logs changes of state.
-4. Share one link and one lock per physical endpoint (host:port, serial port, CAN
+5. Share one link and one lock per physical endpoint (host:port, serial port, CAN
    interface) among all devices behind it, reference counted: open on first use, close
    when the last device detaches. Reconnect with a capped, doubling delay reset on
    success (see ``drivers/modbus/endpoint.py``).
-5. Keep the per-read cost small: plan the requests and build the decoders in attach().
-6. Register it. Built-in drivers go in ``drivers/registry.py`` (``BUILTIN``); a separate
-   package declares an entry point, imported only when a site uses it::
+6. Keep the per-read cost small: plan the requests and build the decoders in attach().
+7. Register it. A separate package declares an entry point; the registry reads the
+   ``DriverInfo`` without importing your protocol library, and imports the driver class
+   only when a site has a device on one of your connections::
 
        [project.entry-points."autogrid.drivers"]
-       acme = "autogrid_acme.driver:AcmeDriver"
+       acme = "autogrid_acme:DRIVER"      # DRIVER = DriverInfo(name="acme", ...)
 
-   ``connection_types`` lists the config ``connections[].type`` values it serves;
-   ``drivers.registry.driver_for_connection_type()`` picks the driver from it. A name or
-   a connection type that another driver already has is refused at start.
-7. Test it against a simulated device that speaks the real protocol on 127.0.0.1
+   (Naming the Driver class itself also works: its class variables ``name``,
+   ``protocol``, ``connection_models`` and ``template_model`` are the declaration.)
+   Built-in drivers are listed in ``drivers/registry.py`` (``BUILTIN``). A driver name,
+   protocol or connection type that another driver already has is refused at start.
+8. Test it against a simulated device that speaks the real protocol on 127.0.0.1
    (see ``tests/test_modbus_driver*.py``): reads, writes with read-back, timeouts,
-   error answers, link loss and recovery.
+   error answers, link loss and recovery. ``tests/plugin_pkg`` is a whole plug-in
+   package, installed by the tests and polled from a site.yaml.
 
 This skeleton runs as is: its "device" is an in-memory register map, so the shape can
 be tried without hardware (``tests/test_registry.py`` loads it through an entry point).
@@ -42,17 +58,58 @@ be tried without hardware (``tests/test_registry.py`` loads it through an entry 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import ClassVar, Literal
+
+from pydantic import model_validator
 
 from drivers.base import (
     DeviceIO,
     DeviceOffline,
     Driver,
+    DriverError,
     IOStats,
     UnknownPoint,
     WriteError,
 )
+from drivers.connection import ConnectionBase
+from drivers.template import (
+    DeviceSpec,
+    StrictTemplatePart,
+    TemplateBase,
+    nature_problems,
+)
 from gateway.model import PointValue
+
+
+class BlueprintMemory(ConnectionBase):
+    """``connections[]`` entry ``type: blueprint_memory``: a named in-memory bus."""
+
+    type: Literal["blueprint_memory"]
+
+
+class BlueprintPoint(StrictTemplatePart):
+    """Where a point lives on the device; a real protocol has an address here."""
+
+    access: Literal["r", "rw"] = "r"
+
+
+class BlueprintTemplate(TemplateBase):
+    """A device model of this protocol (``protocol: blueprint`` in a template file)."""
+
+    protocol: Literal["blueprint"] = "blueprint"
+    points: dict[str, BlueprintPoint]
+
+    @model_validator(mode="after")
+    def _points_of_nature(self) -> BlueprintTemplate:
+        problems = nature_problems(self.nature, {
+            n: "access is 'rw'" if p.access == "rw" else None for n, p in self.points.items()})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def writable(self) -> list[str]:
+        return [n for n, p in self.points.items() if p.access == "rw"]
 
 
 class _Link:
@@ -113,24 +170,35 @@ class BlueprintDeviceIO(DeviceIO):
         return back
 
 
-class BlueprintDriver(Driver):
-    """The driver: owns the links, hands out DeviceIOs."""
+class BlueprintDriver(Driver[BlueprintMemory, BlueprintTemplate]):
+    """The driver: owns the links, hands out DeviceIOs. Its class variables are its
+    declaration to the registry."""
 
     name: ClassVar[str] = "blueprint"
-    connection_types: ClassVar[tuple[str, ...]] = ("blueprint_memory",)
+    protocol: ClassVar[str] = "blueprint"
+    connection_models: ClassVar[tuple[type[ConnectionBase], ...]] = (BlueprintMemory,)
+    template_model: ClassVar[type[TemplateBase]] = BlueprintTemplate
 
     def __init__(self) -> None:  # the registry creates drivers without arguments
         self._links: dict[str, _Link] = {}
 
-    def attach(self, device: Any, template: Any, connection: Any) -> BlueprintDeviceIO:
-        # A real driver validates the template type and connection type here and
-        # precomputes its read plan; no I/O happens until the first read.
+    def attach(self, device: DeviceSpec, template: BlueprintTemplate,
+               connection: BlueprintMemory) -> BlueprintDeviceIO:
+        # The daemon hands over whatever the config says: refuse another protocol's
+        # template or connection with a message naming it. Precompute the read plan
+        # here; no I/O happens until the first read.
+        if not isinstance(template, BlueprintTemplate):
+            raise DriverError(f"{device.id}: template '{device.template}' is not a "
+                              f"blueprint template")
+        if not isinstance(connection, BlueprintMemory):
+            raise DriverError(f"{device.id}: the blueprint driver cannot use connection "
+                              f"'{connection.id}' of type '{connection.type}'")
         key = f"memory://{connection.id}"
         link = self._links.setdefault(key, _Link(key))
         link.refs += 1
         points = list(device.points or template.points)
-        writable = {n for n, p in template.points.items() if p.access != "r"}
-        return BlueprintDeviceIO(device.id, device.unit_id, points, link, writable)
+        return BlueprintDeviceIO(device.id, device.unit_id, points, link,
+                                 set(template.writable))
 
     async def close(self) -> None:
         for link in self._links.values():

@@ -10,8 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
+from drivers.connection import ConnectionBase
+from drivers.template import DeviceSpec, TemplateBase
 from gateway.model import Invalid, PointValue
 
 
@@ -89,17 +91,66 @@ class DeviceIO(ABC):
         """
 
 
-class Driver(ABC):
-    """A protocol driver. One instance per daemon; devices attach to it."""
+ConnT = TypeVar("ConnT", bound=ConnectionBase)
+TplT = TypeVar("TplT", bound=TemplateBase)
+
+
+class Driver(ABC, Generic[ConnT, TplT]):
+    """A protocol driver. One instance per daemon; devices attach to it.
+
+    A driver declares what it serves: ``protocol`` (the ``protocol:`` of its templates),
+    ``connection_models`` (the ``connections[]`` models, each with its ``type``) and
+    ``template_model``. The registry builds the site config's connection union and the
+    template loader from these, so a plug-in needs no table changed anywhere else.
+    """
 
     name: ClassVar[str]
-    connection_types: ClassVar[tuple[str, ...]]  # config `connections[].type` it serves
+    protocol: ClassVar[str]
+    connection_models: ClassVar[tuple[type[ConnectionBase], ...]]
+    template_model: ClassVar[type[TemplateBase]]
+
+    @classmethod
+    def connection_types(cls) -> tuple[str, ...]:
+        """The config ``connections[].type`` values this driver serves."""
+        return tuple(m.type_name() for m in cls.connection_models)
 
     @abstractmethod
-    def attach(self, device: Any, template: Any, connection: Any) -> DeviceIO:
-        """Bind a configured device (gateway.config.models.Device) with its template and
-        connection config; no I/O happens until the first read."""
+    def attach(self, device: DeviceSpec, template: TplT, connection: ConnT) -> DeviceIO:
+        """Bind a configured device with its template and connection config; no I/O
+        happens until the first read. A template or connection of another protocol is
+        refused with a DriverError that names it."""
 
     @abstractmethod
     async def close(self) -> None:
         """Close every connection and cancel background tasks (reconnects)."""
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """A driver's declaration, readable without importing the driver (its protocol
+    library): what the registry needs to build the config schema and load templates.
+
+    A built-in package or a plug-in names one of these in the registry (or names its
+    Driver class, whose class variables say the same, at the price of importing it).
+    """
+
+    name: str
+    protocol: str
+    connection_models: tuple[type[ConnectionBase], ...]
+    template_model: str | type[TemplateBase]  # "module:Class", imported on first use
+    driver: str | type[Driver[Any, Any]]  # "module:Class", imported on first attach
+
+    @property
+    def connection_types(self) -> tuple[str, ...]:
+        return tuple(m.type_name() for m in self.connection_models)
+
+    @classmethod
+    def of(cls, driver: type[Driver[Any, Any]]) -> DriverInfo:
+        """The declaration a Driver subclass makes with its class variables."""
+        missing = [v for v in ("name", "protocol", "connection_models", "template_model")
+                   if not hasattr(driver, v)]
+        if missing:
+            raise TypeError(f"{driver.__module__}.{driver.__qualname__} does not declare "
+                            f"{', '.join(missing)}")
+        return cls(driver.name, driver.protocol, tuple(driver.connection_models),
+                   driver.template_model, driver)

@@ -27,11 +27,11 @@ from typing import Any
 
 from cantools.database.can import Message, Signal
 
+from drivers.can.connection import CanConnection
 from drivers.can.dbc import Payload, clamp_to_signal, signal_of
 from drivers.can.link import frame_key
 from drivers.can.template import CanTemplate
 from drivers.template import load_template
-from gateway.config.can import CanConnection
 from gateway.config.models import Device, SiteConfig
 from gateway.model import NATURES, Kind, Nature, PointValue
 from sim_devices.can_ports import Port, make_port

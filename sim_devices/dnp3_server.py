@@ -41,8 +41,8 @@ from dnp3.outstation.outstation import Outstation
 from dnp3.outstation.tcp_runner import OutstationTcpRunner
 from dnp3.transport.segmenter import Segmenter
 
+from drivers.dnp3.connection import Dnp3Tcp
 from drivers.dnp3.template import Dnp3Command, Dnp3Point, Dnp3Template
-from gateway.config.dnp3 import Dnp3Tcp
 from gateway.model import PointValue
 from sim_devices.faults import Fault, FaultKind
 

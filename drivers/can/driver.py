@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import can
 
 from drivers.base import Driver, DriverError
+from drivers.can.connection import CanConnection
 from drivers.can.device import CanDeviceIO
 from drivers.can.link import CanLink, link_key, open_bus
 from drivers.can.template import CanTemplate
-from gateway.config.can import CanConnection
-from gateway.config.models import Device
+from drivers.connection import ConnectionBase
+from drivers.template import DeviceSpec, TemplateBase
 
 
-class CanDriver(Driver):
+class CanDriver(Driver[CanConnection, CanTemplate]):
     """Attach devices to CAN buses. Each connection (interface + channel) is one link,
     opened on the first read and closed when its last device detaches."""
 
     name: ClassVar[str] = "can"
-    connection_types: ClassVar[tuple[str, ...]] = ("can",)
+    protocol: ClassVar[str] = "can"
+    connection_models: ClassVar[tuple[type[ConnectionBase], ...]] = (CanConnection,)
+    template_model: ClassVar[type[TemplateBase]] = CanTemplate
 
     def __init__(self, *, bus_factory: Callable[[CanConnection], can.BusABC] = open_bus
                  ) -> None:
@@ -28,17 +31,17 @@ class CanDriver(Driver):
         self.links: dict[str, CanLink] = {}
         self._devices: dict[int, CanDeviceIO] = {}
 
-    def attach(self, device: Any, template: Any, connection: Any) -> CanDeviceIO:
-        """Bind ``device`` (config Device) to ``template`` on ``connection``; no I/O yet."""
-        if not isinstance(device, Device):
-            raise TypeError(f"expected a gateway.config.models.Device, got {type(device)}")
+    def attach(self, device: DeviceSpec, template: CanTemplate, connection: CanConnection
+               ) -> CanDeviceIO:
+        """Bind ``device`` to ``template`` on ``connection``; no I/O yet."""
         if not isinstance(template, CanTemplate):
             raise DriverError(f"{device.id}: template '{device.template}' is not a CAN "
                               f"template")
         if not isinstance(connection, CanConnection):
             raise DriverError(f"{device.id}: the can driver cannot use connection "
                               f"'{getattr(connection, 'id', connection)}' of type "
-                              f"'{getattr(connection, 'type', type(connection).__name__)}'")
+                              f"'{getattr(connection, 'type', type(connection).__name__)}' "
+                              f"(it serves {', '.join(self.connection_types())})")
         key = link_key(connection)
         link = self.links.get(key)
         if link is None:

@@ -29,10 +29,10 @@ from typing import Any
 import can
 
 from drivers.base import DeviceOffline, DriverError, IOStats
+from drivers.can.connection import CanConnection
 from drivers.can.dbc import Payload
 from drivers.can.slcan import SlcanParser, chunk_reader, frame_prefixes
 from gateway.aio import cancel_and_wait
-from gateway.config.can import CanConnection
 
 log = logging.getLogger("drivers.can")
 

@@ -2,40 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from drivers.base import Driver, DriverError
+from drivers.connection import ConnectionBase
+from drivers.dnp3.connection import Dnp3Tcp
 from drivers.dnp3.device import Dnp3DeviceIO
 from drivers.dnp3.link import Dnp3Link, link_key
 from drivers.dnp3.template import Dnp3Template
-from gateway.config.dnp3 import Dnp3Tcp
-from gateway.config.models import Device
+from drivers.template import DeviceSpec, TemplateBase
 
 
-class Dnp3Driver(Driver):
+class Dnp3Driver(Driver[Dnp3Tcp, Dnp3Template]):
     """Attach devices; every device on one association (host, port, master and outstation
     address) shares one link, one lock and one set of polls; the link closes when the
     last device detaches."""
 
     name: ClassVar[str] = "dnp3"
-    connection_types: ClassVar[tuple[str, ...]] = ("dnp3_tcp",)
+    protocol: ClassVar[str] = "dnp3"
+    connection_models: ClassVar[tuple[type[ConnectionBase], ...]] = (Dnp3Tcp,)
+    template_model: ClassVar[type[TemplateBase]] = Dnp3Template
 
     def __init__(self) -> None:
         self._links: dict[str, Dnp3Link] = {}
         self._devices: dict[int, Dnp3DeviceIO] = {}
         self._closing: list[Dnp3Link] = []
 
-    def attach(self, device: Any, template: Any, connection: Any) -> Dnp3DeviceIO:
-        """Bind ``device`` (config Device) to ``template`` over ``connection``; no I/O yet."""
-        if not isinstance(device, Device):
-            raise TypeError(f"expected a gateway.config.models.Device, got {type(device)}")
+    def attach(self, device: DeviceSpec, template: Dnp3Template, connection: Dnp3Tcp
+               ) -> Dnp3DeviceIO:
+        """Bind ``device`` to ``template`` over ``connection``; no I/O yet."""
         if not isinstance(template, Dnp3Template):
             raise DriverError(f"{device.id}: template is not a DNP3 template")
         if not isinstance(connection, Dnp3Tcp):
             raise DriverError(f"{device.id}: the dnp3 driver cannot use connection "
                               f"'{getattr(connection, 'id', connection)}' of type "
                               f"'{getattr(connection, 'type', type(connection).__name__)}' "
-                              f"(it serves {', '.join(self.connection_types)})")
+                              f"(it serves {', '.join(self.connection_types())})")
         key = link_key(connection)
         link = self._links.get(key)
         if link is None:

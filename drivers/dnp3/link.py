@@ -39,6 +39,7 @@ from dnp3.transport_io.tcp_client import TcpClientChannel
 
 from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError, WriteError
 from drivers.dnp3.commands import Operation, PointStatus, build_blocks, echoed_statuses
+from drivers.dnp3.connection import Dnp3Tcp
 from drivers.dnp3.framing import CountingFrameParser
 from drivers.dnp3.housekeeping import (
     IIN_REFUSED,
@@ -51,7 +52,6 @@ from drivers.dnp3.housekeeping import (
     record_current_time_request,
     write_time_request,
 )
-from gateway.config.dnp3 import Dnp3Tcp
 
 log = logging.getLogger("drivers.dnp3")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from drivers.registry import connection_types
 from drivers.template import Template
 from gateway.config.checks import run_checks, run_warnings, sort_problems
-from gateway.config.checks_devices import CONNECTION_PROTOCOL
 from gateway.config.models import SiteConfig
 from gateway.config.partial import parse_path, remainder
 from gateway.yamlsrc import (
@@ -110,7 +110,7 @@ def _refine(problem: Problem, src: Source) -> Problem:
         msg = f"unknown {key} '{bad.group('tag')}' (expected one of: {bad.group('tags')})"
     elif problem.path.startswith("connections"):
         msg = (f"required field is missing (one of: "
-               f"{', '.join(repr(t) for t in CONNECTION_PROTOCOL)})")
+               f"{', '.join(repr(t) for t in connection_types())})")
     else:
         msg = "required field is missing"
     return Problem(problem.file, src.mark(path) or problem.mark, f"{problem.path}.{key}", msg)
