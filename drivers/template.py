@@ -12,6 +12,7 @@ importable from here).
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -20,7 +21,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from gateway.model import NATURES, Nature
-from gateway.yamlsrc import Problem, Source, SourceError, load_yaml_file, parse_model
+from gateway.yamlsrc import (
+    PathKey,
+    Problem,
+    Source,
+    SourceError,
+    load_yaml_file,
+    parse_model,
+)
 
 if TYPE_CHECKING:
     from drivers.connection import ConnectionBase
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
     )
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _MOVED = {"Access", "Function", "ModbusPoint", "ModbusTemplate", "RegType"}
 
 
@@ -136,12 +145,76 @@ def known_protocols() -> list[str]:
 
 
 def load_template_file(path: str | Path) -> Template:
-    """Load and validate one template file; raise SourceError listing every problem."""
+    """Load and validate one template file; raise SourceError listing every problem.
+
+    ``include: _block.yaml`` (or a list) merges shared blocks, relative to the template's
+    directory, before validation: a mapping such as ``points`` is merged key by key (the
+    template's own entry wins), anything else is taken only where the template has none.
+    A problem in an included part is reported at its place in the included file.
+    """
     src = load_yaml_file(path)
     if not isinstance(src.data, dict):
         raise SourceError([Problem(src.file, src.mark(()), "",
                                    "a template must be a mapping with 'nature' and 'points'")])
-    return template_from_source(src)
+    origins = _include(src, Path(path).parent)
+    try:
+        return template_from_source(src)
+    except SourceError as err:
+        raise SourceError([_relocated(p, origins) for p in err.problems]) from None
+
+
+def _include(src: Source, directory: Path) -> dict[PathKey, str]:
+    """Merge the blocks ``src`` includes into it; the paths that came from each file."""
+    wanted = src.data.pop("include", None)
+    if wanted is None:
+        return {}
+    names = [wanted] if isinstance(wanted, str) else wanted
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise SourceError([src.problem(("include",), "expected a file name or a list of "
+                                                     "file names of shared blocks")])
+    origins: dict[PathKey, str] = {}
+    for i, name in enumerate(names):
+        where: PathKey = ("include",) if isinstance(wanted, str) else ("include", i)
+        target = directory / name
+        if not target.is_file():
+            raise SourceError([src.problem(where, f"included file '{target}' does not exist")])
+        block = load_yaml_file(target)
+        if not isinstance(block.data, dict) or "include" in block.data:
+            raise SourceError([block.problem((), "a shared block must be a mapping and "
+                                                 "cannot include another block")])
+        for key, value in block.data.items():
+            mine = src.data.get(key)
+            if isinstance(mine, dict) and isinstance(value, dict):
+                for sub, v in value.items():
+                    if sub not in mine:
+                        mine[sub] = v
+                        _take(src, block, (key, sub), origins)
+            elif key not in src.data:
+                src.data[key] = value
+                _take(src, block, (key,), origins)
+    return origins
+
+
+def _take(src: Source, block: Source, prefix: PathKey, origins: dict[PathKey, str]) -> None:
+    """Copy the positions under ``prefix`` from an included block into ``src``."""
+    n = len(prefix)
+    for table, into in ((block.values, src.values), (block.keys, src.keys)):
+        for path, mark in table.items():
+            if path[:n] == prefix:
+                into[path] = mark
+    origins[prefix] = block.file
+
+
+def _relocated(problem: Problem, origins: dict[PathKey, str]) -> Problem:
+    """A problem in an included part names the included file."""
+    if not origins:
+        return problem
+    path = tuple(int(i) if i else k for k, i in _PATH_PART.findall(problem.path))
+    for n in range(len(path), 0, -1):
+        found = origins.get(path[:n])
+        if found is not None:
+            return Problem(found, problem.mark, problem.path, problem.message)
+    return problem
 
 
 def template_from_source(src: Source) -> Template:
@@ -160,7 +233,8 @@ def template_from_source(src: Source) -> Template:
 
 
 def template_names(directory: Path = TEMPLATE_DIR) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+    """The templates of a directory (``_name.yaml`` files are shared blocks, not templates)."""
+    return sorted(p.stem for p in directory.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 @cache

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from drivers.base import DeviceIO, Driver
+from drivers.library import TemplateLibrary
 from drivers.registry import driver_for_connection_type, get_driver
-from drivers.template import load_template
 from gateway.api import ApiServer, default_socket_path
 from gateway.components import Component, build_components
 from gateway.config.models import Device, SiteConfig
@@ -64,6 +64,7 @@ class Daemon:
         self.lock = RunLock(self._lock_path(), self.gateway_id)
         self.stop_problems: list[str] = []  # what the last shutdown could not do cleanly
         self._stop = asyncio.Event()
+        self._library: tuple[SiteConfig, TemplateLibrary] | None = None
 
     def _lock_path(self) -> Path:
         """The run lock lives in the state directory (see gateway.runlock.lock_path)."""
@@ -115,13 +116,20 @@ class Daemon:
         if driver is None:
             driver = get_driver(name)()
             self.drivers[name] = driver
-        tpl = load_template(dev.template)
+        tpl = self._templates(cfg).load(dev.template)
         io = driver.attach(dev, tpl, conn)
         return io, DeviceState(
             device_id=dev.id, nature=dev.nature,
             max_age_s=dev.max_age_s or max(3.0 * dev.poll_interval_s, 2.0),
             protocol=conn.type, endpoint=io.endpoint, role=dev.role,
             capacity_kwh=dev.ratings.capacity_kwh)
+
+    def _templates(self, cfg: SiteConfig) -> TemplateLibrary:
+        """The config's templates (built-in and site directories), one library per config
+        so a reload sees the files as they are then."""
+        if self._library is None or self._library[0] is not cfg:
+            self._library = (cfg, cfg.template_library())
+        return self._library[1]
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from drivers.template import TEMPLATE_DIR, PlacedDevice, Template, TemplateBase
-from gateway.config.checks_devices import TemplateSet, check_devices
+from gateway.config.checks_devices import TemplateSet, check_devices, check_template_dirs
 from gateway.config.models import SiteConfig
 from gateway.config.suggest import unknown_name
 from gateway.control.config import check_control, control_warnings
@@ -127,8 +127,10 @@ def check_historian(cfg: SiteConfig, src: Source) -> list[Problem]:
 def run_checks(cfg: SiteConfig, src: Source, template_dir: Path | None = None
                ) -> tuple[list[Problem], dict[str, Template]]:
     """Every cross-reference check; problems in file order, and the templates loaded."""
-    templates = TemplateSet(template_dir or TEMPLATE_DIR)
+    library = cfg.template_library(template_dir or TEMPLATE_DIR)
+    templates = TemplateSet(library)
     problems = [*check_ids(cfg, src), *check_site(cfg, src), *check_connections(cfg, src),
+                *check_template_dirs(cfg, src, library),
                 *check_devices(cfg, src, templates), *check_historian(cfg, src),
                 *check_control(cfg, src)]
     problems += check_protocols(cfg, src, templates.loaded)

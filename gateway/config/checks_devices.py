@@ -5,16 +5,10 @@ unit ids, point names and safe setpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from drivers.library import TemplateLibrary
 from drivers.registry import RegistryError, protocol_for_connection_type
-from drivers.template import (
-    TEMPLATE_DIR,
-    Template,
-    load_template,
-    load_template_file,
-    template_names,
-)
+from drivers.template import Template
 from gateway.config.models import Device, SiteConfig
 from gateway.config.suggest import unknown_name
 from gateway.model import NATURES, Kind, Nature
@@ -35,27 +29,33 @@ def key_problem(src: Source, path: PathKey, message: str) -> Problem:
 
 @dataclass
 class TemplateSet:
-    """Templates of one directory, each loaded at most once per check run."""
+    """The site's templates (built-ins and its own directories), each loaded at most once
+    per check run."""
 
-    directory: Path
+    library: TemplateLibrary
     loaded: dict[str, Template] = field(default_factory=dict)
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (why, first user)
-    _names: list[str] | None = None
 
     @property
     def names(self) -> list[str]:
-        if self._names is None:
-            self._names = template_names(self.directory) if self.directory.is_dir() else []
-        return self._names
+        return self.library.names
 
     def load(self, name: str) -> Template:
         """The template ``name``; raises SourceError if its file is invalid."""
         if name not in self.loaded:
-            if self.directory.resolve() == TEMPLATE_DIR.resolve():
-                self.loaded[name] = load_template(name)  # shared cache with the drivers
-            else:
-                self.loaded[name] = load_template_file(self.directory / f"{name}.yaml")
+            self.loaded[name] = self.library.load(name)
         return self.loaded[name]
+
+
+def check_template_dirs(cfg: SiteConfig, src: Source, library: TemplateLibrary
+                        ) -> list[Problem]:
+    """The site's template directories exist, and none shadows a template unasked."""
+    dirs = cfg.template_dirs()
+    out = [src.problem(("templates", i, "path"),
+                       f"template directory '{dirs[i].path}' does not exist")
+           for i in library.missing]
+    out += [src.problem(("templates", c.source), c.message) for c in library.conflicts]
+    return out
 
 
 def _template_of(dev: Device, i: int, src: Source, templates: TemplateSet,

@@ -124,12 +124,21 @@ def _simulation(cfg: SiteConfig, src: Source) -> tuple[SimulationSettings | None
         return None, err.problems
 
 
+def anchor_paths(cfg: SiteConfig, config_file: Path) -> None:
+    """Site template directories are relative to the config file, not to the directory
+    the command runs in (so `autogrid check` and the service see the same files)."""
+    for entry in cfg.templates or ():
+        if not entry.path.is_absolute():
+            entry.path = config_file.parent / entry.path
+
+
 def _cross_of_rest(src: Source, schema: list[Problem], template_dir: Path | None
                    ) -> list[Problem]:
     """Cross-reference problems of the part of the config the schema accepted."""
     rest = remainder(src, schema)
     if rest is None:
         return []
+    anchor_paths(rest.config, Path(src.file))
     problems, _templates = run_checks(rest.config, rest.source, template_dir)
     problems += _simulation(rest.config, rest.source)[1]
     return rest.restore(problems)
@@ -143,6 +152,7 @@ def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
         schema = [_refine(p, src) for p in err.problems]
         raise SourceError(sort_problems(schema + _cross_of_rest(src, schema, template_dir))
                           ) from None
+    anchor_paths(cfg, Path(path))
     problems, templates = run_checks(cfg, src, template_dir)
     simulation, sim_problems = _simulation(cfg, src)
     problems = sort_problems(problems + sim_problems)

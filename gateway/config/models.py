@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from drivers import registry
 from drivers.connection import ConnectionBase, Id, PositiveS
+from drivers.library import SiteTemplates, TemplateLibrary
+from drivers.template import TEMPLATE_DIR
 from gateway.analytics.config import AnalyticsSettings
 from gateway.apilimits import ApiSettings
 from gateway.console.policy import ConsoleSettings
@@ -129,11 +131,25 @@ class Metrics(Strict):
         return host
 
 
+class TemplateDir(Strict):
+    """A directory of the site's own templates (``templates:`` entries; a bare path is
+    ``{path: ...}``). A relative path is taken from the config file's directory."""
+
+    path: Path
+    # Replace built-in templates of the same name: all of them (true) or these names.
+    override: bool | list[str] = False
+
+
+DEFAULT_TEMPLATE_DIR = Path("/etc/autogrid/templates")  # used, if it exists, when unset
+
+
 class SiteConfig(Strict):
     site: Site
     gateways: Annotated[list[Gateway], Field(min_length=1)]
     connections: list[Connection] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=list)
+    # Directories of site templates; None = /etc/autogrid/templates if that exists.
+    templates: list[TemplateDir] | None = None
     historian: Historian = Field(default_factory=Historian)
     logging: Logging = Field(default_factory=Logging)
     control: ControlConfig | None = None  # site control and protection; absent = monitor only
@@ -145,6 +161,24 @@ class SiteConfig(Strict):
     analytics: AnalyticsSettings | None = None  # schedules; absent = defaults (with historian)
     # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
     simulation: dict[str, Any] | None = None
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _bare_paths(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def template_dirs(self) -> list[TemplateDir]:
+        """The site template directories in force (the default one if it exists)."""
+        if self.templates is not None:
+            return list(self.templates)
+        return [TemplateDir(path=DEFAULT_TEMPLATE_DIR)] if DEFAULT_TEMPLATE_DIR.is_dir() else []
+
+    def template_library(self, builtin: Path | None = TEMPLATE_DIR) -> TemplateLibrary:
+        """The built-in templates (``builtin``; None: none) plus the site's directories."""
+        return TemplateLibrary([SiteTemplates(t.path, t.override) for t in self.template_dirs()],
+                               builtin)
 
     def connection(self, conn_id: str) -> Connection:
         for c in self.connections:
