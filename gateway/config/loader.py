@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from drivers.registry import connection_types
 from drivers.template import Template
 from gateway.config.checks import run_checks, run_warnings, sort_problems
 from gateway.config.models import SiteConfig
 from gateway.config.partial import parse_path, remainder
+from gateway.config.sections import parse_section
 from gateway.yamlsrc import (
     Mark,
     Problem,
@@ -27,7 +28,9 @@ from gateway.yamlsrc import (
     parse_model,
     read_bounded,
 )
-from sim_devices.settings import SimulationSettings, load_simulation_settings
+
+if TYPE_CHECKING:
+    from sim_devices.settings import SimulationSettings
 
 
 class ConfigUnreadable(SourceError):
@@ -119,7 +122,7 @@ def _refine(problem: Problem, src: Source) -> Problem:
 def _simulation(cfg: SiteConfig, src: Source) -> tuple[SimulationSettings | None, list[Problem]]:
     """Validate the ``simulation:`` section (clock, weather, per-device physics)."""
     try:
-        return load_simulation_settings(cfg, src), []
+        return parse_section("simulation", cfg, src), []
     except SourceError as err:
         return None, err.problems
 

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import operator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import CoreSchema
 
 from drivers import registry
 from drivers.connection import ConnectionBase, Id, PositiveS
 from drivers.library import SiteTemplates, TemplateLibrary
 from drivers.template import TEMPLATE_DIR
-from gateway.analytics.config import AnalyticsSettings
-from gateway.apilimits import ApiSettings
-from gateway.console.policy import ConsoleSettings
-from gateway.control.config import ControlConfig, DeviceControl
-from gateway.control.scheduler_config import SchedulerSettings, Tariff
+from gateway.config.sections import default_of, section_type
 from gateway.model import Nature
+
+
+class _Connections:
+    """The union of every registered driver's connection models, told apart by ``type``,
+    built when the schema is (not at import)."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler
+                                     ) -> CoreSchema:
+        members: Any = functools.reduce(operator.or_, registry.connection_models())
+        return handler.generate_schema(Annotated[members, Field(discriminator="type")])
+
+
+def connection_type() -> Any:
+    return Annotated[Any, _Connections()]
+
 
 if TYPE_CHECKING:
     from drivers.modbus.connection import (  # noqa: F401  (names kept importable from here)
@@ -25,7 +46,24 @@ if TYPE_CHECKING:
         ModbusSerial,
         ModbusTcp,
     )
+    from gateway.analytics.config import AnalyticsSettings
+    from gateway.apilimits import ApiSettings
+    from gateway.apipolicy import ConsoleSettings
+    from gateway.control.config import ControlConfig, DeviceControl
+    from gateway.control.scheduler_config import SchedulerSettings, Tariff
+
     Connection = ConnectionBase
+else:
+    # Each feature's own model, resolved from gateway.config.sections when the schema is
+    # first built: importing the config schema loads no feature.
+    ControlConfig = section_type("control")
+    DeviceControl = section_type("devices.control")
+    Tariff = section_type("tariff")
+    SchedulerSettings = section_type("scheduler")
+    AnalyticsSettings = section_type("analytics")
+    ConsoleSettings = section_type("console")
+    ApiSettings = section_type("api")
+    Connection = connection_type()
 
 _MOVED = {"ModbusTcp", "ModbusRtuOverTcp", "ModbusSerial"}
 
@@ -39,6 +77,12 @@ def __getattr__(name: str) -> Any:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Lazy(Strict):
+    """A model whose schema is built on first use, so its feature sections load then."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class GridLimits(Strict):
@@ -75,7 +119,7 @@ class Ratings(Strict):
     v_nominal_v: Annotated[float, Field(gt=0)] | None = None
 
 
-class Device(Strict):
+class Device(Lazy):
     id: Id
     nature: Nature
     template: str
@@ -143,7 +187,7 @@ class TemplateDir(Strict):
 DEFAULT_TEMPLATE_DIR = Path("/etc/autogrid/templates")  # used, if it exists, when unset
 
 
-class SiteConfig(Strict):
+class SiteConfig(Lazy):
     site: Site
     gateways: Annotated[list[Gateway], Field(min_length=1)]
     connections: list[Connection] = Field(default_factory=list)
@@ -155,11 +199,11 @@ class SiteConfig(Strict):
     control: ControlConfig | None = None  # site control and protection; absent = monitor only
     metrics: Metrics | None = None  # off unless configured
     console: ConsoleSettings | None = None  # API roles/tokens; absent = root/daemon user only
-    api: ApiSettings = Field(default_factory=ApiSettings)  # connection caps, token lockout
+    api: ApiSettings = Field(default_factory=default_of("api"))  # connection caps, token lockout
     tariff: Tariff | None = None  # time-of-use prices (scheduler, controller, simulate)
     scheduler: SchedulerSettings | None = None  # LP planning; on (defaults) when a tariff is set
     analytics: AnalyticsSettings | None = None  # schedules; absent = defaults (with historian)
-    # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
+    # Parameters for `autogrid sim` (physics, sessions, faults); the simulator's own section.
     simulation: dict[str, Any] | None = None
 
     @field_validator("templates", mode="before")
@@ -191,16 +235,8 @@ class SiteConfig(Strict):
                 if d.enabled and (d.gateway or self.gateways[0].id) == gateway_id]
 
 
-def connection_union() -> Any:
-    """Every registered driver's connection models as one union, told apart by ``type``."""
-    models = registry.connection_models()
-    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
-
-
 def rebuild_schema() -> None:
-    """Build the connection union from the registry now (at import, and again after a
-    driver package is installed into a running process, e.g. by a test)."""
-    SiteConfig.model_rebuild(force=True, _types_namespace={"Connection": connection_union()})
-
-
-rebuild_schema()
+    """Build the schema again from the registry and the sections (after a driver package
+    was installed into a running process, e.g. by a test)."""
+    Device.model_rebuild(force=True)
+    SiteConfig.model_rebuild(force=True)

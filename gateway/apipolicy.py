@@ -1,5 +1,8 @@
 """Who may do what through the local API: roles from Unix users/groups, or from a token.
 
+The API owns this policy (the console is one of its clients); its config section keeps
+the name ``console:`` that site configs already use.
+
 Config (optional; without it the API's default holds: root and the daemon's own user are
 engineers, everyone else a viewer)::
 
@@ -117,7 +120,7 @@ class ConsolePolicy:
         self.settings = settings
 
     async def start(self) -> None:
-        from gateway.console.history import register
+        from gateway.apihistory import register
 
         api = self.daemon.api
         if api is None:
