@@ -72,7 +72,7 @@ from drivers.base import (
     WriteError,
 )
 from drivers.connection import ConnectionBase
-from drivers.template import (
+from drivers.template_base import (
     DeviceSpec,
     StrictTemplatePart,
     TemplateBase,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from drivers.connection import ConnectionBase
-from drivers.template import DeviceSpec, TemplateBase
+from drivers.template_base import DeviceSpec, TemplateBase
 from gateway.model import Invalid, PointValue
 
 

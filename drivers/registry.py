@@ -24,7 +24,7 @@ from typing import Any
 
 from drivers.base import Driver, DriverInfo
 from drivers.connection import ConnectionBase
-from drivers.template import TemplateBase
+from drivers.template_base import TemplateBase
 
 ENTRY_POINT_GROUP = "autogrid.drivers"
 

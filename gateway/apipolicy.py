@@ -17,7 +17,8 @@ engineers, everyone else a viewer)::
           role: operator
           sha256: 5e884898da28...           # sha256 of the token, never the token itself
 
-The daemon sets ``api.role_of`` and ``api.token_caller`` from it (component "console").
+The daemon sets ``api.role_of`` and ``api.token_caller`` from it (component "console",
+in gateway.apicomponent).
 A token is sent by the client in every request as ``"token": "..."``.
 """
 
@@ -37,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from gateway.api import Caller
-    from gateway.daemon import Daemon
 
 Role = Literal["viewer", "operator", "engineer"]
 ORDER: tuple[Role, ...] = ("engineer", "operator", "viewer")
@@ -107,34 +107,3 @@ def token_policy(settings: ConsoleSettings) -> Callable[[str, Caller], Caller]:
                                            role=t.role)
         raise ApiError("the token is not valid for this gateway")
     return token_caller
-
-
-class ConsolePolicy:
-    """Daemon component: installs the role policy on the API (when configured) and the
-    console's ``summary_history`` command (nothing runs in the background)."""
-
-    name = "console"
-
-    def __init__(self, daemon: Daemon, settings: ConsoleSettings | None) -> None:
-        self.daemon = daemon
-        self.settings = settings
-
-    async def start(self) -> None:
-        from gateway.apihistory import register
-
-        api = self.daemon.api
-        if api is None:
-            return
-        register(self.daemon)
-        if self.settings is None:
-            return
-        api.role_of = role_policy(self.settings)
-        if self.settings.tokens:
-            api.token_caller = token_policy(self.settings)
-
-    async def stop(self) -> None:
-        pass
-
-
-def component(daemon: Daemon) -> ConsolePolicy:
-    return ConsolePolicy(daemon, getattr(daemon.cfg, "console", None))

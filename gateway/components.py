@@ -28,7 +28,7 @@ Factory = Callable[["Daemon"], "Component | None"]
 # Each entry: "module:function". Imported lazily so a component's dependencies load only
 # when it is used.
 FACTORIES: list[str] = [
-    "gateway.apipolicy:component",  # API roles/tokens from `console:` (first: no gap)
+    "gateway.apicomponent:component",  # API roles/tokens from `console:` (first: no gap)
     "gateway.service.metrics:build",  # Prometheus endpoint, when `metrics:` is set
     "gateway.control.component:build",  # protection + site controller, when `control:` is set
     "gateway.analytics.service:build",  # forecasts, anomalies, battery health (with historian)

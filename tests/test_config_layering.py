@@ -55,7 +55,7 @@ def test_the_daemon_side_never_imports_the_console() -> None:
     loaded = run("""
         import importlib, sys
         from gateway.components import FACTORIES
-        import gateway.daemon, gateway.apipolicy, gateway.apihistory
+        import gateway.daemon, gateway.apicomponent, gateway.apipolicy, gateway.apihistory
         for target in FACTORIES:
             importlib.import_module(target.partition(":")[0])
         print(sorted(m for m in sys.modules if m.startswith("gateway.console")))

@@ -13,7 +13,7 @@ from drivers.can.device import CanDeviceIO
 from drivers.can.link import CanLink, link_key, open_bus
 from drivers.can.template import CanTemplate
 from drivers.connection import ConnectionBase
-from drivers.template import DeviceSpec, TemplateBase
+from drivers.template_base import DeviceSpec, TemplateBase
 
 
 class CanDriver(Driver[CanConnection, CanTemplate]):

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from drivers.can.connection import CanConnection
 from drivers.can.dbc import DbcError, load_dbc, signal_of
-from drivers.template import TEMPLATE_DIR, PlacedDevice, TemplateBase, nature_problems
+from drivers.template_base import TEMPLATE_DIR, PlacedDevice, TemplateBase, nature_problems
 from gateway.model import NATURES, Kind, Nature
 from gateway.yamlsrc import Problem, Source
 

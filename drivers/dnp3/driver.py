@@ -10,7 +10,7 @@ from drivers.dnp3.connection import Dnp3Tcp
 from drivers.dnp3.device import Dnp3DeviceIO
 from drivers.dnp3.link import Dnp3Link, link_key
 from drivers.dnp3.template import Dnp3Template
-from drivers.template import DeviceSpec, TemplateBase
+from drivers.template_base import DeviceSpec, TemplateBase
 
 
 class Dnp3Driver(Driver[Dnp3Tcp, Dnp3Template]):

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from drivers.template import TemplateBase, nature_problems
+from drivers.template_base import TemplateBase, nature_problems
 from gateway.model import NATURES, Kind
 from gateway.yamlsrc import Problem, Source
 

@@ -11,7 +11,7 @@ from drivers.modbus.connection import CONNECTION_MODELS, ModbusConnection
 from drivers.modbus.device import ModbusDeviceIO
 from drivers.modbus.endpoint import Client, ConnectionConfig, Endpoint, endpoint_key, make_client
 from drivers.modbus.template import ModbusTemplate
-from drivers.template import DeviceSpec, TemplateBase
+from drivers.template_base import DeviceSpec, TemplateBase
 
 
 class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):

@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from drivers.template import StrictTemplatePart, TemplateBase, nature_problems
+from drivers.template_base import StrictTemplatePart, TemplateBase, nature_problems
 from gateway.model import NATURES, Kind
 from gateway.yamlsrc import Problem, Source
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from drivers.template import TEMPLATE_DIR, PlacedDevice, Template, TemplateBase
 from gateway.config.checks_devices import TemplateSet, check_devices, check_template_dirs
 from gateway.config.models import SiteConfig
-from gateway.config.sections import section_checks, section_warnings
+from gateway.config.sections import hooks
 from gateway.config.suggest import unknown_name
 from gateway.yamlsrc import Mark, Problem, Source
 
@@ -132,7 +132,7 @@ def run_checks(cfg: SiteConfig, src: Source, template_dir: Path | None = None
     problems = [*check_ids(cfg, src), *check_site(cfg, src), *check_connections(cfg, src),
                 *check_template_dirs(cfg, src, library),
                 *check_devices(cfg, src, templates), *check_historian(cfg, src),
-                *section_checks(cfg, src)]
+                *[p for check in hooks("checks") for p in check(cfg, src)]]
     problems += check_protocols(cfg, src, templates.loaded)
     return sort_problems(problems), templates.loaded
 
@@ -154,7 +154,7 @@ def check_protocols(cfg: SiteConfig, src: Source, templates: dict[str, Template]
 
 def run_warnings(cfg: SiteConfig, src: Source) -> list[Problem]:
     """What is accepted but probably not meant; ``check`` and ``run`` print each one."""
-    return sort_problems(section_warnings(cfg, src))
+    return sort_problems([p for warn in hooks("warnings") for p in warn(cfg, src)])
 
 
 def sort_problems(problems: list[Problem]) -> list[Problem]:

@@ -18,7 +18,7 @@ from drivers.template import Template
 from gateway.config.checks import run_checks, run_warnings, sort_problems
 from gateway.config.models import SiteConfig
 from gateway.config.partial import parse_path, remainder
-from gateway.config.sections import parse_section
+from gateway.config.sections import parse_hook
 from gateway.yamlsrc import (
     Mark,
     Problem,
@@ -121,8 +121,9 @@ def _refine(problem: Problem, src: Source) -> Problem:
 
 def _simulation(cfg: SiteConfig, src: Source) -> tuple[SimulationSettings | None, list[Problem]]:
     """Validate the ``simulation:`` section (clock, weather, per-device physics)."""
+    parse = parse_hook("simulation")
     try:
-        return parse_section("simulation", cfg, src), []
+        return (None if parse is None else parse(cfg, src)), []
     except SourceError as err:
         return None, err.problems
 

@@ -18,15 +18,10 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, GetCoreSchemaHandler
 from pydantic_core import CoreSchema
-
-from gateway.yamlsrc import Problem, Source
-
-if TYPE_CHECKING:
-    from gateway.config.models import SiteConfig
 
 
 @dataclass(frozen=True)
@@ -41,8 +36,8 @@ class Section:
 
 SECTIONS: dict[str, Section] = {
     "control": Section("gateway.control.config:ControlConfig",
-                       checks="gateway.control.config:check_control",
-                       warnings="gateway.control.config:control_warnings"),
+                       checks="gateway.control.config_checks:check_control",
+                       warnings="gateway.control.config_checks:control_warnings"),
     "devices.control": Section("gateway.control.config:DeviceControl"),
     "tariff": Section("gateway.control.scheduler_config:Tariff"),
     "scheduler": Section("gateway.control.scheduler_config:SchedulerSettings"),
@@ -97,21 +92,13 @@ def default_of(key: str) -> Callable[[], Any]:
     return lambda: model_of(key)()
 
 
-def _hooks(which: str) -> list[Callable[[SiteConfig, Source], list[Problem]]]:
+def hooks(which: str) -> list[Callable[..., Any]]:
+    """Every declared ``checks`` or ``warnings`` function (imports their modules now)."""
     return [_load(target) for s in SECTIONS.values()
             if (target := getattr(s, which)) is not None]
 
 
-def section_checks(cfg: SiteConfig, src: Source) -> list[Problem]:
-    """Every feature's checks of its section."""
-    return [p for check in _hooks("checks") for p in check(cfg, src)]
-
-
-def section_warnings(cfg: SiteConfig, src: Source) -> list[Problem]:
-    return [p for warn in _hooks("warnings") for p in warn(cfg, src)]
-
-
-def parse_section(key: str, cfg: SiteConfig, src: Source) -> Any:
-    """The declared ``parse`` step of section ``key`` (None when it declares none)."""
+def parse_hook(key: str) -> Callable[..., Any] | None:
+    """The declared ``parse`` step of section ``key``, or None."""
     target = SECTIONS[key].parse
-    return None if target is None else _load(target)(cfg, src)
+    return None if target is None else _load(target)

@@ -20,7 +20,7 @@ from drivers.base import (
     WriteError,
 )
 from drivers.connection import ConnectionBase
-from drivers.template import DeviceSpec, TemplateBase
+from drivers.template_base import DeviceSpec, TemplateBase
 from gateway.model import PointValue
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from drivers.template import StrictTemplatePart, TemplateBase, nature_problems
+from drivers.template_base import StrictTemplatePart, TemplateBase, nature_problems
 
 
 class LineBusPoint(StrictTemplatePart):
