@@ -180,3 +180,16 @@ async def test_blueprint_driver_runs_through_an_entry_point(
     assert await io.write("p_set_kw", 3.5) == 3.5
     assert await io.read() == {"soc_pct": None, "p_set_kw": 3.5}
     await driver.close()
+
+
+def test_a_broken_plugin_is_one_line_from_check(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """A plug-in that cannot be loaded stops `check` with a line naming it, no traceback."""
+    from gateway.config.loader import check_config
+
+    fake_entry_points(monkeypatch, ("gone", "acme_no_such_module:DRIVER"))
+    site = tmp_path / "site.yaml"
+    site.write_text("site: {name: x}\ngateways: [{id: gw1}]\n", encoding="utf-8")
+    (p,) = check_config(site)
+    assert str(p) == (f"{site}: driver plug-ins: driver 'gone' (acme_no_such_module:DRIVER) "
+                      f"cannot be loaded: No module named 'acme_no_such_module'")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from drivers.registry import connection_types
+from drivers.registry import RegistryError, connection_types
 from drivers.template import Template
 from gateway.config.checks import run_checks, run_warnings, sort_problems
 from gateway.config.models import SiteConfig
@@ -150,6 +150,10 @@ def _cross_of_rest(src: Source, schema: list[Problem], template_dir: Path | None
 
 def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
     src = read_source(path)
+    try:
+        connection_types()  # the schema is built from every driver's declaration
+    except RegistryError as exc:
+        raise SourceError([Problem(src.file, None, "", f"driver plug-ins: {exc}")]) from None
     try:
         cfg = parse_model(SiteConfig, src)
     except SourceError as err:
