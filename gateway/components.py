@@ -1,9 +1,12 @@
 """Optional parts of the daemon (control, metrics, analytics, ...) as pluggable components.
 
-A component is started after the devices, historian and API are up, and stopped, in reverse
-order, before them. It registers its API commands on ``daemon.api`` and listens to
-``daemon.state``. To add one, append a factory to ``FACTORIES`` (one line): a function of the
-daemon that returns a Component, or None when its config section leaves it off.
+A component is started after the devices, historian, alarms and API are up, and stopped,
+in reverse order, before them. It registers its API commands on ``daemon.api``, listens to
+``daemon.state`` and meets the others through ``daemon.ports`` (typed: the alarm service,
+the controller, the forecasts), never by name, so their order here carries no meaning
+beyond the first entry. To add one, append a factory to ``FACTORIES`` (one line): a
+function of the daemon that returns a Component, or None when its config section leaves
+it off.
 """
 
 from __future__ import annotations

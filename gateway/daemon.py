@@ -13,11 +13,13 @@ from typing import Any
 from drivers.base import DeviceIO, Driver
 from drivers.library import TemplateLibrary
 from drivers.registry import driver_for_connection_type, get_driver
+from gateway.alarms import AlarmStore, alarms_path
 from gateway.api import ApiServer, default_socket_path
 from gateway.components import Component, build_components
 from gateway.config.models import Device, SiteConfig
 from gateway.historian import Historian
 from gateway.poller import Poller
+from gateway.ports import Ports
 from gateway.runlock import RunLock, lock_path
 from gateway.service.safestop import write_safe_setpoints
 from gateway.state import DeviceState, SiteState
@@ -58,6 +60,7 @@ class Daemon:
         self.drivers: dict[str, Driver] = {}
         self.ios: dict[str, DeviceIO] = {}
         self.historian: Historian | None = None
+        self.ports = Ports()  # typed meeting points of the components (gateway.ports)
         self.api: ApiServer | None = None
         self.started = 0.0
         self.components: list[Component] = []
@@ -88,6 +91,7 @@ class Daemon:
                 self.historian = Historian(self.cfg.historian)
                 await self.historian.start()
                 self.state.on_change(self.historian.record)
+            self._open_alarms()
             self.api = ApiServer(self.state, self.socket_path, self.gateway_id, self.stats,
                                  self.cfg.api)
             await self.api.start()
@@ -101,6 +105,17 @@ class Daemon:
             raise
         log.info("gateway %s up: %d devices, API on %s", self.gateway_id, len(self.ios),
                  self.socket_path)
+
+    def _open_alarms(self) -> None:
+        """Alarms and audit, a service like the historian: on with a ``control:`` section."""
+        ctl = self.cfg.control
+        if ctl is None:
+            return
+        hist = Path(self.cfg.historian.path) if self.cfg.historian.enabled else None
+        store = AlarmStore(alarms_path(ctl.state_path, hist), self.cfg.api.audit_retention_days,
+                           self.cfg.api.audit_max_rows)
+        store.open()
+        self.ports.alarms = store
 
     def _attach_devices(self) -> None:
         for dev in self.cfg.devices_of(self.gateway_id):
@@ -153,6 +168,9 @@ class Daemon:
             except Exception as exc:  # keep shutting down the rest
                 log.warning("closing driver %s: %s", driver.name, exc)
         self.drivers.clear()
+        if self.ports.alarms is not None:
+            self.ports.alarms.close()
+            self.ports.alarms = None
         if self.historian is not None:
             lost = await self.historian.stop()
             if lost:
