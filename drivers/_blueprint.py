@@ -31,9 +31,12 @@ How to add a protocol, say "acme":
    or malformed frame), ``WriteError`` (refused, or the read-back differs),
    ``UnknownPoint``. The poller turns them into quality and logs changes of state.
 5. Share one link and one lock per physical endpoint (host:port, serial port, CAN
-   interface) among all devices behind it, reference counted: open on first use, close
-   when the last device detaches. Reconnect with a capped, doubling delay reset on
-   success (see ``drivers/modbus/endpoint.py``).
+   interface) among all devices behind it, reference counted (``LinkPool``): open on
+   first use, close when the last device detaches. Derive the device from
+   ``LinkedDeviceIO``: it counts writes and errors, refuses a write once detached, maps
+   an exception your code let slip to a WriteError, and names unwritable points alike.
+   Reconnect with a capped, doubling delay reset on success (see
+   ``drivers/modbus/endpoint.py``).
 6. Keep the per-read cost small: plan the requests and build the decoders in attach().
 7. Register it. A separate package declares an entry point; the registry reads the
    ``DriverInfo`` without importing your protocol library, and imports the driver class
@@ -58,17 +61,18 @@ be tried without hardware (``tests/test_registry.py`` loads it through an entry 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
 from drivers.base import (
-    DeviceIO,
     DeviceOffline,
     Driver,
     DriverError,
     IOStats,
-    UnknownPoint,
+    LinkedDeviceIO,
+    LinkPool,
     WriteError,
 )
 from drivers.connection import ConnectionBase
@@ -118,7 +122,6 @@ class _Link:
     def __init__(self, key: str) -> None:
         self.key = key
         self.lock = asyncio.Lock()  # one request at a time on the wire
-        self.refs = 0
         self.memory: dict[tuple[int, str], PointValue] = {}  # stands in for the device
         self.up = True
 
@@ -137,18 +140,21 @@ class _Link:
         self.up = False
 
 
-class BlueprintDeviceIO(DeviceIO):
-    """One device: reads its polled points, writes one point with read-back."""
+class BlueprintDeviceIO(LinkedDeviceIO):
+    """One device: reads its polled points, writes one point with read-back. The base
+    class counts writes and errors, refuses writes once detached and names a point that
+    cannot be written; this class only speaks the protocol."""
 
-    def __init__(self, device_id: str, unit: int, points: list[str], link: _Link,
-                 writable: set[str]) -> None:
-        self.device_id = device_id
+    def __init__(self, device: DeviceSpec, template: BlueprintTemplate, link: _Link,
+                 on_close: Callable[[BlueprintDeviceIO], None]) -> None:
+        self.device_id = device.id
         self.endpoint = link.key
         self.stats = IOStats()
-        self._unit = unit
-        self._points = points  # decided once in attach, not per read
-        self._writable = writable
+        self._unit = device.unit_id
+        self._points = list(device.points or template.points)  # decided once, not per read
+        self._template = template
         self._link = link
+        self._on_close: Callable[[BlueprintDeviceIO], None] | None = on_close
 
     async def read(self) -> dict[str, PointValue | None]:
         out: dict[str, PointValue | None] = {}
@@ -157,17 +163,21 @@ class BlueprintDeviceIO(DeviceIO):
             out[name] = await self._link.request(self._unit, name)
         return out
 
-    async def write(self, point: str, value: PointValue) -> PointValue | None:
-        if point not in self._writable:
-            raise UnknownPoint(f"{self.device_id}: '{point}' is not writable "
-                               f"(writable: {', '.join(sorted(self._writable)) or 'none'})")
-        self.stats.writes += 1
+    async def _write(self, point: str, value: PointValue) -> PointValue | None:
+        self.writable_point(self._template.points, self._template.writable, point)
         await self._link.request(self._unit, point, value)
         back = await self._link.request(self._unit, point)  # always verify by read-back
         if back != value:
             raise WriteError(f"{self.device_id}: wrote '{point}' = {value!r} but read back "
                              f"{back!r}")
         return back
+
+    async def close(self) -> None:
+        """Detach from the link (it closes with the last device on it)."""
+        self._attached = False
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
 
 
 class BlueprintDriver(Driver[BlueprintMemory, BlueprintTemplate]):
@@ -180,7 +190,7 @@ class BlueprintDriver(Driver[BlueprintMemory, BlueprintTemplate]):
     template_model: ClassVar[type[TemplateBase]] = BlueprintTemplate
 
     def __init__(self) -> None:  # the registry creates drivers without arguments
-        self._links: dict[str, _Link] = {}
+        self._pool: LinkPool[_Link] = LinkPool()  # one link per endpoint, counted
 
     def attach(self, device: DeviceSpec, template: BlueprintTemplate,
                connection: BlueprintMemory) -> BlueprintDeviceIO:
@@ -194,13 +204,14 @@ class BlueprintDriver(Driver[BlueprintMemory, BlueprintTemplate]):
             raise DriverError(f"{device.id}: the blueprint driver cannot use connection "
                               f"'{connection.id}' of type '{connection.type}'")
         key = f"memory://{connection.id}"
-        link = self._links.setdefault(key, _Link(key))
-        link.refs += 1
-        points = list(device.points or template.points)
-        return BlueprintDeviceIO(device.id, device.unit_id, points, link,
-                                 set(template.writable))
+        link = self._pool.attach(key, lambda: _Link(key))
+        return BlueprintDeviceIO(device, template, link, self._detach)
+
+    def _detach(self, io: BlueprintDeviceIO) -> None:
+        last = self._pool.detach(io.endpoint)
+        if last is not None:
+            last.close()
 
     async def close(self) -> None:
-        for link in self._links.values():
+        for link in self._pool.take_all():
             link.close()
-        self._links.clear()

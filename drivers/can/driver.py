@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import can
 
-from drivers.base import Driver, DriverError
+from drivers.base import Driver, DriverError, LinkPool
 from drivers.can.connection import CanConnection
 from drivers.can.device import CanDeviceIO
 from drivers.can.link import CanLink, link_key, open_bus
@@ -28,7 +28,7 @@ class CanDriver(Driver[CanConnection, CanTemplate]):
     def __init__(self, *, bus_factory: Callable[[CanConnection], can.BusABC] = open_bus
                  ) -> None:
         self._bus_factory = bus_factory
-        self.links: dict[str, CanLink] = {}
+        self._pool: LinkPool[CanLink] = LinkPool()
         self._devices: dict[int, CanDeviceIO] = {}
 
     def attach(self, device: DeviceSpec, template: CanTemplate, connection: CanConnection
@@ -43,32 +43,24 @@ class CanDriver(Driver[CanConnection, CanTemplate]):
                               f"'{getattr(connection, 'type', type(connection).__name__)}' "
                               f"(it serves {', '.join(self.connection_types())})")
         key = link_key(connection)
-        link = self.links.get(key)
-        if link is None:
-            link = CanLink(connection, self._bus_factory)
+        link = self._pool.attach(key, lambda: CanLink(connection, self._bus_factory))
         io = CanDeviceIO(device.id, device.unit_id, template, link, device.points,
                          self._detach)
-        self.links[key] = link
-        link.refs += 1
         self._devices[id(io)] = io
         return io
+
+    @property
+    def links(self) -> dict[str, CanLink]:
+        return self._pool.links
 
     def _detach(self, io: CanDeviceIO) -> bool:
         """Forget ``io``; True when it was the last device on its link (close it)."""
         if self._devices.pop(id(io), None) is None:
             return False
-        link = self.links.get(io.endpoint)
-        if link is None:
-            return False
-        link.refs -= 1
-        if link.refs > 0:
-            return False
-        del self.links[io.endpoint]
-        return True
+        return self._pool.detach(io.endpoint) is not None
 
     async def close(self) -> None:
-        links = list(self.links.values())
-        self.links.clear()
+        links = self._pool.take_all()
         self._devices.clear()
         for link in links:
             await link.close()

@@ -138,7 +138,6 @@ class CanLink:
                  bus_factory: Callable[[CanConnection], can.BusABC] = open_bus) -> None:
         self.conn = conn
         self.key = link_key(conn)
-        self.refs = 0
         self.stats = IOStats()
         self.frames = self.malformed = self.error_frames = 0
         self._dropped: dict[int, int] = {}  # frame key -> frames nobody listens to

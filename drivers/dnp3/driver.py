@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from drivers.base import Driver, DriverError
+from drivers.base import Driver, DriverError, LinkPool
 from drivers.connection import ConnectionBase
 from drivers.dnp3.connection import Dnp3Tcp
 from drivers.dnp3.device import Dnp3DeviceIO
@@ -24,7 +24,7 @@ class Dnp3Driver(Driver[Dnp3Tcp, Dnp3Template]):
     template_model: ClassVar[type[TemplateBase]] = Dnp3Template
 
     def __init__(self) -> None:
-        self._links: dict[str, Dnp3Link] = {}
+        self._pool: LinkPool[Dnp3Link] = LinkPool()
         self._devices: dict[int, Dnp3DeviceIO] = {}
         self._closing: list[Dnp3Link] = []
 
@@ -38,34 +38,24 @@ class Dnp3Driver(Driver[Dnp3Tcp, Dnp3Template]):
                               f"'{getattr(connection, 'id', connection)}' of type "
                               f"'{getattr(connection, 'type', type(connection).__name__)}' "
                               f"(it serves {', '.join(self.connection_types())})")
-        key = link_key(connection)
-        link = self._links.get(key)
-        if link is None:
-            link = Dnp3Link(connection)
+        link = self._pool.attach(link_key(connection), lambda: Dnp3Link(connection))
         io = Dnp3DeviceIO(device.id, template, link, device.points, self._detach)
-        self._links[key] = link
-        link.refs += 1
         self._devices[id(io)] = io
         return io
 
     @property
     def links(self) -> dict[str, Dnp3Link]:
-        return dict(self._links)
+        return self._pool.links
 
     def _detach(self, io: Dnp3DeviceIO) -> None:
         if self._devices.pop(id(io), None) is None:
             return
-        link = self._links.get(io.endpoint)
-        if link is None:
-            return
-        link.refs -= 1
-        if link.refs <= 0:
-            del self._links[io.endpoint]
-            self._closing.append(link)
+        last = self._pool.detach(io.endpoint)
+        if last is not None:
+            self._closing.append(last)
 
     async def close(self) -> None:
-        links = list(self._links.values()) + self._closing
-        self._links.clear()
+        links = self._pool.take_all() + self._closing
         self._closing.clear()
         self._devices.clear()
         for link in links:

@@ -175,7 +175,6 @@ class Dnp3Link:
                                        "unsolicited_ignored": 0, "unsolicited_disables": 0}
         self.lock = asyncio.Lock()
         self.cache = PointCache()
-        self.refs = 0
         self.connects = 0
         self.counts: dict[str, int] = {"integrity": 0, "class1": 0, "class2": 0, "class3": 0,
                                        "commands": 0}

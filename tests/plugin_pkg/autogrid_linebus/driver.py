@@ -9,14 +9,14 @@ from typing import ClassVar
 from autogrid_linebus.connection import LineBusTcp
 from autogrid_linebus.template import LineBusTemplate
 from drivers.base import (
-    DeviceIO,
     DeviceOffline,
     DeviceTimeout,
     Driver,
     DriverError,
     IOStats,
+    LinkedDeviceIO,
+    LinkPool,
     ProtocolError,
-    UnknownPoint,
     WriteError,
 )
 from drivers.connection import ConnectionBase
@@ -31,7 +31,6 @@ class _Link:
         self.key = f"linebus://{conn.host}:{conn.port}"
         self.conn = conn
         self.lock = asyncio.Lock()
-        self.refs = 0
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def request(self, line: str) -> dict[str, float]:
@@ -70,14 +69,17 @@ class _Link:
             self._streams = None
 
 
-class LineBusDeviceIO(DeviceIO):
+class LineBusDeviceIO(LinkedDeviceIO):
+    """One device; the base class counts writes, refuses them once detached and names
+    points that cannot be written."""
+
     def __init__(self, device: DeviceSpec, template: LineBusTemplate, link: _Link) -> None:
         self.device_id = device.id
         self.endpoint = link.key
         self.stats = IOStats()
         self._unit = device.unit_id
         self._points = {n: template.points[n] for n in (device.points or template.points)}
-        self._writable = set(template.writable)
+        self._template = template
         self._link = link
 
     async def read(self) -> dict[str, PointValue | None]:
@@ -86,11 +88,8 @@ class LineBusDeviceIO(DeviceIO):
         return {n: (regs[p.reg] * p.scale if p.reg in regs else None)
                 for n, p in self._points.items()}
 
-    async def write(self, point: str, value: PointValue) -> PointValue | None:
-        if point not in self._writable:
-            raise UnknownPoint(f"{self.device_id}: '{point}' is not writable")
-        spec = self._points[point]
-        self.stats.writes += 1
+    async def _write(self, point: str, value: PointValue) -> PointValue | None:
+        spec = self.writable_point(self._template.points, self._template.writable, point)
         regs = await self._link.request(f"WRITE {self._unit} {spec.reg} "
                                         f"{float(value) / spec.scale}")
         back = regs.get(spec.reg)
@@ -106,19 +105,17 @@ class LineBusDriver(Driver[LineBusTcp, LineBusTemplate]):
     template_model: ClassVar[type[TemplateBase]] = LineBusTemplate
 
     def __init__(self) -> None:
-        self._links: dict[str, _Link] = {}
+        self._pool: LinkPool[_Link] = LinkPool()
 
     def attach(self, device: DeviceSpec, template: LineBusTemplate,
                connection: LineBusTcp) -> LineBusDeviceIO:
         if not isinstance(template, LineBusTemplate) or not isinstance(connection, LineBusTcp):
             raise DriverError(f"{device.id}: the linebus driver needs a linebus template and "
                               f"a linebus_tcp connection")
-        link = _Link(connection)
-        link = self._links.setdefault(link.key, link)
-        link.refs += 1
+        link = self._pool.attach(f"{connection.host}:{connection.port}",
+                                 lambda: _Link(connection))
         return LineBusDeviceIO(device, template, link)
 
     async def close(self) -> None:
-        for link in self._links.values():
+        for link in self._pool.take_all():
             link.close()
-        self._links.clear()
