@@ -157,3 +157,44 @@ def test_a_problem_in_a_shared_block_names_the_block(tmp_path: Path) -> None:
     p = only(check_config(tmp_path / "site.yaml"))
     block = tmp_path / "models" / "_sunspec_common.yaml"
     assert f"{block}:7:11: points.f_hz.type:" in p.message  # its own file, line and column
+
+
+async def test_a_site_template_is_simulated_and_polled_end_to_end(tmp_path: Path) -> None:
+    """The simulator serves a site template's registers and the daemon polls them: the
+    same library resolves the name on both sides (a built-in copied under a new name,
+    with its own model line)."""
+    from drivers.template import TEMPLATE_DIR
+    from gateway.config.models import SiteConfig
+    from gateway.daemon import Daemon
+    from gateway.demo import with_ports
+    from gateway.model import Quality
+    from sim_devices.runner import SimRunner
+    from tests.waiting import until
+
+    text = (TEMPLATE_DIR / "generic_bess.yaml").read_text(encoding="utf-8")
+    local_dir(tmp_path, site_bess=text.replace("\nmodel:", "\nmodel: Site battery,", 1))
+    cfg = SiteConfig.model_validate({
+        "site": {"name": "local", "latitude": 48.0, "longitude": 11.0},
+        "gateways": [{"id": "gw1", "api_socket": str(tmp_path / "api.sock")}],
+        "templates": [str(tmp_path / "models")],
+        "connections": [{"id": "tcp", "type": "modbus_tcp", "host": "127.0.0.1", "port": 1,
+                         "timeout_s": 0.5}],
+        "devices": [{"id": "bat", "nature": "bess", "template": "site_bess",
+                     "connection": "tcp", "poll_interval_s": 0.2,
+                     "ratings": {"capacity_kwh": 50, "p_max_kw": 25}}],
+        "historian": {"enabled": False},
+        "simulation": {"seed": 1, "clock": {"start": "2025-06-21T12:00:00+02:00"}},
+    })
+    assert cfg.template_library().load("site_bess").model.startswith("Site battery, BESS")
+    runner = SimRunner(cfg, port_overrides={"tcp": 0})
+    ports = await runner.start()
+    daemon = Daemon(with_ports(cfg, ports))
+    try:
+        assert runner.skipped == {}
+        await daemon.start()
+        dev = daemon.state.devices["bat"]
+        await until(lambda: dev.health.quality is Quality.GOOD, "the site template's device")
+        assert isinstance(dev.value("soc_pct"), float)
+    finally:
+        await daemon.shutdown()
+        await runner.stop()
