@@ -11,11 +11,7 @@ it off.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from gateway.daemon import Daemon
+from typing import Protocol
 
 
 class Component(Protocol):
@@ -26,8 +22,6 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-Factory = Callable[["Daemon"], "Component | None"]
-
 # Each entry: "module:function". Imported lazily so a component's dependencies load only
 # when it is used.
 FACTORIES: list[str] = [
@@ -37,16 +31,3 @@ FACTORIES: list[str] = [
     "gateway.analytics.service:build",  # forecasts, anomalies, battery health (with historian)
     "gateway.control.scheduler_component:build",  # LP plan for the controller (`tariff:`)
 ]
-
-
-def build_components(daemon: Daemon) -> list[Component]:
-    import importlib
-
-    out: list[Component] = []
-    for target in FACTORIES:
-        module, _, fn = target.partition(":")
-        factory: Factory = getattr(importlib.import_module(module), fn)
-        comp = factory(daemon)
-        if comp is not None:
-            out.append(comp)
-    return out

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from drivers.base import DeviceIO, Driver
 from drivers.library import TemplateLibrary
 from drivers.registry import driver_for_connection_type, get_driver
+from gateway import components
 from gateway.alarms import AlarmStore, alarms_path
 from gateway.api import ApiServer, default_socket_path
-from gateway.components import Component, build_components
+from gateway.components import Component
 from gateway.config.models import Device, SiteConfig
 from gateway.historian import Historian
 from gateway.poller import Poller
@@ -97,7 +100,7 @@ class Daemon:
             await self.api.start()
             for dev in self.cfg.devices_of(self.gateway_id):
                 self.poller.add(self.ios[dev.id], dev.poll_interval_s)
-            for comp in build_components(self):
+            for comp in self._build_components():
                 await comp.start()
                 self.components.append(comp)
         except BaseException:
@@ -105,6 +108,18 @@ class Daemon:
             raise
         log.info("gateway %s up: %d devices, API on %s", self.gateway_id, len(self.ios),
                  self.socket_path)
+
+    def _build_components(self) -> list[Component]:
+        """The optional parts whose config sections are on (gateway.components)."""
+        out: list[Component] = []
+        for target in components.FACTORIES:
+            module, _, fn = target.partition(":")
+            factory: Callable[[Daemon], Component | None] = getattr(
+                importlib.import_module(module), fn)
+            comp = factory(self)
+            if comp is not None:
+                out.append(comp)
+        return out
 
     def _open_alarms(self) -> None:
         """Alarms and audit, a service like the historian: on with a ``control:`` section."""
@@ -161,7 +176,8 @@ class Daemon:
             except Exception as exc:  # keep shutting down the rest
                 log.warning("stopping %s: %s", comp.name, exc)
         await self.poller.stop()
-        await write_safe_setpoints(self)  # leave devices as configured, before links close
+        # leave devices as configured, before links close
+        await write_safe_setpoints(self.cfg.devices_of(self.gateway_id), self.ios, self.state)
         for driver in self.drivers.values():
             try:
                 await asyncio.wait_for(driver.close(), 5.0)

@@ -90,7 +90,7 @@ async def test_api_commands_through_the_daemon(tmp_path: Path) -> None:
 
     cfg = load_config(DEMO).config
     cfg = cfg.model_copy(update={
-        "devices": [],
+        "devices": [], "control": None,  # no devices: nothing for control to steer or name
         "historian": cfg.historian.model_copy(update={"path": tmp_path / "h.sqlite"})})
     daemon = Daemon(cfg, socket_path=tmp_path / "api.sock")
     await daemon.start()

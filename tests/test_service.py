@@ -39,6 +39,7 @@ def site(tmp: Path, port: int, metrics_port: int, *, with_heater: bool,
                             batch_size=100_000)
     keep = {"grid_meter", "pv_roof", "battery"} | ({"water_heater"} if with_heater else set())
     cfg["devices"] = [d for d in cfg["devices"] if d["id"] in keep]
+    cfg["control"]["emergency"].pop("pcc_breaker", None)  # not among the devices kept
     for d in cfg["devices"]:
         d["poll_interval_s"] = pv_interval if d["id"] == "pv_roof" else 0.2
         d.pop("safe_setpoints", None)
