@@ -54,7 +54,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-Template = Any  # a TemplateBase subclass instance: the protocol's own model
+Template = TemplateBase  # an instance of the protocol's own model (a TemplateBase subclass)
 
 
 def template_model(protocol: str) -> type[TemplateBase]:

@@ -85,6 +85,9 @@ class SimRunner:
                 self.skipped[dev.id] = "no physics model"
                 continue
             tpl = (templates or {}).get(dev.template) or library.load(dev.template)
+            if not isinstance(tpl, ModbusTemplate):
+                self.skipped[dev.id] = f"template '{dev.template}' is not a Modbus template"
+                continue
             image = DeviceImage(dev.id, dev.unit_id, tpl, model, self.generation)
             self.images[dev.id] = image
             by_conn.setdefault(conn.id, []).append(image)
