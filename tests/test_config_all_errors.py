@@ -140,3 +140,15 @@ def test_yaml_syntax_errors_in_plain_words(text: str) -> None:
     assert p.mark is not None and f"{p.mark.line}:{p.mark.col}" == where
     assert p.message.startswith("YAML syntax error: " + words), p.message
     assert "<block" not in p.message and "while parsing" not in p.message
+
+
+def test_a_broken_templates_section_does_not_make_site_templates_unknown(
+        tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "site_meter.yaml").write_text(
+        "nature: meter\npoints:\n  p_kw: {address: 0, function: input, type: float32}\n")
+    text = (BASE.replace("template: meter_3ph", "template: site_meter")
+            + "templates: [{path: models, overide: true}]\n")
+    got = check_config(write(tmp_path, text))
+    assert lines_of(got) == [(32, "templates[0].overide")]

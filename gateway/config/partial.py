@@ -21,7 +21,9 @@ from gateway.config.models import SiteConfig
 from gateway.yamlsrc import Mark, PathKey, Problem, Source
 
 LIST_SECTIONS = ("gateways", "connections", "devices")
-REQUIRED_SECTIONS = ("site",)  # without these no cross check can run
+# Without these no cross check can run, or they would all be wrong (a broken `templates:`
+# would make every site template an "unknown template").
+REQUIRED_SECTIONS = ("site", "templates")
 _INDEXED = re.compile(r"\b(gateways|connections|devices)\[(\d+)\]")
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
