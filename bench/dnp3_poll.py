@@ -32,9 +32,9 @@ from dnp3.master.handler import DefaultSOEHandler  # noqa: E402
 from dnp3.master.master import Master  # noqa: E402
 from dnp3.master.tcp_runner import MasterTcpRunner  # noqa: E402
 
+from drivers.dnp3.connection import Dnp3Tcp  # noqa: E402
 from drivers.dnp3.driver import Dnp3Driver  # noqa: E402
 from drivers.template import load_template  # noqa: E402
-from gateway.config.dnp3 import Dnp3Tcp  # noqa: E402
 from gateway.config.models import SiteConfig  # noqa: E402
 from sim_devices.runner import SimRunner  # noqa: E402
 

@@ -7,12 +7,17 @@ protocol I/O, connections and reconnects; the poller owns timing; control sees n
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
+from drivers.connection import ConnectionBase
+from drivers.template_base import DeviceSpec, TemplateBase
 from gateway.model import Invalid, PointValue
+
+log = logging.getLogger("autogrid.drivers")
 
 
 class DriverError(Exception):
@@ -89,17 +94,155 @@ class DeviceIO(ABC):
         """
 
 
-class Driver(ABC):
-    """A protocol driver. One instance per daemon; devices attach to it."""
+P = TypeVar("P")
+L = TypeVar("L")
 
-    name: ClassVar[str]
-    connection_types: ClassVar[tuple[str, ...]]  # config `connections[].type` it serves
+
+class LinkedDeviceIO(DeviceIO):
+    """What every protocol's device shares: writes counted in its stats (an error and
+    its text, cleared by the next success), refused once the device is detached, and
+    one rule for naming a point that cannot be written. A subclass implements
+    ``_write`` (the protocol's write and read-back) and sets ``_attached``."""
+
+    _attached: bool = True
+
+    async def write(self, point: str, value: PointValue) -> PointValue | None:
+        self.stats.writes += 1
+        try:
+            if not self._attached:
+                raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
+            got = await self._write(point, value)
+        except DriverError as exc:
+            self.stats.errors += 1
+            self.stats.last_error = str(exc)
+            raise
+        except Exception as exc:  # a library error the driver did not map: still a refusal
+            log.exception("%s: writing '%s' failed in the driver", self.device_id, point)
+            self.stats.errors += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            raise WriteError(f"{self.device_id}: writing '{point}' failed in the driver: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        self.stats.last_error = None
+        return got
 
     @abstractmethod
-    def attach(self, device: Any, template: Any, connection: Any) -> DeviceIO:
-        """Bind a configured device (gateway.config.models.Device) with its template and
-        connection config; no I/O happens until the first read."""
+    async def _write(self, point: str, value: PointValue) -> PointValue | None:
+        """Write one point and read it back (see DeviceIO.write)."""
+
+    def writable_point(self, points: Mapping[str, P], writable: Sequence[str],
+                       point: str) -> P:
+        """The template entry of ``point``, or UnknownPoint saying it is not in the
+        template or is read-only, with the points that can be written."""
+        pt = points.get(point)
+        names = ", ".join(writable) or "none"
+        if pt is None:
+            raise UnknownPoint(f"{self.device_id}: '{point}' is not in the template "
+                               f"(writable: {names})")
+        if point not in writable:
+            raise UnknownPoint(f"{self.device_id}: '{point}' is read-only (writable: {names})")
+        return pt
+
+
+class LinkPool(Generic[L]):
+    """Links shared by every device behind one physical endpoint, reference counted:
+    made on the first attach, handed back for closing when the last device detaches."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, L] = {}
+        self._refs: dict[str, int] = {}
+
+    def attach(self, key: str, make: Callable[[], L]) -> L:
+        link = self._links.get(key)
+        if link is None:
+            link = self._links[key] = make()
+        self._refs[key] = self._refs.get(key, 0) + 1
+        return link
+
+    def detach(self, key: str) -> L | None:
+        """One device fewer on ``key``; the link when that was the last one (close it)."""
+        if key not in self._links:
+            return None
+        self._refs[key] -= 1
+        if self._refs[key] > 0:
+            return None
+        del self._refs[key]
+        return self._links.pop(key)
+
+    def refs(self, key: str) -> int:
+        return self._refs.get(key, 0)
+
+    @property
+    def links(self) -> dict[str, L]:
+        return dict(self._links)
+
+    def take_all(self) -> list[L]:
+        """Every link, forgotten (the driver closes them)."""
+        links = list(self._links.values())
+        self._links.clear()
+        self._refs.clear()
+        return links
+
+
+ConnT = TypeVar("ConnT", bound=ConnectionBase)
+TplT = TypeVar("TplT", bound=TemplateBase)
+
+
+class Driver(ABC, Generic[ConnT, TplT]):
+    """A protocol driver. One instance per daemon; devices attach to it.
+
+    A driver declares what it serves: ``protocol`` (the ``protocol:`` of its templates),
+    ``connection_models`` (the ``connections[]`` models, each with its ``type``) and
+    ``template_model``. The registry builds the site config's connection union and the
+    template loader from these, so a plug-in needs no table changed anywhere else.
+    """
+
+    name: ClassVar[str]
+    protocol: ClassVar[str]
+    connection_models: ClassVar[tuple[type[ConnectionBase], ...]]
+    template_model: ClassVar[type[TemplateBase]]
+
+    @classmethod
+    def connection_types(cls) -> tuple[str, ...]:
+        """The config ``connections[].type`` values this driver serves."""
+        return tuple(m.type_name() for m in cls.connection_models)
+
+    @abstractmethod
+    def attach(self, device: DeviceSpec, template: TplT, connection: ConnT) -> DeviceIO:
+        """Bind a configured device with its template and connection config; no I/O
+        happens until the first read. A template or connection of another protocol is
+        refused with a DriverError that names it."""
 
     @abstractmethod
     async def close(self) -> None:
         """Close every connection and cancel background tasks (reconnects)."""
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """A driver's declaration, readable without importing the driver (its protocol
+    library): what the registry needs to build the config schema and load templates.
+
+    A built-in package or a plug-in names one of these in the registry (or names its
+    Driver class, whose class variables say the same, at the price of importing it).
+    """
+
+    name: str
+    protocol: str
+    connection_models: tuple[type[ConnectionBase], ...]
+    template_model: str | type[TemplateBase]  # "module:Class", imported on first use
+    driver: str | type[Driver[Any, Any]]  # "module:Class", imported on first attach
+
+    @property
+    def connection_types(self) -> tuple[str, ...]:
+        return tuple(m.type_name() for m in self.connection_models)
+
+    @classmethod
+    def of(cls, driver: type[Driver[Any, Any]]) -> DriverInfo:
+        """The declaration a Driver subclass makes with its class variables."""
+        missing = [v for v in ("name", "protocol", "connection_models", "template_model")
+                   if not hasattr(driver, v)]
+        if missing:
+            raise TypeError(f"{driver.__module__}.{driver.__qualname__} does not declare "
+                            f"{', '.join(missing)}")
+        return cls(driver.name, driver.protocol, tuple(driver.connection_models),
+                   driver.template_model, driver)

@@ -1,240 +1,166 @@
 """Device templates: a device model described as data, validated on load.
 
 A template maps the standard points of one nature (gateway.model.NATURES) to protocol
-addresses. Code exists per protocol, never per device model. Templates live in
-``drivers/templates/*.yaml``; the file stem is the template name used in site configs.
-
-Modbus point fields:
-  address   register (or coil) address, 0-based as sent on the wire
-  function  holding | input | coil | discrete
-  type      int16 | uint16 | int32 | uint32 | float32 | string | bool
-  count     registers for a string (2 characters each)
-  word_order  big (high word first, default) | little, for 32-bit types
-  scale     raw * scale = value in the point's unit (default 1)
-  scale_factor  address of a SunSpec scale-factor register (int16 exponent of 10,
-            holding); value = raw * 10**sf * scale
-  access    r | rw | w
-  enum      raw integer -> string, for state-like points
-  not_implemented  raw value meaning "no value": SunSpec int16 0x8000, uint16/enum16
-            0xFFFF, int32 0x80000000, uint32 0xFFFFFFFF, acc16/acc32 0 (a scale factor
-            register reading 0x8000 is always "not implemented")
-  optional  the device may lack this point: its not-implemented value reads as no value
-            (None). Without it the point is mandatory and that value reads as invalid.
-  min, max  the range a true value lies in (engineering units, after scaling), from
-            the vendor's datasheet; a value outside it reads as invalid
-The vendor's own register name goes in a YAML comment on the address line.
+addresses. Code exists per protocol, never per device model. Each driver declares its
+template model (a ``TemplateBase``) to the registry under its protocol name, and a
+template file says which protocol it speaks (``protocol:``, default ``modbus``). Built-in
+templates live in ``drivers/templates/*.yaml``; the file stem is the template name used
+in site configs. The Modbus model is in ``drivers.modbus.template`` (its names are still
+importable from here).
 """
 
 from __future__ import annotations
 
-import enum
 import importlib
+import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from drivers.template_base import (  # noqa: F401  (the bases, importable from here too)
+    TEMPLATE_DIR,
+    DeviceSpec,
+    PlacedDevice,
+    StrictTemplatePart,
+    TemplateBase,
+    nature_problems,
+)
+from gateway.yamlsrc import (
+    PathKey,
+    Problem,
+    Source,
+    SourceError,
+    load_yaml_file,
+    parse_model,
+)
 
-from gateway.model import NATURES, Kind, Nature
-from gateway.yamlsrc import Problem, Source, SourceError, load_yaml_file, parse_model
+if TYPE_CHECKING:
+    from drivers.modbus.template import (  # noqa: F401  (names kept importable from here)
+        Access,
+        Function,
+        ModbusPoint,
+        ModbusTemplate,
+        RegType,
+    )
 
-TEMPLATE_DIR = Path(__file__).parent / "templates"
-
-
-class Function(enum.StrEnum):
-    HOLDING = "holding"
-    INPUT = "input"
-    COIL = "coil"
-    DISCRETE = "discrete"
-
-    @property
-    def is_bit(self) -> bool:
-        return self in (Function.COIL, Function.DISCRETE)
-
-
-class RegType(enum.StrEnum):
-    INT16 = "int16"
-    UINT16 = "uint16"
-    INT32 = "int32"
-    UINT32 = "uint32"
-    FLOAT32 = "float32"
-    STRING = "string"
-    BOOL = "bool"  # a coil/discrete input, or a 16-bit register read as != 0
-
-    def registers(self, count: int | None) -> int:
-        if self in (RegType.INT32, RegType.UINT32, RegType.FLOAT32):
-            return 2
-        if self is RegType.STRING:
-            return count or 1
-        return 1
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_MOVED = {"Access", "Function", "ModbusPoint", "ModbusTemplate", "RegType"}
 
 
-class Access(enum.StrEnum):
-    R = "r"
-    RW = "rw"
-    W = "w"
+def __getattr__(name: str) -> Any:
+    """The Modbus template names, now in drivers.modbus.template, for older imports."""
+    if name in _MOVED:
+        return getattr(importlib.import_module("drivers.modbus.template"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Template = TemplateBase  # an instance of the protocol's own model (a TemplateBase subclass)
 
 
-class ModbusPoint(_Strict):
-    address: Annotated[int, Field(ge=0, le=65535)]
-    function: Function = Function.HOLDING
-    type: RegType = RegType.UINT16
-    count: Annotated[int, Field(ge=1, le=125)] | None = None
-    word_order: Literal["big", "little"] = "big"
-    scale: float = 1.0
-    scale_factor: Annotated[int, Field(ge=0, le=65535)] | None = None
-    access: Access = Access.R
-    enum: dict[int, str] | None = None
-    not_implemented: int | None = None
-    optional: bool = False
-    min: float | None = None
-    max: float | None = None
+def template_model(protocol: str) -> type[TemplateBase]:
+    """The template model the driver of ``protocol`` declared; KeyError if none did."""
+    from drivers import registry  # the registry imports this module's TemplateBase
 
-    @property
-    def width(self) -> int:
-        """Registers (or bits) this point occupies."""
-        return 1 if self.function.is_bit else self.type.registers(self.count)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModbusPoint:
-        if self.function.is_bit and self.type is not RegType.BOOL:
-            raise ValueError(f"function '{self.function}' carries single bits, so type must be "
-                             f"'bool' (found '{self.type}')")
-        if self.type is RegType.STRING and self.count is None:
-            raise ValueError("type 'string' needs 'count' (registers, 2 characters each)")
-        if self.function in (Function.INPUT, Function.DISCRETE) and self.access is not Access.R:
-            raise ValueError(f"function '{self.function}' is read-only on the wire, so access "
-                             f"must be 'r' (found '{self.access}')")
-        if self.address + self.width - 1 > 65535:
-            raise ValueError(f"address {self.address} + {self.width} registers runs past 65535")
-        if self.min is not None or self.max is not None:
-            if self.type in (RegType.STRING, RegType.BOOL) or self.enum is not None:
-                raise ValueError("'min'/'max' apply to numbers only (this point is "
-                                 f"{'an enum' if self.enum is not None else self.type})")
-            if self.min is not None and self.max is not None and self.min > self.max:
-                raise ValueError(f"min {self.min:g} is above max {self.max:g}")
-        return self
-
-    def range_text(self) -> str:
-        """The valid range as operators read it: "0..100", ">= 0", "<= 65"."""
-        if self.min is not None and self.max is not None:
-            return f"{self.min:g}..{self.max:g}"
-        return f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
+    return registry.template_model(protocol)
 
 
-class ModbusTemplate(_Strict):
-    """A Modbus device model."""
+def known_protocols() -> list[str]:
+    from drivers import registry
 
-    protocol: Literal["modbus"] = "modbus"
-    nature: Nature
-    manufacturer: str = ""
-    model: str = ""
-    description: str = ""
-    sunspec: bool = False  # the device carries a SunSpec model chain (SunS at base)
-    sunspec_base: int = 40000
-    max_registers_per_read: Annotated[int, Field(ge=1, le=125)] = 125
-    points: dict[str, ModbusPoint]
-    # Registers the simulator exposes with fixed content (SunSpec common model strings,
-    # scale factors). address -> value; not polled unless a point needs it.
-    constants: dict[int, int] = Field(default_factory=dict)
-
-    @field_validator("points")
-    @classmethod
-    def _points_exist(cls, points: dict[str, ModbusPoint], info: ValidationInfo
-                      ) -> dict[str, ModbusPoint]:
-        nature = info.data.get("nature")
-        if nature is None:
-            return points
-        specs = NATURES[nature]
-        problems = []
-        for name, pt in points.items():
-            spec = specs.get(name)
-            if spec is None:
-                problems.append(f"'{name}' is not a point of nature '{nature}' "
-                                f"(known: {', '.join(sorted(specs))})")
-                continue
-            if pt.access is not Access.R and not spec.writable:
-                problems.append(f"'{name}' is read-only in nature '{nature}' but access is "
-                                f"'{pt.access}'")
-            if spec.kind is Kind.STR and pt.enum is None and pt.type is not RegType.STRING:
-                problems.append(f"'{name}' is a text point: give it 'enum' or type 'string'")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return points
-
-    @property
-    def writable(self) -> list[str]:
-        return [n for n, p in self.points.items() if p.access is not Access.R]
-
-
-# Every template model has `protocol` (its discriminator), `nature` and `points`. Other
-# protocols register their template model here by protocol name, as "module:Class", so
-# this module never imports a driver package.
-TEMPLATE_MODELS: dict[str, str] = {
-    "modbus": "drivers.template:ModbusTemplate",
-    "dnp3": "drivers.dnp3.template:Dnp3Template",
-    "can": "drivers.can.template:CanTemplate",
-}
-
-Template = Any  # a ModbusTemplate, or another protocol's model from TEMPLATE_MODELS
-
-
-def template_model(protocol: str) -> type[BaseModel]:
-    target = TEMPLATE_MODELS.get(protocol)
-    if target is None:
-        raise KeyError(protocol)
-    module, _, cls = target.partition(":")
-    model: type[BaseModel] = getattr(importlib.import_module(module), cls)
-    return model
-
-
-def _check_overlaps(tpl: ModbusTemplate, src: Source) -> list[Problem]:
-    problems: list[Problem] = []
-    taken: dict[tuple[bool, int], str] = {}
-    for name, pt in tpl.points.items():
-        table = pt.function in (Function.HOLDING, Function.COIL)
-        for addr in range(pt.address, pt.address + pt.width):
-            key = (table, addr) if not pt.function.is_bit else (table, -addr - 1)
-            other = taken.get(key)
-            if other is not None and other != name:
-                problems.append(src.problem(("points", name, "address"),
-                                            f"register {addr} overlaps point '{other}'"))
-                break
-            taken[key] = name
-    return problems
+    return registry.protocols()
 
 
 def load_template_file(path: str | Path) -> Template:
-    """Load and validate one template file; raise SourceError listing every problem."""
+    """Load and validate one template file; raise SourceError listing every problem.
+
+    ``include: _block.yaml`` (or a list) merges shared blocks, relative to the template's
+    directory, before validation: a mapping such as ``points`` is merged key by key (the
+    template's own entry wins), anything else is taken only where the template has none.
+    A problem in an included part is reported at its place in the included file.
+    """
     src = load_yaml_file(path)
     if not isinstance(src.data, dict):
         raise SourceError([Problem(src.file, src.mark(()), "",
                                    "a template must be a mapping with 'nature' and 'points'")])
+    origins = _include(src, Path(path).parent)
+    try:
+        return template_from_source(src)
+    except SourceError as err:
+        raise SourceError([_relocated(p, origins) for p in err.problems]) from None
+
+
+def _include(src: Source, directory: Path) -> dict[PathKey, str]:
+    """Merge the blocks ``src`` includes into it; the paths that came from each file."""
+    wanted = src.data.pop("include", None)
+    if wanted is None:
+        return {}
+    names = [wanted] if isinstance(wanted, str) else wanted
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise SourceError([src.problem(("include",), "expected a file name or a list of "
+                                                     "file names of shared blocks")])
+    origins: dict[PathKey, str] = {}
+    for i, name in enumerate(names):
+        where: PathKey = ("include",) if isinstance(wanted, str) else ("include", i)
+        target = directory / name
+        if not target.is_file():
+            raise SourceError([src.problem(where, f"included file '{target}' does not exist")])
+        block = load_yaml_file(target)
+        if not isinstance(block.data, dict) or "include" in block.data:
+            raise SourceError([block.problem((), "a shared block must be a mapping and "
+                                                 "cannot include another block")])
+        for key, value in block.data.items():
+            mine = src.data.get(key)
+            if isinstance(mine, dict) and isinstance(value, dict):
+                for sub, v in value.items():
+                    if sub not in mine:
+                        mine[sub] = v
+                        _take(src, block, (key, sub), origins)
+            elif key not in src.data:
+                src.data[key] = value
+                _take(src, block, (key,), origins)
+    return origins
+
+
+def _take(src: Source, block: Source, prefix: PathKey, origins: dict[PathKey, str]) -> None:
+    """Copy the positions under ``prefix`` from an included block into ``src``."""
+    n = len(prefix)
+    for table, into in ((block.values, src.values), (block.keys, src.keys)):
+        for path, mark in table.items():
+            if path[:n] == prefix:
+                into[path] = mark
+    origins[prefix] = block.file
+
+
+def _relocated(problem: Problem, origins: dict[PathKey, str]) -> Problem:
+    """A problem in an included part names the included file."""
+    if not origins:
+        return problem
+    path = tuple(int(i) if i else k for k, i in _PATH_PART.findall(problem.path))
+    for n in range(len(path), 0, -1):
+        found = origins.get(path[:n])
+        if found is not None:
+            return Problem(found, problem.mark, problem.path, problem.message)
+    return problem
+
+
+def template_from_source(src: Source) -> Template:
+    """Validate parsed template data with its protocol's model and its own checks."""
     protocol = src.data.get("protocol", "modbus")
     try:
         model = template_model(str(protocol))
     except KeyError:
         raise SourceError([src.problem(("protocol",), f"unknown protocol {protocol!r} (known: "
-                                       f"{', '.join(sorted(TEMPLATE_MODELS))})")]) from None
+                                       f"{', '.join(known_protocols())})")]) from None
     tpl = parse_model(model, src)
-    if isinstance(tpl, ModbusTemplate):
-        problems = _check_overlaps(tpl, src)
-        if problems:
-            raise SourceError(problems)
-    check = getattr(tpl, "check_source", None)  # other protocols' cross-field checks
-    if check is not None:
-        problems = check(src)
-        if problems:
-            raise SourceError(problems)
+    problems = tpl.check_source(src)
+    if problems:
+        raise SourceError(problems)
     return tpl
 
 
 def template_names(directory: Path = TEMPLATE_DIR) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+    """The templates of a directory (``_name.yaml`` files are shared blocks, not templates)."""
+    return sorted(p.stem for p in directory.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 @cache

@@ -167,6 +167,7 @@ class ApiServer:
         # Set by the control component: refusals are audited there (else logged).
         self.audit_sink: AuditSink | None = None
         self.commands: dict[str, Command] = {}
+        self._owned: set[str] = set()  # registered with replace=True: fallbacks yield
         for name, fn, help_ in (
                 ("ping", self._ping, "daemon identity and uptime"),
                 ("summary", lambda r, c: self.state.summary(), "site power flow"),
@@ -181,11 +182,16 @@ class ApiServer:
                  help: str = "", replace: bool = False) -> None:
         """Add an API command. ``handler(request, caller)`` returns the result (or an
         awaitable of it) and raises ApiError to refuse with a reason. ``replace`` lets the
-        component that owns the data take over a command another one offers as a fallback."""
+        component that owns the data take over a command another one offers as a fallback,
+        whichever registers first (components start in any order)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
+        if name in self._owned and not replace:
+            return  # the owner registered already; this is the fallback
         if (name in self.commands and not replace) or name in ("subscribe", "unsubscribe"):
             raise ValueError(f"API command {name!r} is already registered")
+        if replace:
+            self._owned.add(name)
         self.commands[name] = Command(name, handler, role, help)
 
     async def start(self) -> None:

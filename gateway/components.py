@@ -1,9 +1,12 @@
 """Optional parts of the daemon (control, metrics, analytics, ...) as pluggable components.
 
-A component is started after the devices, historian and API are up, and stopped, in reverse
-order, before them. It registers its API commands on ``daemon.api`` and listens to
-``daemon.state``. To add one, append a factory to ``FACTORIES`` (one line): a function of the
-daemon that returns a Component, or None when its config section leaves it off.
+A component is started after the devices, historian, alarms and API are up, and stopped,
+in reverse order, before them. It registers its API commands on ``daemon.api``, listens to
+``daemon.state`` and meets the others through ``daemon.ports`` (typed: the alarm service,
+the controller, the forecasts), never by name, so their order here carries no meaning
+beyond the first entry. To add one, append a factory to ``FACTORIES`` (one line): a
+function of the daemon that returns a Component, or None when its config section leaves
+it off.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from gateway.config.models import SiteConfig
-    from gateway.daemon import Daemon
 
 
 class Component(Protocol):
@@ -24,19 +26,15 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-Factory = Callable[["Daemon"], "Component | None"]
-
 # Each entry: "module:function". Imported lazily so a component's dependencies load only
 # when it is used.
 FACTORIES: list[str] = [
-    "gateway.console.policy:component",  # API roles/tokens from `console:` (first: no gap)
+    "gateway.apicomponent:component",  # API roles/tokens from `console:` (first: no gap)
     "gateway.service.metrics:build",  # Prometheus endpoint, when `metrics:` is set
     "gateway.control.component:build",  # protection + site controller, when `control:` is set
     "gateway.analytics.service:build",  # forecasts, anomalies, battery health (with historian)
     "gateway.control.scheduler_component:build",  # LP plan for the controller (`tariff:`)
 ]
-
-
 
 
 def _analytics_wanted(cfg: SiteConfig) -> bool:
@@ -53,19 +51,3 @@ GATES: dict[str, Callable[[SiteConfig], bool]] = {
     "gateway.analytics.service:build": _analytics_wanted,
     "gateway.control.scheduler_component:build": _scheduler_wanted,
 }
-
-
-def build_components(daemon: Daemon) -> list[Component]:
-    import importlib
-
-    out: list[Component] = []
-    for target in FACTORIES:
-        gate = GATES.get(target)
-        if gate is not None and not gate(daemon.cfg):
-            continue
-        module, _, fn = target.partition(":")
-        factory: Factory = getattr(importlib.import_module(module), fn)
-        comp = factory(daemon)
-        if comp is not None:
-            out.append(comp)
-    return out

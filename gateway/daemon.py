@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from drivers.base import DeviceIO, Driver
+from drivers.library import TemplateLibrary
 from drivers.registry import driver_for_connection_type, get_driver
-from drivers.template import load_template
+from gateway import components
+from gateway.alarms import AlarmStore, alarms_path
 from gateway.api import ApiServer, default_socket_path
-from gateway.components import Component, build_components
+from gateway.components import Component
 from gateway.config.models import Device, SiteConfig
 from gateway.historian import Historian
 from gateway.poller import Poller
+from gateway.ports import Ports
 from gateway.runlock import RunLock, lock_path
 from gateway.service.safestop import write_safe_setpoints
 from gateway.state import DeviceState, SiteState
@@ -58,12 +63,14 @@ class Daemon:
         self.drivers: dict[str, Driver] = {}
         self.ios: dict[str, DeviceIO] = {}
         self.historian: Historian | None = None
+        self.ports = Ports()  # typed meeting points of the components (gateway.ports)
         self.api: ApiServer | None = None
         self.started = 0.0
         self.components: list[Component] = []
         self.lock = RunLock(self._lock_path(), self.gateway_id)
         self.stop_problems: list[str] = []  # what the last shutdown could not do cleanly
         self._stop = asyncio.Event()
+        self._library: tuple[SiteConfig, TemplateLibrary] | None = None
 
     def _lock_path(self) -> Path:
         """The run lock lives in the state directory (see gateway.runlock.lock_path)."""
@@ -87,12 +94,13 @@ class Daemon:
                 self.historian = Historian(self.cfg.historian)
                 await self.historian.start()
                 self.state.on_change(self.historian.record)
+            self._open_alarms()
             self.api = ApiServer(self.state, self.socket_path, self.gateway_id, self.stats,
                                  self.cfg.api)
             await self.api.start()
             for dev in self.cfg.devices_of(self.gateway_id):
                 self.poller.add(self.ios[dev.id], dev.poll_interval_s)
-            for comp in build_components(self):
+            for comp in self._build_components():
                 await comp.start()
                 self.components.append(comp)
         except BaseException:
@@ -100,6 +108,32 @@ class Daemon:
             raise
         log.info("gateway %s up: %d devices, API on %s", self.gateway_id, len(self.ios),
                  self.socket_path)
+
+    def _build_components(self) -> list[Component]:
+        """The optional parts whose config sections are on (gateway.components)."""
+        out: list[Component] = []
+        for target in components.FACTORIES:
+            gate = components.GATES.get(target)
+            if gate is not None and not gate(self.cfg):
+                continue  # off by config: its heavy module is not even imported
+            module, _, fn = target.partition(":")
+            factory: Callable[[Daemon], Component | None] = getattr(
+                importlib.import_module(module), fn)
+            comp = factory(self)
+            if comp is not None:
+                out.append(comp)
+        return out
+
+    def _open_alarms(self) -> None:
+        """Alarms and audit, a service like the historian: on with a ``control:`` section."""
+        ctl = self.cfg.control
+        if ctl is None:
+            return
+        hist = Path(self.cfg.historian.path) if self.cfg.historian.enabled else None
+        store = AlarmStore(alarms_path(ctl.state_path, hist), self.cfg.api.audit_retention_days,
+                           self.cfg.api.audit_max_rows)
+        store.open()
+        self.ports.alarms = store
 
     def _attach_devices(self) -> None:
         for dev in self.cfg.devices_of(self.gateway_id):
@@ -115,13 +149,20 @@ class Daemon:
         if driver is None:
             driver = get_driver(name)()
             self.drivers[name] = driver
-        tpl = load_template(dev.template)
+        tpl = self._templates(cfg).load(dev.template)
         io = driver.attach(dev, tpl, conn)
         return io, DeviceState(
             device_id=dev.id, nature=dev.nature,
             max_age_s=dev.max_age_s or max(3.0 * dev.poll_interval_s, 2.0),
             protocol=conn.type, endpoint=io.endpoint, role=dev.role,
             capacity_kwh=dev.ratings.capacity_kwh)
+
+    def _templates(self, cfg: SiteConfig) -> TemplateLibrary:
+        """The config's templates (built-in and site directories), one library per config
+        so a reload sees the files as they are then."""
+        if self._library is None or self._library[0] is not cfg:
+            self._library = (cfg, cfg.template_library())
+        return self._library[1]
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -138,13 +179,17 @@ class Daemon:
             except Exception as exc:  # keep shutting down the rest
                 log.warning("stopping %s: %s", comp.name, exc)
         await self.poller.stop()
-        await write_safe_setpoints(self)  # leave devices as configured, before links close
+        # leave devices as configured, before links close
+        await write_safe_setpoints(self.cfg.devices_of(self.gateway_id), self.ios, self.state)
         for driver in self.drivers.values():
             try:
                 await asyncio.wait_for(driver.close(), 5.0)
             except Exception as exc:  # keep shutting down the rest
                 log.warning("closing driver %s: %s", driver.name, exc)
         self.drivers.clear()
+        if self.ports.alarms is not None:
+            self.ports.alarms.close()
+            self.ports.alarms = None
         if self.historian is not None:
             lost = await self.historian.stop()
             if lost:

@@ -151,7 +151,7 @@ def read_history(db_path: Path, start: str | None = None, end: str | None = None
     df["time"] = pd.Series(pd.to_datetime(site_ts, unit="s", utc=True),
                            index=df.index).dt.round("ms")
     if cfg is not None:
-        from gateway.console.sitetime import zone
+        from gateway.sitetime import zone
 
         df["time"] = df["time"].dt.tz_convert(zone(cfg.site.timezone))
     steps = resolutions(cfg) if cfg is not None else {}

@@ -110,7 +110,7 @@ def site_time_text(answer: Any, now: float | None = None) -> str | None:
     """The site clock in words from a ``site_time`` answer (None without one)."""
     if not isinstance(answer, dict):
         return None
-    from gateway.console.sitetime import SiteClock
+    from gateway.sitetime import SiteClock
 
     return SiteClock.from_answer(answer, now).describe(now)
 

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from gateway.yamlhint import explain
+
 PathKey = tuple[str | int, ...]
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -185,7 +187,7 @@ def load_yaml_text(text: str, file: str) -> Source:
     except yaml.MarkedYAMLError as exc:
         m = exc.problem_mark
         mark = Mark(m.line + 1, m.column + 1) if m is not None else None
-        what = " ".join(s for s in (exc.context, exc.problem) if s)
+        what = explain(exc, text) or " ".join(s for s in (exc.context, exc.problem) if s)
         raise SourceError([Problem(file, mark, "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as exc:
         raise SourceError([Problem(file, None, "", f"YAML error: {exc}")]) from None

@@ -27,11 +27,10 @@ from typing import Any
 
 from cantools.database.can import Message, Signal
 
+from drivers.can.connection import CanConnection
 from drivers.can.dbc import Payload, clamp_to_signal, signal_of
 from drivers.can.link import frame_key
 from drivers.can.template import CanTemplate
-from drivers.template import load_template
-from gateway.config.can import CanConnection
 from gateway.config.models import Device, SiteConfig
 from gateway.model import NATURES, Kind, Nature, PointValue
 from sim_devices.can_ports import Port, make_port
@@ -388,12 +387,13 @@ def build_can_buses(cfg: SiteConfig, site: Any, templates: dict[str, Any] | None
     devices that cannot be simulated go to ``skipped`` (id -> why)."""
     by_conn: dict[str, list[CanNode]] = {}
     conns: dict[str, CanConnection] = {}
+    library = cfg.template_library()  # built-in and the site's own templates
     for dev in cfg.devices:
         conn = cfg.connection(dev.connection)
         if not isinstance(conn, CanConnection) or not dev.enabled:
             continue
         model = site.models.get(dev.id)
-        tpl = (templates or {}).get(dev.template) or load_template(dev.template)
+        tpl = (templates or {}).get(dev.template) or library.load(dev.template)
         if model is None or not isinstance(tpl, CanTemplate):
             if skipped is not None:
                 skipped[dev.id] = ("no physics model" if model is None

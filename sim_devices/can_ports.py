@@ -19,9 +19,9 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
+from drivers.can.connection import CanConnection
 from drivers.can.dbc import Payload
 from drivers.can.link import CanLink, frame_key
-from gateway.config.can import CanConnection
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.config.can import CanConnection
+from drivers.can.connection import CanConnection
 from gateway.config.models import SiteConfig
 from sim_devices.runner import SimRunner
 

@@ -41,8 +41,8 @@ from dnp3.outstation.outstation import Outstation
 from dnp3.outstation.tcp_runner import OutstationTcpRunner
 from dnp3.transport.segmenter import Segmenter
 
+from drivers.dnp3.connection import Dnp3Tcp
 from drivers.dnp3.template import Dnp3Command, Dnp3Point, Dnp3Template
-from gateway.config.dnp3 import Dnp3Tcp
 from gateway.model import PointValue
 from sim_devices.faults import Fault, FaultKind
 
@@ -410,11 +410,11 @@ def attach_dnp3(runner: Any, overrides: dict[str, int], host: str,
                 templates: dict[str, Any] | None) -> None:
     """Serve the DNP3 devices of ``runner``'s site (a SimRunner) on outstations driven by
     its physics: each dnp3_tcp connection becomes an endpoint, each device an image."""
-    from drivers.template import load_template
 
     cfg = runner.cfg
     models = runner.site.models
     by_conn: dict[str, list[Dnp3Unit]] = {}
+    library = cfg.template_library()  # built-in and the site's own templates
     for dev in cfg.devices:
         conn = cfg.connection(dev.connection)
         if conn.type not in SERVED_TYPES or not dev.enabled:
@@ -423,7 +423,7 @@ def attach_dnp3(runner: Any, overrides: dict[str, int], host: str,
         if model is None:
             runner.skipped[dev.id] = "no physics model"
             continue
-        tpl = (templates or {}).get(dev.template) or load_template(dev.template)
+        tpl = (templates or {}).get(dev.template) or library.load(dev.template)
         if not isinstance(tpl, Dnp3Template):
             runner.skipped[dev.id] = f"template '{dev.template}' is not a DNP3 template"
             continue

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any, Protocol
 
-from drivers.template import ModbusTemplate, load_template
+from drivers.template import ModbusTemplate
 from gateway.config.models import ModbusRtuOverTcp, ModbusTcp, SiteConfig
 from gateway.model import PointValue
 from sim_devices.can_nodes import attach_can
@@ -70,6 +70,7 @@ class SimRunner:
         overrides = port_overrides or {}
         models: dict[str, Any] = dict(self.site.models)
         by_conn: dict[str, list[DeviceImage]] = {}
+        library = cfg.template_library()  # built-in and the site's own templates
         for dev in cfg.devices:
             conn = cfg.connection(dev.connection)
             if not dev.enabled:
@@ -83,7 +84,10 @@ class SimRunner:
             if model is None:
                 self.skipped[dev.id] = "no physics model"
                 continue
-            tpl = (templates or {}).get(dev.template) or load_template(dev.template)
+            tpl = (templates or {}).get(dev.template) or library.load(dev.template)
+            if not isinstance(tpl, ModbusTemplate):
+                self.skipped[dev.id] = f"template '{dev.template}' is not a Modbus template"
+                continue
             image = DeviceImage(dev.id, dev.unit_id, tpl, model, self.generation)
             self.images[dev.id] = image
             by_conn.setdefault(conn.id, []).append(image)

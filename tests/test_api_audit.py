@@ -15,8 +15,8 @@ import pytest
 from gateway.api import ApiServer, Caller
 from gateway.apiclient import ApiClient, ApiRequestError
 from gateway.apilimits import ApiSettings
+from gateway.apipolicy import ConsoleSettings, token_policy
 from gateway.config.models import SiteConfig
-from gateway.console.policy import ConsoleSettings, token_policy
 from gateway.control.alarms import MAX_DETAIL_BYTES, MAX_FIELD_CHARS, MAX_PAGE, ControlStore
 from gateway.daemon import Daemon
 from gateway.state import SiteState

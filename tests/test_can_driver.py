@@ -261,3 +261,17 @@ async def test_attach_refuses_foreign_templates(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not a CAN template"):
         driver.attach(cfg.devices[0], load_template("generic_bess"), cfg.connection("bus"))
     await driver.close()
+
+
+async def test_a_detached_device_refuses_writes(rig: Rig) -> None:
+    """Once detached (a reload removed it), a write is refused and counted; no command
+    frame goes out for a device the daemon no longer owns, though its bus stays up."""
+    io = rig.ios["ev1"]
+    await io.read()
+    sent = len(rig.bus.by_device["ev1"].received)
+    await io.close()
+    with pytest.raises(DeviceOffline, match="ev1: detached from"):
+        await io.write("p_set_kw", 5.0)
+    assert io.stats.errors == 1 and "detached" in (io.stats.last_error or "")
+    assert len(rig.bus.by_device["ev1"].received) == sent
+    assert await rig.ios["bms1"].read()  # the other device on the bus still reads

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from gateway.apihistory import summary_history
 from gateway.console.data import ConsoleData
-from gateway.console.history import summary_history
 from gateway.model import Nature
 
 SCHEMA = """

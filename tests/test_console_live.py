@@ -15,10 +15,10 @@ import pytest
 from gateway.aio import cancel_and_wait
 from gateway.api import ApiError, ApiServer, Caller
 from gateway.apiclient import ApiRequestError
+from gateway.apipolicy import ConsoleSettings, role_policy, token_policy
 from gateway.console.app import ConsoleApp, run_console
 from gateway.console.bridge import Bridge
 from gateway.console.data import ConsoleData
-from gateway.console.policy import ConsoleSettings, role_policy, token_policy
 from gateway.model import Nature
 from gateway.state import DeviceState, SiteState
 from tests.waiting import until

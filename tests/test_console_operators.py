@@ -17,8 +17,8 @@ from gateway.console.app import ConsoleApp
 from gateway.console.bridge import Bridge
 from gateway.console.data import ConsoleData
 from gateway.console.main import screen_name
-from gateway.console.sitetime import SiteTimeSource
 from gateway.model import Nature
+from gateway.sitetime import SiteTimeSource
 from gateway.state import DeviceState, SiteState
 from gateway.summary import render
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from drivers.dnp3.connection import Dnp3Tcp
 from drivers.dnp3.device import CommandRefused, Dnp3DeviceIO
 from drivers.dnp3.driver import Dnp3Driver
 from drivers.dnp3.template import Dnp3Template
-from gateway.config.dnp3 import Dnp3Tcp
 from gateway.config.models import Device
 
 o = pytest.importorskip("opendnp3", reason="yadnp3 (opendnp3 bindings) is not installed")

@@ -1,4 +1,5 @@
-"""Driver registry: built-in table, entry points, lazy import, loud failures."""
+"""Driver registry: built-in table, entry points, declarations read without the protocol
+library, lazy driver import, loud failures."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from drivers import registry
+from drivers._blueprint import BlueprintMemory, BlueprintTemplate
 from drivers.base import Driver
-from drivers.template import ModbusTemplate
-from gateway.config.models import Device, ModbusTcp
+from gateway.config.models import Device
 
 
 @pytest.fixture(autouse=True)
@@ -40,11 +41,19 @@ def plugin_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module: str,
                   conn_type: str = "acme_bus") -> None:
     """A plug-in driver module on sys.path, not yet imported."""
     (tmp_path / f"{module}.py").write_text(textwrap.dedent(f"""
+        from typing import Literal
         from drivers.base import Driver
+        from drivers.connection import ConnectionBase
+        from drivers.modbus.template import ModbusTemplate
+
+        class AcmeBus(ConnectionBase):
+            type: Literal["{conn_type}"]
 
         class AcmeDriver(Driver):
             name = "acme"
-            connection_types = ("{conn_type}",)
+            protocol = "acme"
+            connection_models = (AcmeBus,)
+            template_model = ModbusTemplate
 
             def attach(self, device, template, connection):
                 raise NotImplementedError
@@ -65,6 +74,8 @@ def test_builtin_modbus_driver_and_connection_types() -> None:
     assert cls.__module__ == "drivers.modbus.driver"
     for conn_type in ("modbus_tcp", "modbus_rtu_over_tcp", "modbus_serial"):
         assert registry.driver_for_connection_type(conn_type) == "modbus"
+        assert registry.protocol_for_connection_type(conn_type) == "modbus"
+    assert cls.connection_types() == registry.info("modbus").connection_types
     assert isinstance(registry.create_driver("modbus"), cls)
 
 
@@ -86,7 +97,9 @@ def test_importing_the_registry_imports_no_driver() -> None:
         assert "drivers.modbus.driver" not in sys.modules, "imported too early"
         assert "pymodbus" not in sys.modules, "pymodbus imported too early"
         assert r.driver_names() == sorted(r.BUILTIN)
-        assert "drivers.modbus.driver" not in sys.modules, "listing names imported it"
+        assert "modbus_tcp" in r.connection_types() and r.protocols() == ["can", "dnp3", "modbus"]
+        for name in ("pymodbus", "can", "cantools", "dnp3py", "drivers.modbus.driver"):
+            assert name not in sys.modules, f"reading the declarations imported {name}"
         r.get_driver("modbus")
         assert "drivers.modbus.driver" in sys.modules
         print("ok")
@@ -115,7 +128,7 @@ def test_entry_point_reusing_a_name_is_refused(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(registry.DuplicateDriver,
                        match=r"driver 'modbus' from an installed package \(acme_plugin:"
                              r"AcmeDriver\) is already registered \(built in: "
-                             r"drivers.modbus.driver:ModbusDriver\)"):
+                             r"drivers.modbus:DRIVER\)"):
         registry.get_driver("modbus")
 
 
@@ -148,7 +161,8 @@ def test_broken_entry_points_fail_with_the_target_named(
     with pytest.raises(registry.RegistryError,
                        match=r"driver 'gone' \(acme_no_such_module:X\) cannot be loaded"):
         registry.get_driver("gone")
-    with pytest.raises(registry.RegistryError, match=r"is not a drivers\.base\.Driver subclass"):
+    with pytest.raises(registry.RegistryError, match=r"is not a drivers\.base\.Driver subclass "
+                                                     r"or a drivers\.base\.DriverInfo"):
         registry.get_driver("wrong")
 
 
@@ -157,11 +171,25 @@ async def test_blueprint_driver_runs_through_an_entry_point(
     fake_entry_points(monkeypatch, ("blueprint", "drivers._blueprint:BlueprintDriver"))
     assert registry.driver_for_connection_type("blueprint_memory") == "blueprint"
     driver = registry.create_driver("blueprint")
-    tpl = ModbusTemplate(nature="bess", points={
-        "soc_pct": {"address": 0}, "p_set_kw": {"address": 1, "access": "rw"}})
+    assert registry.template_model("blueprint") is BlueprintTemplate
+    tpl = BlueprintTemplate(nature="bess", points={  # type: ignore[arg-type]
+        "soc_pct": {}, "p_set_kw": {"access": "rw"}})
     dev = Device(id="b1", nature="bess", template="x", connection="mem")  # type: ignore[arg-type]
-    conn = ModbusTcp(id="mem", type="modbus_tcp", host="127.0.0.1")
+    conn = BlueprintMemory(id="mem", type="blueprint_memory")
     io = driver.attach(dev, tpl, conn)
     assert await io.write("p_set_kw", 3.5) == 3.5
     assert await io.read() == {"soc_pct": None, "p_set_kw": 3.5}
     await driver.close()
+
+
+def test_a_broken_plugin_is_one_line_from_check(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """A plug-in that cannot be loaded stops `check` with a line naming it, no traceback."""
+    from gateway.config.loader import check_config
+
+    fake_entry_points(monkeypatch, ("gone", "acme_no_such_module:DRIVER"))
+    site = tmp_path / "site.yaml"
+    site.write_text("site: {name: x}\ngateways: [{id: gw1}]\n", encoding="utf-8")
+    (p,) = check_config(site)
+    assert str(p) == (f"{site}: driver plug-ins: driver 'gone' (acme_no_such_module:DRIVER) "
+                      f"cannot be loaded: No module named 'acme_no_such_module'")

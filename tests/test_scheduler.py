@@ -247,12 +247,12 @@ async def test_component_plans_off_the_loop_and_hands_the_plan_to_the_controller
 
     from gateway.control.controller import Controller
     from gateway.control.scheduler_component import SchedulerComponent, build
+    from gateway.ports import Ports
 
     cfg = _cfg(tariff={"import_per_kwh": 0.3})
     controller = Controller(cfg)
     daemon = SimpleNamespace(cfg=cfg, state=_state(time.time()), api=None,
-                             components=[SimpleNamespace(name="control",
-                                                         controller=controller)])
+                             ports=Ports(controller=controller))
     comp = build(daemon)  # type: ignore[arg-type]
     assert isinstance(comp, SchedulerComponent)
     await comp.start()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from drivers.can.connection import CanConnection
 from drivers.template import template_names
 from gateway.apiclient import ApiClient
-from gateway.config.can import CanConnection
 from gateway.config.loader import check_config, load_config, run_check
 from gateway.config.models import SiteConfig
 from gateway.control.component import ControlComponent

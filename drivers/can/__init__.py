@@ -9,3 +9,11 @@
 - ``device``: one device's latest frames -> points, setpoints -> command frames
 - ``driver``: the registry entry ``can`` (connection type ``can``)
 """
+
+from drivers.base import DriverInfo
+from drivers.can.connection import CanConnection
+
+# What the registry reads without importing the protocol library (see drivers.registry).
+DRIVER = DriverInfo(name="can", protocol="can", connection_models=(CanConnection,),
+                    template_model="drivers.can.template:CanTemplate",
+                    driver="drivers.can.driver:CanDriver")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from cantools.database.can import Message, Signal
 
-from drivers.base import DeviceIO, DeviceTimeout, IOStats, UnknownPoint, WriteError
+from drivers.base import DeviceTimeout, IOStats, LinkedDeviceIO, UnknownPoint, WriteError
 from drivers.can.codegen import MessageDecoder, compile_message
 from drivers.can.dbc import Payload, compile_signal, resolution, signal_of
 from drivers.can.link import CanLink, frame_key
@@ -79,7 +79,7 @@ def point_decoder(msg: Message, pt: CanPoint, kind: Kind, name: str = "value"
     return lambda data: dec(data)[name]
 
 
-class CanDeviceIO(DeviceIO):
+class CanDeviceIO(LinkedDeviceIO):
     """Points of one device from the frames it sends; setpoints as command frames."""
 
     def __init__(self, device_id: str, unit: int, template: CanTemplate, link: CanLink,
@@ -215,25 +215,8 @@ class CanDeviceIO(DeviceIO):
 
     # ---- write ----------------------------------------------------------------------
 
-    async def write(self, point: str, value: PointValue) -> PointValue | None:
-        self.stats.writes += 1
-        try:
-            return await self._write(point, value)
-        except Exception as exc:
-            self.stats.errors += 1
-            self.stats.last_error = str(exc)
-            raise
-
     def _command_point(self, point: str) -> CanPoint:
-        pt = self.template.points.get(point)
-        writable = ", ".join(self.template.writable) or "none"
-        if pt is None:
-            raise UnknownPoint(f"{self.device_id}: '{point}' is not in the template "
-                               f"(writable: {writable})")
-        if pt.command is None:
-            raise UnknownPoint(f"{self.device_id}: '{point}' is read-only "
-                               f"(writable: {writable})")
-        return pt
+        return self.writable_point(self.template.points, self.template.writable, point)
 
     def _physical(self, point: str, pt: CanPoint, sig: Signal, value: PointValue) -> float:
         assert pt.command is not None
@@ -355,6 +338,7 @@ class CanDeviceIO(DeviceIO):
                          f"reports {got!r} (expected {how} {expected:g})".replace("  ", " "))
 
     async def close(self) -> None:
+        self._attached = False  # a write now is refused, not sent on a link being closed
         for key, handler in self._handlers:
             self.link.unsubscribe(key, handler)
         on_close, self._on_close = self._on_close, None

@@ -3,69 +3,64 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import can
 
-from drivers.base import Driver, DriverError
+from drivers.base import Driver, DriverError, LinkPool
+from drivers.can.connection import CanConnection
 from drivers.can.device import CanDeviceIO
 from drivers.can.link import CanLink, link_key, open_bus
 from drivers.can.template import CanTemplate
-from gateway.config.can import CanConnection
-from gateway.config.models import Device
+from drivers.connection import ConnectionBase
+from drivers.template_base import DeviceSpec, TemplateBase
 
 
-class CanDriver(Driver):
+class CanDriver(Driver[CanConnection, CanTemplate]):
     """Attach devices to CAN buses. Each connection (interface + channel) is one link,
     opened on the first read and closed when its last device detaches."""
 
     name: ClassVar[str] = "can"
-    connection_types: ClassVar[tuple[str, ...]] = ("can",)
+    protocol: ClassVar[str] = "can"
+    connection_models: ClassVar[tuple[type[ConnectionBase], ...]] = (CanConnection,)
+    template_model: ClassVar[type[TemplateBase]] = CanTemplate
 
     def __init__(self, *, bus_factory: Callable[[CanConnection], can.BusABC] = open_bus
                  ) -> None:
         self._bus_factory = bus_factory
-        self.links: dict[str, CanLink] = {}
+        self._pool: LinkPool[CanLink] = LinkPool()
         self._devices: dict[int, CanDeviceIO] = {}
 
-    def attach(self, device: Any, template: Any, connection: Any) -> CanDeviceIO:
-        """Bind ``device`` (config Device) to ``template`` on ``connection``; no I/O yet."""
-        if not isinstance(device, Device):
-            raise TypeError(f"expected a gateway.config.models.Device, got {type(device)}")
+    def attach(self, device: DeviceSpec, template: CanTemplate, connection: CanConnection
+               ) -> CanDeviceIO:
+        """Bind ``device`` to ``template`` on ``connection``; no I/O yet."""
         if not isinstance(template, CanTemplate):
             raise DriverError(f"{device.id}: template '{device.template}' is not a CAN "
                               f"template")
         if not isinstance(connection, CanConnection):
             raise DriverError(f"{device.id}: the can driver cannot use connection "
                               f"'{getattr(connection, 'id', connection)}' of type "
-                              f"'{getattr(connection, 'type', type(connection).__name__)}'")
+                              f"'{getattr(connection, 'type', type(connection).__name__)}' "
+                              f"(it serves {', '.join(self.connection_types())})")
         key = link_key(connection)
-        link = self.links.get(key)
-        if link is None:
-            link = CanLink(connection, self._bus_factory)
+        link = self._pool.attach(key, lambda: CanLink(connection, self._bus_factory))
         io = CanDeviceIO(device.id, device.unit_id, template, link, device.points,
                          self._detach)
-        self.links[key] = link
-        link.refs += 1
         self._devices[id(io)] = io
         return io
+
+    @property
+    def links(self) -> dict[str, CanLink]:
+        return self._pool.links
 
     def _detach(self, io: CanDeviceIO) -> bool:
         """Forget ``io``; True when it was the last device on its link (close it)."""
         if self._devices.pop(id(io), None) is None:
             return False
-        link = self.links.get(io.endpoint)
-        if link is None:
-            return False
-        link.refs -= 1
-        if link.refs > 0:
-            return False
-        del self.links[io.endpoint]
-        return True
+        return self._pool.detach(io.endpoint) is not None
 
     async def close(self) -> None:
-        links = list(self.links.values())
-        self.links.clear()
+        links = self._pool.take_all()
         self._devices.clear()
         for link in links:
             await link.close()

@@ -29,10 +29,10 @@ from typing import Any
 import can
 
 from drivers.base import DeviceOffline, DriverError, IOStats
+from drivers.can.connection import CanConnection
 from drivers.can.dbc import Payload
 from drivers.can.slcan import SlcanParser, chunk_reader, frame_prefixes
 from gateway.aio import cancel_and_wait
-from gateway.config.can import CanConnection
 
 log = logging.getLogger("drivers.can")
 
@@ -138,7 +138,6 @@ class CanLink:
                  bus_factory: Callable[[CanConnection], can.BusABC] = open_bus) -> None:
         self.conn = conn
         self.key = link_key(conn)
-        self.refs = 0
         self.stats = IOStats()
         self.frames = self.malformed = self.error_frames = 0
         self._dropped: dict[int, int] = {}  # frame key -> frames nobody listens to

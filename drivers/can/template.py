@@ -22,6 +22,7 @@ DBC names are checked against the file when the template loads, with positions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -29,11 +30,11 @@ from typing import Annotated, Literal
 from cantools.database.can import Database, Message
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from drivers.can.connection import CanConnection
 from drivers.can.dbc import DbcError, load_dbc, signal_of
+from drivers.template_base import TEMPLATE_DIR, PlacedDevice, TemplateBase, nature_problems
 from gateway.model import NATURES, Kind, Nature
 from gateway.yamlsrc import Problem, Source
-
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
 class _Strict(BaseModel):
@@ -81,14 +82,10 @@ class CanPoint(_Strict):
         return "rw" if self.readable else "w"
 
 
-class CanTemplate(_Strict):
+class CanTemplate(TemplateBase):
     """A CAN device model: a DBC file and a point map."""
 
     protocol: Literal["can"] = "can"
-    nature: Nature
-    manufacturer: str = ""
-    model: str = ""
-    description: str = ""
     dbc: str
     id_stride: Annotated[int, Field(ge=0, le=0x1FFFFFFF)] = 0
     points: dict[str, CanPoint]
@@ -96,16 +93,9 @@ class CanTemplate(_Strict):
 
     @model_validator(mode="after")
     def _points_exist(self) -> CanTemplate:
-        specs = NATURES[self.nature]
-        problems = []
-        for name, pt in self.points.items():
-            spec = specs.get(name)
-            if spec is None:
-                problems.append(f"'{name}' is not a point of nature '{self.nature}' "
-                                f"(known: {', '.join(sorted(specs))})")
-            elif pt.command is not None and not spec.writable:
-                problems.append(f"'{name}' is read-only in nature '{self.nature}' but has a "
-                                f"'command'")
+        problems = nature_problems(self.nature, {
+            n: "has a 'command'" if p.command is not None else None
+            for n, p in self.points.items()})
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -127,6 +117,13 @@ class CanTemplate(_Strict):
 
     def message(self, name: str) -> Message:
         return self.database.get_message_by_name(name)
+
+    @classmethod
+    def check_devices(cls, devices: Sequence[PlacedDevice], src: Source) -> list[Problem]:
+        """Two devices on one CAN bus must not claim the same frame id (same model with
+        ``id_stride: 0``, or unit ids that shift one onto the other)."""
+        return _frame_clashes(devices, src)
+
 
     def check_source(self, src: Source) -> list[Problem]:
         """Check the DBC exists and defines every message/signal named; positioned."""
@@ -190,4 +187,34 @@ def _check_point(db: Database, name: str, pt: CanPoint, nature: Nature, src: Sou
             out.append(src.problem((*cmd_at, "signal"),
                                    f"signal '{pt.command.signal}' is not in message "
                                    f"'{msg.name}' (known: {known})"))
+    return out
+
+
+def _frame_clashes(devices: Sequence[PlacedDevice], src: Source) -> list[Problem]:
+    out: list[Problem] = []
+    owners: dict[tuple[str, int, bool], tuple[str, str]] = {}
+    for i, dev, conn, tpl in devices:
+        if not (isinstance(conn, CanConnection) and isinstance(tpl, CanTemplate)
+                and dev.enabled):
+            continue
+        try:
+            db = tpl.database
+        except Exception:  # the template check reported it already
+            continue
+        names = {p.message for p in tpl.points.values() if p.message}
+        offset = tpl.id_stride * max(dev.unit_id - 1, 0)
+        for msg in db.messages:
+            if msg.name not in names:
+                continue
+            fid = msg.frame_id + offset
+            key = (conn.id, fid, msg.is_extended_frame)
+            other = owners.get(key)
+            if other is not None and other[0] != dev.id:
+                out.append(src.problem(("devices", i, "unit_id"),
+                                       f"frame 0x{fid:X} ({msg.name}) on CAN connection "
+                                       f"'{conn.id}' is already sent by device '{other[0]}' "
+                                       f"({other[1]}); give the devices different unit ids "
+                                       f"(template id_stride {tpl.id_stride}) or separate buses"))
+                break
+            owners[key] = (dev.id, msg.name)
     return out

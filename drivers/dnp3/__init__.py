@@ -8,3 +8,11 @@ link.py      one locked association per outstation: reconnect with capped backof
 device.py    Dnp3DeviceIO: standard points from the link's data; checked commands
 driver.py    Dnp3Driver: attach devices, share links, close everything
 """
+
+from drivers.base import DriverInfo
+from drivers.dnp3.connection import Dnp3Tcp
+
+# What the registry reads without importing the protocol library (see drivers.registry).
+DRIVER = DriverInfo(name="dnp3", protocol="dnp3", connection_models=(Dnp3Tcp,),
+                    template_model="drivers.dnp3.template:Dnp3Template",
+                    driver="drivers.dnp3.driver:Dnp3Driver")

@@ -14,7 +14,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from drivers.base import DeviceIO, DeviceOffline, DriverError, IOStats, UnknownPoint, WriteError
+from drivers.base import (
+    DeviceOffline,
+    DriverError,
+    IOStats,
+    LinkedDeviceIO,
+    UnknownPoint,
+    WriteError,
+)
 from drivers.dnp3.commands import AnalogOut, Crob, Operation, PointStatus, match_statuses
 from drivers.dnp3.link import Dnp3Link, Sample
 from drivers.dnp3.template import BINARY_GROUPS, Dnp3Point, Dnp3Template, ReadBack
@@ -40,7 +47,7 @@ class CommandRefused(WriteError):
         self.status = status
 
 
-class Dnp3DeviceIO(DeviceIO):
+class Dnp3DeviceIO(LinkedDeviceIO):
     """read(): run the link's due polls, then decode this device's points from the
     latest values the master holds. write(): one control object, its status checked."""
 
@@ -104,25 +111,11 @@ class Dnp3DeviceIO(DeviceIO):
 
     # ---- write ----------------------------------------------------------------------
 
-    async def write(self, point: str, value: PointValue) -> PointValue | None:
-        self.stats.writes += 1
-        try:
-            if not self._attached:
-                raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
-            return await self._write(point, value)
-        except DriverError as exc:
-            self.stats.errors += 1
-            self.stats.last_error = str(exc)
-            raise
-
     def operation(self, point: str, value: PointValue) -> tuple[Dnp3Point, Operation]:
         """The control object a write of ``value`` to ``point`` sends."""
-        pt = self.template.points.get(point)
-        writable = ", ".join(self.template.writable) or "none"
-        if pt is None or pt.command is None:
-            why = "is not in the template" if pt is None else "has no command (read-only)"
-            raise UnknownPoint(f"{self.device_id}: '{point}' {why} (writable: {writable})")
+        pt = self.writable_point(self.template.points, self.template.writable, point)
         cmd = pt.command
+        assert cmd is not None  # writable: it has a command
         if cmd.group == 12:
             if not isinstance(value, bool) and value not in (0, 1):
                 raise WriteError(f"{self.device_id}: '{point}' is on/off; cannot write "

@@ -39,6 +39,7 @@ from dnp3.transport_io.tcp_client import TcpClientChannel
 
 from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError, WriteError
 from drivers.dnp3.commands import Operation, PointStatus, build_blocks, echoed_statuses
+from drivers.dnp3.connection import Dnp3Tcp
 from drivers.dnp3.framing import CountingFrameParser
 from drivers.dnp3.housekeeping import (
     IIN_REFUSED,
@@ -51,7 +52,6 @@ from drivers.dnp3.housekeeping import (
     record_current_time_request,
     write_time_request,
 )
-from gateway.config.dnp3 import Dnp3Tcp
 
 log = logging.getLogger("drivers.dnp3")
 
@@ -175,7 +175,6 @@ class Dnp3Link:
                                        "unsolicited_ignored": 0, "unsolicited_disables": 0}
         self.lock = asyncio.Lock()
         self.cache = PointCache()
-        self.refs = 0
         self.connects = 0
         self.counts: dict[str, int] = {"integrity": 0, "class1": 0, "class2": 0, "class3": 0,
                                        "commands": 0}

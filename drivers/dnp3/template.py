@@ -20,7 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from gateway.model import NATURES, Kind, Nature
+from drivers.template_base import TemplateBase, nature_problems
+from gateway.model import NATURES, Kind
 from gateway.yamlsrc import Problem, Source
 
 READ_GROUPS = {1: "binary input", 3: "double-bit input", 10: "binary output status",
@@ -123,14 +124,12 @@ class Dnp3Point(_Strict):
         return self.group is not None
 
 
-class Dnp3Template(_Strict):
+class Dnp3Template(TemplateBase):
     """A DNP3 device model: the outstation points of one nature."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     protocol: Literal["dnp3"]
-    nature: Nature
-    manufacturer: str = ""
-    model: str = ""
-    description: str = ""
     points: dict[str, Dnp3Point]
 
     @field_validator("points")
@@ -141,16 +140,12 @@ class Dnp3Template(_Strict):
         if nature is None:
             return points
         specs = NATURES[nature]
-        problems = []
+        problems = nature_problems(nature, {
+            n: "has a 'command'" if p.command is not None else None for n, p in points.items()})
         for name, pt in points.items():
             spec = specs.get(name)
             if spec is None:
-                problems.append(f"'{name}' is not a point of nature '{nature}' "
-                                f"(known: {', '.join(sorted(specs))})")
                 continue
-            if pt.command is not None and not spec.writable:
-                problems.append(f"'{name}' is read-only in nature '{nature}' but has a "
-                                f"'command'")
             if spec.kind is Kind.STR and pt.enum is None:
                 problems.append(f"'{name}' is a text point: give it 'enum'")
             if pt.command is not None:

@@ -8,3 +8,11 @@ validity.py values that cannot be true (not implemented, out of range) as Invali
 device.py   ModbusDeviceIO: planned reads, read-back verified writes
 driver.py   ModbusDriver: attach devices, close everything
 """
+
+from drivers.base import DriverInfo
+from drivers.modbus.connection import CONNECTION_MODELS
+
+# What the registry reads without importing the protocol library (see drivers.registry).
+DRIVER = DriverInfo(name="modbus", protocol="modbus", connection_models=CONNECTION_MODELS,
+                    template_model="drivers.modbus.template:ModbusTemplate",
+                    driver="drivers.modbus.driver:ModbusDriver")

@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 
 from drivers import codec
 from drivers.base import (
-    DeviceIO,
     DeviceOffline,
     DriverError,
     IOStats,
+    LinkedDeviceIO,
     UnknownPoint,
     WriteError,
 )
@@ -57,7 +57,7 @@ def readable_fillers(template: ModbusTemplate, items: Sequence[Item]) -> frozens
     return frozenset(out)
 
 
-class ModbusDeviceIO(DeviceIO):
+class ModbusDeviceIO(LinkedDeviceIO):
     """Reads every polled point of one device with a precomputed plan; writes with read-back.
 
     When a coalesced read is answered ILLEGAL DATA ADDRESS the block is split into reads
@@ -176,32 +176,8 @@ class ModbusDeviceIO(DeviceIO):
 
     # ---- write ----------------------------------------------------------------------
 
-    async def write(self, point: str, value: PointValue) -> PointValue | None:
-        self.stats.writes += 1
-        try:
-            if not self._attached:
-                raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
-            got = await self._write(point, value)
-        except DriverError as exc:
-            self.stats.errors += 1
-            self.stats.last_error = str(exc)
-            raise
-        self.stats.last_error = None
-        return got
-
-    def _writable_point(self, point: str) -> ModbusPoint:
-        pt = self.template.points.get(point)
-        writable = ", ".join(self.template.writable) or "none"
-        if pt is None:
-            raise UnknownPoint(f"{self.device_id}: '{point}' is not in the template "
-                               f"(writable: {writable})")
-        if pt.access is Access.R:
-            raise UnknownPoint(f"{self.device_id}: '{point}' is read-only "
-                               f"(writable: {writable})")
-        return pt
-
     async def _write(self, point: str, value: PointValue) -> PointValue | None:
-        pt = self._writable_point(point)
+        pt = self.writable_point(self.template.points, self.template.writable, point)
         ep, unit, stats = self._ep, self.unit, self.stats
         sf: int | None = None
         if pt.scale_factor is not None:

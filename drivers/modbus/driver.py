@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from drivers.base import Driver, DriverError
+from drivers.connection import ConnectionBase
+from drivers.modbus.connection import CONNECTION_MODELS, ModbusConnection, ModbusTcp
 from drivers.modbus.device import ModbusDeviceIO
 from drivers.modbus.endpoint import Client, ConnectionConfig, Endpoint, endpoint_key, make_client
 from drivers.modbus.pipeline import PipelinedEndpoint
-from drivers.template import ModbusTemplate
-from gateway.config.models import Device, ModbusRtuOverTcp, ModbusSerial, ModbusTcp
+from drivers.modbus.template import ModbusTemplate
+from drivers.template_base import DeviceSpec, TemplateBase
 
 
-class ModbusDriver(Driver):
+class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):
     """Attach devices; each endpoint (host:port or serial port) gets one connection and one
     lock for all unit ids behind it, opened on the first request and closed when the last
     device detaches.
@@ -30,8 +32,9 @@ class ModbusDriver(Driver):
     """
 
     name: ClassVar[str] = "modbus"
-    connection_types: ClassVar[tuple[str, ...]] = (
-        "modbus_tcp", "modbus_rtu_over_tcp", "modbus_serial")
+    protocol: ClassVar[str] = "modbus"
+    connection_models: ClassVar[tuple[type[ConnectionBase], ...]] = CONNECTION_MODELS
+    template_model: ClassVar[type[TemplateBase]] = ModbusTemplate
 
     def __init__(self, *, max_gap: int = 0,
                  client_factory: Callable[[ConnectionConfig, str], Client] = make_client
@@ -43,18 +46,16 @@ class ModbusDriver(Driver):
         self._endpoints: dict[str, Endpoint] = {}
         self._devices: dict[int, ModbusDeviceIO] = {}
 
-    def attach(self, device: Any, template: Any, connection: Any, *,
-               max_gap: int | None = None) -> ModbusDeviceIO:
-        """Bind ``device`` (config Device) to ``template`` over ``connection``; no I/O yet."""
-        if not isinstance(device, Device):
-            raise TypeError(f"expected a gateway.config.models.Device, got {type(device)}")
+    def attach(self, device: DeviceSpec, template: ModbusTemplate,
+               connection: ModbusConnection, *, max_gap: int | None = None) -> ModbusDeviceIO:
+        """Bind ``device`` to ``template`` over ``connection``; no I/O yet."""
         if not isinstance(template, ModbusTemplate):
             raise DriverError(f"{device.id}: template is not a Modbus template")
-        if not isinstance(connection, ModbusTcp | ModbusRtuOverTcp | ModbusSerial):
+        if not isinstance(connection, CONNECTION_MODELS):
             raise DriverError(f"{device.id}: the modbus driver cannot use connection "
                               f"'{getattr(connection, 'id', connection)}' of type "
                               f"'{getattr(connection, 'type', type(connection).__name__)}' "
-                              f"(it serves {', '.join(self.connection_types)})")
+                              f"(it serves {', '.join(self.connection_types())})")
         key = endpoint_key(connection)
         ep = self._endpoints.get(key)
         if ep is None:

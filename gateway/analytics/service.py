@@ -97,7 +97,7 @@ class AnalyticsService:
         self._fitted: tuple[tuple[float, float], AnomalyModel] | None = None
         self._active: dict[tuple[str, str, str], Anomaly] = {}
         self._detect_schedule: asyncio.Task[None] | None = None
-        self.daemon: Daemon | None = None  # set by build(): to find the control component
+        self.daemon: Daemon | None = None  # set by build(): its ports (alarms)
         self.model_dir = model_dir
         self.baseline: tuple[float, float] | None = self._load_baseline()
         self.db_path = db_path
@@ -125,12 +125,11 @@ class AnalyticsService:
         self._observe_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # The one coupling to site control: its alarm store, when the component is there
-        # (it starts before this one; gateway.components.FACTORIES order).
-        ctl = next((c for c in self.daemon.components if c.name == "control"),
-                   None) if self.daemon is not None else None
-        if ctl is not None and getattr(ctl, "store", None) is not None:
-            self.attach_alarms(ctl.store)  # type: ignore[attr-defined]
+        # Anomalies and training failures become alarms where the daemon runs the alarm
+        # service (with `control:`).
+        store = self.daemon.ports.alarms if self.daemon is not None else None
+        if store is not None:
+            self.attach_alarms(store)
         self._use(await asyncio.get_running_loop().run_in_executor(
             self._pool, Forecaster.load_latest, self.model_dir))
         self._schedule = asyncio.create_task(self._every(), name="analytics schedule")
@@ -430,6 +429,7 @@ def build(daemon: Daemon) -> AnalyticsService | None:
                            retrain_interval_s=settings.retrain_interval_s,
                            settings=settings)
     svc.daemon = daemon
+    daemon.ports.forecasts = svc  # the scheduler reads ``forecaster`` through this port
     help_ = {"forecast": "load/PV forecast p50/p10/p90: {horizon_h?, step_min?}",
              "anomalies": "recent anomaly alarms: {limit?}",
              "battery_health": "SOH, resistance and remaining life per battery",

@@ -8,17 +8,15 @@ points, unit ids) are in ``checks_devices``.
 
 from __future__ import annotations
 
-import re
 import zoneinfo
 from collections.abc import Sequence
 from pathlib import Path
 
-from drivers.template import TEMPLATE_DIR, Template
-from gateway.config.can import CanConnection, check_can_connection, check_can_frames
-from gateway.config.checks_devices import TemplateSet, check_devices
-from gateway.config.models import ModbusSerial, SiteConfig
+from drivers.template import TEMPLATE_DIR, PlacedDevice, Template, TemplateBase
+from gateway.config.checks_devices import TemplateSet, check_devices, check_template_dirs
+from gateway.config.models import SiteConfig
+from gateway.config.sections import hooks
 from gateway.config.suggest import unknown_name
-from gateway.control.config import check_control, control_warnings
 from gateway.yamlsrc import Mark, Problem, Source
 
 
@@ -83,53 +81,24 @@ def timezone_problem(name: str) -> str | None:
     return msg + " (examples: UTC, Europe/Berlin, America/New_York)" if "mean" not in msg else msg
 
 
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
-
-
 def check_connections(cfg: SiteConfig, src: Source) -> list[Problem]:
-    """Hosts look like hosts, serial ports like ports; one connection per endpoint."""
+    """Each connection's own checks (its driver declares them), and one connection per
+    physical endpoint."""
     out: list[Problem] = []
     endpoints: dict[tuple[str, ...], int] = {}
     for i, conn in enumerate(cfg.connections):
-        if isinstance(conn, CanConnection):
-            out.extend(check_can_connection(conn, i, src))
+        out.extend(conn.check(i, src))
+        found = conn.endpoint()
+        if found is None:
             continue
-        if isinstance(conn, ModbusSerial):
-            port = conn.port
-            if _HOST.match(port) and "." in port and not port.startswith("/"):
-                out.append(src.problem(("connections", i, "port"),
-                                       f"'{port}' looks like a network host, not a serial "
-                                       f"device; for Modbus over the network use type "
-                                       f"'modbus_tcp' or 'modbus_rtu_over_tcp' with 'host'"))
-            endpoint: tuple[str, ...] = ("serial", port)
-            what = f"serial port '{port}'"
-        else:
-            host = conn.host
-            if host.startswith("/dev/") or re.fullmatch(r"COM\d+", host):
-                out.append(src.problem(("connections", i, "host"),
-                                       f"'{host}' is a serial device: use type 'modbus_serial' "
-                                       f"with 'port: {host}'"))
-            elif "://" in host or (re.search(r":\d+$", host) and host.count(":") == 1):
-                out.append(src.problem(("connections", i, "host"),
-                                       f"expected a bare host name or IP address (found "
-                                       f"'{host}'); put the port number in 'port'"))
-            elif not _HOST.match(host):
-                out.append(src.problem(("connections", i, "host"),
-                                       f"expected a host name or IP address (found '{host}')"))
-            endpoint = ("net", host.lower(), str(conn.port))
-            what = f"{host}:{conn.port}"
-        if endpoint in endpoints:
-            other = cfg.connections[endpoints[endpoint]].id
+        key, what = found
+        if key in endpoints:
+            other = cfg.connections[endpoints[key]].id
             out.append(src.problem(("connections", i),
                                    f"{what} is already connection '{other}': define one "
                                    f"connection per endpoint and let devices share it"))
         else:
-            endpoints[endpoint] = i
-        if conn.reconnect_delay_max_s < conn.reconnect_delay_s:
-            out.append(src.problem(("connections", i, "reconnect_delay_max_s"),
-                                   f"must be at least reconnect_delay_s "
-                                   f"({conn.reconnect_delay_s:g} s), found "
-                                   f"{conn.reconnect_delay_max_s:g} s"))
+            endpoints[key] = i
     return out
 
 
@@ -158,17 +127,34 @@ def check_historian(cfg: SiteConfig, src: Source) -> list[Problem]:
 def run_checks(cfg: SiteConfig, src: Source, template_dir: Path | None = None
                ) -> tuple[list[Problem], dict[str, Template]]:
     """Every cross-reference check; problems in file order, and the templates loaded."""
-    templates = TemplateSet(template_dir or TEMPLATE_DIR)
+    library = cfg.template_library(template_dir or TEMPLATE_DIR)
+    templates = TemplateSet(library)
     problems = [*check_ids(cfg, src), *check_site(cfg, src), *check_connections(cfg, src),
+                *check_template_dirs(cfg, src, library),
                 *check_devices(cfg, src, templates), *check_historian(cfg, src),
-                *check_control(cfg, src)]
-    problems += check_can_frames(cfg, src, templates.loaded)
+                *[p for check in hooks("checks") for p in check(cfg, src)]]
+    problems += check_protocols(cfg, src, templates.loaded)
     return sort_problems(problems), templates.loaded
+
+
+def check_protocols(cfg: SiteConfig, src: Source, templates: dict[str, Template]
+                    ) -> list[Problem]:
+    """Each protocol's checks across its devices (its template model declares them)."""
+    conns = {c.id: c for c in cfg.connections}
+    by_model: dict[type[TemplateBase], list[PlacedDevice]] = {}
+    for i, dev in enumerate(cfg.devices):
+        conn, tpl = conns.get(dev.connection), templates.get(dev.template)
+        if conn is not None and tpl is not None:
+            by_model.setdefault(type(tpl), []).append(PlacedDevice(i, dev, conn, tpl))
+    out: list[Problem] = []
+    for model, placed in by_model.items():
+        out.extend(model.check_devices(placed, src))
+    return out
 
 
 def run_warnings(cfg: SiteConfig, src: Source) -> list[Problem]:
     """What is accepted but probably not meant; ``check`` and ``run`` print each one."""
-    return sort_problems(control_warnings(cfg, src))
+    return sort_problems([p for warn in hooks("warnings") for p in warn(cfg, src)])
 
 
 def sort_problems(problems: list[Problem]) -> list[Problem]:

@@ -5,28 +5,14 @@ unit ids, point names and safe setpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from drivers.template import (
-    TEMPLATE_DIR,
-    Template,
-    load_template,
-    load_template_file,
-    template_names,
-)
-from gateway.config.models import Device, ModbusRtuOverTcp, ModbusSerial, SiteConfig
+from drivers.library import TemplateLibrary
+from drivers.registry import RegistryError, protocol_for_connection_type
+from drivers.template import Template
+from gateway.config.models import Device, SiteConfig
 from gateway.config.suggest import unknown_name
 from gateway.model import NATURES, Kind, Nature
 from gateway.yamlsrc import PathKey, Problem, Source, SourceError, format_path
-
-# Which template protocol each connection type speaks.
-CONNECTION_PROTOCOL = {
-    "modbus_tcp": "modbus",
-    "modbus_rtu_over_tcp": "modbus",
-    "modbus_serial": "modbus",
-    "dnp3_tcp": "dnp3",
-    "can": "can",
-}
 
 # Ratings that only make sense for some natures (catches copy-paste between devices).
 RATING_NATURES: dict[str, set[Nature]] = {
@@ -43,27 +29,33 @@ def key_problem(src: Source, path: PathKey, message: str) -> Problem:
 
 @dataclass
 class TemplateSet:
-    """Templates of one directory, each loaded at most once per check run."""
+    """The site's templates (built-ins and its own directories), each loaded at most once
+    per check run."""
 
-    directory: Path
+    library: TemplateLibrary
     loaded: dict[str, Template] = field(default_factory=dict)
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (why, first user)
-    _names: list[str] | None = None
 
     @property
     def names(self) -> list[str]:
-        if self._names is None:
-            self._names = template_names(self.directory) if self.directory.is_dir() else []
-        return self._names
+        return self.library.names
 
     def load(self, name: str) -> Template:
         """The template ``name``; raises SourceError if its file is invalid."""
         if name not in self.loaded:
-            if self.directory.resolve() == TEMPLATE_DIR.resolve():
-                self.loaded[name] = load_template(name)  # shared cache with the drivers
-            else:
-                self.loaded[name] = load_template_file(self.directory / f"{name}.yaml")
+            self.loaded[name] = self.library.load(name)
         return self.loaded[name]
+
+
+def check_template_dirs(cfg: SiteConfig, src: Source, library: TemplateLibrary
+                        ) -> list[Problem]:
+    """The site's template directories exist, and none shadows a template unasked."""
+    dirs = cfg.template_dirs()
+    out = [src.problem(("templates", i, "path"),
+                       f"template directory '{dirs[i].path}' does not exist")
+           for i in library.missing]
+    out += [src.problem(("templates", c.source), c.message) for c in library.conflicts]
+    return out
 
 
 def _template_of(dev: Device, i: int, src: Source, templates: TemplateSet,
@@ -171,7 +163,7 @@ def check_devices(cfg: SiteConfig, src: Source, templates: TemplateSet) -> list[
                 out.append(src.problem(("devices", i, "nature"),
                                        f"template '{dev.template}' describes a "
                                        f"{tpl.nature}, but the device says {dev.nature}"))
-            if conn is not None and CONNECTION_PROTOCOL.get(conn.type) != tpl.protocol:
+            if conn is not None and _protocol(conn.type) != tpl.protocol:
                 out.append(src.problem(("devices", i, "connection"),
                                        f"connection '{conn.id}' is {conn.type}, but template "
                                        f"'{dev.template}' speaks {tpl.protocol}"))
@@ -181,11 +173,11 @@ def check_devices(cfg: SiteConfig, src: Source, templates: TemplateSet) -> list[
             out.append(src.problem(("devices", i, "max_age_s"),
                                    f"must be at least poll_interval_s ({dev.poll_interval_s:g} "
                                    f"s), or every reading is stale (found {dev.max_age_s:g} s)"))
-        if conn is None or not dev.enabled or conn.type in ("dnp3_tcp", "can"):
-            continue  # DNP3 devices share an outstation; CAN ids are checked by frame id
+        if conn is None or not dev.enabled or not conn.unit_ids_unique:
+            continue  # e.g. DNP3 devices share an outstation; CAN ids are checked by frame id
         written = ("devices", i, "unit_id") in src.values
         unit_txt = f"unit id {dev.unit_id}" + ("" if written else " (the default)")
-        if dev.unit_id == 0 and isinstance(conn, ModbusSerial | ModbusRtuOverTcp):
+        if dev.unit_id == 0 and conn.unit_zero_is_broadcast:
             out.append(src.problem(("devices", i, "unit_id"),
                                    f"{unit_txt} is the broadcast address on a serial bus; "
                                    f"devices never answer it (use 1..247)"))
@@ -198,7 +190,7 @@ def check_devices(cfg: SiteConfig, src: Source, templates: TemplateSet) -> list[
                                    f"two devices on one connection need different unit ids"))
         else:
             unit_users[key] = i
-        if isinstance(conn, ModbusSerial):
+        if conn.one_box:
             owners = serial_owners.setdefault(conn.id, {})
             gw = owner or gateway_ids[0]
             if owners and gw not in owners:
@@ -209,6 +201,13 @@ def check_devices(cfg: SiteConfig, src: Source, templates: TemplateSet) -> list[
                                        f"'{cfg.devices[other].id}' by '{other_gw}'"))
             owners.setdefault(gw, i)
     return out
+
+
+def _protocol(conn_type: str) -> str | None:
+    try:
+        return protocol_for_connection_type(conn_type)
+    except RegistryError:
+        return None
 
 
 def _raw(src: Source, path: PathKey, default: object) -> object:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+from drivers.registry import RegistryError, connection_types
 from drivers.template import Template
 from gateway.config.checks import run_checks, run_warnings, sort_problems
-from gateway.config.checks_devices import CONNECTION_PROTOCOL
 from gateway.config.models import SiteConfig
+from gateway.config.partial import parse_path, remainder
+from gateway.config.sections import parse_hook
 from gateway.yamlsrc import (
     Mark,
-    PathKey,
     Problem,
     Source,
     SourceError,
@@ -27,7 +28,9 @@ from gateway.yamlsrc import (
     parse_model,
     read_bounded,
 )
-from sim_devices.settings import SimulationSettings, load_simulation_settings
+
+if TYPE_CHECKING:
+    from sim_devices.settings import SimulationSettings
 
 
 class ConfigUnreadable(SourceError):
@@ -99,22 +102,18 @@ _BAD_TAG = re.compile(r"^Input tag '(?P<tag>.*)' found using '(?P<key>\w+)' does
 _NO_TAG = re.compile(r"^Unable to extract tag using discriminator '(?P<key>\w+)'")
 
 
-def _parse_path(text: str) -> PathKey:
-    return tuple(int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", text))
-
-
 def _refine(problem: Problem, src: Source) -> Problem:
     """Point a union-tag error at the ``type:`` key instead of the whole mapping."""
     bad, none = _BAD_TAG.match(problem.message), _NO_TAG.match(problem.message)
     if not (bad or none):
         return problem
     key = (bad or none).group("key")  # type: ignore[union-attr]
-    path = (*_parse_path(problem.path), key)
+    path = (*parse_path(problem.path), key)
     if bad:
         msg = f"unknown {key} '{bad.group('tag')}' (expected one of: {bad.group('tags')})"
     elif problem.path.startswith("connections"):
         msg = (f"required field is missing (one of: "
-               f"{', '.join(repr(t) for t in CONNECTION_PROTOCOL)})")
+               f"{', '.join(repr(t) for t in connection_types())})")
     else:
         msg = "required field is missing"
     return Problem(problem.file, src.mark(path) or problem.mark, f"{problem.path}.{key}", msg)
@@ -122,18 +121,46 @@ def _refine(problem: Problem, src: Source) -> Problem:
 
 def _simulation(cfg: SiteConfig, src: Source) -> tuple[SimulationSettings | None, list[Problem]]:
     """Validate the ``simulation:`` section (clock, weather, per-device physics)."""
+    parse = parse_hook("simulation")
     try:
-        return load_simulation_settings(cfg, src), []
+        return (None if parse is None else parse(cfg, src)), []
     except SourceError as err:
         return None, err.problems
+
+
+def anchor_paths(cfg: SiteConfig, config_file: Path) -> None:
+    """Site template directories are relative to the config file, not to the directory
+    the command runs in (so `autogrid check` and the service see the same files)."""
+    for entry in cfg.templates or ():
+        if not entry.path.is_absolute():
+            entry.path = config_file.parent / entry.path
+
+
+def _cross_of_rest(src: Source, schema: list[Problem], template_dir: Path | None
+                   ) -> list[Problem]:
+    """Cross-reference problems of the part of the config the schema accepted."""
+    rest = remainder(src, schema)
+    if rest is None:
+        return []
+    anchor_paths(rest.config, Path(src.file))
+    problems, _templates = run_checks(rest.config, rest.source, template_dir)
+    problems += _simulation(rest.config, rest.source)[1]
+    return rest.restore(problems)
 
 
 def _load(path: str | Path, template_dir: Path | None) -> LoadedConfig:
     src = read_source(path)
     try:
+        connection_types()  # the schema is built from every driver's declaration
+    except RegistryError as exc:
+        raise SourceError([Problem(src.file, None, "", f"driver plug-ins: {exc}")]) from None
+    try:
         cfg = parse_model(SiteConfig, src)
     except SourceError as err:
-        raise SourceError(sort_problems([_refine(p, src) for p in err.problems])) from None
+        schema = [_refine(p, src) for p in err.problems]
+        raise SourceError(sort_problems(schema + _cross_of_rest(src, schema, template_dir))
+                          ) from None
+    anchor_paths(cfg, Path(path))
     problems, templates = run_checks(cfg, src, template_dir)
     simulation, sim_problems = _simulation(cfg, src)
     problems = sort_problems(problems + sim_problems)
@@ -152,9 +179,10 @@ def warning_line(p: Problem) -> str:
 def load_config(path: str | Path, *, template_dir: Path | None = None) -> LoadedConfig:
     """Load a site config; raise SourceError listing every problem, positioned.
 
-    Schema errors come first (and alone: cross references need a valid schema); then
-    every cross-reference problem at once. ``template_dir`` defaults to the built-in
-    drivers/templates. Raises ConfigUnreadable (a SourceError) for a missing file.
+    Schema errors and cross-reference problems are reported together, in file order
+    (cross references are checked on the part of the config the schema accepted).
+    ``template_dir`` defaults to the built-in drivers/templates. Raises ConfigUnreadable
+    (a SourceError) for a missing file.
     """
     return _load(path, template_dir)
 

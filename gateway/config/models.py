@@ -2,27 +2,87 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import operator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import CoreSchema
 
-from gateway.analytics.config import AnalyticsSettings
-from gateway.apilimits import ApiSettings
-from gateway.config.can import CanConnection
-from gateway.config.dnp3 import Dnp3Tcp
-from gateway.console.policy import ConsoleSettings
-from gateway.control.config import ControlConfig, DeviceControl
-from gateway.control.scheduler_config import SchedulerSettings, Tariff
+from drivers import registry
+from drivers.connection import ConnectionBase, Id, PositiveS
+from drivers.library import SiteTemplates, TemplateLibrary
+from drivers.template import TEMPLATE_DIR
+from gateway.config.sections import default_of, section_type
 from gateway.model import Nature
 
-Id = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
-                          description="letters, digits, '_', '.', '-'; starts with a letter")]
-PositiveS = Annotated[float, Field(gt=0, le=3600)]
+
+class _Connections:
+    """The union of every registered driver's connection models, told apart by ``type``,
+    built when the schema is (not at import)."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler
+                                     ) -> CoreSchema:
+        members: Any = functools.reduce(operator.or_, registry.connection_models())
+        return handler.generate_schema(Annotated[members, Field(discriminator="type")])
+
+
+def connection_type() -> Any:
+    return Annotated[Any, _Connections()]
+
+
+if TYPE_CHECKING:
+    from drivers.modbus.connection import (  # noqa: F401  (names kept importable from here)
+        ModbusRtuOverTcp,
+        ModbusSerial,
+        ModbusTcp,
+    )
+    from gateway.analytics.config import AnalyticsSettings
+    from gateway.apilimits import ApiSettings
+    from gateway.apipolicy import ConsoleSettings
+    from gateway.control.config import ControlConfig, DeviceControl
+    from gateway.control.scheduler_config import SchedulerSettings, Tariff
+
+    Connection = ConnectionBase
+else:
+    # Each feature's own model, resolved from gateway.config.sections when the schema is
+    # first built: importing the config schema loads no feature.
+    ControlConfig = section_type("control")
+    DeviceControl = section_type("devices.control")
+    Tariff = section_type("tariff")
+    SchedulerSettings = section_type("scheduler")
+    AnalyticsSettings = section_type("analytics")
+    ConsoleSettings = section_type("console")
+    ApiSettings = section_type("api")
+    Connection = connection_type()
+
+_MOVED = {"ModbusTcp", "ModbusRtuOverTcp", "ModbusSerial"}
+
+
+def __getattr__(name: str) -> Any:
+    """The Modbus connection models, now in drivers.modbus.connection, for older imports."""
+    if name in _MOVED:
+        return getattr(importlib.import_module("drivers.modbus.connection"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Lazy(Strict):
+    """A model whose schema is built on first use, so its feature sections load then."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class GridLimits(Strict):
@@ -47,42 +107,6 @@ class Gateway(Strict):
     api_socket: Path | None = None  # default: <runtime dir>/autogrid-<id>.sock
 
 
-class _Conn(Strict):
-    id: Id
-    timeout_s: PositiveS = 1.0
-    retries: Annotated[int, Field(ge=0, le=5)] = 0
-    reconnect_delay_s: PositiveS = 0.5  # first delay after a lost link; doubles each try
-    reconnect_delay_max_s: PositiveS = 30.0
-
-
-class ModbusTcp(_Conn):
-    type: Literal["modbus_tcp"]
-    host: str
-    port: Annotated[int, Field(ge=1, le=65535)] = 502
-    # requests in flight at once on the connection, told apart by their transaction ids;
-    # 1 = one at a time (some devices and TCP-to-serial gateways handle no more)
-    max_in_flight: Annotated[int, Field(ge=1, le=32)] = 1
-
-
-class ModbusRtuOverTcp(_Conn):
-    type: Literal["modbus_rtu_over_tcp"]
-    host: str
-    port: Annotated[int, Field(ge=1, le=65535)] = 502
-
-
-class ModbusSerial(_Conn):
-    type: Literal["modbus_serial"]
-    port: str  # /dev/ttyUSB0, /dev/serial/by-id/...
-    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-
-
-AnyConnection = ModbusTcp | ModbusRtuOverTcp | ModbusSerial | Dnp3Tcp | CanConnection
-Connection = Annotated[AnyConnection, Field(discriminator="type")]
-
-
 class Ratings(Strict):
     """Nameplate values; setpoints are clamped to these."""
 
@@ -95,7 +119,7 @@ class Ratings(Strict):
     v_nominal_v: Annotated[float, Field(gt=0)] | None = None
 
 
-class Device(Strict):
+class Device(Lazy):
     id: Id
     nature: Nature
     template: str
@@ -151,24 +175,56 @@ class Metrics(Strict):
         return host
 
 
-class SiteConfig(Strict):
+class TemplateDir(Strict):
+    """A directory of the site's own templates (``templates:`` entries; a bare path is
+    ``{path: ...}``). A relative path is taken from the config file's directory."""
+
+    path: Path
+    # Replace built-in templates of the same name: all of them (true) or these names.
+    override: bool | list[str] = False
+
+
+DEFAULT_TEMPLATE_DIR = Path("/etc/autogrid/templates")  # used, if it exists, when unset
+
+
+class SiteConfig(Lazy):
     site: Site
     gateways: Annotated[list[Gateway], Field(min_length=1)]
     connections: list[Connection] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=list)
+    # Directories of site templates; None = /etc/autogrid/templates if that exists.
+    templates: list[TemplateDir] | None = None
     historian: Historian = Field(default_factory=Historian)
     logging: Logging = Field(default_factory=Logging)
     control: ControlConfig | None = None  # site control and protection; absent = monitor only
     metrics: Metrics | None = None  # off unless configured
     console: ConsoleSettings | None = None  # API roles/tokens; absent = root/daemon user only
-    api: ApiSettings = Field(default_factory=ApiSettings)  # connection caps, token lockout
+    api: ApiSettings = Field(default_factory=default_of("api"))  # connection caps, token lockout
     tariff: Tariff | None = None  # time-of-use prices (scheduler, controller, simulate)
     scheduler: SchedulerSettings | None = None  # LP planning; on (defaults) when a tariff is set
     analytics: AnalyticsSettings | None = None  # schedules; absent = defaults (with historian)
-    # Parameters for `autogrid sim` (physics, sessions, faults); validated by sim_devices.
+    # Parameters for `autogrid sim` (physics, sessions, faults); the simulator's own section.
     simulation: dict[str, Any] | None = None
 
-    def connection(self, conn_id: str) -> AnyConnection:
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _bare_paths(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def template_dirs(self) -> list[TemplateDir]:
+        """The site template directories in force (the default one if it exists)."""
+        if self.templates is not None:
+            return list(self.templates)
+        return [TemplateDir(path=DEFAULT_TEMPLATE_DIR)] if DEFAULT_TEMPLATE_DIR.is_dir() else []
+
+    def template_library(self, builtin: Path | None = TEMPLATE_DIR) -> TemplateLibrary:
+        """The built-in templates (``builtin``; None: none) plus the site's directories."""
+        return TemplateLibrary([SiteTemplates(t.path, t.override) for t in self.template_dirs()],
+                               builtin)
+
+    def connection(self, conn_id: str) -> Connection:
         for c in self.connections:
             if c.id == conn_id:
                 return c
@@ -177,3 +233,10 @@ class SiteConfig(Strict):
     def devices_of(self, gateway_id: str) -> list[Device]:
         return [d for d in self.devices
                 if d.enabled and (d.gateway or self.gateways[0].id) == gateway_id]
+
+
+def rebuild_schema() -> None:
+    """Build the schema again from the registry and the sections (after a driver package
+    was installed into a running process, e.g. by a test)."""
+    Device.model_rebuild(force=True)
+    SiteConfig.model_rebuild(force=True)

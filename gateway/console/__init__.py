@@ -2,6 +2,6 @@
 
 Modules: app (frame, keys, dialogs), bridge (ApiClient in urwid's asyncio loop), data (what
 the console knows), caps (which API command serves which screen), theme, widgets,
-screens/ (one module per screen), policy (roles and tokens, read by the daemon).
-This package imports urwid only in the UI modules, so the daemon can use ``policy`` alone.
+screens/ (one module per screen). A pure client: roles, tokens and the history it shows
+are the API's (gateway.apipolicy, gateway.apihistory).
 """

@@ -16,7 +16,7 @@ from typing import Any
 from gateway.apiclient import ApiClient, ApiRequestError, ApiUnavailable
 from gateway.console import caps
 from gateway.console.data import ConsoleData
-from gateway.console.sitetime import SiteClock
+from gateway.sitetime import SiteClock
 from gateway.summary import safe_text, sanitized
 
 SUBSCRIBE_INTERVAL_S = 0.25  # 4 updates per second at most

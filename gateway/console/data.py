@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.console.sitetime import SiteClock
+from gateway.sitetime import SiteClock
 
 HISTORY_KEYS = ("grid_kw", "pv_kw", "wind_kw", "battery_kw", "ev_kw", "load_kw",
                 "battery_soc_pct")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import urwid
 
-from gateway.console.sitetime import SiteClock
+from gateway.sitetime import SiteClock
 
 Markup = Any  # urwid text markup: str, (attr, str) or a list of those
 Size = tuple[()] | tuple[int] | tuple[int, int]

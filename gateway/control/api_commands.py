@@ -260,7 +260,7 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         keep it off for the grid limit, and says so)."""
         load = req.get("load")
         if c.overrides.pop((str(load), "enabled"), None) is None:
-            shed_by_control = c.memory.get("shed", [])
+            shed_by_control = c.memory.shed
             if load in shed_by_control:
                 raise ApiError(f"{load} was shed by the grid limit; it comes back when "
                                "there is room")

@@ -10,32 +10,22 @@ import asyncio
 import logging
 import time
 from collections import deque
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.aio import cancel_and_wait
-from gateway.control.alarms import ControlStore
 from gateway.control.applier import Applier
 from gateway.control.config import reference_problems
 from gateway.control.controller import Controller
 from gateway.control.protection import Protection
 
 if TYPE_CHECKING:
+    from gateway.alarms import AlarmStore
     from gateway.daemon import Daemon
     from gateway.historian import Historian
     from gateway.service.reload import ReloadReport
 
 log = logging.getLogger("autogrid.control")
 STALE_CHECK_S = 0.25
-
-
-def state_path(daemon: Daemon) -> Path | None:
-    c = daemon.cfg.control
-    assert c is not None
-    if c.state_path:
-        return Path(c.state_path)
-    h = daemon.cfg.historian
-    return Path(h.path).with_suffix(".control.sqlite") if h.enabled else None
 
 
 class ControlComponent:
@@ -50,9 +40,11 @@ class ControlComponent:
             raise ConfigRuntimeError("; ".join(problems))
         self.daemon = daemon
         self.control = cfg.control
-        self.store = ControlStore(state_path(daemon), cfg.api.audit_retention_days,
-                                  cfg.api.audit_max_rows)
+        store = daemon.ports.alarms  # the daemon's alarm service (on with `control:`)
+        assert store is not None, "the daemon opens alarms before control starts"
+        self.store = store
         self.controller = Controller(cfg, self.control)
+        daemon.ports.controller = self.controller
         self.applier = Applier(daemon.ios, daemon.state, self.store, self.control.rewrite_s,
                                {d.id: d.control.deadband_kw for d in cfg.devices if d.control})
         self.controller.confirm_writes = True
@@ -92,7 +84,6 @@ class ControlComponent:
         return f"{what} ({', '.join(sent) or 'no breaker command'}; confirmation pending)"
 
     async def start(self) -> None:
-        self.store.open()
         if self.daemon.api is not None:
             from gateway.control.api_commands import register
             register(self, self.daemon.api)
@@ -109,7 +100,6 @@ class ControlComponent:
         await cancel_and_wait(self._tasks)
         self._tasks = []
         await self.applier.stop()
-        self.store.close()
 
     def rebind(self, rep: ReloadReport) -> None:
         """A config reload swapped device handles and config: the applier writes through
@@ -199,7 +189,7 @@ class ControlComponent:
                 "applier": self.applier.stats(), "protection": self.protection.status()}
 
 
-def historian_alarm(store: ControlStore, historian: Historian | None) -> None:
+def historian_alarm(store: AlarmStore, historian: Historian | None) -> None:
     """While the historian cannot write (disk full, unwritable path), an alarm says so,
     with the path and the rows lost so far; cleared when writes succeed again."""
     if historian is None:

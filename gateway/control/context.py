@@ -59,6 +59,28 @@ class PvView:
 
 
 @dataclass
+class Memory:
+    """What control keeps from one cycle to the next (the controller owns it)."""
+
+    shed: list[str] = field(default_factory=list)  # loads the grid limit shed, in order
+    restore_since: float | None = None  # since when there is room to restore the next one
+    curtail: dict[str, float] = field(default_factory=dict)  # PV limit % at the export limit
+    load_on_kw: dict[str, float] = field(default_factory=dict)  # a load's power when last on
+
+
+@dataclass
+class Handoff:
+    """What one strategy tells a later one within a cycle; fresh every cycle.
+
+    Each field has one writer that runs before its readers (``strategies.check_handoffs``
+    refuses a pipeline where a reader would come first and see nothing)."""
+
+    plan_ev_kw: dict[str, float] | None = None  # plan tracking -> EV charging (None: no plan)
+    ev_must_kw: dict[str, float] = field(default_factory=dict)  # EV deadlines -> peak shaving
+    tou_cheap: bool = False  # time of use -> self-consumption: import is cheap now
+
+
+@dataclass
 class Site:
     """Everything the strategies may look at in one cycle."""
 
@@ -74,7 +96,14 @@ class Site:
     price: tuple[float, float] | None = None  # (import, export) per kWh now
     plan_step: PlanStep | None = None
     mode: str = "normal"
-    memory: dict[str, Any] = field(default_factory=dict)  # kept across cycles
+    stage: int = 0  # the step of a staged reconnect / black start (modes)
+    source: str | None = None  # what a black start starts from ("battery")
+    pcc_open: bool = False  # the PCC breaker reads open
+    cell_temp_max_c: float | None = None  # protection's limit (margins keep below it)
+    cell_temp_c: dict[str, float] = field(default_factory=dict)  # battery -> hottest cell
+    island_essential_soc_pct: float = 40.0  # islanded: below this only critical loads
+    memory: Memory = field(default_factory=Memory)  # kept across cycles
+    handoff: Handoff = field(default_factory=Handoff)  # between strategies, this cycle
 
     @property
     def peak_threshold_kw(self) -> float | None:

@@ -23,6 +23,7 @@ from gateway.control.context import (
     ChargerView,
     Decision,
     LoadView,
+    Memory,
     PvView,
     Site,
     _num,
@@ -70,7 +71,7 @@ class Controller:
         self.overrides: dict[tuple[str, str], Override] = {}
         self.lockouts: dict[str, str] = {}  # device -> why (set by protection)
         self.derates: dict[str, float] = {}  # battery -> fraction of ratings (protection)
-        self.memory: dict[str, Any] = {}
+        self.memory = Memory()  # kept across cycles (shed loads, curtailment, ...)
         self.last: Setpoints = {}
         self.last_now: float | None = None
         self.last_decision: Decision | None = None
@@ -101,15 +102,15 @@ class Controller:
         breakers = {d.device_id: _bool(d.value("closed", qnow))
                     for d in state.of_nature(Nature.BREAKER)}
         pcc = self.control.emergency.pcc_breaker
-        self.memory["pcc_open"] = pcc is not None and breakers.get(pcc) is False
+        site.pcc_open = pcc is not None and breakers.get(pcc) is False
         self.forming = _forming(site)
         commands = self.pending_commands + self.modes.step(
             now, self.grid_ok, breakers, self.forming,
             all(not ld.enabled for ld in site.loads))
         self.pending_commands = []
         site.mode = self.modes.mode
-        self.memory["stage"] = self.modes.stage
-        self.memory["source"] = self.modes.source
+        site.stage = self.modes.stage
+        site.source = self.modes.source
         self.visible = {x.id for xs in (site.batteries, site.chargers, site.pvs, site.loads)
                         for x in xs}
         problems: list[str] = []
@@ -165,11 +166,9 @@ class Controller:
         plan = self.plan
         if plan is not None and plan.ok and now - plan.created_s <= st.plan_stale_s:
             site.plan_step = plan.at(now)
-        self.memory.pop("plan_ev_kw", None)
-        self.memory["cell_temp_max_c"] = c.protection.cell_temp_max_c
-        self.memory["island_essential_soc"] = c.emergency.island_shed_essential_soc_pct
-        temps: dict[str, float] = {}
-        self.memory["cell_temp_c"] = temps
+        site.cell_temp_max_c = c.protection.cell_temp_max_c
+        site.island_essential_soc_pct = c.emergency.island_shed_essential_soc_pct
+        temps = site.cell_temp_c
         meters = list(state.of_nature(Nature.METER))
         pcc = [m for m in meters if m.role == "grid"] or (
             meters if len(meters) == 1 and meters[0].role is None else [])
@@ -218,13 +217,13 @@ class Controller:
             elif dev.nature is Nature.LOAD:
                 p = _num(dev.value("p_kw", qnow)) or 0.0
                 on = dev.value("enabled", qnow) is not False
-                key = f"p_on:{dev.device_id}"
                 if on and p > 0:
-                    self.memory[key] = p
+                    self.memory.load_on_kw[dev.device_id] = p
                 dc = cfgdev.control if cfgdev else None
                 site.loads.append(LoadView(
                     dev.device_id, p, on, (dc.priority if dc and dc.priority else "essential"),
-                    self.memory.get(key, (r.p_max_kw if r and r.p_max_kw else 0.0))))
+                    self.memory.load_on_kw.get(dev.device_id,
+                                               r.p_max_kw if r and r.p_max_kw else 0.0)))
             elif dev.nature is Nature.PV_INVERTER:
                 rated = (r.p_max_kw if r and r.p_max_kw else None) or _num(
                     dev.value("p_rated_kw", qnow)) or 0.0
@@ -366,8 +365,8 @@ class Controller:
             "write_failed": dict(self.write_failed),
             "notes": dict(self.last_decision.notes) if self.last_decision else {},
             "overrides": [o.as_dict() for o in self.overrides.values()],
-            "shed": list(self.memory.get("shed", [])),
-            "curtail": dict(self.memory.get("curtail", {})),
+            "shed": list(self.memory.shed),
+            "curtail": dict(self.memory.curtail),
             "plan": None if plan is None else {
                 "created_s": plan.created_s, "solver": plan.solver, "status": plan.status,
                 "steps": len(plan.steps), "tracking": plan.ok and plan.at(now) is not None},

@@ -25,6 +25,7 @@ from gateway.control.scheduler_lp import EvInput, SolveResult
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
+    from gateway.ports import ControllerPort
 
 log = logging.getLogger("autogrid.scheduler")
 SAMPLE_S = 60.0
@@ -41,17 +42,14 @@ class SchedulerComponent:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
-    # --- wiring to the other components -------------------------------------------------
-    def _component(self, name: str) -> Any:
-        return next((c for c in self.daemon.components if c.name == name), None)
-
-    def controller(self) -> Any:
-        comp = self._component("control")
-        return getattr(comp, "controller", None)
+    # --- wiring to the other components (typed ports, read when used) --------------------
+    def controller(self) -> ControllerPort | None:
+        return self.daemon.ports.controller
 
     def _analytics_forecast(self, start_s: float, step_s: float, n: int, now_s: float,
                             load_now: float | None, pv_now: float | None) -> Forecast:
-        fc = getattr(self._component("analytics"), "forecaster", None)
+        source = self.daemon.ports.forecasts
+        fc = source.forecaster if source is not None else None
         if fc is None:
             raise LookupError("no trained analytics model yet")
         import pandas as pd
@@ -105,7 +103,7 @@ class SchedulerComponent:
         sch = self.scheduler
         snap = sch.snapshot(self.daemon.state, now)
         ctl = self.controller()
-        book = getattr(ctl, "sessions", None)
+        book = ctl.sessions if ctl is not None else None
         evs: list[EvInput] = (sch.sessions_from(book.active.values(), now)
                               if book is not None else [])
 

@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
 from drivers.base import DeviceIO, DriverError
+from gateway.config.models import Device
 from gateway.model import PointValue
-
-if TYPE_CHECKING:
-    from gateway.daemon import Daemon
+from gateway.state import SiteState
 
 log = logging.getLogger("autogrid.service")
 
 SAFE_SETPOINTS_BOUND_S = 5.0
 
 
-async def write_safe_setpoints(daemon: Daemon, bound_s: float = SAFE_SETPOINTS_BOUND_S
+async def write_safe_setpoints(devices: Iterable[Device], ios: Mapping[str, DeviceIO],
+                               state: SiteState, bound_s: float = SAFE_SETPOINTS_BOUND_S
                                ) -> dict[str, dict[str, str]]:
-    """Write every configured safe setpoint; returns {device: {point: "ok"|error}}."""
+    """Write every configured safe setpoint of ``devices`` (this gateway's) through their
+    handles; returns {device: {point: "ok"|error}}."""
     results: dict[str, dict[str, str]] = {}
     jobs = []
-    for dev in daemon.cfg.devices_of(daemon.gateway_id):
-        io = daemon.ios.get(dev.id)
-        ds = daemon.state.devices.get(dev.id)
+    for dev in devices:
+        io = ios.get(dev.id)
+        ds = state.devices.get(dev.id)
         if not dev.safe_setpoints or io is None:
             continue
         if ds is None or ds.health.last_ok is None:

@@ -20,8 +20,24 @@ from gateway.control.strategies.time_of_use import TimeOfUse
 
 def pipeline() -> list[Strategy]:
     """All strategies, lowest priority first (the order they run in)."""
-    return [TimeOfUse(), SelfConsumption(), PlanTracking(), EvCharging(), PeakShaving(),
-            ProtectionMargins(), GridLimits(), EmergencyModes()]
+    return check_handoffs([TimeOfUse(), SelfConsumption(), PlanTracking(), EvCharging(),
+                           PeakShaving(), ProtectionMargins(), GridLimits(), EmergencyModes()])
+
+
+def check_handoffs(strategies: list[Strategy]) -> list[Strategy]:
+    """Refuse an order in which a strategy reads a ``site.handoff`` field before the one
+    that writes it has run (it would always see the empty value). A strategy names what
+    it ``reads`` and ``writes``; the order is priority, so this keeps it honest."""
+    written: set[str] = set()
+    writers = {f: s.name for s in strategies for f in getattr(s, "writes", ())}
+    for s in strategies:
+        for f in sorted(getattr(s, "reads", ())):
+            if f not in written:
+                by = writers.get(f)
+                raise ValueError(f"strategy '{s.name}' reads handoff '{f}' before "
+                                 + (f"'{by}' writes it" if by else "anything writes it"))
+        written |= set(getattr(s, "writes", ()))
+    return strategies
 
 
 __all__ = [
@@ -34,5 +50,6 @@ __all__ = [
     "SelfConsumption",
     "Strategy",
     "TimeOfUse",
+    "check_handoffs",
     "pipeline",
 ]

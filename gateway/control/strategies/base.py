@@ -8,6 +8,9 @@ from gateway.control.context import Decision, Site
 
 
 class Strategy(Protocol):
+    """A strategy may also declare ``reads`` / ``writes``: the ``site.handoff`` fields it
+    takes from an earlier strategy or gives a later one (checked by check_handoffs)."""
+
     name: str
 
     def enabled(self, site: Site) -> bool:

@@ -5,7 +5,7 @@
   carries the site (its power setpoint is left at 0); EVs stop, except emergency vehicles;
   V2G cars may help; deferrable loads are shed, and essential ones too below
   ``island_shed_essential_soc_pct``: critical loads stay on as long as the energy lasts.
-- ``reconnect`` / ``black_start``: staged by the mode machine (``memory['stage']``):
+- ``reconnect`` / ``black_start``: staged by the mode machine (``site.stage``):
   -2/-1 everything off, 0 critical loads, 1 + essential, 2 + deferrable and PV, then normal
   (EVs and the battery wait for normal operation). Grid-forming: in reconnection until the
   PCC reports closed, then off; in a black start from the battery from stage -1 on (after
@@ -27,7 +27,7 @@ class EmergencyModes:
 
     def apply(self, site: Site, d: Decision) -> None:
         mode = site.mode
-        pcc_open = bool(site.memory.get("pcc_open"))
+        pcc_open = site.pcc_open
         if mode == "estop":
             for b in site.batteries:
                 d.battery_kw[b.id] = 0.0
@@ -41,7 +41,7 @@ class EmergencyModes:
             return
         if mode == "island":
             soc = min((b.soc_pct for b in site.batteries), default=0.0)
-            keep = 1 if soc >= site.memory.get("island_essential_soc", 40.0) else 0
+            keep = 1 if soc >= site.island_essential_soc_pct else 0
             for ld in site.loads:
                 d.load_on[ld.id] = ld.rank <= keep
             for b in site.batteries:
@@ -60,12 +60,12 @@ class EmergencyModes:
             d.note(self.name, f"island: keeping {'critical+essential' if keep else 'critical'}"
                               f" loads (battery {soc:.0f} %)")
             return
-        stage = int(site.memory.get("stage", 0))  # reconnect / black start
+        stage = site.stage  # reconnect / black start
         for ld in site.loads:
             d.load_on[ld.id] = ld.rank <= stage
         for c in site.chargers:  # EVs wait for normal operation (and its grid limits)
             d.ev_kw[c.id] = 0.0
-        from_battery = mode == "black_start" and site.memory.get("source") == "battery"
+        from_battery = mode == "black_start" and site.source == "battery"
         for b in site.batteries:
             d.battery_kw[b.id] = 0.0
             if mode == "reconnect":  # carries the island until the PCC closes, then follows

@@ -61,6 +61,8 @@ def water_fill(caps: dict[str, float], amount: float) -> dict[str, float]:
 
 class EvCharging:
     name = "ev_charging"
+    reads = frozenset({"plan_ev_kw"})
+    writes = frozenset({"ev_must_kw"})
 
     def enabled(self, site: Site) -> bool:
         return site.cfg.ev_charging and bool(site.chargers)
@@ -72,8 +74,8 @@ class EvCharging:
             d.ev_kw[c.id] = 0.0
         site_left = site.cfg.ev_site_limit_kw if site.cfg.ev_site_limit_kw is not None \
             else float("inf")
-        tracking = "plan_ev_kw" in site.memory
-        planned = site.memory.get("plan_ev_kw") or {}
+        tracking = site.handoff.plan_ev_kw is not None
+        planned = site.handoff.plan_ev_kw or {}
         if site.cfg.grid_limits and site.import_limit_kw is not None:
             base0 = predicted_grid(site, d)  # every car at 0
             if base0 is not None:  # the hard limit bounds even deadline power
@@ -124,4 +126,4 @@ class EvCharging:
         total = sum(d.ev_kw.values())
         d.note(self.name, f"{len(cars)} cars, {total:.1f} kW "
                           f"({sum(must.values()):.1f} kW for deadlines)")
-        site.memory["ev_must_kw"] = must
+        site.handoff.ev_must_kw = must

@@ -21,7 +21,7 @@ class GridLimits:
         return site.cfg.grid_limits and site.mode == "normal"
 
     def apply(self, site: Site, d: Decision) -> None:
-        shed: list[str] = site.memory.setdefault("shed", [])
+        shed = site.memory.shed
         for ld in site.loads:
             d.load_on[ld.id] = ld.id not in shed
         if site.grid_kw is None:
@@ -53,7 +53,7 @@ class GridLimits:
                 d.load_on[ld.id] = False
                 shed.append(ld.id)
                 over -= ld.p_kw
-                site.memory.pop("restore_since", None)
+                site.memory.restore_since = None
                 d.note(self.name, f"shed {ld.id} ({ld.priority})")
             return
         if not shed:
@@ -64,14 +64,16 @@ class GridLimits:
             shed.clear()
             return
         if g + nxt.p_on_kw < limit - site.cfg.restore_hysteresis_kw:
-            since = site.memory.setdefault("restore_since", site.now)
+            if site.memory.restore_since is None:
+                site.memory.restore_since = site.now
+            since = site.memory.restore_since
             if site.now - since >= site.cfg.restore_delay_s:
                 shed.remove(nxt.id)
                 d.load_on[nxt.id] = True
-                site.memory.pop("restore_since", None)
+                site.memory.restore_since = None
                 d.note(self.name, f"restored {nxt.id}")
         else:
-            site.memory.pop("restore_since", None)
+            site.memory.restore_since = None
 
     def _cut_evs(self, site: Site, d: Decision, over: float) -> float:
         """Lower EV charging in reverse priority (public first, most slack first); cars
@@ -92,7 +94,7 @@ class GridLimits:
         return over
 
     def _export(self, site: Site, d: Decision) -> None:
-        curtail: dict[str, float] = site.memory.setdefault("curtail", {})
+        curtail = site.memory.curtail
         for pv in site.pvs:
             d.pv_limit_pct[pv.id] = curtail.get(pv.id, 100.0)
         limit = site.export_limit_kw

@@ -15,8 +15,8 @@ class ProtectionMargins:
         return site.mode == "normal"
 
     def apply(self, site: Site, d: Decision) -> None:
-        hot_limit = site.memory.get("cell_temp_max_c")
-        temps = site.memory.get("cell_temp_c") or {}
+        hot_limit = site.cell_temp_max_c
+        temps = site.cell_temp_c
         for b in site.batteries:
             p = d.battery_kw.get(b.id, 0.0)
             if p > 0 and b.soc_pct <= site.cfg.reserve_soc_pct:

@@ -9,6 +9,7 @@ from gateway.control.strategies.v2g import discharge_cars
 
 class PeakShaving:
     name = "peak_shaving"
+    reads = frozenset({"ev_must_kw"})
 
     def enabled(self, site: Site) -> bool:
         return (site.cfg.peak_shaving and site.grid_kw is not None
@@ -24,7 +25,7 @@ class PeakShaving:
         for k, v in spread(battery_room(site, d, discharge=True), over).items():
             d.battery_kw[k] = d.battery_kw.get(k, 0.0) + v
             over -= v
-        must = site.memory.get("ev_must_kw") or {}
+        must = site.handoff.ev_must_kw
         for c in sorted(site.chargers, key=lambda c: -(c.session.rank() if c.session else 9)):
             if over <= 1e-9:
                 break

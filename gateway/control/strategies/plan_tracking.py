@@ -1,6 +1,6 @@
 """Plan tracking: with a fresh optimal scheduler plan, the battery follows the planned
 setpoint, corrected in real time toward the planned grid import; EVs get their planned
-power (EV charging reads ``memory['plan_ev_kw']``; deadlines still come first).
+power (EV charging reads ``site.handoff.plan_ev_kw``; deadlines still come first).
 
 The correction is the forecast error only: it is measured with every car at its planned
 power, so a car that charges off plan (a deadline, PV surplus) is not paid for from the
@@ -21,6 +21,7 @@ def planned_ev_kw(c: ChargerView, planned: dict[str, float]) -> float:
 
 class PlanTracking:
     name = "plan_tracking"
+    writes = frozenset({"plan_ev_kw"})
 
     def enabled(self, site: Site) -> bool:
         return site.cfg.plan_tracking and site.plan_step is not None and site.mode == "normal"
@@ -30,7 +31,7 @@ class PlanTracking:
         assert step is not None
         for b in site.batteries:
             d.battery_kw[b.id] = step.battery_p_kw.get(b.id, 0.0)
-        site.memory["plan_ev_kw"] = dict(step.ev_p_kw)
+        site.handoff.plan_ev_kw = dict(step.ev_p_kw)
         as_planned = Decision(battery_kw=dict(d.battery_kw),
                               ev_kw={c.id: planned_ev_kw(c, step.ev_p_kw)
                                      for c in site.chargers},

@@ -8,12 +8,13 @@ from gateway.control.context import Decision, Site, predicted_grid, spread
 
 class SelfConsumption:
     name = "self_consumption"
+    reads = frozenset({"tou_cheap"})
 
     def enabled(self, site: Site) -> bool:
         return site.cfg.self_consumption and site.grid_kw is not None and site.mode == "normal"
 
     def apply(self, site: Site, d: Decision) -> None:
-        charging_cheap = bool(site.memory.get("tou_cheap")) and any(
+        charging_cheap = site.handoff.tou_cheap and any(
             d.battery_kw.get(b.id, 0.0) < 0 for b in site.batteries)
         base = {b.id: d.battery_kw.get(b.id, 0.0) for b in site.batteries}
         for b in site.batteries:

@@ -7,6 +7,7 @@ from gateway.control.context import Decision, Site
 
 class TimeOfUse:
     name = "time_of_use"
+    writes = frozenset({"tou_cheap"})  # site.handoff fields (see check_handoffs)
 
     def enabled(self, site: Site) -> bool:
         return site.cfg.time_of_use and site.price is not None and site.mode == "normal"
@@ -21,6 +22,5 @@ class TimeOfUse:
                 d.note(self.name, f"cheap ({price:.3f}/kWh): charging")
             elif price >= cfg.expensive_above_per_kwh:
                 d.note(self.name, f"expensive ({price:.3f}/kWh): discharging to cover load")
-                site.memory["tou_discharge"] = True
                 continue
-        site.memory["tou_cheap"] = price <= cfg.cheap_below_per_kwh
+        site.handoff.tou_cheap = price <= cfg.cheap_below_per_kwh

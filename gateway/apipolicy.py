@@ -1,5 +1,8 @@
 """Who may do what through the local API: roles from Unix users/groups, or from a token.
 
+The API owns this policy (the console is one of its clients); its config section keeps
+the name ``console:`` that site configs already use.
+
 Config (optional; without it the API's default holds: root and the daemon's own user are
 engineers, everyone else a viewer)::
 
@@ -14,7 +17,8 @@ engineers, everyone else a viewer)::
           role: operator
           sha256: 5e884898da28...           # sha256 of the token, never the token itself
 
-The daemon sets ``api.role_of`` and ``api.token_caller`` from it (component "console").
+The daemon sets ``api.role_of`` and ``api.token_caller`` from it (component "console",
+in gateway.apicomponent).
 A token is sent by the client in every request as ``"token": "..."``.
 """
 
@@ -34,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from gateway.api import Caller
-    from gateway.daemon import Daemon
 
 Role = Literal["viewer", "operator", "engineer"]
 ORDER: tuple[Role, ...] = ("engineer", "operator", "viewer")
@@ -104,40 +107,3 @@ def token_policy(settings: ConsoleSettings) -> Callable[[str, Caller], Caller]:
                                            role=t.role)
         raise ApiError("the token is not valid for this gateway")
     return token_caller
-
-
-class ConsolePolicy:
-    """Daemon component: installs the role policy on the API (when configured) and the
-    console's ``summary_history`` and ``site_time`` commands (nothing runs in the
-    background)."""
-
-    name = "console"
-
-    def __init__(self, daemon: Daemon, settings: ConsoleSettings | None) -> None:
-        from gateway.console.sitetime import SiteTimeSource
-
-        self.daemon = daemon
-        self.settings = settings
-        self.site_time = SiteTimeSource(daemon.cfg.site.timezone)
-
-    async def start(self) -> None:
-        from gateway.console.history import register
-
-        api = self.daemon.api
-        if api is None:
-            return
-        register(self.daemon)
-        api.register("site_time", lambda r, c: self.site_time.answer(), role="viewer",
-                     help="the site clock (simulated in a simulation) and time zone")
-        if self.settings is None:
-            return
-        api.role_of = role_policy(self.settings)
-        if self.settings.tokens:
-            api.token_caller = token_policy(self.settings)
-
-    async def stop(self) -> None:
-        pass
-
-
-def component(daemon: Daemon) -> ConsolePolicy:
-    return ConsolePolicy(daemon, getattr(daemon.cfg, "console", None))

@@ -1,4 +1,5 @@
-"""The DNP3 connection of a site config: one outstation over TCP (IEEE 1815).
+"""The DNP3 connection of a site config: one outstation over TCP (IEEE 1815), declared
+to the registry by the dnp3 driver.
 
 One ``dnp3_tcp`` connection is one association: a master address talking to one
 outstation address at host:port. Several devices may share it (e.g. the breaker and the
@@ -7,21 +8,23 @@ meter of one PCC relay); they share its link, its lock and its polls.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from drivers.connection import ConnectionBase, host_problems, network_endpoint
+from gateway.yamlsrc import Problem, Source
 
 _S = Annotated[float, Field(gt=0, le=3600)]
 _PollS = Annotated[float, Field(ge=0, le=86400)]  # 0 = never
 
 
-class Dnp3Tcp(BaseModel):
+class Dnp3Tcp(ConnectionBase):
     """A DNP3 outstation reached over TCP (the usual port is 20000)."""
 
-    model_config = ConfigDict(extra="forbid")
+    unit_ids_unique: ClassVar[bool] = False  # devices share the one association
 
     type: Literal["dnp3_tcp"]
-    id: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
     host: str
     port: Annotated[int, Field(ge=1, le=65535)] = 20000
     master_address: Annotated[int, Field(ge=0, le=65519)] = 1
@@ -47,6 +50,13 @@ class Dnp3Tcp(BaseModel):
     # RECORD_CURRENT_TIME + g50v3 (IEEE 1815-2012 10.3.3.2, the procedure for TCP),
     # "non_lan" DELAY_MEASURE + g50v1 (10.3.3.1, serial or routed links), "off" never.
     time_sync: Literal["lan", "non_lan", "off"] = "lan"
+
+    def endpoint(self) -> tuple[tuple[str, ...], str] | None:
+        return network_endpoint(self.host, self.port)
+
+    def check(self, index: int, src: Source) -> list[Problem]:
+        return super().check(index, src) + host_problems(
+            self.host, index, src, serial_hint="DNP3 here runs over TCP ('dnp3_tcp')")
 
     @model_validator(mode="after")
     def _backoff(self) -> Dnp3Tcp:

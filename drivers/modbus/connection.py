@@ -1,0 +1,69 @@
+"""The Modbus connections of a site config: TCP, RTU framing over TCP, serial RTU."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from drivers.connection import HOST, ConnectionBase, PositiveS, host_problems, network_endpoint
+from gateway.yamlsrc import Problem, Source
+
+
+class _Conn(ConnectionBase):
+    timeout_s: PositiveS = 1.0
+    retries: Annotated[int, Field(ge=0, le=5)] = 0
+    reconnect_delay_s: PositiveS = 0.5  # first delay after a lost link; doubles each try
+    reconnect_delay_max_s: PositiveS = 30.0
+
+
+class _Network(_Conn):
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+
+    def endpoint(self) -> tuple[tuple[str, ...], str] | None:
+        return network_endpoint(self.host, self.port)
+
+    def check(self, index: int, src: Source) -> list[Problem]:
+        return super().check(index, src) + host_problems(
+            self.host, index, src, serial_hint="use type 'modbus_serial' with 'port: {host}'")
+
+
+class ModbusTcp(_Network):
+    type: Literal["modbus_tcp"]
+    # requests in flight at once on the connection, told apart by their transaction ids;
+    # 1 = one at a time (some devices and TCP-to-serial gateways handle no more)
+    max_in_flight: Annotated[int, Field(ge=1, le=32)] = 1
+
+
+class ModbusRtuOverTcp(_Network):
+    type: Literal["modbus_rtu_over_tcp"]
+    unit_zero_is_broadcast: ClassVar[bool] = True
+
+
+class ModbusSerial(_Conn):
+    type: Literal["modbus_serial"]
+    port: str  # /dev/ttyUSB0, /dev/serial/by-id/...
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit_zero_is_broadcast: ClassVar[bool] = True
+    one_box: ClassVar[bool] = True
+
+    def endpoint(self) -> tuple[tuple[str, ...], str] | None:
+        return ("serial", self.port), f"serial port '{self.port}'"
+
+    def check(self, index: int, src: Source) -> list[Problem]:
+        out = super().check(index, src)
+        port = self.port
+        if HOST.match(port) and "." in port and not port.startswith("/"):
+            out.append(src.problem(("connections", index, "port"),
+                                   f"'{port}' looks like a network host, not a serial "
+                                   f"device; for Modbus over the network use type "
+                                   f"'modbus_tcp' or 'modbus_rtu_over_tcp' with 'host'"))
+        return out
+
+
+ModbusConnection = ModbusTcp | ModbusRtuOverTcp | ModbusSerial
+CONNECTION_MODELS = (ModbusTcp, ModbusRtuOverTcp, ModbusSerial)
