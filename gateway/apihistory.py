@@ -9,6 +9,7 @@ value is carried forward to every step. Runs in a worker thread (SQLite read, WA
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -40,12 +41,15 @@ def _series(db: sqlite3.Connection, device: str, point: str, start: float
                      (device, point)).fetchone()
     if pid is None:
         return []
-    before = db.execute("SELECT ts, value FROM samples WHERE point_id=? AND ts<? AND "
-                        "quality=0 AND value IS NOT NULL ORDER BY ts DESC LIMIT 1",
-                        (pid[0], start)).fetchall()
-    rows = db.execute("SELECT ts, value FROM samples WHERE point_id=? AND ts>=? AND "
-                      "quality=0 AND value IS NOT NULL ORDER BY ts", (pid[0], start)).fetchall()
-    return [(float(t), float(v)) for t, v in [*before, *rows]]
+    # on the (point_id, ts_ms) key itself, so each query is a range of one B-tree
+    start_ms = math.floor(start * 1000.0)
+    before = db.execute("SELECT ts_ms, value FROM history WHERE point_id=? AND ts_ms<? AND "
+                        "quality=0 AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
+                        (pid[0], start_ms)).fetchall()
+    rows = db.execute("SELECT ts_ms, value FROM history WHERE point_id=? AND ts_ms>=? AND "
+                      "quality=0 AND value IS NOT NULL ORDER BY ts_ms",
+                      (pid[0], start_ms)).fetchall()
+    return [(t / 1000.0, float(v)) for t, v in [*before, *rows]]
 
 
 def _at_steps(series: list[tuple[float, float]], steps: Iterable[float]) -> list[float | None]:

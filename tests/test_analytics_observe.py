@@ -13,7 +13,7 @@ import pandas as pd
 from gateway.analytics.forecast import Forecaster
 from gateway.analytics.service import AnalyticsService
 from gateway.analytics.site import PvArray, SiteInfo
-from gateway.historian import _SCHEMA
+from gateway.historian import _SCHEMA, _VIEW
 
 INFO = SiteInfo(48.0, 7.8, "Europe/Berlin", "DE", (PvArray("pv", 11.0, 10.0, 36.0, 180.0),),
                 load_ids=("load",))
@@ -23,12 +23,14 @@ def historian(path: Path, start_s: float, end_s: float) -> float:
     """p_kw of the PV inverter (4 kW) and the load (7 kW) every minute, as the historian
     stores them; returns the last sample's time."""
     with sqlite3.connect(path) as db:
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + _VIEW)
         db.executemany("INSERT INTO points (id, device, point) VALUES (?, ?, 'p_kw')",
                        [(1, "pv"), (2, "load")])
         ts = np.arange(start_s, end_s, 60.0)
-        db.executemany("INSERT INTO samples (point_id, ts, value, quality) VALUES (?, ?, ?, 0)",
-                       [(pid, float(t), kw) for t in ts for pid, kw in ((1, 4.0), (2, 7.0))])
+        db.executemany("INSERT INTO history (point_id, ts_ms, value, quality) "
+                       "VALUES (?, ?, ?, 0)",
+                       [(pid, round(t * 1000), kw) for t in ts for pid, kw in ((1, 4.0),
+                                                                               (2, 7.0))])
     return float(ts[-1])
 
 

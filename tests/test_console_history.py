@@ -8,13 +8,10 @@ from pathlib import Path
 
 from gateway.apihistory import summary_history
 from gateway.console.data import ConsoleData
+from gateway.historian import _SCHEMA, _VIEW
 from gateway.model import Nature
 
-SCHEMA = """
-CREATE TABLE points (id INTEGER PRIMARY KEY, device TEXT, point TEXT, unit TEXT,
-                     UNIQUE (device, point));
-CREATE TABLE samples (point_id INTEGER, ts REAL, value REAL, text TEXT, quality INTEGER);
-"""
+SCHEMA = _SCHEMA + _VIEW  # the historian's own tables
 
 
 def make_db(path: Path, rows: list[tuple[str, str, float, float, int]]) -> None:
@@ -25,8 +22,8 @@ def make_db(path: Path, rows: list[tuple[str, str, float, float, int]]) -> None:
         if (dev, point) not in ids:
             ids[(dev, point)] = len(ids) + 1
             db.execute("INSERT INTO points VALUES (?,?,?,?)", (ids[(dev, point)], dev, point, ""))
-        db.execute("INSERT INTO samples VALUES (?,?,?,?,?)",
-                   (ids[(dev, point)], ts, value, None, quality))
+        db.execute("INSERT INTO history VALUES (?,?,?,?,?)",
+                   (ids[(dev, point)], round(ts * 1000), value, None, quality))
     db.commit()
     db.close()
 
