@@ -141,23 +141,27 @@ class Poller:
         """One read of one device into SiteState. True when the read succeeded."""
         return self._publish(job, await self._read(job))
 
-    async def _read(self, job: PollJob) -> tuple[float, object]:
-        """(latency ms, values) of a good read, or (-1, error text) of a failed one."""
+    async def _read(self, job: PollJob) -> tuple[float, object, float]:
+        """(latency ms, values, wall time the values were read) of a good read, or (-1,
+        error text, time) of a failed one. The time is taken when this device's read ends,
+        not when its round is published: control compares a reading's time with when its
+        setpoints were taken, and a reading stamped later than it was read would seem to
+        show a setpoint written after it (a charger counted at its old power)."""
         io = job.io
         t0 = time.perf_counter()
         try:
             values = await io.read()
         except DriverError as exc:
-            return -1.0, str(exc) or type(exc).__name__
+            return -1.0, str(exc) or type(exc).__name__, time.time()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a driver bug must not end the daemon
             log.exception("%s: unexpected error from driver", io.device_id)
-            return -1.0, f"internal error: {type(exc).__name__}: {exc}"
-        return (time.perf_counter() - t0) * 1000.0, values
+            return -1.0, f"internal error: {type(exc).__name__}: {exc}", time.time()
+        return (time.perf_counter() - t0) * 1000.0, values, time.time()
 
-    def _publish(self, job: PollJob, result: tuple[float, object]) -> bool:
-        latency_ms, payload = result
+    def _publish(self, job: PollJob, result: tuple[float, object, float]) -> bool:
+        latency_ms, payload, read_ts = result
         device_id = job.io.device_id
         if device_id not in self.state.devices:
             return False  # removed while it was read
@@ -169,7 +173,7 @@ class Poller:
         if health.consecutive_errors:
             log.info("%s: recovered after %d failed polls", device_id,
                      health.consecutive_errors)
-        self.state.update(device_id, payload, time.time(), latency_ms)  # type: ignore[arg-type]
+        self.state.update(device_id, payload, read_ts, latency_ms)  # type: ignore[arg-type]
         return True
 
     def _failed(self, device_id: str, error: str) -> None:
@@ -243,7 +247,7 @@ class Poller:
                 jobs.append(job)
         if len(jobs) > 1:  # the grid meter last: its import then includes what the
             jobs.sort(key=self._grid_last)  # others' readings show (control nets them)
-        results: list[tuple[float, object]] = []
+        results: list[tuple[float, object, float]] = []
         try:
             for job in jobs:
                 job.reading = True

@@ -180,3 +180,29 @@ async def test_skipped_slots_are_counted_and_logged_once_per_episode(
     assert len(warnings) == 1
     assert "slow1" in warnings[0].message
     assert poller.stats()["overrunning"] == []
+
+
+async def test_each_reading_carries_the_time_its_own_device_was_read() -> None:
+    """A round is published together, but each reading keeps the wall time its device was
+    read: a charger read before a setpoint write must not look as if read after it (control
+    compares the two times; stamping the round's end made it count a car at its old power)."""
+    import time
+
+    ios = [FakeIO(name) for name in ("grid", "ev1")]
+    state = _state(ios, grid="grid")
+    ios[0].hold = asyncio.Event()  # the grid meter, read last in the round, waits
+    poller = Poller(state)
+    try:
+        for io in ios:
+            poller.add(io, 0.3)
+        await until(lambda: len(ios[0].started) >= 1, "the grid meter being read")
+        meter_started = time.time()  # ev1's read has ended by now
+        await asyncio.sleep(0.05)
+        released = time.time()
+        ios[0].hold.set()
+        await until(lambda: state.devices["grid"].health.polls >= 1, "the round published")
+    finally:
+        await poller.stop()
+    assert len(ios[1].started) >= 1 and ios[1].started[0] <= ios[0].started[0]
+    assert state.devices["ev1"].readings["p_kw"].ts <= meter_started
+    assert state.devices["grid"].readings["p_kw"].ts >= released
