@@ -208,16 +208,9 @@ def historian_polls(db_path: Any, device: str, points: tuple[str, ...] = HEALTH_
                     since_s: float | None = None) -> pd.DataFrame:
     """One device's points at every poll time the historian holds a change for (each point
     held until its next change), not resampled: the resistance needs consecutive polls."""
-    import sqlite3
+    from gateway.analytics.data import device_rows
 
-    sql = ("SELECT p.point, s.ts, s.value FROM samples s JOIN points p ON p.id = s.point_id "
-           f"WHERE p.device = ? AND s.quality = 0 AND p.point IN ({','.join('?' * len(points))})")
-    args: list[str | float] = [device, *points]
-    if since_s is not None:
-        sql += " AND s.ts >= ?"
-        args.append(since_s)
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        rows = pd.read_sql_query(sql + " ORDER BY s.ts", db, params=args)
+    rows = device_rows(db_path, device, points, since_s)
     if rows.empty:
         return pd.DataFrame()
     rows["value"] = pd.to_numeric(rows["value"], errors="coerce")

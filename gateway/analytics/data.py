@@ -168,9 +168,9 @@ def _quarter_means(g: pd.DataFrame) -> pd.Series:
     return fine.resample(STEP).mean()
 
 
-def historian_device_frame(db_path: Path, device: str, points: list[str],
-                           since_s: float | None = None, step: str = "1min") -> pd.DataFrame:
-    """One device's points from the historian on a regular grid (held between changes)."""
+def device_rows(db_path: Path | str, device: str, points: list[str] | tuple[str, ...],
+                since_s: float | None = None) -> pd.DataFrame:
+    """Good samples (point, ts, value) of one device's points from the historian, by time."""
     sql = ("SELECT p.point, s.ts, s.value FROM samples s JOIN points p ON p.id = s.point_id "
            f"WHERE p.device = ? AND s.quality = 0 AND p.point IN ({','.join('?' * len(points))})")
     args: list[str | float] = [device, *points]
@@ -178,7 +178,13 @@ def historian_device_frame(db_path: Path, device: str, points: list[str],
         sql += " AND s.ts >= ?"
         args.append(since_s)
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        rows = pd.read_sql_query(sql + " ORDER BY s.ts", db, params=args)
+        return pd.read_sql_query(sql + " ORDER BY s.ts", db, params=args)
+
+
+def historian_device_frame(db_path: Path, device: str, points: list[str],
+                           since_s: float | None = None, step: str = "1min") -> pd.DataFrame:
+    """One device's points from the historian on a regular grid (held between changes)."""
+    rows = device_rows(db_path, device, points, since_s)
     cols = {}
     for point, g in rows.groupby("point"):
         t = pd.to_datetime(g["ts"].to_numpy(), unit="s", utc=True)
