@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from gateway.analytics.config import AnalyticsSettings
     from gateway.apilimits import ApiSettings
     from gateway.apipolicy import ConsoleSettings
+    from gateway.cluster.config import ClusterConfig
     from gateway.control.config import ControlConfig, DeviceControl
     from gateway.control.scheduler_config import SchedulerSettings, Tariff
 
@@ -63,6 +64,7 @@ else:
     AnalyticsSettings = section_type("analytics")
     ConsoleSettings = section_type("console")
     ApiSettings = section_type("api")
+    ClusterConfig = section_type("cluster")
     Connection = connection_type()
 
 _MOVED = {"ModbusTcp", "ModbusRtuOverTcp", "ModbusSerial"}
@@ -127,6 +129,9 @@ class Device(Lazy):
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
     poll_interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 1.0
     gateway: str | None = None  # owning gateway; may be omitted when there is only one
+    # Gateways that can reach this device too and take it over when its owner is gone
+    # (needs a cluster; ownership is then a fenced key in the store).
+    standby_gateways: list[str] = Field(default_factory=list)
     description: str = ""
     enabled: bool = True
     # Meters: "grid" measures the point of common coupling (site import/export), "sub" a
@@ -203,6 +208,7 @@ class SiteConfig(Lazy):
     tariff: Tariff | None = None  # time-of-use prices (scheduler, controller, simulate)
     scheduler: SchedulerSettings | None = None  # LP planning; on (defaults) when a tariff is set
     analytics: AnalyticsSettings | None = None  # schedules; absent = defaults (with historian)
+    cluster: ClusterConfig | None = None  # several gateways as one; absent = standalone
     # Parameters for `autogrid sim` (physics, sessions, faults); the simulator's own section.
     simulation: dict[str, Any] | None = None
 

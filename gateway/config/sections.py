@@ -44,6 +44,8 @@ SECTIONS: dict[str, Section] = {
     "analytics": Section("gateway.analytics.config:AnalyticsSettings"),
     "console": Section("gateway.apipolicy:ConsoleSettings"),
     "api": Section("gateway.apilimits:ApiSettings"),
+    "cluster": Section("gateway.cluster.config:ClusterConfig",
+                       checks="gateway.cluster.config_checks:check_cluster"),
     "simulation": Section(parse="sim_devices.settings:load_simulation_settings"),
 }
 
