@@ -60,6 +60,14 @@ def test_grid_limit_sheds_deferrable_first_and_restores_with_hysteresis_and_dela
     assert run(c, v, T0 + 211)["heater"]["enabled"] is True
 
 
+def test_load_shedding_off_keeps_every_load_on_at_the_import_limit() -> None:
+    v = normal_values(grid_kw=50.0)
+    v["bat"].update(p_discharge_max_kw=0.0)
+    assert run(ctl({"grid_limits": True}), v)["heater"]["enabled"] is False
+    out = run(ctl({"grid_limits": True, "load_shedding": False}), v)
+    assert out["heater"]["enabled"] is True and out["fridge"]["enabled"] is True
+
+
 def test_export_limit_charges_battery_then_curtails_pv_and_releases_step_by_step() -> None:
     c = ctl({"grid_limits": True})
     v = normal_values(grid_kw=-40.0, pv_kw=30.0, soc=60.0)
@@ -72,6 +80,13 @@ def test_export_limit_charges_battery_then_curtails_pv_and_releases_step_by_step
     v["pv"]["p_limit_pct"] = 66.67
     out = run(c, v, T0 + 1)
     assert out["pv"]["p_limit_pct"] == pytest.approx(76.67, abs=0.01)
+    # grid_limits.pv_curtailment off: the battery still charges, PV is left alone
+    c = ctl({"grid_limits": {"pv_curtailment": False}})
+    v = normal_values(grid_kw=-40.0, pv_kw=30.0, soc=60.0)
+    v["bat"].update(p_charge_max_kw=10.0)
+    out = run(c, v)
+    assert out["bat"]["p_set_kw"] == pytest.approx(-10.0)
+    assert out["pv"]["p_limit_pct"] == 100.0
 
 
 def test_peak_shaving_uses_battery_above_threshold_but_not_below_reserve() -> None:
@@ -101,6 +116,15 @@ def test_time_of_use_charges_when_cheap_discharges_when_dear() -> None:
     day = datetime(2025, 6, 21, 12, 0, tzinfo=UTC).timestamp()
     assert run(c, normal_values(grid_kw=5.0, soc=50.0), night)["bat"]["p_set_kw"] == -25.0
     assert run(c, normal_values(grid_kw=5.0, soc=50.0), day)["bat"]["p_set_kw"] == 5.0
+    # its own section's prices and target: 0.10 is not cheap below 0.05, and a battery at
+    # its target is not charged; self-consumption covers the load instead
+    c = ctl({"time_of_use": {"cheap_below_per_kwh": 0.05}, "self_consumption": True},
+            tariff=tariff)
+    assert run(c, normal_values(grid_kw=5.0, soc=50.0), night)["bat"]["p_set_kw"] == 5.0
+    c = ctl({"time_of_use": {"target_soc_pct": 50}, "self_consumption": True}, tariff=tariff)
+    assert run(c, normal_values(grid_kw=5.0, soc=50.0), night)["bat"]["p_set_kw"] == 5.0
+    assert run(c, normal_values(grid_kw=5.0, soc=49.0), night + 1)["bat"]["p_set_kw"] == \
+        -25.0
 
 
 def test_ev_emergency_vehicle_first_then_least_laxity_and_fair_shares() -> None:
@@ -143,6 +167,13 @@ def test_v2g_at_peak_only_above_the_driver_need_and_with_time_to_recharge() -> N
     assert run(c, v, T0 + 2)["ev1"]["p_set_kw"] >= 0.0  # could not recharge in time
     v["ev1"] = car(soc=80.0, v2g=False, departure_s=10 * 3600, energy_kwh=0.0)
     assert run(c, v, T0 + 3)["ev1"]["p_set_kw"] >= 0.0  # the car cannot discharge
+    # the guard's own section: 10 h kept to recharge leaves no time for this car
+    v["ev1"] = car(soc=80.0, v2g=True, departure_s=10 * 3600, energy_kwh=0.0)
+    c = ctl({"ev_charging": True, "v2g": {"margin_h": 10.0},
+             "peak_shaving": {"threshold_kw": 30.0}})
+    assert run(c, v)["ev1"]["p_set_kw"] >= 0.0
+    c = ctl({"ev_charging": True, "v2g": False, "peak_shaving": {"threshold_kw": 30.0}})
+    assert run(c, v)["ev1"]["p_set_kw"] >= 0.0  # switched off
 
 
 def test_plan_tracking_follows_fresh_plan_and_falls_back_when_stale() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 Kw = Annotated[float, Field(ge=0)]
 Pct = Annotated[float, Field(ge=0, le=100)]
@@ -27,4 +28,10 @@ class StrategySection(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _bare_bool(cls, data: Any) -> Any:
-        return {"enabled": data} if isinstance(data, bool) else data
+        if isinstance(data, bool):
+            return {"enabled": data}
+        if not isinstance(data, dict | BaseModel):
+            raise PydanticCustomError(
+                "strategy_section", "expected true, false or a mapping of its settings "
+                "({fields})", {"fields": ", ".join(cls.model_fields)})
+        return data
