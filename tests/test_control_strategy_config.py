@@ -4,13 +4,15 @@ error at that key saying where it moved, reported with the file's other errors."
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.cli import main
 from gateway.config.loader import load_config
-from gateway.control.config import MOVED, Strategies
+from gateway.control.config import MOVED, ControlConfig, Strategies
 from gateway.control.strategies.peak_shaving_config import PeakShavingConfig
 from tests.test_config_checks import BASE, problems, tpl_dir, where
 
@@ -102,10 +104,11 @@ def test_every_old_key_names_a_field_that_exists(old: str) -> None:
 def test_autogrid_check_prints_the_moved_key_with_file_and_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     demo = (REPO / "site_configs" / "demo.yaml").read_text(encoding="utf-8")
-    assert "control:\n  cycle_s: 1.0\n" in demo
-    text = demo.replace("control:\n  cycle_s: 1.0\n",
-                        "control:\n  cycle_s: 1.0\n  strategies:\n    reserve_soc_pct: 30\n")
-    line = text.splitlines().index("    reserve_soc_pct: 30") + 1
+    new = "  strategies:\n    self_consumption: {reserve_soc_pct: 20}"
+    assert demo.count(new) == 1
+    text = demo.replace(new, "  strategies:\n    reserve_soc_pct: 30")  # as it used to be
+    line = next(i for i, ln in enumerate(text.splitlines(), 1)
+                if ln.startswith("    reserve_soc_pct: 30"))
     f = tmp_path / "site.yaml"
     f.write_text(text, encoding="utf-8")
     assert main(["check", str(f)]) == 1
@@ -113,3 +116,18 @@ def test_autogrid_check_prints_the_moved_key_with_file_and_line(
     assert (f"site.yaml:{line}:5: control.strategies.reserve_soc_pct: moved: write "
             f"strategies.self_consumption.reserve_soc_pct") in out.out + out.err
     assert "Traceback" not in out.out + out.err
+
+
+def test_the_readme_example_is_a_valid_control_section() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("  ```yaml\n  control:\n    strategies:\n") + len("  ```yaml\n")
+    block = textwrap.dedent(readme[start:readme.index("  ```\n", start)])
+    control = ControlConfig.model_validate(yaml.safe_load(block)["control"])
+    st = control.strategies
+    assert st.peak_shaving.threshold_kw == 180.0 and st.ev_charging.site_limit_kw == 60.0
+    # the rest are the defaults, as the README says
+    written = yaml.safe_load(block)["control"]["strategies"]
+    for name, fields in written.items():
+        for key, value in fields.items():
+            if key not in ("threshold_kw", "site_limit_kw"):
+                assert getattr(Strategies(), name).model_dump()[key] == value, (name, key)
