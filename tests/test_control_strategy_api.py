@@ -131,6 +131,13 @@ async def test_limits_set_still_sets_the_peak_threshold(served: Served) -> None:
         got = await api.request("limits_set", peak_threshold_kw=None)  # back to the default
         assert got == {"peak_threshold_kw": None}
         assert served.battery_kw() == 0.0
+        # set while peak shaving is off: it is kept, and the reply says it does not hold yet
+        await api.request("strategy_set", settings={"peak_shaving": False})
+        got = await api.request("limits_set", peak_threshold_kw=40)
+        assert got["peak_threshold_kw"] == 40.0 and "peak shaving is off" in got["note"]
+        assert served.battery_kw() == 0.0
+        await api.request("strategy_set", settings={"peak_shaving": True})
+        assert served.battery_kw() == pytest.approx(20.0)
     assert served.audit()[0][:3] == ("limits_set", True, {"peak_threshold_kw": 45})
 
 

@@ -340,6 +340,9 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         for key, v in changed.items():
             if key != "peak_threshold_kw":
                 setattr(grid, key, v)
+        if "peak_threshold_kw" in changed and not c.control.strategies.peak_shaving.enabled:
+            return {**changed, "note": "peak shaving is off: the threshold holds once it is "
+                                       "switched on"}
         return changed
 
     def strategy_set(req: dict[str, Any], caller: Caller) -> Any:
