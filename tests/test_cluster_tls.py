@@ -1,0 +1,89 @@
+"""etcd with TLS and client certificates, as a site runs it: three real members started from
+what `autogrid cluster certs` and `autogrid cluster etcd-config` write, talking to each
+other over TLS. A gateway's certificate gets it in; no certificate, a plaintext client, a
+certificate from another CA, or a server it cannot verify does not."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
+import aetcd
+import aetcd.exceptions
+import pytest
+
+from gateway.cluster.certs import issue
+from gateway.cluster.tlsclient import TlsClient
+from tests.etcd_tls_members import TlsSite, tls_site
+
+GATEWAYS = ["gw-a", "gw-b", "gw-c"]
+TIMEOUT_S = 5  # each etcd call; a refused one fails at once, this only bounds a hang
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSite]:
+    with tls_site(tmp_path_factory.mktemp("tls-site"), GATEWAYS) as running:
+        yield running
+
+
+def _client(site: TlsSite, member: str, ca: Path, cert: Path | None = None,
+            key: Path | None = None) -> TlsClient:
+    return TlsClient("127.0.0.1", site.client_port(member), ca=ca, cert=cert, key=key,
+                     timeout=TIMEOUT_S)
+
+
+async def test_gateway_certificate_writes_and_the_peers_replicate(site: TlsSite) -> None:
+    ca, cert, key = site.tls_files("gw-a")
+    async with _client(site, "gw-a", ca, cert, key) as client:
+        await client.put(b"/autogrid/tls-test", b"from gw-a")
+    ca, cert, key = site.tls_files("gw-c")  # another gateway, through another member
+    async with _client(site, "gw-c", ca, cert, key) as client:
+        got = await client.get(b"/autogrid/tls-test")
+    assert got is not None and got.value == b"from gw-a"
+
+
+async def _refused(client: aetcd.Client, key: bytes) -> None:
+    with pytest.raises(aetcd.exceptions.ClientError) as caught:
+        async with client:
+            await client.put(key, b"must not land")
+    text = str(caught.value).lower()
+    # grpc's poller thread ends only when its last channel object is freed, and the
+    # traceback holds the failed call in a cycle: free it now, not at some later GC.
+    del caught
+    gc.collect()
+    assert "handshake" in text or "ssl" in text, text
+
+
+async def _absent(site: TlsSite, key: bytes) -> bool:
+    ca, cert, key_file = site.tls_files("gw-b")
+    async with _client(site, "gw-b", ca, cert, key_file) as client:
+        return await client.get(key) is None
+
+
+async def test_client_without_certificate_is_refused(site: TlsSite) -> None:
+    ca, _cert, _key = site.tls_files("gw-a")
+    await _refused(_client(site, "gw-a", ca), b"/autogrid/no-cert")
+    assert await _absent(site, b"/autogrid/no-cert")
+
+
+async def test_plaintext_client_is_refused(site: TlsSite) -> None:
+    client = aetcd.Client("127.0.0.1", site.client_port("gw-a"), timeout=TIMEOUT_S)
+    with pytest.raises(aetcd.exceptions.ClientError):
+        async with client:
+            await client.put(b"/autogrid/plain", b"must not land")
+    del client
+    gc.collect()
+    assert await _absent(site, b"/autogrid/plain")
+
+
+async def test_certificate_of_another_ca_is_refused(site: TlsSite, tmp_path: Path) -> None:
+    other = tmp_path / "other-site"
+    issue(site.cluster, GATEWAYS, "another site", other)  # same names, another CA
+    ca, _cert, _key = site.tls_files("gw-a")
+    await _refused(_client(site, "gw-a", ca, other / "gw-a.crt", other / "gw-a.key"),
+                   b"/autogrid/other-ca")
+    assert await _absent(site, b"/autogrid/other-ca")
+    # and a gateway that trusts only the other CA does not accept the site's member
+    await _refused(_client(site, "gw-a", other / "ca.crt", other / "gw-a.crt",
+                           other / "gw-a.key"), b"/autogrid/other-ca")
