@@ -5,6 +5,7 @@ certificate from another CA, or a server it cannot verify does not."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from gateway.cluster.certs import issue
 from gateway.cluster.tlsclient import TlsClient
 from tests.etcd_tls_members import TlsSite, tls_site
+from tests.tcp_fault_proxy import TcpFaultProxy
 
 GATEWAYS = ["gw-a", "gw-b", "gw-c"]
 TIMEOUT_S = 5  # each etcd call; a refused one fails at once, this only bounds a hang
@@ -87,3 +89,39 @@ async def test_certificate_of_another_ca_is_refused(site: TlsSite, tmp_path: Pat
     # and a gateway that trusts only the other CA does not accept the site's member
     await _refused(_client(site, "gw-a", other / "ca.crt", other / "gw-a.crt",
                            other / "gw-a.key"), b"/autogrid/other-ca")
+
+
+async def _put_until_ok(client: TlsClient, key: bytes, value: bytes) -> None:
+    """Retry (bounded) while gRPC notices the broken connection and dials again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        try:
+            await client.put(key, value)
+            return
+        except aetcd.exceptions.ClientError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_gateway_cut_off_by_the_fault_proxy(site: TlsSite) -> None:
+    ca, cert, key = site.tls_files("gw-a")
+    async with TcpFaultProxy("127.0.0.1", site.client_port("gw-a")) as proxy:
+        # the proxy listens on 127.0.0.1 too, so the member's IP SAN still matches
+        client = TlsClient("127.0.0.1", proxy.port, ca=ca, cert=cert, key=key, timeout=2)
+        async with client:
+            await client.put(b"/autogrid/proxy", b"through")
+            proxy.set_mode("black-hole")
+            with pytest.raises(aetcd.exceptions.ClientError):  # its deadline, not an answer
+                await client.put(b"/autogrid/proxy", b"into the void")
+            assert proxy.stats.swallowed > 0
+            proxy.set_mode("drop")
+            with pytest.raises(aetcd.exceptions.ClientError):
+                await client.put(b"/autogrid/proxy", b"dropped")
+            proxy.set_mode("pass")
+            await _put_until_ok(client, b"/autogrid/proxy", b"back")
+            got = await client.get(b"/autogrid/proxy")
+        del client
+        gc.collect()
+    assert got is not None and got.value == b"back"
