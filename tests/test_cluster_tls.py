@@ -54,7 +54,9 @@ async def _refused(client: aetcd.Client, key: bytes) -> None:
     # traceback holds the failed call in a cycle: free it now, not at some later GC.
     del caught
     gc.collect()
-    assert "handshake" in text or "ssl" in text, text
+    # refused by TLS (with TLS 1.3 the client may learn it only at its first read: etcd
+    # 3.4.23's Go sends the alert after the handshake, as an undecryptable record)
+    assert any(word in text for word in ("handshake", "ssl", "tsi_")), text
 
 
 async def _absent(site: TlsSite, key: bytes) -> bool:
