@@ -133,7 +133,10 @@ def _run_etcd_config(args: argparse.Namespace) -> int:
     binary = find_etcd()
     version = etcd_version(binary) if binary is not None else None
     advisory = version_advisory(version) if version is not None else None
-    if advisory:
+    if binary is None:
+        print("note: no etcd here to check its version (Debian: apt-get install "
+              "etcd-server; run 3.4.23 or >= 3.5.3)", file=sys.stderr)
+    elif advisory:
         print(f"warning: {binary}: {advisory}", file=sys.stderr)
     return EXIT_OK
 
