@@ -130,3 +130,22 @@ def test_a_site_without_an_etcd_cluster_is_told_where(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     line = text.splitlines().index("  backend: standalone") + 1
     assert f"{site}:{line}:" in err and "cluster.backend" in err and "no etcd cluster" in err
+
+
+def test_tls_paths_without_the_gateway_placeholder_get_one_directory_per_gateway(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = site_yaml(GATEWAYS, [23791, 23801, 23792, 23802, 23793, 23803])
+    text = text.replace("cert: tls/{gateway}.crt", "cert: /etc/autogrid/cluster/gw.crt")
+    text = text.replace("key: tls/{gateway}.key", "key: /etc/autogrid/cluster/gw.key")
+    site = tmp_path / "site.yaml"
+    site.write_text(text, encoding="utf-8")
+    out = tmp_path / "tls"
+    assert autogrid(["cluster", "certs", "-c", str(site), "--out", str(out)]) == 0
+    ca = _cert(out / "ca.crt")
+    for gw in GATEWAYS:  # each in its own place, none overwritten by the next
+        cert = _cert(out / gw / "gw.crt")
+        cert.verify_directly_issued_by(ca)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == gw
+        assert _mode(out / gw) == 0o700 and _mode(out / gw / "gw.key") == 0o600
+    assert f"gw-b: copy {out}/ca.crt to {tmp_path}/tls/ca.crt, {out}/gw-b/gw.crt to " \
+           f"/etc/autogrid/cluster/gw.crt" in capsys.readouterr().out

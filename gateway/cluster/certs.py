@@ -41,22 +41,35 @@ class CertError(Exception):
 
 @dataclass(frozen=True)
 class Names:
-    """Where one site's files go in the output directory (basenames from the config)."""
+    """Where one site's files go in the output directory: the basenames of the config's
+    tls: paths, or, where those would clash (tls paths without ``{gateway}``, or a gateway
+    file named like the CA's), each gateway's files in a subdirectory named after it."""
 
     ca_cert: str
     ca_key: str
+    per_gateway_dirs: bool = False
 
     def cert(self, cluster: ClusterConfig, gateway: str) -> tuple[str, str]:
-        """(certificate, key) basenames of ``gateway``, as its tls: paths name them."""
+        """(certificate, key) of ``gateway``, relative to the output directory."""
         if cluster.tls is None:
-            return f"{gateway}.crt", f"{gateway}.key"
-        _ca, cert, key = cluster.tls.for_gateway(gateway)
-        return cert.name, key.name
+            cert, key = f"{gateway}.crt", f"{gateway}.key"
+        else:
+            _ca, cert_path, key_path = cluster.tls.for_gateway(gateway)
+            cert, key = cert_path.name, key_path.name
+        if self.per_gateway_dirs:
+            return f"{gateway}/{cert}", f"{gateway}/{key}"
+        return cert, key
 
 
-def names_for(cluster: ClusterConfig) -> Names:
+def names_for(cluster: ClusterConfig, gateways: list[str]) -> Names:
     ca = cluster.tls.ca.name if cluster.tls is not None else "ca.crt"
-    return Names(ca_cert=ca, ca_key=f"{Path(ca).stem}.key")
+    flat = Names(ca_cert=ca, ca_key=f"{Path(ca).stem}.key")
+    files = [flat.ca_cert, flat.ca_key]
+    for gw in gateways:
+        files += flat.cert(cluster, gw)
+    if len(set(files)) == len(files):
+        return flat
+    return Names(flat.ca_cert, flat.ca_key, per_gateway_dirs=True)
 
 
 def member_hosts(cluster: ClusterConfig, gateway: str) -> list[str]:
@@ -231,7 +244,7 @@ def issue(cluster: ClusterConfig, gateways: list[str], site_name: str, out: Path
           only: str | None = None, force: bool = False) -> Issued:
     """Write the site CA (unless ``only``) and the certificates of ``gateways`` (or of
     ``only``) into ``out``. Raise CertError, having written nothing, when refused."""
-    names = names_for(cluster)
+    names = names_for(cluster, gateways)
     if only is not None and only not in gateways:
         raise CertError(f"unknown gateway '{only}' (gateways: {', '.join(gateways)})")
     prepare_dir(out)
@@ -253,6 +266,8 @@ def issue(cluster: ClusterConfig, gateways: list[str], site_name: str, out: Path
     for gw in todo:
         cert, key = make_gateway_cert(ca_cert, ca_key, gw, member_hosts(cluster, gw))
         cert_name, key_name = names.cert(cluster, gw)
+        if names.per_gateway_dirs:
+            (out / gw).mkdir(mode=0o700, exist_ok=True)
         _write(out / key_name, _key_pem(key), 0o600)
         _write(out / cert_name, _cert_pem(cert), 0o644)
         files += [out / cert_name, out / key_name]

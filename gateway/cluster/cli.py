@@ -68,7 +68,7 @@ def _run_certs(args: argparse.Namespace) -> int:
                      force=args.force)
     except CertError as exc:
         raise ClusterCommandError(str(exc)) from None
-    names = names_for(cluster)
+    names = names_for(cluster, gateways)
     for f in done.files:
         print(f"wrote {f}")
     print(f"valid until {done.not_after:%Y-%m-%d} (the CA's end)")
@@ -78,8 +78,8 @@ def _run_certs(args: argparse.Namespace) -> int:
             base = loaded.path.resolve().parent
             ca_to, cert_to, key_to = (base / p for p in cluster.tls.for_gateway(gw))
             if (out / cert).resolve() != cert_to:
-                print(f"{gw}: copy {names.ca_cert} to {ca_to}, {cert} to {cert_to}, "
-                      f"{key} to {key_to}")
+                print(f"{gw}: copy {out / names.ca_cert} to {ca_to}, {out / cert} to "
+                      f"{cert_to}, {out / key} to {key_to}")
     if done.ca_made:
         print(f"keep {out / names.ca_key} off the gateways: it signs certificates the "
               f"cluster trusts")
