@@ -13,9 +13,12 @@ from pathlib import Path
 import aetcd
 import aetcd.exceptions
 import pytest
+import yaml
 
 from gateway.cluster.certs import issue
-from gateway.cluster.tlsclient import TlsClient
+from gateway.cluster.config import ClusterConfig
+from gateway.cluster.tlsclient import TlsClient, client_for
+from tests.cluster_site import site_yaml
 from tests.etcd_tls_members import TlsSite, tls_site
 from tests.tcp_fault_proxy import TcpFaultProxy
 
@@ -36,11 +39,13 @@ def _client(site: TlsSite, member: str, ca: Path, cert: Path | None = None,
 
 
 async def test_gateway_certificate_writes_and_the_peers_replicate(site: TlsSite) -> None:
-    ca, cert, key = site.tls_files("gw-a")
-    async with _client(site, "gw-a", ca, cert, key) as client:
+    # the client each gateway builds from the site config: its member, its certificate
+    async with client_for(site.cluster, "gw-a", config_dir=site.root,
+                          timeout=TIMEOUT_S) as client:
+        assert isinstance(client, TlsClient)
         await client.put(b"/autogrid/tls-test", b"from gw-a")
-    ca, cert, key = site.tls_files("gw-c")  # another gateway, through another member
-    async with _client(site, "gw-c", ca, cert, key) as client:
+    async with client_for(site.cluster, "gw-c", config_dir=site.root,  # another member
+                          timeout=TIMEOUT_S) as client:
         got = await client.get(b"/autogrid/tls-test")
     assert got is not None and got.value == b"from gw-a"
 
@@ -108,10 +113,10 @@ async def _put_until_ok(client: TlsClient, key: bytes, value: bytes) -> None:
 
 
 async def test_gateway_cut_off_by_the_fault_proxy(site: TlsSite) -> None:
-    ca, cert, key = site.tls_files("gw-a")
     async with TcpFaultProxy("127.0.0.1", site.client_port("gw-a")) as proxy:
         # the proxy listens on 127.0.0.1 too, so the member's IP SAN still matches
-        client = TlsClient("127.0.0.1", proxy.port, ca=ca, cert=cert, key=key, timeout=2)
+        client = client_for(site.cluster, "gw-a", config_dir=site.root,
+                            endpoint=("127.0.0.1", proxy.port), timeout=2)
         async with client:
             await client.put(b"/autogrid/proxy", b"through")
             proxy.set_mode("black-hole")
@@ -127,3 +132,12 @@ async def test_gateway_cut_off_by_the_fault_proxy(site: TlsSite) -> None:
         del client
         gc.collect()
     assert got is not None and got.value == b"back"
+
+
+def test_client_for_a_plaintext_site_and_for_a_gateway_without_member() -> None:
+    plain = ClusterConfig.model_validate(
+        yaml.safe_load(site_yaml(GATEWAYS, [1, 2, 3, 4, 5, 6], tls=False))["cluster"])
+    client = client_for(plain, "gw-b", config_dir=Path("/nonexistent"))
+    assert type(client) is aetcd.Client  # allow_plaintext: no TLS, no certificate files
+    with pytest.raises(ValueError, match="'gw-x' has no etcd member"):
+        client_for(plain, "gw-x", config_dir=Path("/nonexistent"))

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aetcd
 import grpc
 from aetcd import rpc, watcher
+
+from gateway.cluster.config import ClusterConfig
 
 
 def channel_credentials(ca: Path, cert: Path | None, key: Path | None
@@ -61,3 +64,26 @@ class TlsClient(aetcd.Client):
             self._connected.set()
         finally:
             self._is_connecting = False
+
+
+def client_for(cluster: ClusterConfig, gateway: str, *, config_dir: Path,
+               endpoint: tuple[str, int] | None = None, **kwargs: Any) -> aetcd.Client:
+    """The client with which ``gateway`` reaches etcd: at its own member's client URL (or
+    at ``endpoint``, e.g. a proxy in front of it), over TLS with its certificate when the
+    URL is https. Relative tls: paths are relative to ``config_dir`` (the config file's
+    directory), as `autogrid cluster etcd-config` writes them for etcd."""
+    member = cluster.member(gateway)
+    if member is None:
+        raise ValueError(f"gateway '{gateway}' has no etcd member in cluster.members")
+    url = urlsplit(member.client_url)
+    host, port = endpoint or (url.hostname or "", url.port or 2379)
+    if url.scheme == "http":
+        return aetcd.Client(host, port, **kwargs)
+    if cluster.tls is None:
+        raise ValueError(f"{member.client_url} is https but the cluster has no tls: section")
+    ca, cert, key = (config_dir / p for p in cluster.tls.for_gateway(gateway))
+    if endpoint is not None:  # still verify the member by the name its certificate has
+        options = dict(kwargs.pop("options", None) or {})
+        options.setdefault("grpc.ssl_target_name_override", url.hostname)
+        kwargs["options"] = options
+    return TlsClient(host, port, ca=ca, cert=cert, key=key, **kwargs)
