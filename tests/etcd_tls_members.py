@@ -14,7 +14,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from gateway.cli import main as autogrid
 from gateway.cluster.config import ClusterConfig
@@ -43,7 +42,8 @@ class TlsSite:
 
     def tls_files(self, gateway: str) -> tuple[Path, Path, Path]:
         assert self.cluster.tls is not None
-        return tuple(self.root / p for p in self.cluster.tls.for_gateway(gateway))  # type: ignore[return-value]
+        ca, cert, key = self.cluster.tls.for_gateway(gateway)
+        return self.root / ca, self.root / cert, self.root / key
 
     def client_port(self, gateway: str) -> int:
         member = self.cluster.member(gateway)
@@ -66,8 +66,7 @@ def _health(url: str, ca: Path, cert: Path, key: Path) -> bool:
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    out: IO[bytes]
-    with open(log, "wb") as out:
+    with open(log, "wb") as out:  # the child has its own copy of the descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
 
