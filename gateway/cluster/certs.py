@@ -243,7 +243,8 @@ class Issued:
 def issue(cluster: ClusterConfig, gateways: list[str], site_name: str, out: Path, *,
           only: str | None = None, force: bool = False) -> Issued:
     """Write the site CA (unless ``only``) and the certificates of ``gateways`` (or of
-    ``only``) into ``out``. Raise CertError, having written nothing, when refused."""
+    ``only``) into ``out``. Raise CertError, before any key or certificate is written,
+    when refused."""
     names = names_for(cluster, gateways)
     if only is not None and only not in gateways:
         raise CertError(f"unknown gateway '{only}' (gateways: {', '.join(gateways)})")
