@@ -1,12 +1,19 @@
 """Historian storage: bytes and CPU per row, the compact format against the one before it.
 
     python bench/historian.py [--points 20000] [--rows 400000] [--batch 1000] [--rounds 3]
+                              [--only before|after|none]
 
 Both write the same rows (``--points`` points, values changing every sample, one
 transaction per batch as the flush does) into a fresh SQLite file in a temp dir: "before"
 is the rowid table with REAL seconds and two indexes, "after" the Historian's own writer
 (WITHOUT ROWID, integer ms). Rounds alternate; printed: median and range of CPU seconds
 per 100k rows and bytes per row (file + WAL after a checkpoint), and the ratios.
+
+CPU seconds are noisy on a shared machine; instructions are not. ``--only`` runs one side
+once (``none``: only build the rows) for counting under callgrind, e.g.
+``valgrind --tool=callgrind python bench/historian.py --only after --rows 200000
+--points 2000``; a side's instructions per row are its total minus ``none``'s, over the
+rows.
 """
 
 from __future__ import annotations
@@ -80,8 +87,7 @@ def after(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int) ->
         for i in range(0, len(data), batch):
             for device, changed in data[i:i + batch]:
                 h.record(device, changed)
-            batch_rows, h._buffer = h._buffer, []
-            h._write(batch_rows)  # the flush's own writer, in this thread: CPU is ours
+            await h.flush()  # the flush's own writer (its worker thread's CPU counts too)
         cpu = time.process_time() - cpu0
         await h.stop()
         return cpu
@@ -103,9 +109,18 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=400000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=("before", "after", "none"),
+                    help="run one side once (for instruction counts) and print nothing else")
     args = ap.parse_args()
     data = rows(args.points, args.rows)
     n = sum(len(c) for _, c in data)
+    if args.only is not None:
+        with tempfile.TemporaryDirectory(prefix="autogrid-hbench-") as tmp:
+            if args.only != "none":
+                path = Path(tmp) / f"{args.only}.sqlite"
+                (before if args.only == "before" else after)(path, data, args.batch)
+        print(f"{args.only}: {n} rows of {args.points} points, batches of {args.batch}")
+        return 0
     res: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "bytes": []}
                                               for k in ("before", "after")}
     with tempfile.TemporaryDirectory(prefix="autogrid-hbench-") as tmp:

@@ -163,3 +163,29 @@ async def test_invalid_readings_are_stored_and_exported_as_invalid(tmp_path: Pat
 @pytest.fixture(autouse=True)
 def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "UTC")
+
+
+async def test_a_point_first_seen_in_a_failed_write_keeps_its_own_rows(tmp_path: Path) -> None:
+    # The write that gives a new point its id can fail (disk full) and roll back; the id
+    # it was given must not be reused for it, or another new point could receive the same
+    # id from SQLite and the two points' rows would be stored as one point's.
+    path = tmp_path / "history.sqlite"
+    h = Historian(HistorianConfig(path=path, batch_size=1000, flush_interval_s=3600))
+    await h.start()
+    try:
+        assert h._db is not None
+        pages = h._db.execute("PRAGMA page_count").fetchone()[0]
+        h._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        for k in range(40):
+            h.record("pv", {"state": Reading(f"text {k} " + "x" * 200, "", T0 + k)})
+        assert await h.flush() == 0  # refused, kept for the retry
+        h._db.execute("PRAGMA max_page_count = 1000000")
+        h.record("pv", {"p_kw": Reading(7.5, "kW", T0 + 100)})
+        assert await h.flush() == 41
+    finally:
+        await h.stop()
+    with sqlite3.connect(path) as con:
+        got = con.execute("SELECT p.point, count(*), min(s.value), min(s.text) FROM samples s "
+                          "JOIN points p ON p.id = s.point_id GROUP BY p.point "
+                          "ORDER BY p.point").fetchall()
+    assert got == [("p_kw", 1, 7.5, None), ("state", 40, None, "text 0 " + "x" * 200)]
