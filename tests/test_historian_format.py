@@ -189,3 +189,28 @@ async def test_a_point_first_seen_in_a_failed_write_keeps_its_own_rows(tmp_path:
                           "JOIN points p ON p.id = s.point_id GROUP BY p.point "
                           "ORDER BY p.point").fetchall()
     assert got == [("p_kw", 1, 7.5, None), ("state", 40, None, "text 0 " + "x" * 200)]
+
+
+async def test_every_kind_of_value_is_stored_as_its_columns_say(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    h = Historian(HistorianConfig(path=path, flush_interval_s=3600))
+    await h.start()
+    try:
+        h.record("d", {"f": Reading(1.5, "kW", T0), "i": Reading(3, "", T0),
+                       "b": Reading(True, "", T0), "s": Reading("charging", "", T0),
+                       "e": Reading("", "", T0), "n": Reading(None, "kW", T0, Quality.OFFLINE),
+                       "x": Reading(float("nan"), "kW", T0, Quality.INVALID)})
+        # one point twice in one millisecond, a text then no value: the later one wins
+        h.record("d", {"t": Reading("idle", "", T0 + 1)})
+        h.record("d", {"t": Reading(None, "", T0 + 1.0001, Quality.STALE)})
+        assert await h.flush() == 9
+    finally:
+        await h.stop()
+    with sqlite3.connect(path) as con:
+        got = con.execute("SELECT p.point, h.ts_ms, h.value, h.text, h.quality FROM history h "
+                          "JOIN points p ON p.id = h.point_id ORDER BY p.point").fetchall()
+    ms = round(T0 * 1000)
+    assert got == [("b", ms, 1.0, None, 0), ("e", ms, None, "", 0), ("f", ms, 1.5, None, 0),
+                   ("i", ms, 3.0, None, 0), ("n", ms, None, None, 2),
+                   ("s", ms, None, "charging", 0), ("t", ms + 1000, None, None, 1),
+                   ("x", ms, None, None, 3)]
