@@ -25,6 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
+from itertools import chain
 from pathlib import Path
 
 from gateway.aio import cancel_and_wait
@@ -78,12 +79,25 @@ BUFFER_BATCHES = 50  # rows kept in memory while the disk refuses them, in batch
 # drops an exception, ~3,300 instructions a row). A missing number is NaN, which SQLite
 # binds as NULL; a row without text carries "" and the quality code says whether the
 # text is real (TEXT bit), so one statement keeps the batch in order.
+#
+# Rows go in ROWS_PER_INSERT to a statement (a multi-row VALUES, inserted in order): each
+# statement execution costs a GIL release, SQLite's mutex, a reset and a halt, and these
+# were paid per row.
 PointKey = tuple[str, str, str]
 Row = tuple["int | PointKey", int, float, str, int]
 _TEXT = 4  # added to the quality code (0..3) of a row whose text is stored
-_INSERT = ("INSERT OR REPLACE INTO history VALUES "
-           "(?1, ?2, ?3, CASE WHEN ?5 & 4 THEN ?4 END, ?5 & 3)")
 _NAN = float("nan")
+ROWS_PER_INSERT = 50
+
+
+def _insert_sql(rows: int) -> str:
+    one = "(?{0}, ?{1}, ?{2}, CASE WHEN ?{4} & 4 THEN ?{3} END, ?{4} & 3)"
+    return "INSERT OR REPLACE INTO history VALUES " + ", ".join(
+        one.format(*range(5 * j + 1, 5 * j + 6)) for j in range(rows))
+
+
+_INSERT_ONE = _insert_sql(1)
+_INSERT_MANY = _insert_sql(ROWS_PER_INSERT)
 
 
 class Historian:
@@ -285,7 +299,13 @@ class Historian:
                 if unresolved:
                     batch = self._resolve(db, batch, new)
                 # two readings of one point in the same millisecond: the later one wins
-                db.executemany(_INSERT, batch)
+                whole = len(batch) - len(batch) % ROWS_PER_INSERT
+                if whole:
+                    flat = chain.from_iterable(batch[:whole])  # whole rows per statement
+                    db.executemany(_INSERT_MANY,
+                                   zip(*[flat] * (5 * ROWS_PER_INSERT), strict=False))
+                if whole < len(batch):
+                    db.executemany(_INSERT_ONE, batch[whole:])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:  # SQLITE_FULL has already rolled it back

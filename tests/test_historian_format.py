@@ -214,3 +214,31 @@ async def test_every_kind_of_value_is_stored_as_its_columns_say(tmp_path: Path) 
                    ("i", ms, 3.0, None, 0), ("n", ms, None, None, 2),
                    ("s", ms, None, "charging", 0), ("t", ms + 1000, None, None, 1),
                    ("x", ms, None, None, 3)]
+
+
+async def test_rows_written_many_to_a_statement_keep_their_order(tmp_path: Path) -> None:
+    from gateway.historian import ROWS_PER_INSERT
+
+    path = tmp_path / "history.sqlite"
+    h = Historian(HistorianConfig(path=path, flush_interval_s=3600,
+                                  batch_size=10 * ROWS_PER_INSERT))
+    await h.start()
+    n = 3 * ROWS_PER_INSERT + 7  # whole statements and a remainder
+    try:
+        for k in range(n):  # every 5th reading repeats the millisecond before it
+            ts = T0 + (k - (k % 5 == 4)) * 0.001
+            h.record("d", {"p": Reading(float(k), "kW", ts),
+                           "s": Reading(f"s{k}" if k % 3 else None, "", ts)})
+        assert await h.flush() == 2 * n
+    finally:
+        await h.stop()
+    expected: dict[tuple[str, int], tuple[object, object]] = {}
+    for k in range(n):
+        ms = round((T0 + (k - (k % 5 == 4)) * 0.001) * 1000)
+        expected[("p", ms)] = (float(k), None)
+        expected[("s", ms)] = (None, f"s{k}" if k % 3 else None)
+    with sqlite3.connect(path) as con:
+        got = {(p, ts): (v, t) for p, ts, v, t in con.execute(
+            "SELECT p.point, h.ts_ms, h.value, h.text FROM history h "
+            "JOIN points p ON p.id = h.point_id")}
+    assert got == expected
