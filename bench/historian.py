@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import sqlite3
 import statistics
 import sys
@@ -53,13 +55,25 @@ def rows(points: int, n: int) -> list[tuple[str, dict[str, Reading]]]:
     return out
 
 
-def before(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int) -> float:
+def cpu_now() -> tuple[float, float]:
+    """(user, kernel) CPU seconds of this process so far, every thread included."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime
+
+
+def spent(since: tuple[float, float]) -> tuple[float, float]:
+    now = cpu_now()
+    return now[0] - since[0], now[1] - since[1]
+
+
+def before(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int
+           ) -> tuple[float, float]:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(OLD_SCHEMA)
     ids: dict[tuple[str, str], int] = {}
-    cpu0 = time.process_time()
+    cpu0 = cpu_now()
     flat = [(d, p, r) for d, ch in data for p, r in ch.items()]
     for i in range(0, len(flat), batch):
         db.execute("BEGIN")
@@ -73,22 +87,23 @@ def before(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int) -
                        [(ids[(d, p)], r.ts, float(r.value), None, 0)  # type: ignore[arg-type]
                         for d, p, r in flat[i:i + batch]])
         db.execute("COMMIT")
-    cpu = time.process_time() - cpu0
+    cpu = spent(cpu0)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     return cpu
 
 
-def after(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int) -> float:
-    async def run() -> float:
+def after(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int
+          ) -> tuple[float, float]:
+    async def run() -> tuple[float, float]:
         h = Historian(HistorianConfig(path=path, flush_interval_s=3600, batch_size=batch))
         await h.start()
-        cpu0 = time.process_time()
+        cpu0 = cpu_now()
         for i in range(0, len(data), batch):
             for device, changed in data[i:i + batch]:
                 h.record(device, changed)
             await h.flush()  # the flush's own writer (its worker thread's CPU counts too)
-        cpu = time.process_time() - cpu0
+        cpu = spent(cpu0)
         await h.stop()
         return cpu
 
@@ -121,26 +136,28 @@ def main() -> int:
                 (before if args.only == "before" else after)(path, data, args.batch)
         print(f"{args.only}: {n} rows of {args.points} points, batches of {args.batch}")
         return 0
-    res: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "bytes": []}
-                                              for k in ("before", "after")}
+    res: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "user": [], "kernel": [],
+                                                  "bytes": []} for k in ("before", "after")}
     with tempfile.TemporaryDirectory(prefix="autogrid-hbench-") as tmp:
         for rnd in range(args.rounds):
             for kind in (("before", "after") if rnd % 2 == 0 else ("after", "before")):
                 path = Path(tmp) / f"{kind}{rnd}.sqlite"
-                cpu = (before if kind == "before" else after)(path, data, args.batch)
-                res[kind]["cpu"].append(cpu / n * 100_000)
+                user, kernel = (before if kind == "before" else after)(path, data, args.batch)
+                res[kind]["cpu"].append((user + kernel) / n * 100_000)
+                res[kind]["user"].append(user / n * 100_000)
+                res[kind]["kernel"].append(kernel / n * 100_000)
                 res[kind]["bytes"].append(size(path) / n)
     print(f"{n} rows of {args.points} points, batches of {args.batch}, {args.rounds} rounds; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load {os.getloadavg()[0]:.1f}")
+    med = statistics.median
     for kind, r in res.items():
-        print(f"  {kind:<7} CPU s/100k rows {statistics.median(r['cpu']):.3f} "
-              f"({min(r['cpu']):.3f}..{max(r['cpu']):.3f}), bytes/row "
-              f"{statistics.median(r['bytes']):.1f}")
-    cpu_ratio = statistics.median(res["after"]["cpu"]) / statistics.median(res["before"]["cpu"])
-    byte_ratio = (statistics.median(res["after"]["bytes"])
-                  / statistics.median(res["before"]["bytes"]))
-    print(f"after/before: CPU per row x{cpu_ratio:.2f}, bytes per row x{byte_ratio:.2f} "
-          f"(target <= 0.5 each)")
+        print(f"  {kind:<7} CPU s/100k rows {med(r['cpu']):.3f} "
+              f"({min(r['cpu']):.3f}..{max(r['cpu']):.3f}; user {med(r['user']):.3f}, "
+              f"kernel {med(r['kernel']):.3f}), bytes/row {med(r['bytes']):.1f}")
+    ratio = {k: med(res["after"][k]) / med(res["before"][k])
+             for k in ("cpu", "user", "kernel", "bytes")}
+    print(f"after/before: CPU per row x{ratio['cpu']:.2f} (user x{ratio['user']:.2f}, kernel "
+          f"x{ratio['kernel']:.2f}), bytes per row x{ratio['bytes']:.2f} (target <= 0.5 each)")
     return 0
 
 
