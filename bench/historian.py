@@ -1,13 +1,15 @@
 """Historian storage: bytes and CPU per row, the compact format against the one before it.
 
     python bench/historian.py [--points 20000] [--rows 400000] [--batch 1000] [--rounds 3]
-                              [--only before|after|none]
+                              [--per-call 10] [--only before|after|none]
 
 Both write the same rows (``--points`` points, values changing every sample, one
-transaction per batch as the flush does) into a fresh SQLite file in a temp dir: "before"
-is the rowid table with REAL seconds and two indexes, "after" the Historian's own writer
-(WITHOUT ROWID, integer ms). Rounds alternate; printed: median and range of CPU seconds
-per 100k rows and bytes per row (file + WAL after a checkpoint), and the ratios.
+transaction per batch as the flush does; the Historian gets them as SiteState hands them
+over, one call per device read with ``--per-call`` points) into a fresh SQLite file in a
+temp dir: "before" is the rowid table with REAL seconds and two indexes, "after" the
+Historian's own writer (WITHOUT ROWID, integer ms). Rounds alternate; printed: median and
+range of CPU seconds (user and kernel) per 100k rows and bytes per row (file + WAL after
+a checkpoint), and the ratios.
 
 CPU seconds are noisy on a shared machine; instructions are not. ``--only`` runs one side
 once (``none``: only build the rows) for counting under callgrind, e.g.
@@ -45,13 +47,17 @@ CREATE INDEX samples_point_ts ON samples (point_id, ts);
 """
 
 
-def rows(points: int, n: int) -> list[tuple[str, dict[str, Reading]]]:
+def rows(points: int, n: int, per_call: int = 10) -> list[tuple[str, dict[str, Reading]]]:
+    """What SiteState announces to the historian over n / points polls of every point:
+    one call per device read, with its ``per_call`` changed points read at one time."""
     t0 = time.time()
     out = []
     for k in range(n // points):
-        for p in range(points):
-            out.append((f"dev{p // 10}", {f"p{p % 10}_kw": Reading(
-                float(k * 7 + p) * 0.01, "kW", t0 + k + p * 1e-4, Quality.GOOD)}))
+        for d in range(points // per_call):
+            ts = t0 + k + d * 1e-4
+            out.append((f"dev{d}", {f"p{i}_kw": Reading(
+                float(k * 7 + d * per_call + i) * 0.01, "kW", ts, Quality.GOOD)
+                for i in range(per_call)}))
     return out
 
 
@@ -99,10 +105,14 @@ def after(path: Path, data: list[tuple[str, dict[str, Reading]]], batch: int
         h = Historian(HistorianConfig(path=path, flush_interval_s=3600, batch_size=batch))
         await h.start()
         cpu0 = cpu_now()
-        for i in range(0, len(data), batch):
-            for device, changed in data[i:i + batch]:
-                h.record(device, changed)
-            await h.flush()  # the flush's own writer (its worker thread's CPU counts too)
+        pending = 0
+        for device, changed in data:
+            h.record(device, changed)
+            pending += len(changed)
+            if pending >= batch:  # the flush's own writer (its thread's CPU counts too)
+                await h.flush()
+                pending = 0
+        await h.flush()
         cpu = spent(cpu0)
         await h.stop()
         return cpu
@@ -123,18 +133,21 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=20000)
     ap.add_argument("--rows", type=int, default=400000)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--per-call", type=int, default=10,
+                    help="points per device read (one historian call each; 1: a call per row)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=("before", "after", "none"),
                     help="run one side once (for instruction counts) and print nothing else")
     args = ap.parse_args()
-    data = rows(args.points, args.rows)
+    data = rows(args.points, args.rows, args.per_call)
     n = sum(len(c) for _, c in data)
     if args.only is not None:
         with tempfile.TemporaryDirectory(prefix="autogrid-hbench-") as tmp:
             if args.only != "none":
                 path = Path(tmp) / f"{args.only}.sqlite"
                 (before if args.only == "before" else after)(path, data, args.batch)
-        print(f"{args.only}: {n} rows of {args.points} points, batches of {args.batch}")
+        print(f"{args.only}: {n} rows of {args.points} points, {args.per_call} a call, "
+              f"batches of {args.batch}")
         return 0
     res: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "user": [], "kernel": [],
                                                   "bytes": []} for k in ("before", "after")}
@@ -147,7 +160,8 @@ def main() -> int:
                 res[kind]["user"].append(user / n * 100_000)
                 res[kind]["kernel"].append(kernel / n * 100_000)
                 res[kind]["bytes"].append(size(path) / n)
-    print(f"{n} rows of {args.points} points, batches of {args.batch}, {args.rounds} rounds; "
+    print(f"{n} rows of {args.points} points, {args.per_call} a call, batches of {args.batch}, "
+          f"{args.rounds} rounds; "
           f"{time.strftime('%Y-%m-%d %H:%M')}, load {os.getloadavg()[0]:.1f}")
     med = statistics.median
     for kind, r in res.items():
