@@ -117,6 +117,7 @@ class Historian:
         self._deadband = cfg.deadband_pct / 100.0
         # device -> point -> (value, quality) last kept: the deadband's reference
         self._last: dict[str, dict[str, tuple[object, Quality]]] = {}
+        self._batch_size = cfg.batch_size
         self._limit = BUFFER_BATCHES * cfg.batch_size
         self.suppressed = 0  # readings inside the deadband, not stored
         self._db: sqlite3.Connection | None = None
@@ -193,53 +194,66 @@ class Historian:
 
         This runs on the event loop for every reading, so it does the least it can: one
         tuple per row, the millisecond time computed once per read (a device's readings
-        of one read share their time), no per-row key objects.
+        of one read share their time), no per-row key objects; a number of a known point
+        takes the short path.
         """
+        if self._deadband:
+            changed = self._outside_deadband(device_id, changed)
         ids = self._ids.get(device_id)
         if ids is None:
             ids = self._ids.setdefault(device_id, {})
         buf = self._buffer
-        band = self._deadband
-        last = self._last.get(device_id) if band else None
-        if band and last is None:
-            last = self._last.setdefault(device_id, {})
-        codes = QUALITY_CODE
-        ts = ts_ms = None
+        ts, ms = 0.0, 0
         for point, r in changed.items():
-            v = r.value
-            q = r.quality
-            if last is not None:
-                prev = last.get(point)
-                if (prev is not None and prev[1] is q
-                        and isinstance(v, int | float) and isinstance(prev[0], int | float)
-                        and abs(v - prev[0]) <= band * abs(prev[0])):
-                    self.suppressed += 1
-                    continue
-                last[point] = (v, q)
             if r.ts is not ts:
                 ts = r.ts
-                ts_ms = round(ts * 1000.0)
-            code = codes[q]
-            cls = v.__class__
-            if cls is float:
-                num, text = v, ""
-            elif cls is str:
-                num, text, code = _NAN, v, code | _TEXT  # type: ignore[assignment]
-            elif isinstance(v, int | float):  # bool is an int
-                num, text = float(v), ""
-            else:
-                num, text = _NAN, ""
+                ms = round(ts * 1000.0)
+            v = r.value
             pid = ids.get(point)
-            if pid is None:
-                buf.append(((device_id, point, r.unit), ts_ms, num, text,  # type: ignore[arg-type]
-                            code))
-                self._unresolved += 1
+            if pid is not None and v.__class__ is float:
+                buf.append((pid, ms, v, "", QUALITY_CODE[r.quality]))
             else:
-                buf.append((pid, ts_ms, num, text, code))  # type: ignore[arg-type]
-        if len(buf) >= self.cfg.batch_size:
+                buf.append(self._row(device_id, point, r, pid, ms))
+        if len(buf) >= self._batch_size:
             self._wake.set()
             if len(buf) > self._limit:
                 self._bound_buffer()
+
+    def _row(self, device_id: str, point: str, r: Reading, pid: int | None, ms: int) -> Row:
+        """The row of any reading: text, a non-float number, no value, a new point."""
+        v = r.value
+        code = QUALITY_CODE[r.quality]
+        if isinstance(v, str):
+            num, text, code = _NAN, v, code | _TEXT
+        elif isinstance(v, int | float):  # bool is an int
+            num, text = float(v), ""
+        else:
+            num, text = _NAN, ""
+        if pid is None:
+            self._unresolved += 1
+            return ((device_id, point, r.unit), ms, num, text, code)
+        return (pid, ms, num, text, code)
+
+    def _outside_deadband(self, device_id: str, changed: dict[str, Reading]
+                          ) -> dict[str, Reading]:
+        """The readings to keep: all but numbers within the deadband of the number last
+        kept for their point with the same quality."""
+        band = self._deadband
+        last = self._last.get(device_id)
+        if last is None:
+            last = self._last.setdefault(device_id, {})
+        keep: dict[str, Reading] = {}
+        for point, r in changed.items():
+            v, q = r.value, r.quality
+            prev = last.get(point)
+            if (prev is not None and prev[1] is q
+                    and isinstance(v, int | float) and isinstance(prev[0], int | float)
+                    and abs(v - prev[0]) <= band * abs(prev[0])):
+                self.suppressed += 1
+                continue
+            last[point] = (v, q)
+            keep[point] = r
+        return keep
 
     def _bound_buffer(self) -> None:
         """Keep at most BUFFER_BATCHES batches in memory; drop the oldest and count them."""
