@@ -163,3 +163,82 @@ async def test_invalid_readings_are_stored_and_exported_as_invalid(tmp_path: Pat
 @pytest.fixture(autouse=True)
 def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "UTC")
+
+
+async def test_a_point_first_seen_in_a_failed_write_keeps_its_own_rows(tmp_path: Path) -> None:
+    # The write that gives a new point its id can fail (disk full) and roll back; the id
+    # it was given must not be reused for it, or another new point could receive the same
+    # id from SQLite and the two points' rows would be stored as one point's.
+    path = tmp_path / "history.sqlite"
+    h = Historian(HistorianConfig(path=path, batch_size=1000, flush_interval_s=3600))
+    await h.start()
+    try:
+        assert h._db is not None
+        pages = h._db.execute("PRAGMA page_count").fetchone()[0]
+        h._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        for k in range(40):
+            h.record("pv", {"state": Reading(f"text {k} " + "x" * 200, "", T0 + k)})
+        assert await h.flush() == 0  # refused, kept for the retry
+        h._db.execute("PRAGMA max_page_count = 1000000")
+        h.record("pv", {"p_kw": Reading(7.5, "kW", T0 + 100)})
+        assert await h.flush() == 41
+    finally:
+        await h.stop()
+    with sqlite3.connect(path) as con:
+        got = con.execute("SELECT p.point, count(*), min(s.value), min(s.text) FROM samples s "
+                          "JOIN points p ON p.id = s.point_id GROUP BY p.point "
+                          "ORDER BY p.point").fetchall()
+    assert got == [("p_kw", 1, 7.5, None), ("state", 40, None, "text 0 " + "x" * 200)]
+
+
+async def test_every_kind_of_value_is_stored_as_its_columns_say(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    h = Historian(HistorianConfig(path=path, flush_interval_s=3600))
+    await h.start()
+    try:
+        h.record("d", {"f": Reading(1.5, "kW", T0), "i": Reading(3, "", T0),
+                       "b": Reading(True, "", T0), "s": Reading("charging", "", T0),
+                       "e": Reading("", "", T0), "n": Reading(None, "kW", T0, Quality.OFFLINE),
+                       "x": Reading(float("nan"), "kW", T0, Quality.INVALID)})
+        # one point twice in one millisecond, a text then no value: the later one wins
+        h.record("d", {"t": Reading("idle", "", T0 + 1)})
+        h.record("d", {"t": Reading(None, "", T0 + 1.0001, Quality.STALE)})
+        assert await h.flush() == 9
+    finally:
+        await h.stop()
+    with sqlite3.connect(path) as con:
+        got = con.execute("SELECT p.point, h.ts_ms, h.value, h.text, h.quality FROM history h "
+                          "JOIN points p ON p.id = h.point_id ORDER BY p.point").fetchall()
+    ms = round(T0 * 1000)
+    assert got == [("b", ms, 1.0, None, 0), ("e", ms, None, "", 0), ("f", ms, 1.5, None, 0),
+                   ("i", ms, 3.0, None, 0), ("n", ms, None, None, 2),
+                   ("s", ms, None, "charging", 0), ("t", ms + 1000, None, None, 1),
+                   ("x", ms, None, None, 3)]
+
+
+async def test_rows_written_many_to_a_statement_keep_their_order(tmp_path: Path) -> None:
+    from gateway.historian import ROWS_PER_INSERT
+
+    path = tmp_path / "history.sqlite"
+    h = Historian(HistorianConfig(path=path, flush_interval_s=3600,
+                                  batch_size=10 * ROWS_PER_INSERT))
+    await h.start()
+    n = 3 * ROWS_PER_INSERT + 7  # whole statements and a remainder
+    try:
+        for k in range(n):  # every 5th reading repeats the millisecond before it
+            ts = T0 + (k - (k % 5 == 4)) * 0.001
+            h.record("d", {"p": Reading(float(k), "kW", ts),
+                           "s": Reading(f"s{k}" if k % 3 else None, "", ts)})
+        assert await h.flush() == 2 * n
+    finally:
+        await h.stop()
+    expected: dict[tuple[str, int], tuple[object, object]] = {}
+    for k in range(n):
+        ms = round((T0 + (k - (k % 5 == 4)) * 0.001) * 1000)
+        expected[("p", ms)] = (float(k), None)
+        expected[("s", ms)] = (None, f"s{k}" if k % 3 else None)
+    with sqlite3.connect(path) as con:
+        got = {(p, ts): (v, t) for p, ts, v, t in con.execute(
+            "SELECT p.point, h.ts_ms, h.value, h.text FROM history h "
+            "JOIN points p ON p.id = h.point_id")}
+    assert got == expected

@@ -25,8 +25,9 @@ class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):
 
     Modbus TCP with ``max_in_flight`` > 1 goes through the lean pipelining link of
     ``pipeline`` (that many requests at once); everything else (one request at a time, RTU
-    over TCP, serial) through pymodbus clients, whose outage handling (backoff reset only
-    on a good answer, garbage frames) is the one tested against misbehaving servers.
+    over TCP, serial) through pymodbus clients. Both have the same outage handling
+    (backoff reset only on a good answer, garbage frames, one log line per outage), each
+    tested against misbehaving servers.
     ``client_factory`` makes the pymodbus clients; passing one keeps Modbus TCP on pymodbus
     too (fault-injection tests).
     """

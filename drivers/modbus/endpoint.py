@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from asyncio import current_task
 from collections.abc import Callable, Sequence
 from time import monotonic
@@ -78,6 +79,9 @@ class _LinkLost(Exception):
         self.cause = cause
 
 
+_HEADER = struct.Struct(">HHHBB")  # MBAP (transaction, protocol, length, unit), function
+
+
 def endpoint_key(conn: ConnectionConfig) -> str:
     """The physical link a connection config names; equal keys share one connection."""
     if isinstance(conn, ModbusSerial):
@@ -100,6 +104,12 @@ def make_client(conn: ConnectionConfig, name: str) -> Client:
 
 def _not_a_frame(data: bytes, unit: int, tid: int, fc: int) -> str | None:
     """Why ``data`` (the start of a Modbus TCP answer) cannot be the answer asked for."""
+    if len(data) >= 8:  # the whole header at once (every answer): one unpack, no slices
+        got_tid, proto, length, got_unit, got_fc = _HEADER.unpack_from(data)
+        if ((not fc or got_fc == fc or got_fc == fc | 0x80) and proto == 0
+                and 2 <= length <= 254 and (not unit or got_unit == unit)
+                and (not tid or got_tid == tid)):
+            return None
     if len(data) >= 8 and fc and data[7] not in (fc, fc | 0x80):
         return f"function code {data[7]} in the answer to function {fc}"
     if len(data) >= 4 and data[2:4] != b"\x00\x00":
@@ -210,9 +220,6 @@ class Endpoint:
     async def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                     unit: int, stats: IOStats, verb: str, function: Function, address: int,
                     count: int, device: str = "") -> ModbusPDU:
-        def what() -> str:
-            return _what(verb, function, address, count, unit, device)
-
         if self._not_before and monotonic() < self._not_before:
             raise self._backoff_error()
         if self._closed:
@@ -229,23 +236,23 @@ class Endpoint:
                 except ModbusIOException as exc:
                     if "No response" not in str(exc):
                         self._garbled(str(exc))
-                        raise ProtocolError(f"{exc} {what()}"
-                                            f" on {self.key}") from None
+                        what = _what(verb, function, address, count, unit, device)
+                        raise ProtocolError(f"{exc} {what} on {self.key}") from None
                     self._drop()
                     stats.timeouts += 1
                     if attempt < self.conn.retries:
                         continue
                     raise DeviceTimeout(f"no answer within {self.conn.timeout_s} s "
-                                        f"{what()} "
+                                        f"{_what(verb, function, address, count, unit, device)} "
                                         f"on {self.key}") from None
                 except _LinkLost as exc:
                     if isinstance(exc.cause, ModbusException | _Garbage):
                         self._garbled(str(exc.cause))
                         raise ProtocolError(f"garbled response ({exc.cause}) "
-                                            f"{what()}"
+                                            f"{_what(verb, function, address, count, unit, device)}"
                                             f" on {self.key}") from None
                     raise DeviceOffline(f"connection to {self.key} lost "
-                                        f"{what()}"
+                                        f"{_what(verb, function, address, count, unit, device)}"
                                         ) from None
                 except ConnectionException as exc:
                     self._lost(client, str(exc))
@@ -256,7 +263,7 @@ class Endpoint:
                 except Exception as exc:  # a malformed frame pymodbus could not handle
                     self._garbled(f"{type(exc).__name__}: {exc}")
                     raise ProtocolError(f"bad response ({type(exc).__name__}: {exc}) "
-                                        f"{what()} "
+                                        f"{_what(verb, function, address, count, unit, device)} "
                                         f"on {self.key}") from None
                 finally:
                     self._in_flight = False
@@ -269,8 +276,8 @@ class Endpoint:
                 if rsp.isError():
                     code = int(getattr(rsp, "exception_code", 0))
                     name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
-                    raise ModbusExceptionResponse(
-                        f"{name} ({code}) {what()}", code)
+                    what = _what(verb, function, address, count, unit, device)
+                    raise ModbusExceptionResponse(f"{name} ({code}) {what}", code)
                 return rsp
         raise AssertionError("unreachable")  # pragma: no cover
 

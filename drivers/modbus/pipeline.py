@@ -10,7 +10,9 @@ one-at-a-time endpoint.
 The link's behaviour on failure is the endpoint's: backoff before reconnecting (reset only
 by a good answer), an outage logged once, bytes that are not the answer to a request in
 flight fail every request on the link and resynchronise it, a timeout drops the
-connection so a late answer is never taken for another.
+connection so a late answer is never taken for another. A server found to answer only
+one request of several sent together shrinks the window to 1; reads already queued for
+the old window are granted what the new one holds, so none waits forever.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ class PipelinedEndpoint(Endpoint):
         super().__init__(conn)
         self.window = conn.max_in_flight
         self._free = self.window
-        self._slot_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._slot_waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
 
@@ -233,27 +235,25 @@ class PipelinedEndpoint(Endpoint):
         """Send ``requests`` and return their answers' PDUs in order.
 
         With a window of 1 the read holds the connection and sends one request after the
-        other; with a larger one it sends up to a window's worth in one write. Either way
-        each exchange has one deadline, not one per request.
+        other; with a larger one it sends as many as it was given slots for in one write.
+        Either way each exchange has one deadline, not one per request.
         """
         out: list[bytes] = []
-        start = 0
-        while start < len(requests):
-            one_by_one = self.window == 1
-            chunk = requests if one_by_one else requests[start:start + self.window]
+        while len(out) < len(requests):
+            start = len(out)
             for attempt in range(self.conn.retries + 1):
                 try:
-                    out.extend(await self._exchange_chunk(chunk, stats, one_by_one))
+                    out.extend(await self._exchange_chunk(requests, start, stats))
                     break
                 except _Lost:
                     f, a, n = what[start]
                     raise DeviceOffline(f"connection to {self.key} lost "
-                                        f"{_what(verb, f, a, n, chunk[0][0], device)}"
+                                        f"{_what(verb, f, a, n, requests[start][0], device)}"
                                         ) from None
                 except _Garbled as exc:
                     f, a, n = what[start]
                     raise ProtocolError(f"garbled response ({exc}) "
-                                        f"{_what(verb, f, a, n, chunk[0][0], device)} "
+                                        f"{_what(verb, f, a, n, requests[start][0], device)} "
                                         f"on {self.key}") from None
                 except TimeoutError:
                     stats.timeouts += 1
@@ -261,23 +261,24 @@ class PipelinedEndpoint(Endpoint):
                         continue
                     f, a, n = what[start]
                     raise DeviceTimeout(f"no answer within {self.conn.timeout_s} s "
-                                        f"{_what(verb, f, a, n, chunk[0][0], device)} "
+                                        f"{_what(verb, f, a, n, requests[start][0], device)} "
                                         f"on {self.key}") from None
-            start += len(chunk)
         return out
 
-    async def _exchange_chunk(self, chunk: list[Request], stats: IOStats,
-                              one_by_one: bool) -> list[bytes]:
-        if self._not_before and monotonic() < self._not_before:
-            raise self._backoff_error()
-        if self._closed:
-            raise self._closed_error()
-        slots = 1 if one_by_one else len(chunk)
-        await self._take_slots(slots)
+    async def _exchange_chunk(self, requests: list[Request], start: int,
+                              stats: IOStats) -> list[bytes]:
+        """The answers to ``requests[start:]``, or to as many of them as the window let
+        go out together (at least one)."""
+        self._check_usable()
+        slots = await self._take_slots(len(requests) - start)
         futs: list[asyncio.Future[bytes]] = []
         answers: list[bytes] = []
         link: _Link | None = None
+        # decided once the slots are granted: the window may have shrunk meanwhile
+        one_by_one = self.window == 1
+        chunk = requests[start:] if one_by_one else requests[start:start + slots]
         try:
+            self._check_usable()  # closed or failed while this read waited for the window
             async with asyncio.timeout(self.conn.timeout_s):
                 link = self._link or await self._connect_link(stats)
                 stats.requests += len(chunk)
@@ -292,7 +293,8 @@ class PipelinedEndpoint(Endpoint):
         except TimeoutError:
             if link is not None and link is self._link:
                 self._drop()  # a late answer must not meet a later request
-            if len(futs) > 1 and not one_by_one and any(f.done() for f in futs):
+            if (len(futs) > 1 and not one_by_one and self.window > 1
+                    and any(f.done() for f in futs)):
                 # Some answered, the rest never will: a server that handles one request
                 # at a time and drops what else it received (pymodbus' server does).
                 log.warning("%s: answered only part of %d requests sent together; sending "
@@ -313,21 +315,30 @@ class PipelinedEndpoint(Endpoint):
         self._answered()
         return answers
 
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise self._closed_error()
+        if self._not_before and monotonic() < self._not_before:
+            raise self._backoff_error()
+
     # ---- the window -----------------------------------------------------------------
 
-    async def _take_slots(self, n: int) -> None:
-        """Wait for ``n`` free request slots, first come first served (a poll walking
-        its devices must not starve a setpoint write queued behind it)."""
-        if self._free >= n and not self._slot_waiters:
-            self._free -= n
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def _take_slots(self, n: int) -> int:
+        """Wait for up to ``n`` free request slots (never more than the window holds),
+        first come first served (a poll walking its devices must not starve a setpoint
+        write queued behind it); returns how many were granted."""
+        if not self._slot_waiters:
+            need = min(n, self.window)
+            if self._free >= need:
+                self._free -= need
+                return need
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._slot_waiters.append((n, fut))
         try:
-            await fut
+            return await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self._give_slots(n)  # granted as the cancel came: hand the slots on
+                self._give_slots(fut.result())  # granted as the cancel came: hand them on
             elif (n, fut) in self._slot_waiters:
                 self._slot_waiters.remove((n, fut))
             raise
@@ -335,12 +346,15 @@ class PipelinedEndpoint(Endpoint):
     def _give_slots(self, n: int) -> None:
         self._free += n
         waiters = self._slot_waiters
-        while waiters and self._free >= waiters[0][0]:
-            need, fut = waiters.popleft()
+        # The window can shrink while reads wait: a read asks for what it would like and
+        # is granted what the window holds now, so no waiter can need more than exists.
+        while waiters and self._free >= min(waiters[0][0], self.window):
+            want, fut = waiters.popleft()
             if fut.done():  # its task was cancelled while it waited
                 continue
+            need = min(want, self.window)
             self._free -= need
-            fut.set_result(None)
+            fut.set_result(need)
 
     # ---- connection -----------------------------------------------------------------
 
@@ -380,6 +394,11 @@ class PipelinedEndpoint(Endpoint):
             if link.transport is not None:
                 link.transport.close()
             raise self._closed_error()
+        if link.transport is None or link.transport.is_closing():
+            # hung up before this task resumed: its connection_lost found no link to drop
+            self._outage("connection lost (closed by peer)")
+            self._back_off()
+            raise _Lost("closed by peer")
         if self.connects:
             stats.reconnects += 1
         self.connects += 1

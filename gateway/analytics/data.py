@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gateway.analytics import history_sql
 from gateway.analytics.site import SiteInfo
 
 STEP = pd.Timedelta(minutes=15)
@@ -130,15 +131,10 @@ def historian_targets(db_path: Path, info: SiteInfo, since_s: float | None = Non
         info.bess_ids) + ([info.grid_meter] if info.grid_meter else [])
     if not devs:
         return pd.DataFrame(columns=["load_kw"])
-    sql = ("SELECT p.device, s.ts, s.value FROM samples s JOIN points p ON p.id = s.point_id "
-           f"WHERE p.point = 'p_kw' AND s.quality = 0 AND p.device IN "
-           f"({','.join('?' * len(devs))})")
-    args: list[str | float] = list(devs)
-    if since_s is not None:
-        sql += " AND s.ts >= ?"
-        args.append(since_s)
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        rows = pd.read_sql_query(sql + " ORDER BY s.ts", db, params=args)
+        sql, args = history_sql.points_of_devices(history_sql.layout(db), devs, "p_kw",
+                                                  since_s)
+        rows = pd.read_sql_query(sql, db, params=args)
     if rows.empty:
         return pd.DataFrame(columns=["load_kw"])
     series = {d: _quarter_means(g) for d, g in rows.groupby("device")}
@@ -171,14 +167,10 @@ def _quarter_means(g: pd.DataFrame) -> pd.Series:
 def device_rows(db_path: Path | str, device: str, points: list[str] | tuple[str, ...],
                 since_s: float | None = None) -> pd.DataFrame:
     """Good samples (point, ts, value) of one device's points from the historian, by time."""
-    sql = ("SELECT p.point, s.ts, s.value FROM samples s JOIN points p ON p.id = s.point_id "
-           f"WHERE p.device = ? AND s.quality = 0 AND p.point IN ({','.join('?' * len(points))})")
-    args: list[str | float] = [device, *points]
-    if since_s is not None:
-        sql += " AND s.ts >= ?"
-        args.append(since_s)
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        return pd.read_sql_query(sql + " ORDER BY s.ts", db, params=args)
+        sql, args = history_sql.points_of_device(history_sql.layout(db), device, points,
+                                                 since_s)
+        return pd.read_sql_query(sql, db, params=args)
 
 
 def historian_device_frame(db_path: Path, device: str, points: list[str],

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from gateway.analytics import history_sql
 from gateway.analytics.anomaly import Anomaly, AnomalyModel, Telemetry
 from gateway.analytics.site import SiteInfo
 
@@ -30,7 +31,7 @@ def historian_span(db_path: Path) -> tuple[float, float] | None:
     if not db_path.is_file():
         return None
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        lo, hi = db.execute("SELECT MIN(ts), MAX(ts) FROM samples").fetchone()
+        lo, hi = db.execute(history_sql.span(history_sql.layout(db))).fetchone()
     return None if lo is None else (float(lo), float(hi))
 
 
@@ -43,10 +44,8 @@ def historian_telemetry(db_path: Path, since_s: float, until_s: float, step_s: f
     good one; grid rows with any unknown point are dropped.
     """
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        rows = pd.read_sql_query(
-            "SELECT p.device, p.point, s.ts, s.value, s.quality FROM samples s "
-            "JOIN points p ON p.id = s.point_id WHERE s.ts <= ? ORDER BY s.ts",
-            db, params=[until_s])
+        sql, args = history_sql.all_points_until(history_sql.layout(db), until_s)
+        rows = pd.read_sql_query(sql, db, params=args)
     if rows.empty:
         return {}
     rows["value"] = pd.to_numeric(rows["value"], errors="coerce")
