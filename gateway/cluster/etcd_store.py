@@ -93,7 +93,11 @@ class EtcdStore(ClusterStore):
         await asyncio.wait_for(self.client.connect(), RPC_TIMEOUT_S)
         if not self.campaign:
             return
-        await self._new_lease()
+        try:
+            await self._new_lease()
+        except (etcd_errors.ClientError, TimeoutError) as exc:  # keepalive loop retries
+            log.warning("cluster store %s:%d not reachable yet: %s", *self.endpoint,
+                        exc or "timeout")
         self._tasks = [asyncio.create_task(self._keepalive_loop(), name="cluster keepalive"),
                        asyncio.create_task(self._deadline_loop(), name="cluster deadline"),
                        asyncio.create_task(self._campaign_loop(), name="cluster campaign")]
