@@ -42,6 +42,8 @@ class ClusterPort(Protocol):
 
     def leading(self) -> bool: ...
 
+    def leader_id(self) -> str | None: ...  # the gateway that leads, when known
+
     def dispatch(self, setpoints: dict[str, dict[str, Any]],
                  commands: list[tuple[str, str, Any]]) -> None: ...
 

@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
+from gateway.apiclient import ApiClient, ApiRequestError
 from gateway.cluster.component import ClusterComponent
 from gateway.cluster.etcdproc import EtcdCluster
 from gateway.config.models import SiteConfig
@@ -77,6 +80,13 @@ async def test_leader_controls_remote_devices_and_hands_over(
         while not await reported():
             assert time.monotonic() < deadline, "no report from gw-b"
             await asyncio.sleep(0.05)
+        # An operator command on the gateway that does not lead is refused, saying where
+        # to send it (its controller does not run: accepting it would change nothing).
+        async with ApiClient(ds[other].socket_path) as api:
+            with pytest.raises(ApiRequestError, match="cluster leader is gw-a"):
+                await api.request("shed", load="heater")
+            audit = await api.request("audit")
+        assert any(r["action"] == "shed" and not r["ok"] for r in audit), audit
         old_term = cs[lead].store.term
         acked = {lead: list(cs[lead].acked)}
         # The leader stops (resigns): the other leads a newer term and goes on from the

@@ -105,6 +105,9 @@ class ClusterComponent:
     def leading(self) -> bool:
         return self.store.is_leader
 
+    def leader_id(self) -> str | None:
+        return self.store.leader
+
     def _leadership(self, is_leader: bool, term: int | None) -> None:
         alarms = self.daemon.ports.alarms
         if is_leader:

@@ -153,8 +153,8 @@ class Telemetry:
         h.last_error = str(err) if err is not None else None
 
     def _gateway_lost(self, gw: str) -> None:
-        """Its lease expired (or it stopped): its devices go offline here, an alarm says
-        which gateway and since when."""
+        """Its lease ended (expired, or revoked as it stopped): its devices go offline
+        here, an alarm says which gateway and since when."""
         since = time.time()
         self.gone.setdefault(gw, since)
         devices = sorted(d for d, g in self.remote.items() if g == gw)
@@ -167,10 +167,11 @@ class Telemetry:
             for r in dev.readings.values():
                 r.quality = Quality.OFFLINE
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.gone[gw]))
-        log.warning("gateway %s gone (its lease expired) since %s: %s offline", gw, when,
+        log.warning("gateway %s gone since %s (its cluster lease ended): %s offline", gw, when,
                     ", ".join(devices) or "no devices")
         if self.alarms is not None:
             self.alarms.raise_("cluster", f"gateway:{gw}", "critical",
-                               f"gateway {gw} gone since {when} (its cluster lease expired): "
+                               f"gateway {gw} gone since {when} (its cluster lease ended: "
+                               f"it stopped, or was silent past the lease): "
                                f"its devices {', '.join(devices) or '(none)'} are offline "
                                f"and dispatched without")
