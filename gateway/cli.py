@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.analytics.cliargs import add_parser as add_forecast_parser
 
     add_forecast_parser(sub)
+    from gateway.cluster.cli import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
     for action in sub._choices_actions:  # each command's --help opens with what it does
         cmd = sub.choices[action.dest]
         if not cmd.description and action.help:
@@ -148,6 +151,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from gateway.simulate.cliargs import cmd_simulate as run
+
+    return run(args)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from gateway.cluster.cli import cmd_cluster as run
 
     return run(args)
 
@@ -275,7 +284,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "sim": cmd_sim, "demo": cmd_demo, "check": cmd_check,
     "status": cmd_status, "export": cmd_export, "console": cmd_console,
     "install": cmd_install, "uninstall": cmd_uninstall, "simulate": cmd_simulate,
-    "forecast": cmd_forecast,
+    "forecast": cmd_forecast, "cluster": cmd_cluster,
 }
 
 
