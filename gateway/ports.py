@@ -44,6 +44,8 @@ class ClusterPort(Protocol):
 
     def leader_id(self) -> str | None: ...  # the gateway that leads, when known
 
+    async def wait_leading(self, timeout_s: float) -> bool: ...  # True: leads now
+
     def dispatch(self, setpoints: dict[str, dict[str, Any]],
                  commands: list[tuple[str, str, Any]]) -> None: ...
 

@@ -56,6 +56,7 @@ class ClusterComponent:
         self.applied: dict[str, tuple[int, dict[str, Any]]] = {}  # device -> (rev, points)
         self._pending: tuple[dict[str, dict[str, Any]], list[tuple[str, str, Any]]] | None = None
         self._wake = asyncio.Event()
+        self._leading = asyncio.Event()  # set while this gateway leads
         self._reports: dict[str, Value] = {}
         self._report_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,44 +104,51 @@ class ClusterComponent:
 
     # -- leadership --------------------------------------------------------------------------
     def leading(self) -> bool:
-        return self.store.is_leader
+        """True while this gateway leads (and has read the committed setpoints)."""
+        return self.store.is_leader and self._leading.is_set()
 
     def leader_id(self) -> str | None:
         return self.store.leader
 
+    async def wait_leading(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for this gateway to lead; True when it does."""
+        if not self.leading():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leading.wait(), max(0.0, timeout_s))
+        return self.leading()
+
     def _leadership(self, is_leader: bool, term: int | None) -> None:
         alarms = self.daemon.ports.alarms
+        self._leading.clear()  # (gained: set once seeded from the committed setpoints)
+        self._pending = None
         if is_leader:
-            self._pending = None
             self._tasks.append(asyncio.create_task(self._seed(term), name="cluster seed"))
             if alarms is not None:
                 alarms.clear("cluster", "fenced")
-            if alarms is not None:
                 alarms.audit("cluster", "leader", {"gateway": self.gateway, "term": term})
-        else:
-            self._pending = None
 
     async def _seed(self, term: int | None) -> None:
         """A new leader starts from the committed setpoints, as if its last cycle had
-        chosen them one cycle ago (ramps go on from there, no jump)."""
+        chosen them one cycle ago (ramps go on from there, no jump); only then does its
+        controller run (``leading()``)."""
         ctl = self.daemon.ports.controller
-        if ctl is None:
-            return
+        last: dict[str, dict[str, Any]] = {}
         try:
-            entries = await self.store.get_prefix("setpoints/")
-        except Exception as exc:
+            if ctl is not None:
+                entries = await self.store.get_prefix("setpoints/")
+                last = {e.key.removeprefix("setpoints/"): dict(e.value.get("points") or {})
+                        for e in entries}
+        except Exception as exc:  # the store is away: the fenced writes will say so
             log.warning("new leader could not read the committed setpoints: %s", exc)
-            return
         if not self.store.is_leader or self.store.term != term:
-            return
-        last = {e.key.removeprefix("setpoints/"): dict(e.value.get("points") or {})
-                for e in entries}
-        if last:
+            return  # lost it meanwhile
+        if ctl is not None and last:
             ctl.last = last
             cycle = getattr(getattr(self.daemon.cfg, "control", None), "cycle_s", 1.0)
             ctl.last_now = ctl.clock() - cycle if hasattr(ctl, "clock") else None
         self.seeded = (term, last)
         log.info("leader (term %s) starts from %d committed setpoints", term, len(last))
+        self._leading.set()
 
     # -- the leader's writes -----------------------------------------------------------------
     def dispatch(self, setpoints: dict[str, dict[str, Any]],

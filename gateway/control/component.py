@@ -182,6 +182,12 @@ class ControlComponent:
                 self._overrunning = False
                 log.info("control cycles on time again (%d skipped in all)",
                          self.skipped_cycles)
+            cluster = self.daemon.ports.cluster
+            if cluster is not None and not cluster.leading():
+                # a gateway that becomes the cluster leader runs its first cycle at once
+                if await cluster.wait_leading(due - now):
+                    due = loop.time()
+                continue
             await asyncio.sleep(due - now)
 
     def stats(self) -> dict[str, Any]:
