@@ -160,3 +160,17 @@ def test_values_are_json_objects() -> None:
     from gateway.cluster.etcd_store import _dump, _load
     assert _load(_dump({"a": 1.5})) == {"a": 1.5}
     assert "_invalid" in _load(b"\xff not json") and "_invalid" in _load(json.dumps([1]).encode())
+
+
+def test_readme_cluster_example_is_a_valid_section() -> None:
+    import re
+
+    import yaml
+
+    from gateway.cluster.config import ClusterConfig
+    from tests.conftest import REPO
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(cluster:\n  backend: etcd\n.*?)```", readme, re.S)
+    assert block is not None
+    cfg = ClusterConfig.model_validate(yaml.safe_load(block.group(1))["cluster"])
+    assert cfg.backend == "etcd" and len(cfg.members) == 3 and cfg.allow_plaintext
