@@ -22,8 +22,8 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aetcd  # type: ignore[import-untyped]
 from aetcd import exceptions as etcd_errors
@@ -41,6 +41,20 @@ from gateway.cluster.store import (
 log = logging.getLogger("autogrid.cluster.etcd")
 RPC_TIMEOUT_S = 2.0
 DEADLINE_MARGIN = 0.1  # step down this share of a TTL before the lease could expire
+T = TypeVar("T")
+
+
+async def rpc(call: Awaitable[T], timeout_s: float = RPC_TIMEOUT_S) -> T:
+    """One etcd call, bounded. A call that grpc cancelled itself (its connection was
+    closed under it) is a ClientError, not a cancellation of the caller: only a real
+    cancellation of the running task propagates, so a store error never ends a loop."""
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise etcd_errors.ClientError("call cancelled: its connection was closed") from None
 
 
 def _dump(value: Value) -> bytes:
@@ -62,7 +76,7 @@ class EtcdStore(ClusterStore):
                  lease_ttl_s: float = 2.0, campaign: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(gateway)
-        self.endpoint = endpoint
+        self.endpoint = endpoint  # this gateway's own member
         self.prefix = prefix
         self.ttl = max(2, round(lease_ttl_s))  # etcd grants whole seconds, at least 2
         self.campaign = campaign  # False: a reader (status, bench) never stands
@@ -90,7 +104,7 @@ class EtcdStore(ClusterStore):
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        await asyncio.wait_for(self.client.connect(), RPC_TIMEOUT_S)
+        await rpc(self.client.connect())
         if not self.campaign:
             return
         try:
@@ -124,15 +138,18 @@ class EtcdStore(ClusterStore):
                 await asyncio.wait_for(self.client.revoke_lease(self.lease_id), RPC_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.client.close(), RPC_TIMEOUT_S)
-        # grpc's poller thread lives until its last channel is freed: free ours now.
+        # grpc's poller thread lives until its last channel is freed: free ours now
+        # (a closed call may still hold one until the loop has run its callbacks).
         self.client = aetcd.Client(*self.endpoint)
-        gc.collect()
+        for _ in range(3):
+            await asyncio.sleep(0.02)
+            gc.collect()
 
     # -- lease and leadership ----------------------------------------------------------------
     async def _new_lease(self) -> None:
         async with self._lease_lock:
             sent = self.clock()
-            lease = await asyncio.wait_for(self.client.lease(self.ttl), RPC_TIMEOUT_S)
+            lease = await rpc(self.client.lease(self.ttl))
             self.lease_id = lease.id
             self.ttl = int(lease.ttl) or self.ttl
             self.last_keepalive = sent
@@ -155,8 +172,7 @@ class EtcdStore(ClusterStore):
                 continue
             sent = self.clock()
             try:
-                reply = await asyncio.wait_for(self.client.refresh_lease(self.lease_id),
-                                               self.ttl / 3.0)
+                reply = await rpc(self.client.refresh_lease(self.lease_id), self.ttl / 3.0)
             except (etcd_errors.ClientError, TimeoutError) as exc:
                 self.keepalive_failures += 1
                 if self.keepalive_failures == 1:
@@ -168,7 +184,8 @@ class EtcdStore(ClusterStore):
                 await self._renew_lost_lease()
                 continue
             if self.keepalive_failures:
-                log.info("cluster lease keepalive works again")
+                log.info("cluster lease keepalive works again (member %s:%d)",
+                         *self.endpoint)
             self.keepalive_failures = 0
             self.last_keepalive = sent
 
@@ -216,7 +233,7 @@ class EtcdStore(ClusterStore):
 
     async def _campaign_once(self) -> None:
         t = self.client.transactions
-        ok, resp = await asyncio.wait_for(self.client.transaction(
+        ok, resp = await rpc(self.client.transaction(
             compare=[t.create(self.leader_key) == 0],
             success=[t.put(self.leader_key, _dump({"gateway": self.gateway,
                                                    "since": time.time()}),
@@ -238,13 +255,13 @@ class EtcdStore(ClusterStore):
 
     # -- reads and watches -------------------------------------------------------------------
     async def get(self, key: str) -> Entry | None:
-        kv = await asyncio.wait_for(self.client.get(self.full(key)), RPC_TIMEOUT_S)
+        kv = await rpc(self.client.get(self.full(key)))
         if kv is None:
             return None
         return Entry(key, _load(kv.value), int(kv.mod_revision), int(kv.create_revision))
 
     async def get_prefix(self, prefix: str) -> list[Entry]:
-        res = await asyncio.wait_for(self.client.get_prefix(self.full(prefix)), RPC_TIMEOUT_S)
+        res = await rpc(self.client.get_prefix(self.full(prefix)))
         return [Entry(self.rel(kv.key), _load(kv.value), int(kv.mod_revision),
                       int(kv.create_revision)) for kv in res]
 
@@ -266,14 +283,12 @@ class EtcdStore(ClusterStore):
         while True:
             try:
                 if rev is None:
-                    res = await asyncio.wait_for(self.client.get_prefix(self.full(prefix)),
-                                                 RPC_TIMEOUT_S)
+                    res = await rpc(self.client.get_prefix(self.full(prefix)))
                     for kv in res:
                         self._deliver(listener, Change(self.rel(kv.key), _load(kv.value),
                                                        int(kv.mod_revision)))
                     rev = int(res.header.revision) + 1
-                w = await asyncio.wait_for(self.client.watch_prefix(
-                    self.full(prefix), start_revision=rev), RPC_TIMEOUT_S)
+                w = await rpc(self.client.watch_prefix(self.full(prefix), start_revision=rev))
                 failures = 0
                 try:
                     async for ev in w:
@@ -286,6 +301,11 @@ class EtcdStore(ClusterStore):
                         await asyncio.wait_for(w.cancel(), 1.0)
             except etcd_errors.RevisionCompactedError:
                 rev = None  # history gone: read the present afresh
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                failures += 1  # grpc ended the stream: its connection was closed
             except (etcd_errors.ClientError, TimeoutError) as exc:
                 failures += 1
                 if failures == 1:
@@ -302,15 +322,13 @@ class EtcdStore(ClusterStore):
 
     # -- writes ------------------------------------------------------------------------------
     async def put(self, key: str, value: Value) -> int:
-        res = await asyncio.wait_for(self.client.put(self.full(key), _dump(value)),
-                                     RPC_TIMEOUT_S)
+        res = await rpc(self.client.put(self.full(key), _dump(value)))
         return int(res.header.revision)
 
     async def publish(self, key: str, value: Value) -> int:
         if self.lease_id is None:
             raise etcd_errors.ClientError("no lease yet")
-        res = await asyncio.wait_for(self.client.put(self.full(key), _dump(value),
-                                                     lease=self.lease_id), RPC_TIMEOUT_S)
+        res = await rpc(self.client.put(self.full(key), _dump(value), lease=self.lease_id))
         return int(res.header.revision)
 
     async def fenced_put(self, items: dict[str, Value]) -> FencedWrite:
@@ -322,7 +340,7 @@ class EtcdStore(ClusterStore):
             return self._refused(term, "lease not renewed in time: stepped down")
         t = self.client.transactions
         try:
-            ok, resp = await asyncio.wait_for(self.client.transaction(
+            ok, resp = await rpc(self.client.transaction(
                 compare=[t.create(self.leader_key) == term],
                 success=[t.put(self.full(k), _dump(v)) for k, v in items.items()],
                 failure=[t.get(self.leader_key)]), RPC_TIMEOUT_S)
