@@ -102,6 +102,19 @@ class ClusterComponent:
         await self.telemetry.stop()
         await self.store.stop()  # leading() is False from here on: control stays off
 
+    def rebind(self, _rep: object) -> None:
+        """A config reload: which devices are this gateway's and which the others' (a
+        device now remote is held offline until its gateway publishes it)."""
+        cfg = self.daemon.cfg
+        self.own[:] = [d.id for d in cfg.devices_of(self.gateway)]
+        self.remote.clear()
+        self.remote.update({d.id: (d.gateway or cfg.gateways[0].id) for d in cfg.devices
+                            if d.enabled and d.id not in self.own})
+        self.telemetry.own_set = set(self.own)
+        for dev_id, gw in self.remote.items():
+            if dev_id not in self.daemon.state.devices:
+                self.daemon.state.add_device(remote_device_state(cfg, dev_id, gw))
+
     # -- leadership --------------------------------------------------------------------------
     def leading(self) -> bool:
         """True while this gateway leads (and has read the committed setpoints)."""

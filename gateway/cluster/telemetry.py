@@ -57,7 +57,8 @@ class Telemetry:
                  remote: dict[str, str], alarms: AlarmStore | None) -> None:
         self.store = store
         self.state = state
-        self.own = own  # devices this gateway polls
+        self.own = own  # devices this gateway polls (the component's list: kept current)
+        self.own_set = set(own)
         self.remote = remote  # device -> the gateway that polls it
         self.alarms = alarms
         self.gone: dict[str, float] = {}  # gateway -> since when its lease is gone
@@ -69,14 +70,18 @@ class Telemetry:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        own = set(self.own)
+        self.own_set = set(self.own)
         self._unsubs = [
-            self.state.on_sample(lambda d, _s: self._dirty.set() if d in own else None),
-            self.state.on_health(lambda d, _h: self._dirty.set() if d in own else None),
+            self.state.on_sample(lambda d, _s: self._mark(d)),
+            self.state.on_health(lambda d, _h: self._mark(d)),
             self.store.watch_prefix("telemetry/", self._on_change)]
         for gw in sorted(set(self.remote.values())):
             self.gone.setdefault(gw, time.time())  # unheard of yet: offline until heard
         self._task = asyncio.create_task(self._publish_loop(), name="cluster telemetry")
+
+    def _mark(self, dev_id: str) -> None:
+        if dev_id in self.own_set:
+            self._dirty.set()
 
     async def stop(self) -> None:
         for unsub in self._unsubs:
