@@ -27,3 +27,4 @@ def etcd3(tmp_path: Path) -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.close()
+

@@ -117,3 +117,4 @@ async def test_leader_controls_remote_devices_and_hands_over(
         assert seeded is not None and seeded[0] == new_term
         assert last_old.value is not None
         assert seeded[1]["ev_a"] == last_old.value["points"]
+

@@ -68,9 +68,9 @@ class Site:
         e = await self.observer.get("leader")
         return (str(e.value["gateway"]), e.create_revision) if e is not None else (None, None)
 
-    async def api(self, gw: str, cmd: str) -> Any:
+    async def api(self, gw: str, cmd: str, **params: Any) -> Any:
         async with ApiClient(self.tmp / f"{gw}.sock") as api:
-            return await api.request(cmd)
+            return await api.request(cmd, **params)
 
     async def until_leader(self, want: str | None = None, not_term: int | None = None
                            ) -> tuple[str, int]:
@@ -182,6 +182,50 @@ async def test_killed_leader_is_replaced_and_a_dead_owner_alarmed(
         text = (await cluster_status(s)).stdout
         assert f"leader: {new_leader} (term {new_term}" in text
         assert "member gw-c" in text and "DOWN" in text and "GONE" in text
+
+
+async def test_lost_majority_stops_writes_and_the_site_recovers(
+        tmp_path: Path, etcd3: EtcdCluster) -> None:  # noqa: F811
+    async with cluster_site(tmp_path, etcd3) as s:
+        term = await start_with_leader(s, "gw-a")
+        # Two of three etcd members go: no quorum, no lease renewed anywhere.
+        await asyncio.to_thread(etcd3.kill, "gw-b")
+        await asyncio.to_thread(etcd3.kill, "gw-c")
+
+        async def minority() -> bool:
+            st = await s.api("gw-a", "cluster")
+            alarms = json.dumps(await s.api("gw-a", "alarms", active_only=True))
+            return not st["is_leader"] and "cannot renew its cluster lease" in alarms
+        deadline = time.monotonic() + 30
+        while not await minority():
+            assert time.monotonic() < deadline, "gw-a did not step down with the alarm"
+            await asyncio.sleep(0.1)
+        stopped = len(s.acked().get("gw-a", []))
+
+        async def failing(n: int) -> bool:
+            return int((await s.api("gw-a", "cluster"))["keepalive_failures"]) >= n
+        deadline = time.monotonic() + 30
+        while not await failing(3):
+            assert time.monotonic() < deadline, "keepalives stopped being tried"
+            await asyncio.sleep(0.1)
+        assert len(s.acked().get("gw-a", [])) == stopped  # nothing acknowledged meanwhile
+        # The members return: a leader writes again, the alarm clears.
+        await asyncio.to_thread(etcd3.restart, "gw-b")
+        await asyncio.to_thread(etcd3.restart, "gw-c")
+        await until(lambda: sum(len(v) for v in s.acked().values()) > stopped,
+                    "writes after the recovery", timeout_s=60)
+
+        async def cleared() -> bool:
+            active = await s.api("gw-a", "alarms", active_only=True)
+            return "cannot renew" not in json.dumps(active)
+        deadline = time.monotonic() + 30
+        while not await cleared():
+            assert time.monotonic() < deadline, "the alarm stayed"
+            await asyncio.sleep(0.1)
+        acked = s.acked()
+        events = await read_history(etcd3.members["gw-a"].host_port, PREFIX)
+        checked = check_history(events, acked)
+        assert checked.terms[0] == (term, "gw-a")
 
 
 async def cluster_status(s: Site, *args: str) -> subprocess.CompletedProcess[str]:

@@ -84,7 +84,8 @@ class ClusterComponent:
                                      help="cluster: leader, term, lease age, this gateway's "
                                           "devices, gateways gone")
         self._tasks = [asyncio.create_task(self._dispatch_loop(), name="cluster dispatch"),
-                       asyncio.create_task(self._report_loop(), name="cluster reports")]
+                       asyncio.create_task(self._report_loop(), name="cluster reports"),
+                       asyncio.create_task(self._reach_loop(), name="cluster reach")]
 
     async def stop(self) -> None:
         for unsub in self._unsubs:
@@ -162,6 +163,27 @@ class ClusterComponent:
         self.seeded = (term, last)
         log.info("leader (term %s) starts from %d committed setpoints", term, len(last))
         self._leading.set()
+
+    async def _reach_loop(self) -> None:
+        """While this gateway cannot renew its lease (its etcd member is down, or on the
+        minority side of a partition) an alarm says what that means here."""
+        while True:
+            await asyncio.sleep(0.5)
+            self.reach_alarm()
+
+    def reach_alarm(self) -> None:
+        alarms = self.daemon.ports.alarms
+        failing = getattr(self.store, "keepalive_failures", 0)
+        if alarms is None:
+            return
+        if failing:
+            alarms.raise_("cluster", "unreachable", "critical",
+                          f"gateway {self.gateway} cannot renew its cluster lease "
+                          f"({failing} keepalives failed): it cannot lead or publish; "
+                          f"protection goes on here, its devices keep their last setpoints "
+                          f"until their own watchdogs revert them")
+        else:
+            alarms.clear("cluster", "unreachable")
 
     # -- the leader's writes -----------------------------------------------------------------
     def dispatch(self, setpoints: dict[str, dict[str, Any]],
