@@ -52,3 +52,31 @@ def test_a_changed_cluster_section_needs_a_restart(tmp_path: Path) -> None:
     new = load_config(str(write_site(tmp_path / "new.yaml", raw)))
     assert plan(old, new, "gw-a").need_restart == ["cluster"]
     assert plan(old, old, "gw-a").need_restart == []
+
+
+async def test_only_fresh_setpoints_of_own_devices_reach_the_applier(tmp_path: Path) -> None:
+    import time
+
+    from gateway.alarms import AlarmStore
+    from gateway.cluster.store import Change
+    from gateway.control.applier import Applier
+
+    etcd = EtcdCluster.loopback(["gw-a", "gw-b"], tmp_path / "etcd")  # (not started)
+    daemon = Daemon(SiteConfig.model_validate(site_dict(tmp_path, etcd, ["gw-a", "gw-b"])),
+                    "gw-b")
+    applier = Applier({}, daemon.state, AlarmStore(None))
+    daemon.ports.applier = applier
+    comp = ClusterComponent(daemon, StandaloneStore("gw-b", None))
+    now = time.time()
+
+    def sp(term: int, at: float, kw: float) -> dict[str, object]:
+        return {"points": {"p_set_kw": kw}, "writer": "gw-a", "term": term, "at": at}
+    comp._on_setpoint(Change("setpoints/ev_a", sp(5, now, 3.0), 10))
+    assert comp.applied["ev_a"] == (10, {"p_set_kw": 3.0})
+    comp._on_setpoint(Change("setpoints/ev_a", sp(4, now, 9.0), 11))  # an older term
+    comp._on_setpoint(Change("setpoints/ev_a", sp(6, now - 3600, 7.0), 12))  # an hour old
+    comp._on_setpoint(Change("setpoints/meter", sp(6, now, 1.0), 13))  # not gw-b's
+    assert comp.applied == {"ev_a": (10, {"p_set_kw": 3.0})}
+    comp._on_setpoint(Change("setpoints/ev_a", sp(6, now, 4.0), 14))
+    assert comp.applied["ev_a"] == (14, {"p_set_kw": 4.0})
+    await applier.stop()

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from gateway.daemon import Daemon
 
 log = logging.getLogger("autogrid.cluster")
+# A committed setpoint older than this (a store read after every gateway was down) is not
+# applied: the leader's next cycle says what holds now.
+SETPOINT_MAX_AGE_S = 60.0
 
 
 class ClusterComponent:
@@ -257,6 +260,11 @@ class ClusterComponent:
         dev = ch.key.removeprefix("setpoints/")
         if ch.value is None or not self._fresh(dev, ch.value):
             return
+        at = ch.value.get("at")
+        if not isinstance(at, int | float) or time.time() - at > SETPOINT_MAX_AGE_S:
+            log.info("%s: setpoint of term %s from %s not applied: too old", dev,
+                     ch.value.get("term"), at)
+            return
         points = ch.value.get("points")
         applier = self.daemon.ports.applier
         if not isinstance(points, dict) or applier is None:
@@ -268,7 +276,7 @@ class ClusterComponent:
         dev = ch.key.removeprefix("commands/")
         if ch.value is None or not self._fresh(dev, ch.value):
             return
-        if time.time() - float(ch.value.get("at") or 0.0) > 60.0:
+        if time.time() - float(ch.value.get("at") or 0.0) > SETPOINT_MAX_AGE_S:
             return  # an old command read at start: long done or long moot
         applier = self.daemon.ports.applier
         point = ch.value.get("point")
