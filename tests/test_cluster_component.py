@@ -80,3 +80,27 @@ async def test_only_fresh_setpoints_of_own_devices_reach_the_applier(tmp_path: P
     comp._on_setpoint(Change("setpoints/ev_a", sp(6, now, 4.0), 14))
     assert comp.applied["ev_a"] == (14, {"p_set_kw": 4.0})
     await applier.stop()
+
+
+async def test_only_the_leader_plans(tmp_path: Path) -> None:
+    import pytest
+
+    from gateway.api import ApiError
+    from gateway.cluster.etcd_store import EtcdStore
+    from gateway.control.scheduler_component import SchedulerComponent
+
+    etcd = EtcdCluster.loopback(["gw-a", "gw-b"], tmp_path / "etcd")  # (not started)
+    raw = site_dict(tmp_path, etcd, ["gw-a", "gw-b"])
+    raw["tariff"] = {"import_per_kwh": 0.3}
+    daemon = Daemon(SiteConfig.model_validate(raw), "gw-b")
+    store = EtcdStore("gw-b", etcd.members["gw-b"].host_port, "/autogrid/test")  # unused
+    comp = ClusterComponent(daemon, store)
+    sched = SchedulerComponent(daemon)
+    store.leader = "gw-a"
+    with pytest.raises(ApiError, match="cluster leader is gw-a"):
+        await sched._api_replan({}, None)
+    assert sched.runs == 0
+    store._set_leadership(True, 7, "gw-b")
+    comp._leading.set()  # (seeded: what the component does once it has read the store)
+    got = await sched._api_replan({}, None)
+    assert sched.runs == 1 and got["status"]
