@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import aetcd  # type: ignore[import-untyped]  # noqa: E402
+import aetcd  # noqa: E402
 
 from gateway.apiclient import ApiClient  # noqa: E402
 from gateway.cluster.etcd_store import EtcdStore, _dump  # noqa: E402
@@ -43,7 +43,7 @@ from gateway.cluster.etcdproc import EtcdCluster  # noqa: E402
 from gateway.cluster.store import Change  # noqa: E402
 from gateway.config.models import SiteConfig  # noqa: E402
 from sim_devices.runner import SimRunner  # noqa: E402
-from tests.cluster_site import site_dict, write_site  # noqa: E402
+from tests.cluster_sim_site import site_dict, write_site  # noqa: E402
 
 PREFIX = "/autogrid/test"
 GWS = ["gw-a", "gw-b", "gw-c"]

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_forecast_parser(sub)
     from gateway.cluster.cli import add_parser as add_cluster_parser
 
-    add_cluster_parser(sub)
+    add_cluster_parser(sub, DefaultsHelpFormatter)
     for action in sub._choices_actions:  # each command's --help opens with what it does
         cmd = sub.choices[action.dest]
         if not cmd.description and action.help:

@@ -221,6 +221,12 @@ def load_yaml_file(path: str | Path) -> Source:
     return load_yaml_text(text, str(p))
 
 
+# The error type of a key that moved elsewhere in the schema (its message says where): it
+# is reported at the key, as an unknown key is.
+MOVED_KEY = "moved_key"
+_AT_KEY = ("extra_forbidden", MOVED_KEY)
+
+
 def _describe_input(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -234,6 +240,8 @@ def validation_problems(err: ValidationError, src: Source, prefix: PathKey = ())
         kind = e["type"]
         if kind == "extra_forbidden":
             msg = "unknown key (not allowed here)"
+        elif kind == MOVED_KEY:
+            msg = e["msg"]
         elif kind == "missing":
             msg = "required field is missing"
         else:
@@ -242,7 +250,7 @@ def validation_problems(err: ValidationError, src: Source, prefix: PathKey = ())
                 msg += f" (found {_describe_input(e['input'])})"
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        mark = src.keys.get(loc) if kind == "extra_forbidden" else src.mark(loc)
+        mark = src.keys.get(loc) if kind in _AT_KEY else src.mark(loc)
         out.append(Problem(src.file, mark or src.mark(loc), format_path(loc), msg))
     return out
 

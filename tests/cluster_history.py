@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import aetcd  # type: ignore[import-untyped]
+import aetcd
 
 
 @dataclass

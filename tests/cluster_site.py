@@ -1,67 +1,36 @@
-"""A two- or three-gateway simulated site for the cluster tests: one site config, each
-gateway polling its own devices, all over Modbus TCP on loopback, etcd members on loopback.
-"""
+"""Test helper: a site config of N gateways, each with an etcd member on 127.0.0.1."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import yaml
-
-from gateway.cluster.etcdproc import EtcdCluster
-from gateway.config.models import SiteConfig
-
-POLL_S = 0.1
-# device -> owning gateway; gw-c (when present) polls nothing: a spare that can lead
-OWNERS = {"meter": "gw-a", "bat": "gw-a", "pcc": "gw-a", "crit": "gw-a", "heater": "gw-a",
-          "ev_a": "gw-b", "ev_b": "gw-b"}
+import socket
 
 
-def site_dict(tmp: Path, etcd: EtcdCluster, gateways: list[str], *, cycle_s: float = 0.2,
-              lease_ttl_s: float = 2.0, port: int = 1) -> dict[str, Any]:
-    def dev(i: int, id_: str, nature: str, template: str, **kw: Any) -> dict[str, Any]:
-        return {"id": id_, "nature": nature, "template": template, "connection": "tcp",
-                "unit_id": i, "poll_interval_s": POLL_S, "gateway": OWNERS[id_], **kw}
-    return {
-        "site": {"name": "cluster", "timezone": "UTC", "grid": {"import_limit_kw": 30.0}},
-        "gateways": [{"id": g, "api_socket": str(tmp / f"{g}.sock")} for g in gateways],
-        "connections": [{"id": "tcp", "type": "modbus_tcp", "host": "127.0.0.1",
-                         "port": port, "timeout_s": 2.0, "reconnect_delay_s": 0.1}],
-        "devices": [
-            dev(1, "meter", "meter", "meter_3ph", role="grid"),
-            dev(2, "bat", "bess", "generic_bess", ratings={"capacity_kwh": 50, "p_max_kw": 25}),
-            dev(3, "ev_a", "evse", "generic_evse", ratings={"p_max_kw": 11}),
-            dev(4, "ev_b", "evse", "generic_evse", ratings={"p_max_kw": 11}),
-            dev(6, "crit", "load", "generic_load", ratings={"p_max_kw": 5},
-                control={"priority": "critical"}),
-            dev(7, "heater", "load", "generic_load", ratings={"p_max_kw": 10},
-                control={"priority": "deferrable"}),
-            dev(8, "pcc", "breaker", "generic_breaker"),
-        ],
-        "historian": {"enabled": False},
-        "control": {"cycle_s": cycle_s, "emergency": {"pcc_breaker": "pcc"}},
-        "cluster": {"backend": "etcd", "allow_plaintext": True, "lease_ttl_s": lease_ttl_s,
-                    "prefix": "/autogrid/test",
-                    "members": [{"gateway": g, "client_url": etcd.members[g].client_url,
-                                 "peer_url": etcd.members[g].peer_url} for g in gateways]},
-        "simulation": {"seed": 3, "clock": {"start": "2025-06-21T09:00:00+00:00"},
-                       "devices": {
-                           "bat": {"initial_soc_pct": 60.0},
-                           "crit": {"profile": "constant", "p_kw": 5, "noise_pct": 0},
-                           "heater": {"profile": "constant", "p_kw": 10, "noise_pct": 0},
-                           "ev_a": {"default_p_kw": 0, "sessions": [{
-                               "arrival": "2025-06-21T08:59:00+00:00",
-                               "departure": "2025-06-21T13:00:00+00:00",
-                               "energy_kwh": 40}]},
-                           "ev_b": {"default_p_kw": 0}}},
-    }
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports the kernel just gave out on 127.0.0.1 (all held until known)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
-def site(tmp: Path, etcd: EtcdCluster, gateways: list[str], **kw: Any) -> SiteConfig:
-    return SiteConfig.model_validate(site_dict(tmp, etcd, gateways, **kw))
-
-
-def write_site(path: Path, cfg: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+def site_yaml(gateways: list[str], ports: list[int], *, tls: bool = True) -> str:
+    """A site of ``gateways`` (no devices) with one etcd member each on 127.0.0.1."""
+    scheme = "https" if tls else "http"
+    members = "\n".join(
+        f"    - {{gateway: {gw}, client_url: {scheme}://127.0.0.1:{ports[2 * i]}, "
+        f"peer_url: {scheme}://127.0.0.1:{ports[2 * i + 1]}}}"
+        for i, gw in enumerate(gateways))
+    tls_part = ("  tls:\n    ca: tls/ca.crt\n    cert: tls/{gateway}.crt\n"
+                "    key: tls/{gateway}.key\n") if tls else "  allow_plaintext: true\n"
+    gws = "\n".join(f"  - id: {gw}" for gw in gateways)
+    return (f"site:\n  name: Cluster TLS test\n  timezone: Europe/Berlin\n"
+            f"  grid: {{import_limit_kw: 100, export_limit_kw: 50}}\n"
+            f"gateways:\n{gws}\nconnections: []\ndevices: []\n"
+            f"cluster:\n  backend: etcd\n  token: tls-test\n  members:\n{members}\n"
+            f"{tls_part}")

@@ -12,7 +12,7 @@ from gateway.cluster.store import StandaloneStore
 from gateway.config.models import SiteConfig
 from gateway.daemon import Daemon
 from gateway.model import Quality
-from tests.cluster_site import site_dict
+from tests.cluster_sim_site import site_dict
 
 
 def test_own_and_remote_devices_follow_a_reload(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_own_and_remote_devices_follow_a_reload(tmp_path: Path) -> None:
 def test_a_changed_cluster_section_needs_a_restart(tmp_path: Path) -> None:
     from gateway.config.loader import load_config
     from gateway.service.reload import plan
-    from tests.cluster_site import write_site
+    from tests.cluster_sim_site import write_site
 
     etcd = EtcdCluster.loopback(["gw-a", "gw-b"], tmp_path / "etcd")  # (not started)
     raw = site_dict(tmp_path, etcd, ["gw-a", "gw-b"])

@@ -22,7 +22,7 @@ from gateway.demo import with_ports
 from gateway.model import Quality
 from sim_devices.runner import SimRunner
 from tests.cluster_history import check_history, read_history
-from tests.cluster_site import site
+from tests.cluster_sim_site import site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.waiting import until
 

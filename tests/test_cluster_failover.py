@@ -26,7 +26,7 @@ from gateway.cluster.etcdproc import EtcdCluster
 from gateway.cluster.store import Change
 from sim_devices.runner import SimRunner
 from tests.cluster_history import check_history, read_history
-from tests.cluster_site import site, site_dict, write_site
+from tests.cluster_sim_site import site, site_dict, write_site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.test_cli import AUTOGRID, env_for
 from tests.waiting import until

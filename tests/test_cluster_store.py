@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aetcd  # type: ignore[import-untyped]
+import aetcd
 import pytest
 
 from gateway.cluster.etcd_store import EtcdStore
@@ -174,3 +174,31 @@ def test_readme_cluster_example_is_a_valid_section() -> None:
     assert block is not None
     cfg = ClusterConfig.model_validate(yaml.safe_load(block.group(1))["cluster"])
     assert cfg.backend == "etcd" and len(cfg.members) == 3 and cfg.allow_plaintext
+
+
+async def test_election_and_fenced_writes_over_tls(tmp_path: Path) -> None:
+    """The daemon's store over the site's TLS client (client certificates, site CA)."""
+    from gateway.cluster.tlsclient import TlsClient, client_for
+    from tests.etcd_tls_members import tls_site
+
+    with tls_site(tmp_path, ["gw-a", "gw-b", "gw-c"]) as site:
+        def store(gw: str) -> EtcdStore:
+            member = site.cluster.member(gw)
+            assert member is not None
+            return EtcdStore(gw, ("127.0.0.1", site.client_port(gw)), PREFIX,
+                             client_factory=lambda: client_for(site.cluster, gw,
+                                                               config_dir=site.root))
+        a, b = store("gw-a"), store("gw-b")
+        assert isinstance(a.client, TlsClient)
+        try:
+            await a.start()
+            await until(lambda: a.is_leader)
+            await b.start()
+            await until(lambda: b.leader == "gw-a" and b.term == a.term)
+            assert (await a.fenced_put({"setpoints/x": {"v": 1}})).ok
+            assert not (await b.fenced_put({"setpoints/x": {"v": 2}})).ok
+            got = await b.get("setpoints/x")
+            assert got is not None and got.value == {"v": 1}
+        finally:
+            await b.stop()
+            await a.stop()

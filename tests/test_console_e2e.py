@@ -231,7 +231,7 @@ def test_console_end_to_end_in_tmux(demo: Path, tmp_path: Path, artifacts: Path)
                     save="device-detail")
         tm.keys("Escape", "3")
         tm.wait_for("Grid limits", "import limit 43.0 kW", "grid_limits", "ON",
-                    save="grid-operations")
+                    "peak threshold 38.7 kW", "self_consumption", save="grid-operations")
         tm.keys("5")
         tm.wait_for("Energy trading is not part of this gateway yet", save="trading")
         tm.keys("6")

@@ -80,10 +80,11 @@ def site_data(role: str = "engineer", control: bool = False) -> ConsoleData:
              "v2g_allowed": True, "v2g_capable": True}], "history": []})
         d.set_answer("control_status", {
             "mode": {"mode": "island", "stage": 0, "reason": "grid lost"}, "grid_ok": True,
-            "strategies": {"grid_limits": True, "peak_shaving": False,
-                           "peak_threshold_kw": 30.0},
+            "strategies": {"grid_limits": {"enabled": True, "pv_curtailment": True},
+                           "peak_shaving": {"enabled": False, "threshold_kw": 30.0}},
             "notes": {"grid_limits": "import 12.5 of 43 kW"},
-            "limits": {"import_limit_kw": 43.0, "export_limit_kw": 20.0},
+            "limits": {"import_limit_kw": 43.0, "export_limit_kw": 20.0,
+                       "peak_threshold_kw": 38.7},
             "overrides": [{"device": "battery", "point": "p_set_kw", "value": 5.0,
                            "expires_s": NOW + 600, "user": "bob"}],
             "setpoints": {}})
@@ -167,7 +168,8 @@ def test_control_screens_show_the_control_answers() -> None:
     text = show(app, "grid")
     assert "import limit 43.0 kW" in text and "export limit 20.0 kW" in text
     assert "peak_shaving          off" in text and "grid_limits           ON" in text
-    assert "peak_threshold_kw" not in text  # parameters are not switches
+    assert "threshold_kw" not in text and "pv_curtailment" not in text  # not switches
+    assert "peak threshold 38.7 kW" in text  # the one in force, from the limits
     assert "battery.p_set_kw" in text and "bob" in text
     text = show(app, "emergency")
     assert "EMERGENCY STOP" in text and "Site mode island" in text
@@ -332,6 +334,11 @@ def test_done_text_says_what_the_device_took() -> None:
     assert done_text("shed heater", {"written": True, "read_back": False}) == \
         "Done: shed heater (device took False)"
     assert done_text("island", {"mode": "island"}) == "Done: island (site mode now island)"
+    assert done_text("strategy peak_shaving off", {"changed": {"peak_shaving.enabled": {
+        "from": True, "to": False}}, "strategies": {}}) == \
+        "Done: strategy peak_shaving off (peak_shaving.enabled now False)"
+    assert done_text("strategy v2g on", {"changed": {}, "strategies": {}}) == \
+        "Done: strategy v2g on (nothing changed)"
     assert done_text("restore heater", {"restored": "heater", "enabled": False,
                                         "note": "control keeps it off for now"}) == \
         "Done: restore heater (control keeps it off for now)"

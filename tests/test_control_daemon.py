@@ -146,7 +146,8 @@ async def test_import_limit_held_and_emergency_vehicle_charged_first(tmp_path: P
 async def test_v2g_at_peak_never_leaves_the_car_below_its_departure_need(tmp_path: Path
                                                                           ) -> None:
     cfg = site(tmp_path, import_limit=40.0,
-               control={"strategies": {"peak_threshold_kw": 12.0, "v2g_margin_h": 0.5}},
+               control={"strategies": {"peak_shaving": {"threshold_kw": 12.0},
+                                       "v2g": {"margin_h": 0.5}}},
                sim={"ev_a": sessions(8, 2.5, v2g=True, initial_soc_pct=70,
                                      capacity_kwh=60)})
     async with running(cfg, speed=1200) as (runner, _daemon, _comp):

@@ -43,7 +43,8 @@ def test_grid_limit_discharges_battery_then_cuts_public_ev_then_sheds_deferrable
 
 
 def test_grid_limit_sheds_deferrable_first_and_restores_with_hysteresis_and_delay() -> None:
-    c = ctl({"grid_limits": True, "restore_delay_s": 10.0, "restore_hysteresis_kw": 2.0})
+    c = ctl({"grid_limits": True,
+             "load_shedding": {"restore_delay_s": 10.0, "restore_hysteresis_kw": 2.0}})
     v = normal_values(grid_kw=50.0)
     v["bat"].update(p_discharge_max_kw=0.0)
     out = run(c, v)
@@ -59,6 +60,14 @@ def test_grid_limit_sheds_deferrable_first_and_restores_with_hysteresis_and_dela
     assert run(c, v, T0 + 211)["heater"]["enabled"] is True
 
 
+def test_load_shedding_off_keeps_every_load_on_at_the_import_limit() -> None:
+    v = normal_values(grid_kw=50.0)
+    v["bat"].update(p_discharge_max_kw=0.0)
+    assert run(ctl({"grid_limits": True}), v)["heater"]["enabled"] is False
+    out = run(ctl({"grid_limits": True, "load_shedding": False}), v)
+    assert out["heater"]["enabled"] is True and out["fridge"]["enabled"] is True
+
+
 def test_export_limit_charges_battery_then_curtails_pv_and_releases_step_by_step() -> None:
     c = ctl({"grid_limits": True})
     v = normal_values(grid_kw=-40.0, pv_kw=30.0, soc=60.0)
@@ -71,10 +80,18 @@ def test_export_limit_charges_battery_then_curtails_pv_and_releases_step_by_step
     v["pv"]["p_limit_pct"] = 66.67
     out = run(c, v, T0 + 1)
     assert out["pv"]["p_limit_pct"] == pytest.approx(76.67, abs=0.01)
+    # grid_limits.pv_curtailment off: the battery still charges, PV is left alone
+    c = ctl({"grid_limits": {"pv_curtailment": False}})
+    v = normal_values(grid_kw=-40.0, pv_kw=30.0, soc=60.0)
+    v["bat"].update(p_charge_max_kw=10.0)
+    out = run(c, v)
+    assert out["bat"]["p_set_kw"] == pytest.approx(-10.0)
+    assert out["pv"]["p_limit_pct"] == 100.0
 
 
 def test_peak_shaving_uses_battery_above_threshold_but_not_below_reserve() -> None:
-    c = ctl({"peak_shaving": True, "peak_threshold_kw": 30.0, "reserve_soc_pct": 20.0})
+    c = ctl({"peak_shaving": {"threshold_kw": 30.0},
+             "self_consumption": {"enabled": False, "reserve_soc_pct": 20.0}})
     out = run(c, normal_values(grid_kw=38.0, soc=50.0))
     assert out["bat"]["p_set_kw"] == pytest.approx(8.0)
     out = run(c, normal_values(grid_kw=38.0, soc=15.0), T0 + 1)
@@ -99,6 +116,15 @@ def test_time_of_use_charges_when_cheap_discharges_when_dear() -> None:
     day = datetime(2025, 6, 21, 12, 0, tzinfo=UTC).timestamp()
     assert run(c, normal_values(grid_kw=5.0, soc=50.0), night)["bat"]["p_set_kw"] == -25.0
     assert run(c, normal_values(grid_kw=5.0, soc=50.0), day)["bat"]["p_set_kw"] == 5.0
+    # its own section's prices and target: 0.10 is not cheap below 0.05, and a battery at
+    # its target is not charged; self-consumption covers the load instead
+    c = ctl({"time_of_use": {"cheap_below_per_kwh": 0.05}, "self_consumption": True},
+            tariff=tariff)
+    assert run(c, normal_values(grid_kw=5.0, soc=50.0), night)["bat"]["p_set_kw"] == 5.0
+    c = ctl({"time_of_use": {"target_soc_pct": 50}, "self_consumption": True}, tariff=tariff)
+    assert run(c, normal_values(grid_kw=5.0, soc=50.0), night)["bat"]["p_set_kw"] == 5.0
+    assert run(c, normal_values(grid_kw=5.0, soc=49.0), night + 1)["bat"]["p_set_kw"] == \
+        -25.0
 
 
 def test_ev_emergency_vehicle_first_then_least_laxity_and_fair_shares() -> None:
@@ -108,7 +134,7 @@ def test_ev_emergency_vehicle_first_then_least_laxity_and_fair_shares() -> None:
            "control": {"ev": {"priority": p}}}
           for i, p in ((1, "public"), (2, "public"), (3, "emergency"))),
     ]
-    c = ctl({"ev_charging": True, "ev_site_limit_kw": 10.5}, devices=devices)
+    c = ctl({"ev_charging": {"site_limit_kw": 10.5}}, devices=devices)
     v = {"meter": {"p_kw": 5.0, "v_v": 230.0, "f_hz": 50.0},
          "ev1": car(departure_s=10 * 3600, energy_kwh=10),
          "ev2": car(departure_s=10 * 3600, energy_kwh=10),
@@ -129,8 +155,8 @@ def test_ev_emergency_vehicle_first_then_least_laxity_and_fair_shares() -> None:
 
 
 def test_v2g_at_peak_only_above_the_driver_need_and_with_time_to_recharge() -> None:
-    c = ctl({"ev_charging": True, "v2g": True, "peak_shaving": True,
-             "peak_threshold_kw": 30.0, "v2g_min_soc_pct": 30.0})
+    c = ctl({"ev_charging": True, "v2g": {"min_soc_pct": 30.0},
+             "peak_shaving": {"threshold_kw": 30.0}})
     v = normal_values(grid_kw=40.0, soc=10.0)  # battery at reserve: cannot help
     v["ev1"] = car(soc=80.0, v2g=True, departure_s=10 * 3600, energy_kwh=0.0)
     out = run(c, v)
@@ -141,10 +167,17 @@ def test_v2g_at_peak_only_above_the_driver_need_and_with_time_to_recharge() -> N
     assert run(c, v, T0 + 2)["ev1"]["p_set_kw"] >= 0.0  # could not recharge in time
     v["ev1"] = car(soc=80.0, v2g=False, departure_s=10 * 3600, energy_kwh=0.0)
     assert run(c, v, T0 + 3)["ev1"]["p_set_kw"] >= 0.0  # the car cannot discharge
+    # the guard's own section: 10 h kept to recharge leaves no time for this car
+    v["ev1"] = car(soc=80.0, v2g=True, departure_s=10 * 3600, energy_kwh=0.0)
+    c = ctl({"ev_charging": True, "v2g": {"margin_h": 10.0},
+             "peak_shaving": {"threshold_kw": 30.0}})
+    assert run(c, v)["ev1"]["p_set_kw"] >= 0.0
+    c = ctl({"ev_charging": True, "v2g": False, "peak_shaving": {"threshold_kw": 30.0}})
+    assert run(c, v)["ev1"]["p_set_kw"] >= 0.0  # switched off
 
 
 def test_plan_tracking_follows_fresh_plan_and_falls_back_when_stale() -> None:
-    c = ctl({"plan_tracking": True, "self_consumption": True, "plan_stale_s": 600})
+    c = ctl({"plan_tracking": {"stale_s": 600}, "self_consumption": True})
     c.plan = Plan(T0, (PlanStep(T0 - 10, T0 + 900, {"bat": -12.0}, {}, 22.0),), "highs",
                   "optimal")
     out = run(c, normal_values(grid_kw=10.0))
@@ -233,7 +266,7 @@ def test_safety_clamps_ramps_overrides_and_lockouts() -> None:
     devices = [{"id": "meter", "nature": "meter", "role": "grid"},
                {"id": "bat", "nature": "bess", "ratings": {"p_max_kw": 20},
                 "control": {"ramp_kw_per_s": 2.0}}]
-    c = ctl({"self_consumption": True, "reserve_soc_pct": 0}, devices=devices)
+    c = ctl({"self_consumption": {"reserve_soc_pct": 0}}, devices=devices)
     v = {"meter": {"p_kw": 40.0, "v_v": 230.0, "f_hz": 50.0},
          "bat": {"soc_pct": 50.0, "p_kw": 0.0, "p_charge_max_kw": 25.0,
                  "p_discharge_max_kw": 25.0}}

@@ -343,10 +343,14 @@ def build(daemon: Daemon) -> ClusterComponent | None:
     member = cl.member(daemon.gateway_id)
     if member is None:
         raise ConfigRuntimeError(f"cluster: no etcd member for gateway {daemon.gateway_id}")
-    if urlsplit(member.client_url).scheme == "https" or cl.tls is not None:
-        raise ConfigRuntimeError("cluster: TLS to etcd is not supported by this build yet; "
-                                 "use http:// URLs with allow_plaintext: true (loopback/lab)")
     from gateway.cluster.etcd_store import EtcdStore
-    store = EtcdStore(daemon.gateway_id, endpoint_of(member.client_url), cl.prefix,
-                      cl.lease_ttl_s)
+    from gateway.cluster.tlsclient import client_for
+
+    gw, config_dir = daemon.gateway_id, daemon.config_dir
+    try:
+        client_for(cl, gw, config_dir=config_dir)  # (https without tls: and the like)
+    except ValueError as exc:
+        raise ConfigRuntimeError(f"cluster: {exc}") from None
+    store = EtcdStore(gw, endpoint_of(member.client_url), cl.prefix, cl.lease_ttl_s,
+                      client_factory=lambda: client_for(cl, gw, config_dir=config_dir))
     return ClusterComponent(daemon, store)

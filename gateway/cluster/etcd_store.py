@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import aetcd  # type: ignore[import-untyped]
+import aetcd
 from aetcd import exceptions as etcd_errors
 
 from gateway.aio import cancel_and_wait
@@ -74,14 +74,18 @@ class EtcdStore(ClusterStore):
 
     def __init__(self, gateway: str, endpoint: tuple[str, int], prefix: str,
                  lease_ttl_s: float = 2.0, campaign: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 client_factory: Callable[[], Any] | None = None) -> None:
         super().__init__(gateway)
         self.endpoint = endpoint  # this gateway's own member
+        # How to reach it: plaintext by default; a site's TLS client from
+        # gateway.cluster.tlsclient.client_for (the same aetcd client over TLS)
+        self.client_factory = client_factory or (lambda: aetcd.Client(*endpoint))
         self.prefix = prefix
         self.ttl = max(2, round(lease_ttl_s))  # etcd grants whole seconds, at least 2
         self.campaign = campaign  # False: a reader (status, bench) never stands
         self.clock = clock
-        self.client = aetcd.Client(endpoint[0], endpoint[1])
+        self.client = self.client_factory()
         self.lease_id: int | None = None
         self.last_keepalive: float | None = None  # send time of the last renewal that held
         self.keepalive_failures = 0
@@ -140,7 +144,7 @@ class EtcdStore(ClusterStore):
             await asyncio.wait_for(self.client.close(), RPC_TIMEOUT_S)
         # grpc's poller thread lives until its last channel is freed: free ours now
         # (a closed call may still hold one until the loop has run its callbacks).
-        self.client = aetcd.Client(*self.endpoint)
+        self.client = self.client_factory()
         for _ in range(3):
             await asyncio.sleep(0.02)
             gc.collect()

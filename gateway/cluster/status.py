@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -17,19 +18,34 @@ if TYPE_CHECKING:
 TIMEOUT_S = 2.0
 
 
-async def gather(cfg: SiteConfig, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
-    """What `cluster status` shows, as a dict (also the ``--json`` output)."""
-    import aetcd  # type: ignore[import-untyped]
+def _client(cfg: SiteConfig, url: str, gateway: str, config_dir: Path) -> Any:
+    """A client to the member at ``url``: plaintext, or TLS with ``gateway``'s certificate
+    (the member is checked against the site CA by the host name in its URL)."""
+    import aetcd
 
     from gateway.cluster.component import endpoint_of
 
+    host, port = endpoint_of(url)
+    cl = cfg.cluster
+    if not url.startswith("https:") or cl is None or cl.tls is None:
+        return aetcd.Client(host, port)
+    from gateway.cluster.tlsclient import TlsClient
+
+    ca, cert, key = (config_dir / p for p in cl.tls.for_gateway(gateway))
+    return TlsClient(host, port, ca=ca, cert=cert, key=key)
+
+
+async def gather(cfg: SiteConfig, timeout_s: float = TIMEOUT_S, gateway: str | None = None,
+                 config_dir: Path | None = None) -> dict[str, Any]:
+    """What `cluster status` shows, as a dict (also the ``--json`` output)."""
     cl = cfg.cluster
     assert cl is not None and cl.backend == "etcd"
+    gw = gateway or cfg.gateways[0].id
     now = time.time()
     members: list[dict[str, Any]] = []
     reader = None
     for m in cl.members:
-        client = aetcd.Client(*endpoint_of(m.client_url))
+        client = _client(cfg, m.client_url, gw, config_dir or Path.cwd())
         row: dict[str, Any] = {"gateway": m.gateway, "client_url": m.client_url}
         try:
             st = await asyncio.wait_for(client.status(), timeout_s)

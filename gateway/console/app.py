@@ -393,5 +393,9 @@ def done_text(what: str, result: Any) -> str:
         parts.append(f"site mode now {result['mode']}")
     if isinstance(result.get("note"), str):
         parts.append(result["note"])
+    changed = result.get("changed")
+    if isinstance(changed, dict):  # strategy_set: each field that changed, or none did
+        parts.append(", ".join(f"{k} now {v.get('to') if isinstance(v, dict) else v}"
+                               for k, v in changed.items()) or "nothing changed")
     return f"Done: {what}" + (f" ({'; '.join(parts)})" if parts else "")
 

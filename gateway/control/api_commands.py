@@ -17,6 +17,7 @@ from gateway.api import ApiError, ApiServer, Caller
 from gateway.control.alarms import MAX_PAGE
 from gateway.control.config import CLASS_RANK, Strategies
 from gateway.control.safety import COMMAND_POINTS, VIEW_POINTS
+from gateway.control.strategy_settings import changes, merge_settings, setting_error
 from gateway.model import NATURES, Kind, Quality
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         def handler(req: dict[str, Any], caller: Caller) -> Any:
             detail = {k: v for k, v in req.items() if k not in ("cmd", "id", "token")}
             try:
-                cluster = comp.daemon.ports.cluster
+                cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
                 if cluster is not None and not cluster.leading():
                     # the controller here does not run: acting on it would change nothing
                     raise ApiError(f"this gateway does not run the site controller; the "
@@ -338,29 +339,36 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         if "peak_threshold_kw" in req:
             pt = None if req["peak_threshold_kw"] is None else _num(req, "peak_threshold_kw",
                                                                     0, 1e6)
-            c.control.strategies.peak_threshold_kw = pt
+            c.control.strategies.peak_shaving.threshold_kw = pt  # the strategy's own section
             changed["peak_threshold_kw"] = pt
         if not changed:
             raise ApiError("give import_limit_kw, export_limit_kw and/or peak_threshold_kw")
         for key, v in changed.items():
             if key != "peak_threshold_kw":
                 setattr(grid, key, v)
+        if "peak_threshold_kw" in changed and not c.control.strategies.peak_shaving.enabled:
+            return {**changed, "note": "peak shaving is off: the threshold holds once it is "
+                                       "switched on"}
         return changed
 
     def strategy_set(req: dict[str, Any], caller: Caller) -> Any:
+        """Switch strategies and set their parameters: ``{settings: {name: value}}``, where
+        the value is a bool (the switch), a mapping of the section's fields, or the name is
+        ``strategy.field``. All or nothing; the reply says what changed."""
         settings = req.get("settings")
         if not isinstance(settings, dict) or not settings:
-            raise ApiError("give 'settings': {name: value}, e.g. {\"peak_shaving\": false}")
-        merged = {**c.control.strategies.model_dump(), **settings}
+            raise ApiError("give 'settings': {strategy: true | false | {parameter: value}}, "
+                           "e.g. {\"peak_shaving\": false} or "
+                           "{\"peak_shaving.threshold_kw\": 180}")
+        before = c.control.strategies.model_dump()
         try:
-            new = Strategies.model_validate(merged)
+            new = Strategies.model_validate(merge_settings(before, settings))
         except ValidationError as err:
-            first = err.errors()[0]
-            raise ApiError(f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
+            raise ApiError("; ".join(setting_error(e) for e in err.errors(include_url=False))
                            ) from None
-        for key in settings:
-            setattr(c.control.strategies, key, getattr(new, key))
-        return c.control.strategies.model_dump()
+        after = new.model_dump()
+        c.set_strategies(new)
+        return {"changed": changes(before, after), "strategies": after}
 
     for name, fn, help_ in (
             ("control_status", status, "mode, setpoints, strategies' notes, cycle stats"),
@@ -387,7 +395,8 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
     for name, fn, help_ in (
             ("limits_set", limits_set, "grid limits {import_limit_kw?, export_limit_kw?, "
                                        "peak_threshold_kw?}"),
-            ("strategy_set", strategy_set, "strategy switches and parameters "
-                                           "{settings: {name: value}}")):
+            ("strategy_set", strategy_set, "strategy switches and parameters {settings: "
+                                           "{strategy: bool | {field: value}, "
+                                           "strategy.field: value}}")):
         api.register(name, audited(name, fn), role="engineer", help=help_)
 

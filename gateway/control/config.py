@@ -8,15 +8,28 @@ protection and grid limits only doing their job. Models are pydantic, unknown ke
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from gateway.yamlsrc import format_path
-
-Kw = Annotated[float, Field(ge=0)]
-Pct = Annotated[float, Field(ge=0, le=100)]
-Seconds = Annotated[float, Field(ge=0, le=86400)]
+from gateway.control.strategies.ev_charging_config import EvChargingConfig
+from gateway.control.strategies.grid_limits_config import GridLimitsConfig
+from gateway.control.strategies.load_shedding_config import LoadSheddingConfig
+from gateway.control.strategies.peak_shaving_config import PeakShavingConfig
+from gateway.control.strategies.plan_tracking_config import PlanTrackingConfig
+from gateway.control.strategies.section import Kw, Pct, Seconds
+from gateway.control.strategies.self_consumption_config import SelfConsumptionConfig
+from gateway.control.strategies.time_of_use_config import TimeOfUseConfig
+from gateway.control.strategies.v2g_config import V2gConfig
+from gateway.yamlsrc import MOVED_KEY, format_path
 
 PriorityClass = Literal["emergency", "fleet", "public"]
 LoadPriority = Literal["critical", "essential", "deferrable"]
@@ -48,29 +61,59 @@ class DeviceControl(_Strict):
 
 
 class Strategies(_Strict):
-    """Switches and parameters; each strategy can be turned off alone."""
+    """One section per strategy, each declared next to its strategy (its switch
+    ``enabled`` and its parameters; a bare boolean is ``{enabled: ...}``). Each can be
+    turned off alone. The keys of the old flat section are refused with where they moved."""
 
-    grid_limits: bool = True  # hard; import/export limits from site.grid
-    peak_shaving: bool = True
-    peak_threshold_kw: Kw | None = None  # default: 90 % of the import limit
-    self_consumption: bool = True
-    pv_curtailment: bool = True  # at the export limit
-    reserve_soc_pct: Pct = 20.0  # battery kept for backup (not used for economics)
-    time_of_use: bool = True  # needs the top-level `tariff:` section (prices per kWh)
-    cheap_below_per_kwh: float = 0.15  # import price at or below which the battery charges
-    expensive_above_per_kwh: float = 0.35  # at or above which it discharges to cover load
-    tou_target_soc_pct: Pct = 90.0
-    ev_charging: bool = True
-    ev_pv_surplus: bool = True  # give EVs the PV surplus the battery does not take
-    ev_site_limit_kw: Kw | None = None  # all chargers together
-    v2g: bool = True
-    v2g_min_soc_pct: Pct = 30.0  # never discharge a car below this (or its departure need)
-    v2g_margin_h: Annotated[float, Field(ge=0, le=24)] = 1.0  # time kept to recharge
-    load_shedding: bool = True
-    restore_hysteresis_kw: Kw = 2.0
-    restore_delay_s: Seconds = 10.0
-    plan_tracking: bool = True
-    plan_stale_s: Annotated[float, Field(gt=0)] = 1800.0
+    grid_limits: GridLimitsConfig = Field(default_factory=GridLimitsConfig)  # hard
+    peak_shaving: PeakShavingConfig = Field(default_factory=PeakShavingConfig)
+    self_consumption: SelfConsumptionConfig = Field(default_factory=SelfConsumptionConfig)
+    time_of_use: TimeOfUseConfig = Field(default_factory=TimeOfUseConfig)
+    ev_charging: EvChargingConfig = Field(default_factory=EvChargingConfig)
+    v2g: V2gConfig = Field(default_factory=V2gConfig)
+    load_shedding: LoadSheddingConfig = Field(default_factory=LoadSheddingConfig)
+    plan_tracking: PlanTrackingConfig = Field(default_factory=PlanTrackingConfig)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _moved_keys(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Strategies:
+        """A key of the old flat section is an error at that key saying where it went;
+        the rest of the section is still checked, so every error shows at once."""
+        if not isinstance(data, dict) or not MOVED.keys() & data.keys():
+            return cast(Strategies, handler(data))
+        errors = [InitErrorDetails(type=PydanticCustomError(MOVED_KEY, "moved: write {to}",
+                                                            {"to": f"strategies.{MOVED[k]}"}),
+                                   loc=(k,), input=v)
+                  for k, v in data.items() if k in MOVED]
+        try:
+            handler({k: v for k, v in data.items() if k not in MOVED})
+        except ValidationError as err:
+            errors += [_again(e) for e in err.errors(include_url=False)]
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+
+# The flat ``control.strategies`` keys before each strategy had its own section.
+MOVED: dict[str, str] = {
+    "peak_threshold_kw": "peak_shaving.threshold_kw",
+    "reserve_soc_pct": "self_consumption.reserve_soc_pct",
+    "pv_curtailment": "grid_limits.pv_curtailment",
+    "cheap_below_per_kwh": "time_of_use.cheap_below_per_kwh",
+    "expensive_above_per_kwh": "time_of_use.expensive_above_per_kwh",
+    "tou_target_soc_pct": "time_of_use.target_soc_pct",
+    "ev_pv_surplus": "ev_charging.pv_surplus",
+    "ev_site_limit_kw": "ev_charging.site_limit_kw",
+    "v2g_min_soc_pct": "v2g.min_soc_pct",
+    "v2g_margin_h": "v2g.margin_h",
+    "restore_hysteresis_kw": "load_shedding.restore_hysteresis_kw",
+    "restore_delay_s": "load_shedding.restore_delay_s",
+    "plan_stale_s": "plan_tracking.stale_s",
+}
+
+
+def _again(e: ErrorDetails) -> InitErrorDetails:
+    """One of pydantic's errors, raised again as it was (type, place, message)."""
+    kind = PydanticCustomError(e["type"], e["msg"].replace("{", "{{").replace("}", "}}"))
+    return InitErrorDetails(type=kind, loc=e["loc"], input=e.get("input"))
 
 
 class Protection(_Strict):
@@ -181,7 +224,7 @@ def grid_meter_issue(control: ControlConfig, meters: Sequence[tuple[str, str | N
         found = (f"the site has {len(meters)} meters ({', '.join(m for m, _ in meters)}) "
                  f"and none is marked `role: grid`")
         fix = "mark the PCC meter with `role: grid`"
-    steering = [s for s in GRID_STRATEGIES if getattr(control.strategies, s)]
+    steering = [s for s in GRID_STRATEGIES if getattr(control.strategies, s).enabled]
     if control.controller and steering:
         return True, (f"control cannot see the grid connection: {found}, so the controller "
                       f"knows neither grid power nor site load and {', '.join(steering)} "

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.control.config import LOAD_RANK, Strategies
+from gateway.control.config import LOAD_RANK
 from gateway.control.plan import PlanStep
 from gateway.control.sessions import EvSession
+from gateway.control.strategies.v2g_config import V2gConfig
 
 
 def _num(v: Any) -> float | None:
@@ -82,10 +83,11 @@ class Handoff:
 
 @dataclass
 class Site:
-    """Everything the strategies may look at in one cycle."""
+    """Everything the strategies may look at in one cycle. Each strategy reads its own
+    config section; what one section sets for the others is here (the controller fills it
+    in from ``control.strategies`` every cycle)."""
 
     now: float
-    cfg: Strategies
     grid_kw: float | None  # PCC import (+) / export (-); None = not measured now
     import_limit_kw: float | None
     export_limit_kw: float | None
@@ -94,7 +96,8 @@ class Site:
     loads: list[LoadView] = field(default_factory=list)
     pvs: list[PvView] = field(default_factory=list)
     price: tuple[float, float] | None = None  # (import, export) per kWh now
-    plan_step: PlanStep | None = None
+    plan_step: PlanStep | None = None  # of the scheduler's last good plan, now
+    plan_age_s: float | None = None  # how old that plan is
     mode: str = "normal"
     stage: int = 0  # the step of a staged reconnect / black start (modes)
     source: str | None = None  # what a black start starts from ("battery")
@@ -104,12 +107,12 @@ class Site:
     island_essential_soc_pct: float = 40.0  # islanded: below this only critical loads
     memory: Memory = field(default_factory=Memory)  # kept across cycles
     handoff: Handoff = field(default_factory=Handoff)  # between strategies, this cycle
-
-    @property
-    def peak_threshold_kw(self) -> float | None:
-        if self.cfg.peak_threshold_kw is not None:
-            return self.cfg.peak_threshold_kw
-        return 0.9 * self.import_limit_kw if self.import_limit_kw is not None else None
+    # from the strategies' sections, for the strategies that plan around them:
+    reserve_soc_pct: float = 20.0  # backup reserve (self_consumption.reserve_soc_pct)
+    peak_threshold_kw: float | None = None  # what peak shaving holds (None: it is off)
+    limits_enforced: bool = True  # grid_limits.enabled: the import limit is hard
+    expensive_above_per_kwh: float = 0.35  # time_of_use's dear price (EVs: PV only)
+    v2g: V2gConfig = field(default_factory=V2gConfig)  # the guard on what cars give back
 
 
 @dataclass
@@ -154,7 +157,7 @@ def battery_room(site: Site, d: Decision, discharge: bool, reserve: bool = True
     for b in site.batteries:
         now = d.battery_kw.get(b.id, 0.0)
         if discharge:
-            ok = not reserve or b.soc_pct > site.cfg.reserve_soc_pct
+            ok = not reserve or b.soc_pct > site.reserve_soc_pct
             out[b.id] = max(0.0, b.discharge_max_kw - now) if ok else max(0.0, -now)
         else:
             out[b.id] = max(0.0, b.charge_max_kw + now)

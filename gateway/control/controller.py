@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.models import SiteConfig
-from gateway.control.config import ControlConfig, EvDefaults
+from gateway.control.config import ControlConfig, EvDefaults, Strategies
 from gateway.control.context import (
     BatteryView,
     ChargerView,
@@ -67,7 +67,7 @@ class Controller:
         self.sessions = SessionBook({d.id: (d.control.ev if d.control and d.control.ev
                                             else EvDefaults())
                                      for d in cfg.devices if d.nature is Nature.EVSE})
-        self.strategies: list[Strategy] = pipeline()
+        self.strategies: list[Strategy] = pipeline(self.control.strategies)
         self.overrides: dict[tuple[str, str], Override] = {}
         self.lockouts: dict[str, str] = {}  # device -> why (set by protection)
         self.derates: dict[str, float] = {}  # battery -> fraction of ratings (protection)
@@ -155,8 +155,14 @@ class Controller:
         c = self.control
         g = self.cfg.site.grid
         st = c.strategies
-        site = Site(now=now, cfg=st, grid_kw=None, import_limit_kw=g.import_limit_kw,
-                    export_limit_kw=g.export_limit_kw, memory=self.memory)
+        site = Site(now=now, grid_kw=None, import_limit_kw=g.import_limit_kw,
+                    export_limit_kw=g.export_limit_kw, memory=self.memory,
+                    reserve_soc_pct=st.self_consumption.reserve_soc_pct,
+                    peak_threshold_kw=(st.peak_shaving.threshold_for(g.import_limit_kw)
+                                       if st.peak_shaving.enabled else None),
+                    limits_enforced=st.grid_limits.enabled,
+                    expensive_above_per_kwh=st.time_of_use.expensive_above_per_kwh,
+                    v2g=st.v2g)
         tariff = getattr(self.cfg, "tariff", None)
         if tariff is not None:
             try:
@@ -164,8 +170,9 @@ class Controller:
             except Exception:  # a tariff bug must not stop control
                 log.exception("tariff lookup failed")
         plan = self.plan
-        if plan is not None and plan.ok and now - plan.created_s <= st.plan_stale_s:
+        if plan is not None and plan.ok:
             site.plan_step = plan.at(now)
+            site.plan_age_s = now - plan.created_s
         site.cell_temp_max_c = c.protection.cell_temp_max_c
         site.island_essential_soc_pct = c.emergency.island_shed_essential_soc_pct
         temps = site.cell_temp_c
@@ -338,6 +345,12 @@ class Controller:
         self.overrides[(device, point)] = o
         return o
 
+    def set_strategies(self, new: Strategies) -> None:
+        """Put new strategy sections in force from the next cycle (each strategy is given
+        its section again)."""
+        self.control.strategies = new
+        self.strategies = pipeline(new)
+
     def request_mode(self, want: str, reason: str, operator: bool = False) -> str | None:
         """Enter a mode (estop, island, reconnect, reset, black_start); the reason it was
         refused, or None when done. Breaker commands go out with the next cycle (or at
@@ -358,6 +371,8 @@ class Controller:
     def status(self) -> dict[str, Any]:
         now = self.clock()
         plan = self.plan
+        g = self.cfg.site.grid
+        peak = self.control.strategies.peak_shaving
         return {
             "mode": self.modes.as_dict(), "grid_ok": self.grid_ok, "cycles": self.cycles,
             "setpoints": self.last, "lockouts": dict(self.lockouts),
@@ -372,8 +387,11 @@ class Controller:
                 "steps": len(plan.steps), "tracking": plan.ok and plan.at(now) is not None},
             "strategies": self.control.strategies.model_dump(),
             "pcc_breaker": self.control.emergency.pcc_breaker,
-            "limits": {"import_limit_kw": self.cfg.site.grid.import_limit_kw,
-                       "export_limit_kw": self.cfg.site.grid.export_limit_kw},
+            "limits": {"import_limit_kw": g.import_limit_kw,
+                       "export_limit_kw": g.export_limit_kw,
+                       # what peak shaving holds now (None: off or nothing to hold to)
+                       "peak_threshold_kw": peak.threshold_for(g.import_limit_kw)
+                       if peak.enabled else None},
         }
 
 

@@ -78,10 +78,10 @@ class Scheduler:
         self.last: SolveResult | None = None
         self._forecast_note = ""
         self._devices = {d.id: d for d in cfg.devices if d.enabled}
-        ctl = cfg.control
+        st = cfg.control.strategies if cfg.control is not None else None
         self.reserve_soc_pct = max(self.settings.battery_reserve_soc_pct,
-                                   ctl.strategies.reserve_soc_pct if ctl is not None else 0.0)
-        self.v2g_min_soc_pct = ctl.strategies.v2g_min_soc_pct if ctl is not None else 30.0
+                                   st.self_consumption.reserve_soc_pct if st else 0.0)
+        self.v2g_min_soc_pct = st.v2g.min_soc_pct if st else 30.0
 
     # --- inputs (event loop) ------------------------------------------------------------
     def snapshot(self, state: SiteState, now_s: float) -> Snapshot:

@@ -18,6 +18,12 @@ def _num(text: str) -> float | None:
     return float(text)
 
 
+def _enabled(section: object) -> bool | None:
+    """A strategy's switch from its section in control_status (None: not a section)."""
+    on = section.get("enabled") if isinstance(section, dict) else None
+    return on if isinstance(on, bool) else None
+
+
 class GridScreen(Screen):
     name = "grid"
     title = "Grid operations"
@@ -49,7 +55,7 @@ class GridScreen(Screen):
         if key == " ":
             name = self.strategies.focus_key()
             if name:
-                on = bool(self._status().get("strategies", {}).get(name))
+                on = _enabled(self._status().get("strategies", {}).get(name))
                 self.ctx.act("strategy_set", {"settings": {name: not on}},
                              f"strategy {name} {'off' if on else 'on'}")
             return True
@@ -118,8 +124,7 @@ class GridScreen(Screen):
             grid = self.ctx.data.summary.get("grid_kw")
             parts += [("text", "grid now "), ("value", f"{fmt_value(grid)} kW"),
                       ("text", "   peak threshold "),
-                      ("value", f"{fmt_value(st.get('strategies', {}).get('peak_threshold_kw'))}"
-                                f" kW")]
+                      ("value", f"{fmt_value(lim.get('peak_threshold_kw'))} kW")]
             self.limits.set_text(parts)
         else:
             self.limits.set_text(("dim", why or "loading…"))
@@ -129,9 +134,10 @@ class GridScreen(Screen):
         else:
             notes = st.get("notes", {}) if isinstance(st.get("notes"), dict) else {}
             rows = []
-            for name, on in strategies.items():
-                if not isinstance(on, bool):
-                    continue  # a parameter, not a switch
+            for name, section in strategies.items():
+                on = _enabled(section)
+                if on is None:
+                    continue  # not a strategy's section
                 note = notes.get(name, "")
                 rows.append((name, [("text", cell(name, 21) + " "),
                                     ("good" if on else "dim", cell("ON" if on else "off", 7)),

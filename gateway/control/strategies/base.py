@@ -9,7 +9,9 @@ from gateway.control.context import Decision, Site
 
 class Strategy(Protocol):
     """A strategy may also declare ``reads`` / ``writes``: the ``site.handoff`` fields it
-    takes from an earlier strategy or gives a later one (checked by check_handoffs)."""
+    takes from an earlier strategy or gives a later one (checked by check_handoffs). One
+    with settings is built with its own config section (``<name>_config.py``, given by
+    ``pipeline``) and reads its switch and parameters there, not from the Site."""
 
     name: str
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gateway.control.context import ChargerView, Decision, Site, battery_room, predicted_grid
 from gateway.control.sessions import EvSession
+from gateway.control.strategies.ev_charging_config import EvChargingConfig
 
 # With a plan, a car is charged ahead of it only when the rest of its energy would no
 # longer fit after this much time at this share of its power (forecasts err, plans age,
@@ -64,19 +65,22 @@ class EvCharging:
     reads = frozenset({"plan_ev_kw"})
     writes = frozenset({"ev_must_kw"})
 
+    def __init__(self, cfg: EvChargingConfig) -> None:
+        self.cfg = cfg
+
     def enabled(self, site: Site) -> bool:
-        return site.cfg.ev_charging and bool(site.chargers)
+        return self.cfg.enabled and bool(site.chargers)
 
     def apply(self, site: Site, d: Decision) -> None:
         now = site.now
         cars = [c for c in site.chargers if c.session is not None and c.session.need_kwh > 0]
         for c in site.chargers:
             d.ev_kw[c.id] = 0.0
-        site_left = site.cfg.ev_site_limit_kw if site.cfg.ev_site_limit_kw is not None \
+        site_left = self.cfg.site_limit_kw if self.cfg.site_limit_kw is not None \
             else float("inf")
         tracking = site.handoff.plan_ev_kw is not None
         planned = site.handoff.plan_ev_kw or {}
-        if site.cfg.grid_limits and site.import_limit_kw is not None:
+        if site.limits_enforced and site.import_limit_kw is not None:
             base0 = predicted_grid(site, d)  # every car at 0
             if base0 is not None:  # the hard limit bounds even deadline power
                 room = sum(battery_room(site, d, True, reserve=False).values())
@@ -100,7 +104,8 @@ class EvCharging:
                 d.ev_kw[k] = v
                 site_left -= v
         base = predicted_grid(site, d)
-        cap = site.peak_threshold_kw if site.cfg.peak_shaving else site.import_limit_kw
+        cap = site.peak_threshold_kw if site.peak_threshold_kw is not None \
+            else site.import_limit_kw
         if base is None:
             headroom = 0.0  # no PCC reading: deadlines only
         elif cap is None:
@@ -109,11 +114,11 @@ class EvCharging:
             headroom = max(0.0, cap - base)
         if tracking:  # a plan chose when cars charge: beyond it,
             headroom = min(headroom, max(0.0, -(base or 0.0)))  # only the PV surplus
-            if not site.cfg.ev_pv_surplus:
+            if not self.cfg.pv_surplus:
                 headroom = 0.0
-        elif site.price is not None and site.price[0] >= site.cfg.expensive_above_per_kwh:
+        elif site.price is not None and site.price[0] >= site.expensive_above_per_kwh:
             headroom = min(headroom, max(0.0, -(base or 0.0)))  # dear: PV surplus only
-        elif not site.cfg.ev_pv_surplus and base is not None and base < 0:
+        elif not self.cfg.pv_surplus and base is not None and base < 0:
             headroom = max(0.0, headroom + base)
         extra = min(headroom, site_left)
         for rank in (0, 1, 2):

@@ -3,11 +3,15 @@ reverse priority (public, fleet, emergency last; most slack first), then V2G, th
 shedding (deferrable, then essential; critical never). Export over the limit: battery
 charges, then PV is curtailed. Shed loads come back one at a time, most important first,
 when there is room for them plus a hysteresis for ``restore_delay_s``; curtailment is
-lifted step by step the same way."""
+lifted step by step the same way. Its section is ``grid_limits`` (``pv_curtailment``);
+shedding and restoring follow ``load_shedding`` (off: no load is shed for the limit, those
+already shed still come back)."""
 
 from __future__ import annotations
 
 from gateway.control.context import Decision, Site, battery_room, predicted_grid, spread
+from gateway.control.strategies.grid_limits_config import GridLimitsConfig
+from gateway.control.strategies.load_shedding_config import LoadSheddingConfig
 from gateway.control.strategies.v2g import discharge_cars
 
 CURTAIL_RELEASE_PCT = 10.0  # per cycle, once there is room
@@ -17,8 +21,12 @@ CURTAIL_MARGIN_KW = 1.0
 class GridLimits:
     name = "grid_limits"
 
+    def __init__(self, cfg: GridLimitsConfig, shedding: LoadSheddingConfig) -> None:
+        self.cfg = cfg
+        self.shedding = shedding
+
     def enabled(self, site: Site) -> bool:
-        return site.cfg.grid_limits and site.mode == "normal"
+        return self.cfg.enabled and site.mode == "normal"
 
     def apply(self, site: Site, d: Decision) -> None:
         shed = site.memory.shed
@@ -46,7 +54,7 @@ class GridLimits:
             if over > 1e-9:
                 over -= discharge_cars(site, d.ev_kw, over)
             for ld in sorted(site.loads, key=lambda x: -x.rank):
-                if over <= 1e-9:
+                if over <= 1e-9 or not self.shedding.enabled:
                     break
                 if ld.priority == "critical" or not d.load_on.get(ld.id, True):
                     continue
@@ -63,11 +71,11 @@ class GridLimits:
         if nxt is None:
             shed.clear()
             return
-        if g + nxt.p_on_kw < limit - site.cfg.restore_hysteresis_kw:
+        if g + nxt.p_on_kw < limit - self.shedding.restore_hysteresis_kw:
             if site.memory.restore_since is None:
                 site.memory.restore_since = site.now
             since = site.memory.restore_since
-            if site.now - since >= site.cfg.restore_delay_s:
+            if site.now - since >= self.shedding.restore_delay_s:
                 shed.remove(nxt.id)
                 d.load_on[nxt.id] = True
                 site.memory.restore_since = None
@@ -108,7 +116,7 @@ class GridLimits:
             for k, v in spread(battery_room(site, d, False), over).items():
                 d.battery_kw[k] = d.battery_kw.get(k, 0.0) - v
                 over -= v
-        if over > 0 and site.cfg.pv_curtailment and site.pvs:
+        if over > 0 and self.cfg.pv_curtailment and site.pvs:
             produced = sum(pv.p_kw for pv in site.pvs)
             for pv in site.pvs:
                 share = over * (pv.p_kw / produced if produced > 0 else 1 / len(site.pvs))

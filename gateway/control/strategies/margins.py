@@ -19,9 +19,9 @@ class ProtectionMargins:
         temps = site.cell_temp_c
         for b in site.batteries:
             p = d.battery_kw.get(b.id, 0.0)
-            if p > 0 and b.soc_pct <= site.cfg.reserve_soc_pct:
+            if p > 0 and b.soc_pct <= site.reserve_soc_pct:
                 d.battery_kw[b.id] = 0.0
-                d.note(self.name, f"{b.id}: at reserve {site.cfg.reserve_soc_pct:.0f} %")
+                d.note(self.name, f"{b.id}: at reserve {site.reserve_soc_pct:.0f} %")
             t = temps.get(b.id)
             if isinstance(hot_limit, float) and isinstance(t, float) and \
                     t > hot_limit - DERATE_BAND_C:

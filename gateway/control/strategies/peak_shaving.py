@@ -4,6 +4,7 @@ then by trimming EV power above what deadlines need, then with V2G cars."""
 from __future__ import annotations
 
 from gateway.control.context import Decision, Site, battery_room, predicted_grid, spread
+from gateway.control.strategies.peak_shaving_config import PeakShavingConfig
 from gateway.control.strategies.v2g import discharge_cars
 
 
@@ -11,12 +12,16 @@ class PeakShaving:
     name = "peak_shaving"
     reads = frozenset({"ev_must_kw"})
 
+    def __init__(self, cfg: PeakShavingConfig) -> None:
+        self.cfg = cfg
+
     def enabled(self, site: Site) -> bool:
-        return (site.cfg.peak_shaving and site.grid_kw is not None
-                and site.peak_threshold_kw is not None and site.mode == "normal")
+        return (self.cfg.enabled and site.grid_kw is not None
+                and self.cfg.threshold_for(site.import_limit_kw) is not None
+                and site.mode == "normal")
 
     def apply(self, site: Site, d: Decision) -> None:
-        thr = site.peak_threshold_kw
+        thr = self.cfg.threshold_for(site.import_limit_kw)
         g = predicted_grid(site, d)
         assert thr is not None and g is not None
         over = g - thr

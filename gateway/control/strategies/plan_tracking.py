@@ -9,6 +9,7 @@ battery, and a battery the plan keeps for the evening peak is not drained into a
 from __future__ import annotations
 
 from gateway.control.context import ChargerView, Decision, Site, predicted_grid
+from gateway.control.strategies.plan_tracking_config import PlanTrackingConfig
 
 
 def planned_ev_kw(c: ChargerView, planned: dict[str, float]) -> float:
@@ -23,8 +24,13 @@ class PlanTracking:
     name = "plan_tracking"
     writes = frozenset({"plan_ev_kw"})
 
+    def __init__(self, cfg: PlanTrackingConfig) -> None:
+        self.cfg = cfg
+
     def enabled(self, site: Site) -> bool:
-        return site.cfg.plan_tracking and site.plan_step is not None and site.mode == "normal"
+        """A plan older than ``stale_s`` is not followed (the rules take over)."""
+        return (self.cfg.enabled and site.plan_step is not None and site.mode == "normal"
+                and site.plan_age_s is not None and site.plan_age_s <= self.cfg.stale_s)
 
     def apply(self, site: Site, d: Decision) -> None:
         step = site.plan_step

@@ -4,14 +4,18 @@ unless time-of-use is charging it cheaply."""
 from __future__ import annotations
 
 from gateway.control.context import Decision, Site, predicted_grid, spread
+from gateway.control.strategies.self_consumption_config import SelfConsumptionConfig
 
 
 class SelfConsumption:
     name = "self_consumption"
     reads = frozenset({"tou_cheap"})
 
+    def __init__(self, cfg: SelfConsumptionConfig) -> None:
+        self.cfg = cfg
+
     def enabled(self, site: Site) -> bool:
-        return site.cfg.self_consumption and site.grid_kw is not None and site.mode == "normal"
+        return self.cfg.enabled and site.grid_kw is not None and site.mode == "normal"
 
     def apply(self, site: Site, d: Decision) -> None:
         charging_cheap = site.handoff.tou_cheap and any(
@@ -29,7 +33,7 @@ class SelfConsumption:
         elif charging_cheap:
             d.battery_kw.update(base)
         else:  # cover the load from the battery, above the backup reserve
-            room = {b.id: b.discharge_max_kw if b.soc_pct > site.cfg.reserve_soc_pct else 0.0
+            room = {b.id: b.discharge_max_kw if b.soc_pct > self.cfg.reserve_soc_pct else 0.0
                     for b in site.batteries}
             for k, v in spread(room, g).items():
                 d.battery_kw[k] = v

@@ -1,8 +1,10 @@
 """V2G guard: how much a car may give back now without missing the driver's needs.
 
-Never below ``v2g_min_soc_pct`` or the session's departure SOC, and only while the energy
+Never below ``v2g.min_soc_pct`` or the session's departure SOC, and only while the energy
 still wanted (plus what is taken now) can be recharged before departure at 80 % of the
-charger's rating with ``v2g_margin_h`` to spare. A car whose SOC is unknown is not used.
+charger's rating with ``v2g.margin_h`` to spare. The section (``control.strategies.v2g``,
+v2g_config.py) reaches every strategy that discharges cars as ``site.v2g``. A car whose
+SOC is unknown is not used.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ LOOKAHEAD_H = 0.25  # the discharge being allowed is assumed to last this long
 
 def v2g_room_kw(site: Site, c: ChargerView) -> float:
     s = c.session
-    if (s is None or not site.cfg.v2g or not s.v2g_allowed or not s.v2g_capable
+    if (s is None or not site.v2g.enabled or not s.v2g_allowed or not s.v2g_capable
             or c.discharge_max_kw <= 0 or s.soc_pct is None):
         return 0.0
-    if s.soc_pct <= max(site.cfg.v2g_min_soc_pct, s.departure_soc_pct) + 1.0:
+    if s.soc_pct <= max(site.v2g.min_soc_pct, s.departure_soc_pct) + 1.0:
         return 0.0
-    spare_h = s.time_left_h(site.now) - site.cfg.v2g_margin_h
+    spare_h = s.time_left_h(site.now) - site.v2g.margin_h
     recharge_kwh = spare_h * 0.8 * c.p_max_kw - s.need_kwh
     if recharge_kwh <= 0:
         return 0.0

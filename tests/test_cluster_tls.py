@@ -1,0 +1,143 @@
+"""etcd with TLS and client certificates, as a site runs it: three real members started from
+what `autogrid cluster certs` and `autogrid cluster etcd-config` write, talking to each
+other over TLS. A gateway's certificate gets it in; no certificate, a plaintext client, a
+certificate from another CA, or a server it cannot verify does not."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
+import aetcd
+import aetcd.exceptions
+import pytest
+import yaml
+
+from gateway.cluster.certs import issue
+from gateway.cluster.config import ClusterConfig
+from gateway.cluster.tlsclient import TlsClient, client_for
+from tests.cluster_site import site_yaml
+from tests.etcd_tls_members import TlsSite, tls_site
+from tests.tcp_fault_proxy import TcpFaultProxy
+
+GATEWAYS = ["gw-a", "gw-b", "gw-c"]
+TIMEOUT_S = 5  # each etcd call; a refused one fails at once, this only bounds a hang
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSite]:
+    with tls_site(tmp_path_factory.mktemp("tls-site"), GATEWAYS) as running:
+        yield running
+
+
+def _client(site: TlsSite, member: str, ca: Path, cert: Path | None = None,
+            key: Path | None = None) -> TlsClient:
+    return TlsClient("127.0.0.1", site.client_port(member), ca=ca, cert=cert, key=key,
+                     timeout=TIMEOUT_S)
+
+
+async def test_gateway_certificate_writes_and_the_peers_replicate(site: TlsSite) -> None:
+    # the client each gateway builds from the site config: its member, its certificate
+    async with client_for(site.cluster, "gw-a", config_dir=site.root,
+                          timeout=TIMEOUT_S) as client:
+        assert isinstance(client, TlsClient)
+        await client.put(b"/autogrid/tls-test", b"from gw-a")
+    async with client_for(site.cluster, "gw-c", config_dir=site.root,  # another member
+                          timeout=TIMEOUT_S) as client:
+        got = await client.get(b"/autogrid/tls-test")
+    assert got is not None and got.value == b"from gw-a"
+
+
+async def _refused(client: aetcd.Client, key: bytes) -> None:
+    with pytest.raises(aetcd.exceptions.ClientError) as caught:
+        async with client:
+            await client.put(key, b"must not land")
+    text = str(caught.value).lower()
+    # grpc's poller thread ends only when its last channel object is freed, and the
+    # traceback holds the failed call in a cycle: free it now, not at some later GC.
+    del caught
+    gc.collect()
+    # refused by TLS (with TLS 1.3 the client may learn it only at its first read: etcd
+    # 3.4.23's Go sends the alert after the handshake, as an undecryptable record)
+    assert any(word in text for word in ("handshake", "ssl", "tsi_")), text
+
+
+async def _absent(site: TlsSite, key: bytes) -> bool:
+    ca, cert, key_file = site.tls_files("gw-b")
+    async with _client(site, "gw-b", ca, cert, key_file) as client:
+        return await client.get(key) is None
+
+
+async def test_client_without_certificate_is_refused(site: TlsSite) -> None:
+    ca, _cert, _key = site.tls_files("gw-a")
+    await _refused(_client(site, "gw-a", ca), b"/autogrid/no-cert")
+    assert await _absent(site, b"/autogrid/no-cert")
+
+
+async def test_plaintext_client_is_refused(site: TlsSite) -> None:
+    client = aetcd.Client("127.0.0.1", site.client_port("gw-a"), timeout=TIMEOUT_S)
+    with pytest.raises(aetcd.exceptions.ClientError):
+        async with client:
+            await client.put(b"/autogrid/plain", b"must not land")
+    del client
+    gc.collect()
+    assert await _absent(site, b"/autogrid/plain")
+
+
+async def test_certificate_of_another_ca_is_refused(site: TlsSite, tmp_path: Path) -> None:
+    other = tmp_path / "other-site"
+    issue(site.cluster, GATEWAYS, "another site", other)  # same names, another CA
+    ca, _cert, _key = site.tls_files("gw-a")
+    await _refused(_client(site, "gw-a", ca, other / "gw-a.crt", other / "gw-a.key"),
+                   b"/autogrid/other-ca")
+    assert await _absent(site, b"/autogrid/other-ca")
+    # and a gateway that trusts only the other CA does not accept the site's member
+    await _refused(_client(site, "gw-a", other / "ca.crt", other / "gw-a.crt",
+                           other / "gw-a.key"), b"/autogrid/other-ca")
+
+
+async def _put_until_ok(client: TlsClient, key: bytes, value: bytes) -> None:
+    """Retry (bounded) while gRPC notices the broken connection and dials again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        try:
+            await client.put(key, value)
+            return
+        except aetcd.exceptions.ClientError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_gateway_cut_off_by_the_fault_proxy(site: TlsSite) -> None:
+    async with TcpFaultProxy("127.0.0.1", site.client_port("gw-a")) as proxy:
+        # the proxy listens on 127.0.0.1 too, so the member's IP SAN still matches
+        client = client_for(site.cluster, "gw-a", config_dir=site.root,
+                            endpoint=("127.0.0.1", proxy.port), timeout=2)
+        async with client:
+            await client.put(b"/autogrid/proxy", b"through")
+            proxy.set_mode("black-hole")
+            with pytest.raises(aetcd.exceptions.ClientError):  # its deadline, not an answer
+                await client.put(b"/autogrid/proxy", b"into the void")
+            assert proxy.stats.swallowed > 0
+            proxy.set_mode("drop")
+            with pytest.raises(aetcd.exceptions.ClientError):
+                await client.put(b"/autogrid/proxy", b"dropped")
+            proxy.set_mode("pass")
+            await _put_until_ok(client, b"/autogrid/proxy", b"back")
+            got = await client.get(b"/autogrid/proxy")
+        del client
+        gc.collect()
+    assert got is not None and got.value == b"back"
+
+
+def test_client_for_a_plaintext_site_and_for_a_gateway_without_member() -> None:
+    plain = ClusterConfig.model_validate(
+        yaml.safe_load(site_yaml(GATEWAYS, [1, 2, 3, 4, 5, 6], tls=False))["cluster"])
+    client = client_for(plain, "gw-b", config_dir=Path("/nonexistent"))
+    assert type(client) is aetcd.Client  # allow_plaintext: no TLS, no certificate files
+    with pytest.raises(ValueError, match="'gw-x' has no etcd member"):
+        client_for(plain, "gw-x", config_dir=Path("/nonexistent"))
