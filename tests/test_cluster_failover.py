@@ -90,12 +90,20 @@ class Site:
 
 
 @asynccontextmanager
-async def cluster_site(tmp: Path, etcd: EtcdCluster) -> AsyncIterator[Site]:
+async def cluster_site(tmp: Path, etcd: EtcdCluster, via: dict[str, int] | None = None,
+                       observe: str = "gw-a") -> AsyncIterator[Site]:
+    """The site with its gateways' etcd URLs, except ``via``: gateway -> a proxy port in
+    front of its member (the member itself listens where etcd3 put it)."""
     cfg = site(tmp, etcd, GWS)
     runner = SimRunner(cfg, port_overrides={"tcp": 0}, step_s=0.05)
     ports = await runner.start()
-    path = write_site(tmp / "site.yaml", site_dict(tmp, etcd, GWS, port=ports["tcp"]))
-    observer = EtcdStore("observer", etcd.members["gw-a"].host_port, PREFIX, campaign=False)
+    raw = site_dict(tmp, etcd, GWS, port=ports["tcp"])
+    for m in raw["cluster"]["members"]:
+        if m["gateway"] in (via or {}):
+            m["client_url"] = f"http://127.0.0.1:{(via or {})[m['gateway']]}"
+    path = write_site(tmp / "site.yaml", raw)
+    observer = EtcdStore("observer", etcd.members[observe].host_port, PREFIX,
+                         campaign=False)
     await observer.start()
     s = Site(tmp, etcd, runner, path, observer)
 
@@ -226,6 +234,47 @@ async def test_lost_majority_stops_writes_and_the_site_recovers(
         events = await read_history(etcd3.members["gw-a"].host_port, PREFIX)
         checked = check_history(events, acked)
         assert checked.terms[0] == (term, "gw-a")
+
+
+async def test_leader_cut_off_from_its_member_steps_down_and_rejoins(
+        tmp_path: Path, etcd3: EtcdCluster) -> None:  # noqa: F811
+    from tests.tcp_fault_proxy import TcpFaultProxy
+
+    async with TcpFaultProxy(*etcd3.members["gw-a"].host_port) as proxy, \
+            cluster_site(tmp_path, etcd3, via={"gw-a": proxy.port}, observe="gw-b") as s:
+        term = await start_with_leader(s, "gw-a")
+        proxy.set_mode("black-hole")  # a cut cable: gw-a's calls go unanswered
+        new_leader, new_term = await s.until_leader(not_term=term)
+        assert new_leader != "gw-a"
+        await until(lambda: any(v["term"] == new_term for _, v in s.writes),
+                    "the new leader's setpoints", timeout_s=60)
+
+        async def cut_off() -> bool:
+            st = await s.api("gw-a", "cluster")
+            active = json.dumps(await s.api("gw-a", "alarms", active_only=True))
+            return not st["is_leader"] and "cannot renew its cluster lease" in active
+        deadline = time.monotonic() + 30
+        while not await cut_off():
+            assert time.monotonic() < deadline, "gw-a did not say it is cut off"
+            await asyncio.sleep(0.1)
+        gone = json.dumps(await s.api(new_leader, "alarms", active_only=True))
+        assert "gateway gw-a gone since" in gone
+        proxy.set_mode("pass")  # the cable is back: gw-a rejoins as a follower
+
+        async def rejoined() -> bool:
+            st = await s.api("gw-a", "cluster")
+            active = json.dumps(await s.api("gw-a", "alarms", active_only=True))
+            tele = await s.observer.get("telemetry/gw-a")
+            return (not st["is_leader"] and st["leader"] == new_leader
+                    and "cannot renew" not in active and tele is not None)
+        deadline = time.monotonic() + 60
+        while not await rejoined():
+            assert time.monotonic() < deadline, "gw-a did not rejoin"
+            await asyncio.sleep(0.1)
+        acked = s.acked()
+        events = await read_history(etcd3.members["gw-b"].host_port, PREFIX)
+        checked = check_history(events, acked)
+        assert checked.terms[:2] == [(term, "gw-a"), (new_term, new_leader)]
 
 
 async def cluster_status(s: Site, *args: str) -> subprocess.CompletedProcess[str]:
