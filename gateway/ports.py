@@ -20,6 +20,34 @@ class ControllerPort(Protocol):
 
     plan: Any  # the plan the controller tracks (gateway.control.plan.Plan | None)
     sessions: Any  # its EV session book
+    last: Any  # the setpoints of its last cycle (a new cluster leader seeds them)
+    last_now: float | None  # when that cycle ran (control time)
+
+    def outcome(self, o: Any) -> None: ...  # a write's outcome (WriteOutcome)
+
+
+class ApplierPort(Protocol):
+    """What the cluster uses of the control component's one write path."""
+
+    on_outcome: list[Any]  # listeners of every write's outcome (WriteOutcome)
+
+    def submit(self, setpoints: dict[str, dict[str, Any]], now: float | None = None) -> int: ...
+
+    def command(self, dev_id: str, point: str, value: Any) -> Any: ...
+
+
+class ClusterPort(Protocol):
+    """What the control component uses of the cluster: whether this gateway runs the site
+    controller now, and where its setpoints and commands go (the store, fenced)."""
+
+    def leading(self) -> bool: ...
+
+    def leader_id(self) -> str | None: ...  # the gateway that leads, when known
+
+    async def wait_leading(self, timeout_s: float) -> bool: ...  # True: leads now
+
+    def dispatch(self, setpoints: dict[str, dict[str, Any]],
+                 commands: list[tuple[str, str, Any]]) -> None: ...
 
 
 class ForecastPort(Protocol):
@@ -35,3 +63,5 @@ class Ports:
     alarms: AlarmStore | None = None  # alarms + audit (on when `control:` is set)
     controller: ControllerPort | None = None  # the site controller, when one runs here
     forecasts: ForecastPort | None = None  # analytics, when on
+    applier: ApplierPort | None = None  # the write path (set by the control component)
+    cluster: ClusterPort | None = None  # a multi-gateway cluster (backend etcd), when on

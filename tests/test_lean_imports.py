@@ -1,5 +1,6 @@
 """Commands import what they need: `--help`, `check`, `status`, `console` and a daemon with
-analytics off load no pandas, scikit-learn, scipy, pvlib or matplotlib.
+analytics off (and no etcd cluster) load no pandas, scikit-learn, scipy, pvlib, matplotlib,
+grpc or aetcd.
 
 Each case runs in a fresh interpreter (the test process itself has them all loaded) and
 reports the heavy top-level packages found in ``sys.modules`` after the command ran.
@@ -17,7 +18,7 @@ import pytest
 
 from tests.conftest import REPO
 
-HEAVY = ("pandas", "sklearn", "scipy", "pvlib", "matplotlib")
+HEAVY = ("pandas", "sklearn", "scipy", "pvlib", "matplotlib", "grpc", "aetcd")
 
 _CLI = textwrap.dedent("""
     import contextlib, io, json, sys

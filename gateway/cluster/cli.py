@@ -141,11 +141,44 @@ def _run_etcd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- autogrid cluster status --------------------------------------------------------------
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="site config (YAML)")
+    p.add_argument("--gateway", help="whose certificate to present on a TLS cluster "
+                                     "(default: the site's first gateway)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds to wait for each etcd member")
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from gateway.cluster.status import gather, render
+
+    loaded, cluster = _site(args)
+    gw = args.gateway or loaded.config.gateways[0].id
+    if cluster.member(gw) is None:
+        raise ClusterCommandError(f"gateway '{gw}' has no etcd member in cluster.members")
+    st = asyncio.run(gather(loaded.config, args.timeout, gateway=gw,
+                            config_dir=loaded.path.resolve().parent))
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        render(st, sys.stdout)
+    return EXIT_OK if st["reachable"] and st.get("leader") and not st.get("error") else 1
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("certs", "make the site CA and each gateway's etcd TLS certificate and key",
                _certs_args, _run_certs),
     Subcommand("etcd-config", "write one gateway's etcd member configuration (YAML)",
                _etcd_config_args, _run_etcd_config),
+    Subcommand("status", "members, leader and term, lease ages, per-gateway health and "
+                         "devices (exit 1: no member answers or no gateway leads)",
+               _status_args, _run_status),
 ]
 
 
@@ -153,7 +186,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                formatter: type[argparse.HelpFormatter] | None = None) -> None:
     """The `autogrid cluster` group and its subcommands."""
     c = sub.add_parser("cluster", help="the multi-gateway cluster on etcd: certificates, "
-                                       "member configuration")
+                                       "member configuration, status")
     cs = c.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
     for s in SUBCOMMANDS:
         p = cs.add_parser(s.name, help=s.help,

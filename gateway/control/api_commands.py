@@ -66,6 +66,12 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         def handler(req: dict[str, Any], caller: Caller) -> Any:
             detail = {k: v for k, v in req.items() if k not in ("cmd", "id", "token")}
             try:
+                cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+                if cluster is not None and not cluster.leading():
+                    # the controller here does not run: acting on it would change nothing
+                    raise ApiError(f"this gateway does not run the site controller; the "
+                                   f"cluster leader is {cluster.leader_id() or 'not elected'}"
+                                   f": send the command there")
                 result = fn(req, caller)
             except ApiError as exc:
                 store.audit(caller.user, action, detail, ok=False, reason=str(exc))

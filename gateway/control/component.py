@@ -49,6 +49,7 @@ class ControlComponent:
                                {d.id: d.control.deadband_kw for d in cfg.devices if d.control})
         self.controller.confirm_writes = True
         self.applier.on_outcome.append(self.controller.outcome)
+        daemon.ports.applier = self.applier
         self.protection = Protection(cfg, self.control.protection, daemon.state, self.store,
                                      self.applier.command, self.controller.lockouts,
                                      self._grid_loss, self.controller.derates)
@@ -122,15 +123,21 @@ class ControlComponent:
     def run_cycle(self) -> None:
         """One cycle: compute and hand to the applier (which writes in the background)."""
         c = self.controller
+        cluster = self.daemon.ports.cluster
+        if cluster is not None and not cluster.leading():
+            return  # another gateway leads the site; protection stays on here
         t0 = time.perf_counter()
         try:
             before = (c.modes.mode, len(c.modes.history))
             res = c.cycle(self.daemon.state, c.clock(), time.time())
             if (c.modes.mode, len(c.modes.history)) != before:
                 self._mode_changed()
-            for dev, point, value in res.commands:  # one-shot, retried until confirmed
-                self.applier.command(dev, point, value)
-            self.applier.submit(res.setpoints)
+            if cluster is not None:  # fenced into the store; each owner applies its own
+                cluster.dispatch(res.setpoints, res.commands)
+            else:
+                for dev, point, value in res.commands:  # one-shot, retried until confirmed
+                    self.applier.command(dev, point, value)
+                self.applier.submit(res.setpoints)
             if res.problems:
                 self.store.raise_("controller", "non_finite", "warning",
                                   "; ".join(res.problems))
@@ -175,6 +182,12 @@ class ControlComponent:
                 self._overrunning = False
                 log.info("control cycles on time again (%d skipped in all)",
                          self.skipped_cycles)
+            cluster = self.daemon.ports.cluster
+            if cluster is not None and not cluster.leading():
+                # a gateway that becomes the cluster leader runs its first cycle at once
+                if await cluster.wait_leading(due - now):
+                    due = loop.time()
+                continue
             await asyncio.sleep(due - now)
 
     def stats(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gateway.aio import cancel_and_wait
+from gateway.api import ApiError
 from gateway.control.forecast_simple import Forecast
 from gateway.control.scheduler import Scheduler, plan_summary
 from gateway.control.scheduler_lp import EvInput, SolveResult
@@ -89,7 +90,9 @@ class SchedulerComponent:
         while True:
             now = time.time()
             self.scheduler.observe(self.daemon.state, now)
-            if now >= next_plan or self._wake.is_set():
+            if not self._leads():  # another gateway's controller follows its own plan
+                self._wake.clear()
+            elif now >= next_plan or self._wake.is_set():
                 self._wake.clear()
                 await self.replan()
                 next_plan = time.time() + st.interval_s
@@ -127,7 +130,17 @@ class SchedulerComponent:
             "none: the plan is computed but nothing follows it (no control: section)")
         return out
 
+    def _leads(self) -> bool:
+        """In a cluster only the leader plans (its controller is the one that runs)."""
+        cluster = self.daemon.ports.cluster
+        return cluster is None or cluster.leading()
+
     async def _api_replan(self, request: dict[str, Any], caller: Any) -> dict[str, Any]:
+        if not self._leads():
+            cluster = self.daemon.ports.cluster
+            leader = cluster.leader_id() if cluster is not None else None
+            raise ApiError(f"this gateway does not plan; the cluster leader is "
+                           f"{leader or 'not elected'}: send the command there")
         res = await self.replan()
         return {"status": res.plan.status, "solve_ms": round(res.solve_ms, 1)}
 

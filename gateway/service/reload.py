@@ -27,7 +27,7 @@ log = logging.getLogger("autogrid.service")
 
 # Sections that a reload cannot apply to a running daemon (they need a restart). Control
 # re-binds its devices on a reload, but its thresholds and strategies are read at start.
-RESTART_SECTIONS = ("gateways", "historian", "metrics", "api", "control")
+RESTART_SECTIONS = ("gateways", "historian", "metrics", "api", "control", "cluster")
 
 
 class ReloadError(Exception):

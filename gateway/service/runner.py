@@ -177,7 +177,8 @@ def serve(config: str | Path, gateway_id: str | None, socket_path: Path | None,
     setup_logging(loaded.config.logging, verbose)
     for w in loaded.warnings:
         log.warning("%s", warning_line(w))
-    daemon = Daemon(loaded.config, gateway_id, socket_path)
+    daemon = Daemon(loaded.config, gateway_id, socket_path,
+                    config_dir=loaded.path.resolve().parent)
 
     async def main() -> int:
         return await Service(daemon, loaded, verbose).run()

@@ -1,0 +1,105 @@
+"""A history checker for the cluster tests: replays the store's whole history (etcd keeps
+every revision until compaction) and checks fencing and acknowledgements against it.
+
+- Every setpoint/command revision carries the term that was current when it committed
+  (the create revision of the leader key alive at that revision), and names that term's
+  leader as writer: no stale-term write ever committed.
+- Every write a gateway acknowledged is in the history at its revision, with its term, and
+  each gateway's acknowledgements are in increasing revision order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd
+
+
+@dataclass
+class Event:
+    revision: int
+    key: str
+    value: dict[str, Any] | None  # None: deleted
+    create_revision: int
+
+
+async def read_history(endpoint: tuple[str, int], prefix: str,
+                       limit_s: float = 30.0) -> list[Event]:
+    """Every change under ``prefix`` from revision 1 to now, in order. "Now" is a marker
+    key written here: the history ends at its revision (all of every earlier one read)."""
+    client = aetcd.Client(*endpoint)
+    try:
+        marker = f"{prefix}/_history_marker".encode()
+        now = (await client.put(marker, b"{}")).header.revision
+        events: list[Event] = []
+        watch = await client.watch_prefix(prefix.encode(), start_revision=1)
+
+        async def collect() -> None:
+            async for ev in watch:
+                if ev.kv.key == marker:
+                    if ev.kv.mod_revision >= now:
+                        return
+                    continue
+                value = None if ev.kind == "DELETE" else json.loads(ev.kv.value)
+                events.append(Event(int(ev.kv.mod_revision),
+                                    ev.kv.key.decode()[len(prefix) + 1:], value,
+                                    int(ev.kv.create_revision)))
+        try:
+            await asyncio.wait_for(collect(), limit_s)
+        finally:
+            await watch.cancel()
+        return events
+    finally:
+        await client.close()
+
+
+@dataclass
+class Checked:
+    writes: int  # setpoint/command key revisions seen
+    terms: list[tuple[int, str]]  # (term, leader) in order
+
+
+def check_history(events: list[Event], acked: dict[str, list[dict[str, Any]]]) -> Checked:
+    """Raise AssertionError on the first violation; return what was checked."""
+    term: int | None = None
+    leader: str | None = None
+    terms: list[tuple[int, str]] = []
+    by_rev: dict[tuple[int, str], Event] = {}
+    writes = 0
+    for ev in events:
+        if ev.key == "leader":
+            if ev.value is None:
+                term, leader = None, None
+            else:
+                term, leader = ev.create_revision, str(ev.value.get("gateway"))
+                if not terms or terms[-1][0] != term:
+                    terms.append((term, leader))
+            continue
+        if ev.key.startswith(("setpoints/", "commands/")) and ev.value is not None:
+            writes += 1
+            assert term is not None, f"{ev.key} written at revision {ev.revision} with no " \
+                                     f"leader alive"
+            assert ev.value.get("term") == term, (
+                f"{ev.key} at revision {ev.revision} carries term {ev.value.get('term')} "
+                f"but term {term} ({leader}) was current")
+            assert ev.value.get("writer") == leader, (
+                f"{ev.key} at revision {ev.revision} written by {ev.value.get('writer')}, "
+                f"leader was {leader}")
+            by_rev[(ev.revision, ev.key)] = ev
+    for gw, rows in acked.items():
+        revs = [r["revision"] for r in rows]
+        assert revs == sorted(revs) and len(set(revs)) == len(revs), \
+            f"{gw}'s acknowledged writes are not in revision order: {revs}"
+        for r in rows:
+            for key in r["keys"]:
+                ev = by_rev.get((r["revision"], key))
+                near = [(e.revision, e.key, e.value and e.value.get("term"))
+                        for e in events if abs(e.revision - r["revision"]) <= 2]
+                assert ev is not None, f"{gw} acknowledged {key} at revision " \
+                                       f"{r['revision']}, not in the store's history " \
+                                       f"(near it: {near})"
+                assert ev.value is not None and ev.value.get("term") == r["term"]
+    return Checked(writes, terms)

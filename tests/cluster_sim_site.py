@@ -1,0 +1,67 @@
+"""A two- or three-gateway simulated site for the cluster tests: one site config, each
+gateway polling its own devices, all over Modbus TCP on loopback, etcd members on loopback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.cluster.etcdproc import EtcdCluster
+from gateway.config.models import SiteConfig
+
+POLL_S = 0.1
+# device -> owning gateway; gw-c (when present) polls nothing: a spare that can lead
+OWNERS = {"meter": "gw-a", "bat": "gw-a", "pcc": "gw-a", "crit": "gw-a", "heater": "gw-a",
+          "ev_a": "gw-b", "ev_b": "gw-b"}
+
+
+def site_dict(tmp: Path, etcd: EtcdCluster, gateways: list[str], *, cycle_s: float = 0.2,
+              lease_ttl_s: float = 2.0, port: int = 1) -> dict[str, Any]:
+    def dev(i: int, id_: str, nature: str, template: str, **kw: Any) -> dict[str, Any]:
+        return {"id": id_, "nature": nature, "template": template, "connection": "tcp",
+                "unit_id": i, "poll_interval_s": POLL_S, "gateway": OWNERS[id_], **kw}
+    return {
+        "site": {"name": "cluster", "timezone": "UTC", "grid": {"import_limit_kw": 30.0}},
+        "gateways": [{"id": g, "api_socket": str(tmp / f"{g}.sock")} for g in gateways],
+        "connections": [{"id": "tcp", "type": "modbus_tcp", "host": "127.0.0.1",
+                         "port": port, "timeout_s": 2.0, "reconnect_delay_s": 0.1}],
+        "devices": [
+            dev(1, "meter", "meter", "meter_3ph", role="grid"),
+            dev(2, "bat", "bess", "generic_bess", ratings={"capacity_kwh": 50, "p_max_kw": 25}),
+            dev(3, "ev_a", "evse", "generic_evse", ratings={"p_max_kw": 11}),
+            dev(4, "ev_b", "evse", "generic_evse", ratings={"p_max_kw": 11}),
+            dev(6, "crit", "load", "generic_load", ratings={"p_max_kw": 5},
+                control={"priority": "critical"}),
+            dev(7, "heater", "load", "generic_load", ratings={"p_max_kw": 10},
+                control={"priority": "deferrable"}),
+            dev(8, "pcc", "breaker", "generic_breaker"),
+        ],
+        "historian": {"enabled": False},
+        "control": {"cycle_s": cycle_s, "emergency": {"pcc_breaker": "pcc"}},
+        "cluster": {"backend": "etcd", "allow_plaintext": True, "lease_ttl_s": lease_ttl_s,
+                    "prefix": "/autogrid/test",
+                    "members": [{"gateway": g, "client_url": etcd.members[g].client_url,
+                                 "peer_url": etcd.members[g].peer_url} for g in gateways]},
+        "simulation": {"seed": 3, "clock": {"start": "2025-06-21T09:00:00+00:00"},
+                       "devices": {
+                           "bat": {"initial_soc_pct": 60.0},
+                           "crit": {"profile": "constant", "p_kw": 5, "noise_pct": 0},
+                           "heater": {"profile": "constant", "p_kw": 10, "noise_pct": 0},
+                           "ev_a": {"default_p_kw": 0, "sessions": [{
+                               "arrival": "2025-06-21T08:59:00+00:00",
+                               "departure": "2025-06-21T13:00:00+00:00",
+                               "energy_kwh": 40}]},
+                           "ev_b": {"default_p_kw": 0}}},
+    }
+
+
+def site(tmp: Path, etcd: EtcdCluster, gateways: list[str], **kw: Any) -> SiteConfig:
+    return SiteConfig.model_validate(site_dict(tmp, etcd, gateways, **kw))
+
+
+def write_site(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
