@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pvlib
 
+from gateway.analytics import pvchain
 from gateway.analytics.data import local_days
 from gateway.analytics.site import SiteInfo
 
@@ -70,7 +71,9 @@ def weather_features(idx: pd.DatetimeIndex, target: str, info: SiteInfo,
         ghi = w["ghi_fc_w_m2"].to_numpy(dtype=float) if "ghi_fc_w_m2" in w else nan
         kt = np.clip(ghi / np.maximum(clear_sky_ghi(idx, info), 1.0), 0.0, 1.2)
         kt = np.where(np.isfinite(ghi), kt, np.nan)
-        return {"kt_fc": kt, "pv_fc": (cs if cs is not None else nan) * kt}
+        temp = w["temp_fc_c"].to_numpy(dtype=float) if "temp_fc_c" in w else None
+        return {"kt_fc": kt, "pv_fc": (cs if cs is not None else nan) * kt,
+                "pv_phys": pvchain.forecast_pv(idx, info, ghi, temp)}
     if target == "load":
         temp = w["temp_fc_c"].to_numpy(dtype=float) if "temp_fc_c" in w else nan
         day = pd.Series(temp, index=idx).groupby(local_days(idx, info.timezone)).transform(
