@@ -130,6 +130,11 @@ def build(y: pd.Series, target: str, info: SiteInfo, cs: np.ndarray | None = Non
     f["lag_7d"] = y.shift(WEEK).to_numpy()
     f["mean_1d"] = _prev_day(y, local_day, 1, "mean")
     f["mean_7d"] = _prev_day(y, local_day, 7, "mean")
+    # the level of the last week, every weekday once: what a step in consumption moves
+    week = np.column_stack([_prev_day(y, local_day, k, "mean") for k in range(1, 8)])
+    known = np.isfinite(week).sum(axis=1)
+    f["level_7d"] = np.where(known >= 4, np.nansum(week, axis=1) / np.maximum(known, 1),
+                             np.nan)
     if target == "pv":
         c = clear_sky_pv(idx, info) if cs is None else cs
         f["cs"] = c

@@ -31,7 +31,12 @@ WX_COLS = {"pv": ["kt_fc", "pv_fc", "pv_phys"], "load": ["temp_fc", "hdd_fc", "h
 _ONEHOT = re.compile(r"h\d+_d\d")  # hour x day type columns of features.calendar
 REQUIRED = ["lag_1d", "mean_1d"]  # a row is predictable once these are known
 _FALLBACK = {"lag_2d": "lag_1d", "lag_7d": "lag_1d", "mean_7d": "mean_1d", "kt_2d": "kt_1d",
-             "cs_kt2": "cs_kt"}
+             "cs_kt2": "cs_kt", "level_7d": "mean_1d"}
+# Load models learn the load relative to the last week's level (features.build level_7d):
+# consumers added or removed scale the whole profile, which a tree cannot extrapolate to
+# and fixed profile coefficients miss; these kW inputs are scaled with it.
+_LEVEL = "level_7d"
+_KW_INPUTS = ("lag_1d", "lag_2d", "lag_7d", "mean_1d", "mean_7d")
 
 
 def naive_names(target: str) -> tuple[str, ...]:
@@ -102,16 +107,38 @@ def fit(kind: str, target: str, feats: pd.DataFrame, y: pd.Series, n_trees: int 
                          f"lags{' and a weather forecast' if uses_weather(kind) else ''}, "
                          f"at least 96)")
     model = make(kind, n_trees, n_jobs)
-    model.fit(x.to_numpy()[ok], y.to_numpy()[ok])
+    xs, level = _relative(x, feats, target)
+    ok &= np.isfinite(level)
+    model.fit(xs[ok], y.to_numpy()[ok] / level[ok])
     return model, cols
+
+
+def _relative(x: pd.DataFrame, feats: pd.DataFrame, target: str
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs with the kW columns over the level, and the level (1 where not scaled;
+    NaN where the level is unknown or not positive)."""
+    if target != "load" or _LEVEL not in feats:
+        return x.to_numpy(), np.ones(len(x))
+    level = feats[_LEVEL].to_numpy(dtype=float)
+    level = np.where(level > 1e-6, level, np.nan)
+    out = x.copy()
+    for c in _KW_INPUTS:
+        if c in out:
+            out[c] = out[c].to_numpy(dtype=float) / level
+    return out.to_numpy(), level
 
 
 def predict(model: Any, cols: list[str], feats: pd.DataFrame, target: str) -> np.ndarray:
     """Point forecast; NaN where a feature is missing; PV clipped to >= 0 and 0 at night."""
     x = feats[cols]
-    ok = x.notna().all(axis=1).to_numpy()
+    ok = x.notna().all(axis=1).to_numpy().copy()
     out = np.full(len(feats), np.nan)
-    if ok.any():
+    if not isinstance(model, Naive):
+        xs, level = _relative(x, feats, target)
+        ok &= np.isfinite(level)
+        if ok.any():
+            out[ok] = model.predict(xs[ok]) * level[ok]
+    elif ok.any():
         out[ok] = model.predict(x.to_numpy()[ok])
     out = np.maximum(out, 0.0)
     if target == "pv":
