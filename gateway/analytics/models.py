@@ -19,8 +19,13 @@ KINDS = ("rf", "lr")
 WX_KINDS = ("rf_wx", "lr_wx")  # the same models with the day-ahead weather forecast
 NAIVE = {"seasonal_naive_1d": "lag_1d", "seasonal_naive_7d": "lag_7d",
          "cs_persistence": "cs_kt"}  # name -> the feature it copies
+# The mean of the forest and the linear model: their errors differ (a forest cannot
+# extrapolate, a linear model cannot bend), so their average is often better than either
+# (forecast combination); a candidate like any other, so validation decides.
+ENSEMBLE = {"avg": ("rf", "lr")}
 KIND_NAMES = {"rf": "random_forest", "lr": "linear_regression",
               "rf_wx": "random_forest+weather", "lr_wx": "linear_regression+weather",
+              "avg": "mean_rf_lr", "avg_wx": "mean_rf_lr+weather",
               **{k: k for k in NAIVE}}
 _RF_BASE = ["qh", "dow", "daytype", "holiday", "hour_sin", "hour_cos", "doy_sin", "doy_cos",
             "lag_1d", "lag_2d", "lag_7d", "mean_1d", "mean_7d"]
@@ -50,9 +55,17 @@ def uses_weather(kind: str) -> bool:
     return kind.endswith("_wx")
 
 
+def members(kind: str) -> tuple[str, ...]:
+    """The kinds an ensemble kind averages (with its weather suffix); () for others."""
+    sfx = "_wx" if uses_weather(kind) else ""
+    return tuple(m + sfx for m in ENSEMBLE.get(kind.removesuffix("_wx"), ()))
+
+
 def columns(kind: str, target: str, feats: pd.DataFrame) -> list[str]:
     if kind in NAIVE:
         return [NAIVE[kind]]
+    if members(kind):
+        return list(dict.fromkeys(c for m in members(kind) for c in columns(m, target, feats)))
     base = kind.removesuffix("_wx")
     wx = WX_COLS.get(target, []) if uses_weather(kind) else []
     if base == "rf":
@@ -70,6 +83,13 @@ def complete(feats: pd.DataFrame) -> pd.DataFrame:
         if col in out:
             out[col] = out[col].fillna(out[src])
     return out
+
+
+class Ensemble:
+    """The mean of fitted members, each with its own columns."""
+
+    def __init__(self, parts: list[tuple[Any, list[str]]]) -> None:
+        self.parts = parts
 
 
 class Naive:
@@ -99,6 +119,8 @@ def fit(kind: str, target: str, feats: pd.DataFrame, y: pd.Series, n_trees: int 
     cols = columns(kind, target, feats)
     if kind in NAIVE:
         return Naive(), cols
+    if members(kind):
+        return Ensemble([fit(m, target, feats, y, n_trees, n_jobs) for m in members(kind)]), cols
     x = feats[cols]
     ok = x.notna().all(axis=1).to_numpy() & y.notna().to_numpy()
     if ok.sum() < 96:
@@ -130,6 +152,8 @@ def _relative(x: pd.DataFrame, feats: pd.DataFrame, target: str
 
 def predict(model: Any, cols: list[str], feats: pd.DataFrame, target: str) -> np.ndarray:
     """Point forecast; NaN where a feature is missing; PV clipped to >= 0 and 0 at night."""
+    if isinstance(model, Ensemble):
+        return np.mean([predict(m, c, feats, target) for m, c in model.parts], axis=0)
     x = feats[cols]
     ok = x.notna().all(axis=1).to_numpy().copy()
     out = np.full(len(feats), np.nan)
