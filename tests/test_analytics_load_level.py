@@ -27,3 +27,15 @@ def test_a_level_step_is_forecast_at_the_new_level(kind: str) -> None:
     pred = models.predict(est, cols, feats[day], "load")
     assert np.isfinite(pred).all()
     assert np.abs(pred - y[day].to_numpy()).mean() < 0.03 * float(y[day].mean())
+
+
+def test_heating_degrees_against_the_week_the_level_comes_from() -> None:
+    info = SiteInfo(timezone="UTC", country="DE")
+    idx = pd.date_range("2025-01-06", periods=9 * 96, freq="15min", tz="UTC")
+    temp = np.where(np.arange(len(idx)) >= 8 * 96, 0.0, 10.0)  # a mild week, then 0 degC
+    wx = pd.DataFrame({"temp_fc_c": temp}, index=idx)
+    f = features.weather_features(idx, "load", info, wx, None)
+    last = slice(8 * 96, 9 * 96)
+    assert np.allclose(f["hdd_fc"][last], 15.0)
+    assert np.allclose(f["hdd_delta"][last], 15.0 - 5.0)  # 5 degree-days in the mild week
+    assert np.allclose(f["hdd_delta"][7 * 96:8 * 96], 0.0)  # a mild day after mild days

@@ -80,8 +80,16 @@ def weather_features(idx: pd.DatetimeIndex, target: str, info: SiteInfo,
             "mean").to_numpy()
         hdd = np.maximum(0.0, 15.0 - day)
         hours = idx.tz_convert(info.timezone).hour.to_numpy()
+        # heating degrees against the week the load level (level_7d) was measured in:
+        # a level learnt in a mild week under-forecasts a cold day, and the other way round
+        ld = local_days(idx, info.timezone)
+        daily_hdd = pd.Series(hdd, index=ld).groupby(level=0).mean()
+        prev = np.column_stack([daily_hdd.reindex(ld - k).to_numpy() for k in range(1, 8)])
+        n = np.isfinite(prev).sum(axis=1)
+        week = np.where(n > 0, np.nansum(prev, axis=1) / np.maximum(n, 1), np.nan)
         return {"temp_fc": temp, "hdd_fc": hdd,
-                "hdd_fc_day": hdd * ((hours >= 6) & (hours < 22))}
+                "hdd_fc_day": hdd * ((hours >= 6) & (hours < 22)),
+                "hdd_delta": np.where(np.isfinite(week), hdd - week, 0.0)}
     return {}
 
 

@@ -31,8 +31,8 @@ _RF_BASE = ["qh", "dow", "daytype", "holiday", "hour_sin", "hour_cos", "doy_sin"
             "lag_1d", "lag_2d", "lag_7d", "mean_1d", "mean_7d"]
 _PV = ["cs", "kt_1d", "kt_2d", "cs_kt", "cs_kt2", "env", "env_kt"]
 _LR_PV = ["cs", "cs_kt", "cs_kt2", "lag_1d", "env", "env_kt"]
-WX_COLS = {"pv": ["kt_fc", "pv_fc", "pv_phys"], "load": ["temp_fc", "hdd_fc", "hdd_fc_day"],
-           "wind": []}
+WX_COLS = {"pv": ["kt_fc", "pv_fc", "pv_phys"],
+           "load": ["temp_fc", "hdd_fc", "hdd_fc_day", "hdd_delta"], "wind": []}
 _ONEHOT = re.compile(r"h\d+_d\d")  # hour x day type columns of features.calendar
 REQUIRED = ["lag_1d", "mean_1d"]  # a row is predictable once these are known
 _FALLBACK = {"lag_2d": "lag_1d", "lag_7d": "lag_1d", "mean_7d": "mean_1d", "kt_2d": "kt_1d",
