@@ -27,7 +27,7 @@ from sim_devices.runner import SimRunner
 from tests.cluster_history import check_history, check_ownership, read_history
 from tests.cluster_sim_site import POLL_S, site, site_dict, write_site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
-from tests.test_cluster_failover import GWS, PREFIX, Site, start_with_leader
+from tests.test_cluster_failover import GWS, PREFIX, Site, cluster_status, start_with_leader
 from tests.waiting import until, until_async
 
 HANDBACK_S = 3.0
@@ -35,12 +35,18 @@ STANDBY = {"bat": ["gw-b"]}
 
 
 @asynccontextmanager
-async def takeover_site(tmp: Path, etcd: EtcdCluster
+async def takeover_site(tmp: Path, etcd: EtcdCluster, via: dict[str, int] | None = None
                         ) -> AsyncIterator[tuple[Site, list[tuple[float, str]]]]:
+    """The site with the battery's standby; ``via``: gateway -> a proxy port in front of
+    its etcd member."""
     kw: dict[str, Any] = {"standby": STANDBY, "handback_after_s": HANDBACK_S}
     runner = SimRunner(site(tmp, etcd, GWS, **kw), port_overrides={"tcp": 0}, step_s=0.05)
     ports = await runner.start()
-    path = write_site(tmp / "site.yaml", site_dict(tmp, etcd, GWS, port=ports["tcp"], **kw))
+    raw = site_dict(tmp, etcd, GWS, port=ports["tcp"], **kw)
+    for m in raw["cluster"]["members"]:
+        if m["gateway"] in (via or {}):
+            m["client_url"] = f"http://127.0.0.1:{(via or {})[m['gateway']]}"
+    path = write_site(tmp / "site.yaml", raw)
     observer = EtcdStore("observer", etcd.members["gw-c"].host_port, PREFIX, campaign=False)
     await observer.start()
     s = Site(tmp, etcd, runner, path, observer)
@@ -118,6 +124,11 @@ async def test_standby_takes_over_hands_back_and_obeys_the_operator(
         assert await owner(s, "bat") == "gw-b"
         alarms = json.dumps(await s.api("gw-c", "alarms"))
         assert "bat moved from gw-a to gw-b: gw-a's lease ended" in alarms, alarms
+        st_cli = await cluster_status(s, "--json")
+        gws = {g["gateway"]: g for g in json.loads(st_cli.stdout)["gateways"]}
+        assert "bat" in gws["gw-b"]["devices"] and "bat" not in gws["gw-a"]["devices"], gws
+        assert gws["gw-b"]["taken_over"] == {"bat": "gw-a"}, gws
+        assert "(taken over from gw-a)" in (await cluster_status(s)).stdout
         # The leader dispatches without gw-a's lost heater, with the battery via gw-b.
         w_taken = time.time()
         await until(lambda: any(t > w_taken and k == "setpoints/bat" for t, k in keys),
@@ -168,6 +179,40 @@ async def test_standby_takes_over_hands_back_and_obeys_the_operator(
         writes = check_ownership(logs, {"gw-a": [w_kill]})
         print(f"battery writes checked against the holding periods: {writes}")
         assert writes.get("gw-a") and writes.get("gw-b"), writes
+
+
+async def test_cut_off_owner_lets_go_before_the_standby_takes_over(
+        tmp_path: Path, etcd3: EtcdCluster) -> None:  # noqa: F811
+    from tests.tcp_fault_proxy import TcpFaultProxy
+
+    async with TcpFaultProxy(*etcd3.members["gw-a"].host_port) as proxy, \
+            takeover_site(tmp_path, etcd3, via={"gw-a": proxy.port}) as (s, _keys):
+        await start_with_leader(s, "gw-c")
+        w0 = time.time()
+        await until_async(lambda: polls(s, "gw-a", "bat", w0), "gw-a polling its battery",
+                          timeout_s=60)
+        w_cut = time.time()
+        proxy.set_mode("black-hole")  # gw-a runs on but cannot reach the store
+        await until_async(lambda: polls(s, "gw-b", "bat", w_cut), "gw-b polling bat",
+                          timeout_s=60, interval_s=0.01)
+        assert not await polls(s, "gw-a", "bat", 0.0)  # and gw-a still answers
+        logs = owned_logs(s)
+        let_go = [r["at"] for r in logs["gw-a"] if r["event"] == "detach" and r["at"] > w_cut]
+        taken = [r["at"] for r in logs["gw-b"] if r["event"] == "attach" and r["at"] > w_cut]
+        assert let_go and taken, logs
+        print(f"\nowner cut off: it let go after {let_go[0] - w_cut:.2f} s, the standby "
+              f"took over after {taken[0] - w_cut:.2f} s")
+        proxy.set_mode("pass")  # back: a new lease; the battery comes back by handback
+        await until_async(lambda: owner_is(s, "bat", "gw-a"), "the handback", timeout_s=60)
+        w1 = time.time()
+        await until_async(lambda: polls(s, "gw-a", "bat", w1), "gw-a polling bat",
+                          timeout_s=30)
+        writes = check_ownership(owned_logs(s), {})
+        print(f"battery writes checked against the holding periods: {writes}")
+        assert writes.get("gw-a") and writes.get("gw-b"), writes
+        acked = s.acked()  # before the history is read: every ack is older than it
+        events = await read_history(etcd3.members["gw-c"].host_port, PREFIX)
+        check_history(events, acked)
 
 
 async def owner_is(s: Site, dev: str, gw: str) -> bool:
