@@ -120,6 +120,7 @@ class ClusterComponent:
         self.remote.update({d.id: (d.gateway or cfg.gateways[0].id) for d in cfg.devices
                             if d.enabled and d.id not in self.own})
         self.telemetry.own_set = set(self.own)
+        self.takeover.rebind()
         for dev_id, gw in self.remote.items():
             if dev_id not in self.daemon.state.devices:
                 self.daemon.state.add_device(remote_device_state(cfg, dev_id, gw))

@@ -47,11 +47,19 @@ from gateway.cluster.telemetry import remote_device_state
 if TYPE_CHECKING:
     from gateway.api import Caller
     from gateway.cluster.component import ClusterComponent
+    from gateway.config.models import Device, SiteConfig
 
 log = logging.getLogger("autogrid.cluster.takeover")
 DROP_SHARE = 0.75  # drop held devices once the lease is this share of its TTL unrenewed
 LOOP_S = 0.05
 INFLIGHT_WAIT_S = 5.0
+
+
+def held_back(cfg: SiteConfig, dev: Device) -> bool:
+    """True for a device that is not polled at start: it names standby gateways on an etcd
+    cluster, so it is polled only under an ownership record naming this gateway."""
+    cl = cfg.cluster
+    return bool(dev.standby_gateways) and cl is not None and cl.backend == "etcd"
 
 
 class Takeover:
@@ -89,6 +97,22 @@ class Takeover:
         the standby-capable ones wait for an ownership record naming this gateway."""
         for dev_id in [d for d in self.prefs if d in self.comp.own]:
             await self._detach(dev_id, None, "waiting for its ownership record", log_it=False)
+
+    def rebind(self) -> None:
+        """After a config reload (which lists configured devices only): devices held by
+        takeover stay this gateway's; configured standby-capable ones the reload attached
+        again go unless the store gives them here. (The reload's own poller.add starts
+        them for a moment first: reload a gateway with standby-capable devices only when
+        no standby holds them, or restart it instead.)"""
+        for dev_id in self.prefs:
+            if dev_id in self.held:  # still ours (the reload listed configured ones only)
+                if dev_id not in self.comp.own:
+                    self.comp.own.append(dev_id)
+                self.comp.remote.pop(dev_id, None)
+                self.comp.telemetry.own_set.add(dev_id)
+            elif dev_id in self.comp.own:
+                self.held.add(dev_id)  # so reconcile() lets it go unless it is ours
+        self._wake.set()
 
     def start(self) -> None:
         self._unsubs = [self.store.watch_prefix("owners/", self._on_owner),
