@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from sim_devices.runner import SimRunner
 from tests.cluster_history import check_history, check_ownership, read_history
 from tests.cluster_sim_site import POLL_S, site, site_dict, write_site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
+from tests.test_cli import AUTOGRID, env_for
 from tests.test_cluster_failover import GWS, PREFIX, Site, cluster_status, start_with_leader
 from tests.waiting import until, until_async
 
@@ -157,6 +159,8 @@ async def test_standby_takes_over_hands_back_and_obeys_the_operator(
         assert "may not hold" in await refused(s, "gw-c", device="bat", gateway="gw-c")
         assert "no standby_gateways" in await refused(s, "gw-c", device="heater",
                                                        gateway="gw-b")
+        no = await autogrid_move(s, "bat", "gw-b", "--on", "gw-b")
+        assert no.returncode != 0 and "the leader is gw-c" in no.stderr, (no.stdout, no.stderr)
         w2 = time.time()
         got = await s.api("gw-c", "device_move", device="bat", gateway="gw-b")
         assert got["written"] and got["gateway"] == "gw-b"
@@ -165,7 +169,8 @@ async def test_standby_takes_over_hands_back_and_obeys_the_operator(
         await asyncio.sleep(HANDBACK_S + 1.0)  # pinned by the operator: no handback
         assert await owner(s, "bat") == "gw-b"
         w3 = time.time()
-        await s.api("gw-c", "device_move", device="bat", gateway="gw-a")
+        back = await autogrid_move(s, "bat", "gw-a", "--on", "gw-c")
+        assert back.returncode == 0 and "bat moves to gw-a" in back.stdout, back.stderr
         await until_async(lambda: polls(s, "gw-a", "bat", w3), "gw-a polling bat",
                           timeout_s=30)
         audit = json.dumps(await s.api("gw-c", "audit"))
@@ -213,6 +218,12 @@ async def test_cut_off_owner_lets_go_before_the_standby_takes_over(
         acked = s.acked()  # before the history is read: every ack is older than it
         events = await read_history(etcd3.members["gw-c"].host_port, PREFIX)
         check_history(events, acked)
+
+
+async def autogrid_move(s: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, [*AUTOGRID, "cluster", "move", "-c", str(s.config), *args],
+        cwd=s.tmp, env=env_for(s.tmp), capture_output=True, text=True, timeout=60)
 
 
 async def owner_is(s: Site, dev: str, gw: str) -> bool:
