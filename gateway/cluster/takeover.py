@@ -85,6 +85,7 @@ class Takeover:
         self.moves: list[dict[str, Any]] = []  # what this leader moved (for status)
         self.path: Path = comp.acks_path.parent / f"{self.gateway}.cluster-owned.jsonl"
         self._published: tuple[Any, frozenset[str]] | None = None
+        self.rounds = 0  # reconcile rounds run (tests wait on it)
         self._leading_since: float | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -145,6 +146,10 @@ class Takeover:
     # -- watches -----------------------------------------------------------------------------
     def _on_owner(self, ch: Change) -> None:
         dev = ch.key.removeprefix("owners/")
+        if ch.value is not None and not isinstance(ch.value.get("gateway"), str):
+            log.warning("owners/%s at revision %d is not an ownership record: ignored",
+                        dev, ch.revision)
+            return
         if ch.value is None:
             self.records.pop(dev, None)
         else:
@@ -164,7 +169,13 @@ class Takeover:
             self.live.pop(gw, None)
             self.live_since.pop(gw, None)
         else:
-            self.live[gw] = ch.value
+            holding = ch.value.get("holding")
+            if not isinstance(holding, list) or not all(isinstance(h, str) for h in holding):
+                # a peer that says something else: trust none of its devices as let go
+                holding = sorted(self.prefs)
+                log.warning("live/%s at revision %d has no list of devices: taken as "
+                            "holding all standby-capable devices", gw, ch.revision)
+            self.live[gw] = {**ch.value, "holding": holding}
             lease = ch.value.get("lease")
             if self.live_since.get(gw, (None, 0.0))[0] != lease:
                 self.live_since[gw] = (lease, self.clock())
@@ -212,6 +223,7 @@ class Takeover:
 
     async def reconcile(self) -> None:
         async with self._lock:
+            self.rounds += 1
             want = self.wanted()
             for dev in sorted(self.held - want):
                 rec = self.records.get(dev) or {}
