@@ -220,6 +220,40 @@ async def test_cut_off_owner_lets_go_before_the_standby_takes_over(
         check_history(events, acked)
 
 
+async def test_frozen_owner_does_no_io_once_its_lease_is_unrenewed(
+        tmp_path: Path, etcd3: EtcdCluster) -> None:  # noqa: F811
+    async with takeover_site(tmp_path, etcd3) as (s, _keys):
+        await start_with_leader(s, "gw-c")
+        w0 = time.time()
+        await until_async(lambda: polls(s, "gw-a", "bat", w0), "gw-a polling its battery",
+                          timeout_s=60)
+        w_stop = time.time()
+        s.procs["gw-a"].send_signal(signal.SIGSTOP)  # frozen: it cannot notice anything
+        await until_async(lambda: polls(s, "gw-b", "bat", w_stop), "gw-b polling bat",
+                          timeout_s=60)
+
+        def wrote_b() -> bool:
+            return any(r["event"] == "write" and r["at"] > w_stop
+                       for r in owned_logs(s).get("gw-b", []))
+        await until(wrote_b, "gw-b writing the battery", timeout_s=30)
+        s.procs["gw-a"].send_signal(signal.SIGCONT)
+
+        def let_go() -> list[dict[str, Any]]:
+            return [r for r in owned_logs(s)["gw-a"]
+                    if r["event"] == "detach" and r["noticed"] > w_stop]
+        await until(let_go, "gw-a letting go after it woke", timeout_s=30)
+        row = let_go()[0]
+        print(f"\nfrozen owner: its last IO to the battery ended {row['at'] - w_stop:.2f} s "
+              f"after the freeze; it let go {row['noticed'] - w_stop:.2f} s after it "
+              f"(its IO gated meanwhile)")
+        await until_async(lambda: owner_is(s, "bat", "gw-a"), "the handback", timeout_s=60)
+        w1 = time.time()
+        await until_async(lambda: polls(s, "gw-a", "bat", w1), "gw-a polling bat",
+                          timeout_s=30)
+        writes = check_ownership(owned_logs(s), {})
+        assert writes.get("gw-a") and writes.get("gw-b"), writes
+
+
 async def autogrid_move(s: Site, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run, [*AUTOGRID, "cluster", "move", "-c", str(s.config), *args],

@@ -41,10 +41,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drivers.base import DeviceIO, DriverError
 from gateway.cluster.store import Change, Value
 from gateway.cluster.telemetry import remote_device_state
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from drivers.base import Invalid
     from gateway.api import Caller
     from gateway.cluster.component import ClusterComponent
     from gateway.config.models import Device, SiteConfig
@@ -62,14 +66,54 @@ def held_back(cfg: SiteConfig, dev: Device) -> bool:
     return bool(dev.standby_gateways) and cl is not None and cl.backend == "etcd"
 
 
+GATED = "this gateway may no longer hold it (cluster lease not renewed, or the store moved it)"
+
+
+class GatedIO(DeviceIO):
+    """A held device's IO that refuses each read and write once this gateway may no
+    longer hold it (rule 2 checked at the IO itself: a process frozen past its lease and
+    woken again does not poll or write before its takeover loop has let the device go)."""
+
+    def __init__(self, io: DeviceIO, allowed: Callable[[], bool]) -> None:
+        self.io = io
+        self.allowed = allowed
+        self.device_id = io.device_id
+        self.endpoint = io.endpoint
+        self.stats = io.stats
+        self.last_io_end: float | None = None  # wall time the last allowed IO ended
+
+    def __getattr__(self, name: str) -> Any:  # pipeline_window, close, ...
+        return getattr(self.io, name)
+
+    def _check(self, what: str) -> None:
+        if not self.allowed():
+            raise DriverError(f"{self.device_id}: not {what}: {GATED}")
+
+    async def read(self) -> Mapping[str, Any | Invalid | None]:
+        self._check("read")
+        try:
+            return await self.io.read()
+        finally:
+            self.last_io_end = time.time()
+
+    async def write(self, point: str, value: Any) -> Any:
+        self._check("written")
+        try:
+            return await self.io.write(point, value)
+        finally:
+            self.last_io_end = time.time()
+
+
 class Takeover:
     def __init__(self, comp: ClusterComponent,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.comp = comp
         self.daemon = comp.daemon
         self.store = comp.store
         self.gateway = comp.gateway
-        self.clock = clock
+        # the store's clock: its lease deadline is counted on it
+        store_clock: Callable[[], float] = getattr(comp.store, "clock", time.monotonic)
+        self.clock = clock if clock is not None else store_clock
         cfg = self.daemon.cfg
         first = cfg.gateways[0].id
         cl = cfg.cluster
@@ -86,6 +130,7 @@ class Takeover:
         self.path: Path = comp.acks_path.parent / f"{self.gateway}.cluster-owned.jsonl"
         self._published: tuple[Any, frozenset[str]] | None = None
         self.rounds = 0  # reconcile rounds run (tests wait on it)
+        self._held_lease: dict[str, Any] = {}  # held device -> the lease it was taken on
         self._leading_since: float | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -188,6 +233,12 @@ class Takeover:
         return (getattr(self.store, "lease_id", None) is not None and last is not None
                 and self.clock() - last < ttl * DROP_SHARE)
 
+    def may_hold(self, dev: str) -> bool:
+        """Checked before every read and write of a held device."""
+        rec = self.records.get(dev) or {}
+        return (self.lease_fresh() and rec.get("gateway") == self.gateway
+                and rec.get("lease") == getattr(self.store, "lease_id", None))
+
     def wanted(self) -> set[str]:
         """The standby-capable devices this gateway may poll now (rules 1 and 2)."""
         if not self.lease_fresh():
@@ -267,8 +318,10 @@ class Takeover:
             return
         d.state.remove_device(dev_id)
         d.state.add_device(dstate)
-        d.ios[dev_id] = io
-        d.poller.add(io, dev.poll_interval_s)
+        gated = GatedIO(io, lambda: self.may_hold(dev_id))
+        self._held_lease[dev_id] = getattr(self.store, "lease_id", None)
+        d.ios[dev_id] = gated
+        d.poller.add(gated, dev.poll_interval_s)
         if dev_id not in self.comp.own:
             self.comp.own.append(dev_id)
         self.comp.remote.pop(dev_id, None)
@@ -315,17 +368,23 @@ class Takeover:
         d.state.add_device(remote_device_state(d.cfg, dev_id, self.comp.remote[dev_id]))
         if dev_id in self.held:
             self.held.discard(dev_id)
-            self._log("detach", dev_id)
+            lease = self._held_lease.pop(dev_id, None)
+            ended = None
+            if isinstance(io, GatedIO) and (not self.lease_fresh()
+                                            or lease != getattr(self.store, "lease_id", None)):
+                ended = io.last_io_end  # its right ended earlier (frozen?): the gate
+            self._log("detach", dev_id, ended)  # refused all IO after this
         if log_it:
             log.warning("gateway %s stopped polling %s: %s", self.gateway, dev_id, why)
 
-    def _log(self, event: str, dev_id: str) -> None:
+    def _log(self, event: str, dev_id: str, at: float | None = None) -> None:
         with contextlib.suppress(OSError), self.path.open("a") as f:
-            f.write(json.dumps({"device": dev_id, "event": event, "at": time.time(),
-                                "gateway": self.gateway}) + "\n")
+            f.write(json.dumps({"device": dev_id, "event": event,
+                                "at": time.time() if at is None else at,
+                                "noticed": time.time(), "gateway": self.gateway}) + "\n")
 
     def _outcome(self, o: Any) -> None:
-        if o.device in self.prefs:
+        if o.device in self.prefs and GATED not in str(o.error or ""):  # (gated: not sent)
             with contextlib.suppress(OSError), self.path.open("a") as f:
                 f.write(json.dumps({"device": o.device, "event": "write", "ok": bool(o.ok),
                                     "at": float(o.at), "gateway": self.gateway}) + "\n")
