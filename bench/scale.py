@@ -69,7 +69,7 @@ def site_yaml(n: int, ports: list[int], tmp: Path, window: int, control: bool,
         dev: dict[str, Any] = {"id": f"{nature}{i}", "nature": nature, "template": tpl,
                                "connection": f"ep{i // PER_ENDPOINT}",
                                "unit_id": 1 + i % PER_ENDPOINT, "poll_interval_s": 1.0,
-                               "ratings": RATINGS.get(nature, {})}
+                               "ratings": dict(RATINGS.get(nature, {}))}  # no YAML aliases
         if i == 0:
             dev["role"] = "grid"
         elif nature == "meter":
