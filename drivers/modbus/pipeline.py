@@ -23,6 +23,7 @@ import struct
 from collections import deque
 from collections.abc import Sequence
 from time import monotonic
+from typing import Any
 
 from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError
 from drivers.modbus.endpoint import EXCEPTION_NAMES, Endpoint, ModbusExceptionResponse, _what
@@ -56,13 +57,31 @@ def _regs(n: int) -> struct.Struct:
     return s
 
 
+class _Chain:
+    """Requests sent one at a time by the link itself: the next goes out from the
+    callback that received the answer before it, so a device read of several blocks
+    wakes its task once, not once per block (each wake-up is an extra loop pass with an
+    epoll call)."""
+
+    __slots__ = ("answers", "fut", "requests")
+
+    def __init__(self, requests: Sequence[Request], fut: asyncio.Future[list[bytes]]) -> None:
+        self.requests = requests
+        self.answers: list[bytes] = []
+        self.fut = fut
+
+
+def _future_of(waiter: asyncio.Future[bytes] | _Chain) -> asyncio.Future[Any]:
+    return waiter.fut if isinstance(waiter, _Chain) else waiter
+
+
 class _Link(asyncio.Protocol):
     """One TCP connection: frames out, answers matched to their requests by transaction id."""
 
     def __init__(self, ep: PipelinedEndpoint) -> None:
         self.ep = ep
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes], int, int]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[bytes] | _Chain, int, int]] = {}
         self.abandoned: set[int] = set()  # ids whose asker gave up (cancelled)
         self._buf = bytearray()
         self._tid = 0
@@ -78,7 +97,8 @@ class _Link(asyncio.Protocol):
 
     def fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, {}
-        for fut, _, _ in pending.values():
+        for waiter, _, _ in pending.values():
+            fut = _future_of(waiter)
             if not fut.done():
                 fut.set_exception(exc)
 
@@ -99,22 +119,27 @@ class _Link(asyncio.Protocol):
         self.transport.write(out)
         return futs
 
-    def send_one(self, unit: int, fc: int, pdu: bytes) -> asyncio.Future[bytes]:
-        """``send`` of one request (one at a time: the common case), without the lists."""
+    def send_chain(self, requests: Sequence[Request]) -> asyncio.Future[list[bytes]]:
+        """Send ``requests`` one at a time (each after the answer to the one before);
+        one future for all their answers' PDUs, in order."""
+        chain = _Chain(requests, self.loop.create_future())
+        self._send_link(chain)
+        return chain.fut
+
+    def _send_link(self, chain: _Chain) -> None:
         assert self.transport is not None
+        unit, fc, pdu = chain.requests[len(chain.answers)]
         self._tid = tid = (self._tid + 1) & 0xFFFF
         if self.abandoned:
             self.abandoned.discard(tid)
-        fut: asyncio.Future[bytes] = self.loop.create_future()
-        self.pending[tid] = (fut, unit, fc)
+        self.pending[tid] = (chain, unit, fc)
         self.transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
-        return fut
 
-    def abandon(self, futs: Sequence[asyncio.Future[bytes]]) -> None:
+    def abandon(self, futs: Sequence[asyncio.Future[Any]]) -> None:
         """The asker gave up on these: a late answer to them is dropped quietly."""
         gone = set(futs)
-        for tid, (fut, _, _) in list(self.pending.items()):
-            if fut in gone:
+        for tid, (waiter, _, _) in list(self.pending.items()):
+            if _future_of(waiter) in gone:
                 del self.pending[tid]
                 self.abandoned.add(tid)
 
@@ -137,7 +162,7 @@ class _Link(asyncio.Protocol):
                     del buf[:end]
                     continue
                 return self._garbage(f"answer to transaction {tid}, which is not in flight")
-            fut, want_unit, fc = entry
+            waiter, want_unit, fc = entry
             why = None
             if unit != want_unit:
                 why = f"answer from unit {unit}, asked unit {want_unit}"
@@ -146,8 +171,16 @@ class _Link(asyncio.Protocol):
             if why is not None:
                 self.pending[tid] = entry  # fails with the rest
                 return self._garbage(why)
-            if not fut.done():
-                fut.set_result(bytes(buf[7:end]))
+            if isinstance(waiter, _Chain):
+                chain = waiter
+                if not chain.fut.done():
+                    chain.answers.append(bytes(buf[7:end]))
+                    if len(chain.answers) < len(chain.requests):
+                        self._send_link(chain)
+                    else:
+                        chain.fut.set_result(chain.answers)
+            elif not waiter.done():
+                waiter.set_result(bytes(buf[7:end]))
             del buf[:end]
         return None
 
@@ -157,7 +190,7 @@ class _Link(asyncio.Protocol):
         self.ep._link_garbled(self, why)
 
 
-def _retrieve(futs: Sequence[asyncio.Future[bytes]]) -> None:
+def _retrieve(futs: Sequence[asyncio.Future[Any]]) -> None:
     """Mark the failures of ``futs`` retrieved (no "never retrieved" warnings)."""
     for f in futs:
         if f.done() and not f.cancelled():
@@ -316,7 +349,7 @@ class PipelinedEndpoint(Endpoint):
             slots = need
         else:
             slots = await self._take_slots(want)
-        futs: list[asyncio.Future[bytes]] = []
+        futs: list[asyncio.Future[Any]] = []
         answers: list[bytes] = []
         link: _Link | None = None
         # decided once the slots are granted: the window may have shrunk meanwhile
@@ -328,10 +361,8 @@ class PipelinedEndpoint(Endpoint):
                 link = self._link or await self._connect_link(stats)
                 stats.requests += len(chunk)
                 if one_by_one:
-                    for unit, fc, pdu in chunk:
-                        fut = link.send_one(unit, fc, pdu)
-                        futs.append(fut)
-                        answers.append(await fut)
+                    futs = [link.send_chain(chunk)]
+                    answers = await futs[0]
                 else:
                     futs = link.send(chunk)
                     answers = [await f for f in futs]
