@@ -222,7 +222,11 @@ class PipelinedEndpoint(Endpoint):
 
     async def read(self, function: Function, address: int, count: int, unit: int,
                    stats: IOStats, device: str = "") -> Sequence[int]:
-        return (await self.read_many([(function, address, count)], unit, stats, device))[0]
+        # a one-off (a write's read-back): packed here, not kept in the plan cache
+        fc = _FC[function]
+        blocks = ((function, address, count),)
+        return (await self._read(blocks, [(unit, fc, _READ.pack(fc, address, count))], unit,
+                                 stats, device))[0]
 
     def _requests_of(self, blocks: Sequence[tuple[Function, int, int]],
                      unit: int) -> list[Request]:
@@ -241,7 +245,10 @@ class PipelinedEndpoint(Endpoint):
     async def read_many(self, blocks: Sequence[tuple[Function, int, int]], unit: int,
                         stats: IOStats, device: str = "") -> list[Sequence[int]]:
         """Every block's registers (or bits), all requests sent at once, one deadline."""
-        requests = self._requests_of(blocks, unit)
+        return await self._read(blocks, self._requests_of(blocks, unit), unit, stats, device)
+
+    async def _read(self, blocks: Sequence[tuple[Function, int, int]], requests: list[Request],
+                    unit: int, stats: IOStats, device: str) -> list[Sequence[int]]:
         answers = await self._exchange(requests, stats, device, "reading", blocks)
         out: list[Sequence[int]] = []
         for i, ((function, address, count), pdu) in enumerate(zip(blocks, answers,
