@@ -3,22 +3,34 @@ one-request-per-point client, on the same servers, interleaved over several roun
 
     python bench/poll.py [--devices 200] [--per-endpoint 10] [--seconds 10] [--rounds 3]
                          [--window 8] [--json]
+    python bench/poll.py --inline KIND --seconds S   # one client in this process (callgrind)
 
 Servers: cheap Modbus TCP servers (bench/servers.py) spread over processes of at most 250
 devices each; their CPU is measured in every phase, and a phase in which one of them used
 more than half a core is marked server-bound (the client was not the bottleneck).
 Clients, each in a fresh process, each polling every device as fast as it can:
-  autogrid      ModbusDriver + Poller + SiteState, one request at a time per endpoint
-  autogrid-pipe the same with max_in_flight = --window (Modbus TCP transaction ids)
-  bare          one pymodbus asyncio client per endpoint making exactly the requests the
-                gateway plans (the same blocks), nothing else
+  autogrid      ModbusDriver + Poller + SiteState as configured by default: the lean link,
+                one request at a time per endpoint
+  autogrid-pymodbus  the same with `client: pymodbus` (the pymodbus client)
+  autogrid-pipe the lean link with max_in_flight = --window (Modbus TCP transaction ids)
+  bare          baseline 1: one pymodbus asyncio client per endpoint making exactly the
+                requests the gateway plans (the same blocks), nothing else
+  socket        baseline 2: a naive plain asyncio socket per endpoint, the same blocks one
+                request at a time, frames packed and registers unpacked with struct, no
+                validation at all (the floor of a Python client)
   naive         one pymodbus request per point, the scale factor read again for every
                 point that has one, as common integrations do
 The phases run in a rotated order in each round, so a noisy neighbour hits all of them.
 Printed per client: device reads/s and points/s (median and range over the rounds), client
-CPU seconds per 1000 device reads, peak RSS of the client process. Ratios against bare
-pymodbus are computed per round and refused for a round in which either side got less
-than half a core (starved by the machine) or a server was saturated.
+CPU seconds per 1000 device reads, peak RSS of the client process. Ratios against both
+baselines (bare pymodbus, naive socket) are computed per round and refused for a round in
+which either side got less than half a core (starved by the machine) or a server was
+saturated.
+
+``--inline KIND`` runs one client for ``--seconds`` in this process (servers still in
+their own processes) and prints its device reads: run it under ``valgrind
+--tool=callgrind`` at two lengths and divide the difference of the instruction counts by
+the difference of the reads, so start-up cancels out.
 """
 
 from __future__ import annotations
@@ -43,7 +55,8 @@ from bench.servers import CpuWatch, ServerFarm, modbus_templates  # noqa: E402
 from drivers.template import ModbusTemplate, load_template  # noqa: E402
 from gateway.config.models import SiteConfig  # noqa: E402
 
-CLIENTS = ("autogrid", "autogrid-pipe", "bare", "naive")
+CLIENTS = ("autogrid", "autogrid-pymodbus", "autogrid-pipe", "bare", "socket", "naive")
+BASELINES = ("bare", "socket")
 STARVED_SHARE = 0.5  # a client phase with less CPU than this share of a core was starved
 SERVER_LIMIT = 0.5  # a server process above this share of a core may be the bottleneck
 
@@ -59,11 +72,12 @@ def layout(n_devices: int, per_endpoint: int) -> list[list[tuple[int, str]]]:
 
 
 def site_config(endpoints: list[list[tuple[int, str]]], ports: list[int],
-                window: int) -> SiteConfig:
+                window: int, client: str = "lean") -> SiteConfig:
     conns, devices = [], []
     for e, (units, port) in enumerate(zip(endpoints, ports, strict=True)):
         conns.append({"id": f"ep{e}", "type": "modbus_tcp", "host": "127.0.0.1",
-                      "port": port, "timeout_s": 5.0, "max_in_flight": window})
+                      "port": port, "timeout_s": 5.0, "max_in_flight": window,
+                      "client": client})
         for unit, tpl in units:
             devices.append({"id": f"dev{len(devices)}", "nature": str(load_template(tpl).nature),
                             "template": tpl, "connection": f"ep{e}", "unit_id": unit,
@@ -169,6 +183,51 @@ async def _pymodbus(cfg: SiteConfig, seconds: float, naive: bool) -> tuple[int, 
     return reads, points
 
 
+async def _socket(cfg: SiteConfig, seconds: float) -> tuple[int, int]:
+    """The naive floor: a plain asyncio stream per endpoint, one request at a time, the
+    gateway's blocks, struct packing and unpacking, no validation of any kind."""
+    import struct
+
+    plans = _plans(cfg)
+    fcs = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+    reads = points = 0
+    stop_at = time.perf_counter() + seconds
+    mbap = struct.Struct(">HHHBBHH")
+
+    async def endpoint(conn_id: str) -> None:
+        nonlocal reads, points
+        conn = cfg.connection(conn_id)
+        reader, writer = await asyncio.open_connection(conn.host, conn.port)  # type: ignore[union-attr]
+        reqs = [(unit, n_points, [(fcs[fn], a, n) for fn, a, n in blocks])
+                for unit, n_points, blocks in plans[conn_id]]
+        tid = 0
+        try:
+            while time.perf_counter() < stop_at:
+                for unit, n_points, blocks in reqs:
+                    for fc, address, n in blocks:
+                        tid = (tid + 1) & 0xFFFF
+                        writer.write(mbap.pack(tid, 0, 6, unit, fc, address, n))
+                        head = await reader.readexactly(6)
+                        body = await reader.readexactly(int.from_bytes(head[4:6], "big"))
+                        if fc > 2:
+                            struct.unpack_from(f">{n}H", body, 3)
+                    reads += 1
+                    points += n_points
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(endpoint(c) for c in plans))
+    return reads, points
+
+
+def _run_client(kind: str, cfg: SiteConfig, seconds: float) -> tuple[int, int]:
+    if kind.startswith("autogrid"):
+        return asyncio.run(_autogrid(cfg, seconds))
+    if kind == "socket":
+        return asyncio.run(_socket(cfg, seconds))
+    return asyncio.run(_pymodbus(cfg, seconds, naive=kind == "naive"))
+
+
 def _client_main(kind: str, cfg_json: str, seconds: float, pipe: Connection) -> None:
     import logging
 
@@ -176,10 +235,7 @@ def _client_main(kind: str, cfg_json: str, seconds: float, pipe: Connection) -> 
     cfg = SiteConfig.model_validate_json(cfg_json)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    if kind.startswith("autogrid"):
-        reads, points = asyncio.run(_autogrid(cfg, seconds))
-    else:
-        reads, points = asyncio.run(_pymodbus(cfg, seconds, naive=kind == "naive"))
+    reads, points = _run_client(kind, cfg, seconds)
     elapsed = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
@@ -214,11 +270,54 @@ def _why_invalid(r: dict[str, Any]) -> str | None:
     return None
 
 
+def _ratios(rs: list[dict[str, Any]], bs: list[dict[str, Any]]
+            ) -> tuple[dict[str, list[float]], list[str]]:
+    """Per-round ratios of ``rs`` to the baseline ``bs`` (same round), refusing a round in
+    which either side was starved or a server saturated."""
+    got: dict[str, list[float]] = {"reads": [], "cpu": [], "points": []}
+    refused = []
+    for r, b in zip(rs, bs, strict=True):
+        why = _why_invalid(b) or _why_invalid(r)
+        if why:
+            refused.append(f"round {r['round'] + 1}: {why}")
+            continue
+        got["reads"].append(r["reads_per_s"] / b["reads_per_s"])
+        got["points"].append(r["points_per_s"] / b["points_per_s"])
+        got["cpu"].append(r["cpu_s_per_1000"] / b["cpu_s_per_1000"])
+    return got, refused
+
+
 def _spread(values: list[float], fmt: str) -> str:
     if not values:
         return "-"
     med = statistics.median(values)
     return f"{med:{fmt}} ({min(values):{fmt}}..{max(values):{fmt}})"
+
+
+def _configs(endpoints: list[list[tuple[int, str]]], ports: list[int],
+             window: int) -> dict[str, SiteConfig]:
+    cfgs = {"autogrid-pipe": site_config(endpoints, ports, window),
+            "autogrid-pymodbus": site_config(endpoints, ports, 1, client="pymodbus")}
+    cfgs.update({k: site_config(endpoints, ports, 1) for k in CLIENTS if k not in cfgs})
+    return cfgs
+
+
+def inline(args: argparse.Namespace) -> int:
+    """One client in this process; the servers in theirs (not traced by callgrind)."""
+    import logging
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    endpoints = layout(args.devices, args.per_endpoint)
+    farm = ServerFarm(endpoints)
+    try:
+        ports = farm.start()
+        cfg = _configs(endpoints, ports, args.window)[args.inline]
+        reads, points = _run_client(args.inline, cfg, args.seconds)
+    finally:
+        farm.stop()
+    print(json.dumps({"client": args.inline, "seconds": args.seconds, "reads": reads,
+                      "points": points}))
+    return 0 if reads else 1
 
 
 def main() -> int:
@@ -229,7 +328,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window", type=int, default=8, help="max_in_flight of autogrid-pipe")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    ap.add_argument("--inline", choices=CLIENTS, help="run one client in this process "
+                    "for --seconds and print its reads (for callgrind)")
     args = ap.parse_args()
+    if args.inline:
+        return inline(args)
     if args.rounds < 3:
         print("note: fewer than 3 rounds give no meaningful range", file=sys.stderr)
 
@@ -238,8 +341,7 @@ def main() -> int:
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in CLIENTS}
     try:
         ports = farm.start()
-        cfgs = {"autogrid-pipe": site_config(endpoints, ports, args.window)}
-        cfgs.update({k: site_config(endpoints, ports, 1) for k in CLIENTS if k not in cfgs})
+        cfgs = _configs(endpoints, ports, args.window)
         print(f"{args.devices} devices ({len(modbus_templates())} Modbus templates) on "
               f"{len(endpoints)} endpoints, {len(farm.procs)} server processes; "
               f"{args.rounds} rounds x {len(CLIENTS)} clients x {args.seconds:g} s; "
@@ -253,44 +355,39 @@ def main() -> int:
                 r["round"] = rnd
                 results[kind].append(r)
                 flag = _why_invalid(r)
-                print(f"  round {rnd + 1} {kind:<14}{r['reads_per_s']:>9.0f} reads/s "
+                print(f"  round {rnd + 1} {kind:<18}{r['reads_per_s']:>9.0f} reads/s "
                       f"{r['cpu_s_per_1000']:>7.3f} CPU s/1000 reads  client "
                       f"{100 * r['client_share']:>3.0f} % of a core, busiest server "
                       f"{100 * r['server_share']:>3.0f} %{'  [' + flag + ']' if flag else ''}")
     finally:
         farm.stop()
 
-    print(f"\n{'client':<15}{'reads/s':>24}{'points/s':>26}{'CPU s/1000 reads':>26}"
+    print(f"\n{'client':<19}{'reads/s':>20}{'points/s':>26}{'CPU s/1000 reads':>26}"
           f"{'RSS MB':>8}")
     for kind in CLIENTS:
         rs = results[kind]
-        print(f"{kind:<15}{_spread([r['reads_per_s'] for r in rs], '.0f'):>24}"
+        print(f"{kind:<19}{_spread([r['reads_per_s'] for r in rs], '.0f'):>20}"
               f"{_spread([r['points_per_s'] for r in rs], '.0f'):>26}"
               f"{_spread([r['cpu_s_per_1000'] for r in rs], '.3f'):>26}"
               f"{max(r['rss_mb'] for r in rs):>8.0f}")
-    ratios: dict[str, dict[str, list[float]]] = {}
-    print("\nratios against bare pymodbus, per round (a round is refused when either side "
-          "was starved or a server saturated):")
-    for kind in ("autogrid", "autogrid-pipe", "naive"):
-        got: dict[str, list[float]] = {"reads": [], "cpu": [], "points": []}
-        refused = []
-        for r, b in zip(results[kind], results["bare"], strict=True):
-            why = _why_invalid(b) or _why_invalid(r)
-            if why:
-                refused.append(f"round {r['round'] + 1}: {why}")
+    ratios: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for base in BASELINES:
+        print(f"\nratios against {base}, per round (a round is refused when either side "
+              f"was starved or a server saturated):")
+        ratios[base] = {}
+        for kind in CLIENTS:
+            if kind == base:
                 continue
-            got["reads"].append(r["reads_per_s"] / b["reads_per_s"])
-            got["points"].append(r["points_per_s"] / b["points_per_s"])
-            got["cpu"].append(r["cpu_s_per_1000"] / b["cpu_s_per_1000"])
-        ratios[kind] = got
-        if got["reads"]:
-            print(f"  {kind:<14} reads/s x{_spread(got['reads'], '.2f')}, points/s "
-                  f"x{_spread(got['points'], '.2f')}, CPU per read x{_spread(got['cpu'], '.2f')}"
-                  f"  ({len(got['reads'])} valid rounds)")
-        else:
-            print(f"  {kind:<14} no ratio: every round was refused")
-        for line in refused:
-            print(f"  {'':<14} refused {line}")
+            got, refused = _ratios(results[kind], results[base])
+            ratios[base][kind] = got
+            if got["reads"]:
+                print(f"  {kind:<18} reads/s x{_spread(got['reads'], '.2f')}, points/s "
+                      f"x{_spread(got['points'], '.2f')}, CPU per read "
+                      f"x{_spread(got['cpu'], '.2f')}  ({len(got['reads'])} valid rounds)")
+            else:
+                print(f"  {kind:<18} no ratio: every round was refused")
+            for line in refused:
+                print(f"  {'':<18} refused {line}")
     if args.json:
         print(json.dumps({"results": results, "ratios": ratios}))
     return 0

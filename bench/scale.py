@@ -1,7 +1,8 @@
 """Scale: the real `autogrid run` daemon at 200/500/1000/2000 devices polled at 1 Hz.
 
     python bench/scale.py [--sizes 200,500,1000,2000] [--seconds 60] [--warmup 10]
-                          [--window 1] [--control] [--analytics] [--json]
+                          [--window 1] [--client lean|pymodbus] [--control] [--analytics]
+                          [--json]
 
 For each size: cheap Modbus TCP servers (bench/servers.py, 10 devices per endpoint, at
 most 250 devices per server process, each checked to stay below half a core) and the
@@ -57,18 +58,18 @@ def layout(n: int) -> list[list[tuple[int, str]]]:
 
 
 def site_yaml(n: int, ports: list[int], tmp: Path, window: int, control: bool,
-              analytics: bool) -> dict[str, Any]:
+              analytics: bool, client: str = "lean") -> dict[str, Any]:
     conns, devices = [], []
     for e, port in enumerate(ports):
         conns.append({"id": f"ep{e}", "type": "modbus_tcp", "host": "127.0.0.1", "port": port,
-                      "timeout_s": 2.0, "max_in_flight": window})
+                      "timeout_s": 2.0, "max_in_flight": window, "client": client})
     for i in range(n):
         nature, tpl = KINDS[i % len(KINDS)]
         assert str(load_template(tpl).nature) == nature
         dev: dict[str, Any] = {"id": f"{nature}{i}", "nature": nature, "template": tpl,
                                "connection": f"ep{i // PER_ENDPOINT}",
                                "unit_id": 1 + i % PER_ENDPOINT, "poll_interval_s": 1.0,
-                               "ratings": RATINGS.get(nature, {})}
+                               "ratings": dict(RATINGS.get(nature, {}))}  # no YAML aliases
         if i == 0:
             dev["role"] = "grid"
         elif nature == "meter":
@@ -112,11 +113,14 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             ports = farm.start()
             cfg = tmp / "site.yaml"
             cfg.write_text(yaml.safe_dump(site_yaml(n, ports, tmp, args.window,
-                                                    args.control, args.analytics)))
+                                                    args.control, args.analytics,
+                                                    args.client)))
             daemon = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c",
                                        str(cfg)], cwd=tmp, stdout=subprocess.DEVNULL,
                                       stderr=open(tmp / "daemon.log", "w"),  # noqa: SIM115
                                       env={**os.environ, "PYTHONPATH": str(REPO)})
+            print(f"  ({n} devices: daemon pid {daemon.pid}, for a profiler)", file=sys.stderr,
+                  flush=True)
             try:
                 return _measure(n, daemon, tmp, farm, args)
             finally:
@@ -181,6 +185,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--window", type=int, default=1, help="max_in_flight per endpoint")
+    ap.add_argument("--client", choices=("lean", "pymodbus"), default="lean",
+                    help="the Modbus TCP client of every connection")
     ap.add_argument("--analytics", action="store_true", help="analytics component on")
     ap.add_argument("--control", action="store_true", help="site controller on")
     ap.add_argument("--json", action="store_true")
@@ -191,7 +197,8 @@ def main() -> int:
               file=sys.stderr)
     print(f"autogrid run at {sizes} devices, 1 Hz, historian on, control "
           f"{'on' if args.control else 'off'}, analytics {'on' if args.analytics else 'off'},"
-          f" max_in_flight {args.window}; {args.seconds:g} s each after {args.warmup:g} s "
+          f" client {args.client}, max_in_flight {args.window}; {args.seconds:g} s each after "
+          f"{args.warmup:g} s "
           f"warm-up; {os.cpu_count()} CPUs; {platform.node()}; {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'devices':>8}{'CPU %':>8}{'RSS MB':>8}{'rate Hz':>9}{'skipped':>9}"
           f"{'read p50/p99 ms':>18}{'late p50/p99 ms':>18}{'server %':>10}{'load':>6}")

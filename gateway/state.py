@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.model import NATURES, DeviceHealth, Invalid, Nature, PointValue, Quality, Reading
 
@@ -62,10 +63,12 @@ class SiteState:
 
     def __init__(self) -> None:
         self.devices: dict[str, DeviceState] = {}
-        self._listeners: list[ChangeListener] = []
-        self._sample_listeners: list[SampleListener] = []
-        self._health_listeners: list[HealthListener] = []
-        self._poll_listeners: list[PollListener] = []
+        # tuples, replaced on (un)subscribe: a listener that unsubscribes while being
+        # called changes no sequence being walked, and an update copies nothing
+        self._listeners: tuple[ChangeListener, ...] = ()
+        self._sample_listeners: tuple[SampleListener, ...] = ()
+        self._health_listeners: tuple[HealthListener, ...] = ()
+        self._poll_listeners: tuple[PollListener, ...] = ()
 
     def add_device(self, dev: DeviceState) -> None:
         self.devices[dev.device_id] = dev
@@ -73,28 +76,32 @@ class SiteState:
     def remove_device(self, device_id: str) -> None:
         self.devices.pop(device_id, None)
 
+    def _subscribe(self, attr: str, listener: Any) -> Callable[[], None]:
+        setattr(self, attr, (*getattr(self, attr), listener))
+
+        def unsubscribe() -> None:
+            now = getattr(self, attr)
+            if listener in now:
+                i = now.index(listener)
+                setattr(self, attr, now[:i] + now[i + 1:])
+
+        return unsubscribe
+
     def on_change(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener(device_id, changed)`` after every update; returns unsubscribe."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return self._subscribe("_listeners", listener)
 
     def on_sample(self, listener: SampleListener) -> Callable[[], None]:
         """Call ``listener(device_id, readings)`` after every successful poll with every
         point it read, changed or not (protection judges a held value by its duration)."""
-        self._sample_listeners.append(listener)
-        return lambda: (self._sample_listeners.remove(listener)
-                        if listener in self._sample_listeners else None)
+        return self._subscribe("_sample_listeners", listener)
 
     def on_health(self, listener: HealthListener) -> Callable[[], None]:
-        self._health_listeners.append(listener)
-        return lambda: (self._health_listeners.remove(listener)
-                        if listener in self._health_listeners else None)
+        return self._subscribe("_health_listeners", listener)
 
     def on_poll(self, listener: PollListener) -> Callable[[], None]:
         """Call ``listener(device_id, ok, latency_ms)`` after every poll (metrics)."""
-        self._poll_listeners.append(listener)
-        return lambda: (self._poll_listeners.remove(listener)
-                        if listener in self._poll_listeners else None)
+        return self._subscribe("_poll_listeners", listener)
 
     def update(self, device_id: str, values: Mapping[str, PointValue | Invalid | None],
                ts: float, latency_ms: float | None = None) -> dict[str, Reading]:
@@ -103,23 +110,23 @@ class SiteState:
         A value the driver marked ``Invalid`` is stored with quality INVALID (its raw value
         kept for diagnostics) and never counts as a usable reading."""
         dev = self.devices[device_id]
-        specs = NATURES[dev.nature]
         changed: dict[str, Reading] = {}
+        readings, invalid, good = dev.readings, dev.invalid, Quality.GOOD
         for point, value in values.items():
             if isinstance(value, Invalid):
                 raw, quality = value.raw, Quality.INVALID
-                dev.invalid[point] = value.why
+                invalid[point] = value.why
             else:
-                raw, quality = value, Quality.GOOD
-                if dev.invalid:
-                    dev.invalid.pop(point, None)
-            old = dev.readings.get(point)
-            if old is not None and old.value == raw and old.quality is quality:
+                raw, quality = value, good
+                if invalid:
+                    invalid.pop(point, None)
+            old = readings.get(point)
+            if old is not None and old.quality is quality and old.value == raw:
                 old.ts = ts
                 continue
-            spec = specs.get(point)
+            spec = NATURES[dev.nature].get(point)
             reading = Reading(raw, spec.unit if spec else "", ts, quality)
-            dev.readings[point] = reading
+            readings[point] = reading
             changed[point] = reading
         h = dev.health
         was = h.quality
@@ -129,7 +136,7 @@ class SiteState:
         h.last_ok = ts
         h.quality = Quality.GOOD
         h.latency_ms = latency_ms
-        for poll_listener in list(self._poll_listeners):
+        for poll_listener in self._poll_listeners:
             poll_listener(device_id, True, latency_ms)
         if was is not Quality.GOOD:
             for point, r in dev.readings.items():
@@ -138,11 +145,11 @@ class SiteState:
                     changed.setdefault(point, r)
             self._announce_health(device_id, h)
         if changed:
-            for listener in list(self._listeners):
+            for listener in self._listeners:
                 listener(device_id, changed)
         if self._sample_listeners:
             sample = {p: dev.readings[p] for p in values if p in dev.readings}
-            for sample_listener in list(self._sample_listeners):
+            for sample_listener in self._sample_listeners:
                 sample_listener(device_id, sample)
         return changed
 
@@ -157,7 +164,7 @@ class SiteState:
         h.errors += 1
         h.consecutive_errors += 1
         h.last_error = error
-        for poll_listener in list(self._poll_listeners):
+        for poll_listener in self._poll_listeners:
             poll_listener(device_id, False, None)
         first = h.quality is not Quality.OFFLINE or h.consecutive_errors == 1
         if h.quality is not Quality.OFFLINE:
@@ -170,12 +177,12 @@ class SiteState:
                 changed[point] = Reading(r.value, r.unit, ts, Quality.OFFLINE)
             self._announce_health(device_id, h)
             if changed:
-                for listener in list(self._listeners):
+                for listener in self._listeners:
                     listener(device_id, changed)
         return first
 
     def _announce_health(self, device_id: str, health: DeviceHealth) -> None:
-        for listener in list(self._health_listeners):
+        for listener in self._health_listeners:
             listener(device_id, health)
 
     # -- views -------------------------------------------------------------------------

@@ -371,3 +371,13 @@ def _write(tmp_path: Path, text: str) -> Path:
     f = tmp_path / "site.yaml"
     f.write_text(text, encoding="utf-8")
     return f
+
+
+def test_pymodbus_client_cannot_pipeline(tmp_path: Path, tpl_dir: Path) -> None:
+    p = only(problems(tmp_path, tpl_dir, edited(
+        "    port: 15020\n", "    port: 15020\n    client: pymodbus\n    max_in_flight: 4\n")))
+    assert where(p) == "site.yaml:13:20"
+    assert p.path == "connections[0].max_in_flight"
+    assert "needs the lean client" in p.message
+    assert problems(tmp_path, tpl_dir, edited("    port: 15020\n",
+                                              "    port: 15020\n    client: pymodbus\n")) == []

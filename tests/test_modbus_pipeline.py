@@ -263,3 +263,40 @@ def test_only_modbus_tcp_pipelines() -> None:
                                          "host": "127.0.0.1", "max_in_flight": 4})
     ep = PipelinedEndpoint(ModbusTcp(id="t", type="modbus_tcp", host="h", max_in_flight=4))
     assert ep.pipeline_window == 4
+
+
+
+async def test_modbus_tcp_uses_the_lean_link_by_default_with_one_request_in_flight() -> None:
+    async with serving(device_from(1, registers_for(METER, VALUES))) as srv:
+        drv = ModbusDriver()
+        io = drv.attach(config_device(), METER, srv.tcp())
+        try:
+            ep = drv.endpoint(io.endpoint)
+            assert isinstance(ep, PipelinedEndpoint) and ep.pipeline_window == 1
+            assert await io.read() == pytest.approx(VALUES)
+            assert srv.connects == 1
+        finally:
+            await drv.close()
+
+
+async def test_client_pymodbus_is_the_escape_hatch() -> None:
+    async with serving(device_from(1, registers_for(METER, VALUES))) as srv:
+        drv = ModbusDriver()
+        io = drv.attach(config_device(), METER, srv.tcp(client="pymodbus"))
+        try:
+            ep = drv.endpoint(io.endpoint)
+            assert ep is not None and not isinstance(ep, PipelinedEndpoint)
+            assert await io.read() == pytest.approx(VALUES)
+            assert ep.connected and srv.connects == 1
+        finally:
+            await drv.close()
+
+
+def test_rtu_over_tcp_stays_on_pymodbus() -> None:
+    drv = ModbusDriver()
+    conn = ModbusRtuOverTcp(id="rtu", type="modbus_rtu_over_tcp", host="127.0.0.1")
+    io = drv.attach(config_device(), METER, conn)
+    assert not isinstance(drv.endpoint(io.endpoint), PipelinedEndpoint)
+    with pytest.raises(ValidationError, match="client"):  # RTU framing: no lean client
+        ModbusRtuOverTcp.model_validate({"id": "rtu", "type": "modbus_rtu_over_tcp",
+                                         "host": "127.0.0.1", "client": "lean"})

@@ -1,7 +1,8 @@
-"""The pipelining Modbus TCP link (``max_in_flight`` > 1) against misbehaving servers on
-127.0.0.1: every request in flight ends (answer, error or timeout), the device goes
-offline and is retried with a backoff that only a good answer resets, an outage is logged
-once, and nothing hangs or ends in a traceback.
+"""The lean Modbus TCP link (the default for modbus_tcp) against misbehaving servers on
+127.0.0.1, pipelined (``max_in_flight`` > 1) and one request at a time (the default,
+the ``window`` fixture): every request in flight ends (answer, error or timeout), the
+device goes offline and is retried with a backoff that only a good answer resets, an
+outage is logged once, and nothing hangs or ends in a traceback.
 
 The pymodbus path has the same tests in test_modbus_driver_outage.py and
 test_modbus_driver_faults.py.
@@ -35,6 +36,12 @@ TWO = ModbusTemplate(nature="meter", points={
     "p_kw": {"address": 0, "type": "uint32"},
     "f_hz": {"address": 0, "function": "input", "type": "uint16"}})
 DELAY_S, DELAY_MAX_S = 0.05, 0.4
+
+
+@pytest.fixture(params=[4, 1], ids=["window4", "window1"])
+def window(request: pytest.FixtureRequest) -> int:
+    """max_in_flight: pipelined, and 1 (the default of every modbus_tcp connection)."""
+    return int(request.param)
 
 
 def one_values(unit: int) -> dict[str, float]:
@@ -87,12 +94,13 @@ def _wrong_unit(frame: bytes) -> bytes:
          "wrong-unit"])
 async def test_misbehaving_server_backs_off_logs_once_and_recovers(
         caplog: pytest.LogCaptureFixture, answer: Callable[[list[bytes]], bytes | None],
-        first_backoff: int, why: str) -> None:
+        first_backoff: int, why: str, window: int) -> None:
     caplog.set_level(logging.INFO)
     server = await FaultyServer(answer).start()
     drv = ModbusDriver()
     io = drv.attach(config_device("meter1"), ONE,
-                    server.conn(timeout_s=10.0, reconnect_delay_s=DELAY_S,
+                    server.conn(max_in_flight=window, timeout_s=10.0,
+                                reconnect_delay_s=DELAY_S,
                                 reconnect_delay_max_s=DELAY_MAX_S))
     ep = drv.endpoint(io.endpoint)
     assert isinstance(ep, PipelinedEndpoint)
@@ -192,7 +200,8 @@ async def test_a_server_that_half_answers_never_strands_the_reads_queued_behind(
         await server.stop()
 
 
-async def test_a_server_that_stops_answering_mid_pipeline_ends_every_read() -> None:
+async def test_a_server_that_stops_answering_mid_pipeline_ends_every_read(
+        window: int) -> None:
     answered = {"n": 0}
 
     def answer(frames: list[bytes]) -> bytes:
@@ -206,7 +215,7 @@ async def test_a_server_that_stops_answering_mid_pipeline_ends_every_read() -> N
     server = await FaultyServer(answer).start()
     drv = ModbusDriver()
     ios = [drv.attach(config_device(f"m{u}", unit=u), ONE,
-                      server.conn(max_in_flight=4, timeout_s=0.3)) for u in range(1, 9)]
+                      server.conn(max_in_flight=window, timeout_s=0.3)) for u in range(1, 9)]
     try:
         results = await bounded(*(io.read() for io in ios))
         good_reads = [r for r in results if isinstance(r, dict)]
@@ -226,19 +235,25 @@ async def test_a_server_that_stops_answering_mid_pipeline_ends_every_read() -> N
 
 
 async def test_a_hang_up_with_requests_in_flight_fails_them_all_and_backs_off(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, window: int) -> None:
     server = await FaultyServer(lambda frames: b"").start()  # holds every request
     drv = ModbusDriver()
     ios = [drv.attach(config_device(f"m{u}", unit=u), TWO,
-                      server.conn(max_in_flight=8, timeout_s=10.0, reconnect_delay_s=30.0))
+                      server.conn(max_in_flight=8 if window > 1 else 1, timeout_s=10.0,
+                                  reconnect_delay_s=30.0))
            for u in range(1, 4)]
     try:
         reads = [asyncio.create_task(io.read()) for io in ios]
-        await until(lambda: len(server.frames) == 6, "every request on the wire")
+        # window 8: all six requests on the wire; window 1: the first (its answer held)
+        on_wire = 6 if window > 1 else 1
+        await until(lambda: len(server.frames) == on_wire, "the window's requests on the wire")
         server.hang_up()
         results = await bounded(*reads)
         assert all(isinstance(r, DeviceOffline) for r in results), results
-        assert all("connection to" in str(r) and "lost" in str(r) for r in results), results
+        # on the wire: "connection to ... lost"; queued behind the window (window 1): the
+        # outage and the backoff, without a connect attempt
+        assert "connection to" in str(results[0]) and "lost" in str(results[0]), results
+        assert all("lost" in str(r) for r in results), results
         with pytest.raises(DeviceOffline, match=r"next reconnect in (29|30)\.\d\d s"):
             await ios[0].read()  # backing off: no new connection, no wait
         assert len(server.accepts) == 1
@@ -252,7 +267,7 @@ async def test_a_hang_up_with_requests_in_flight_fails_them_all_and_backs_off(
 
 @pytest.mark.parametrize("then_close", [False, True], ids=["then-silence", "then-close"])
 async def test_a_truncated_frame_ends_the_read_and_the_next_one_reconnects(
-        then_close: bool) -> None:
+        then_close: bool, window: int) -> None:
     cut = {"on": True}
 
     def answer(frames: list[bytes]) -> bytes:
@@ -264,7 +279,8 @@ async def test_a_truncated_frame_ends_the_read_and_the_next_one_reconnects(
 
     server = await FaultyServer(answer).start()
     drv = ModbusDriver()
-    io = drv.attach(config_device(), ONE, server.conn(timeout_s=0.3, reconnect_delay_s=0.01))
+    io = drv.attach(config_device(), ONE, server.conn(max_in_flight=window, timeout_s=0.3,
+                                                      reconnect_delay_s=0.01))
     try:
         expected = DeviceOffline if then_close else DeviceTimeout
         (result,) = await bounded(io.read())
@@ -283,7 +299,7 @@ async def test_a_truncated_frame_ends_the_read_and_the_next_one_reconnects(
         await server.stop()
 
 
-async def test_a_frame_shorter_than_its_byte_count_is_a_short_response() -> None:
+async def test_a_frame_shorter_than_its_byte_count_is_a_short_response(window: int) -> None:
     short = {"on": True}
 
     def answer(frame: bytes) -> bytes:
@@ -294,7 +310,7 @@ async def test_a_frame_shorter_than_its_byte_count_is_a_short_response() -> None
 
     server = await FaultyServer(each(answer)).start()
     drv = ModbusDriver()
-    io = drv.attach(config_device(), ONE, server.conn())
+    io = drv.attach(config_device(), ONE, server.conn(max_in_flight=window))
     try:
         with pytest.raises(ProtocolError) as err:
             await io.read()
@@ -309,7 +325,7 @@ async def test_a_frame_shorter_than_its_byte_count_is_a_short_response() -> None
 
 
 async def test_an_exception_answer_fails_its_read_only_and_keeps_the_link(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, window: int) -> None:
     busy = {"unit": 2}
 
     def answer(frame: bytes) -> bytes:
@@ -319,8 +335,8 @@ async def test_an_exception_answer_fails_its_read_only_and_keeps_the_link(
 
     server = await FaultyServer(each(answer)).start()
     drv = ModbusDriver()
-    ios = [drv.attach(config_device(f"m{u}", unit=u), TWO, server.conn(max_in_flight=8))
-           for u in range(1, 4)]
+    ios = [drv.attach(config_device(f"m{u}", unit=u), TWO,
+                      server.conn(max_in_flight=8 if window > 1 else 1)) for u in range(1, 4)]
     try:
         results = await bounded(*(io.read() for io in ios))
         assert results[0] == pytest.approx(two_values(1))
@@ -336,14 +352,16 @@ async def test_an_exception_answer_fails_its_read_only_and_keeps_the_link(
         await server.stop()
 
 
-async def test_close_with_reads_queued_for_the_window_opens_no_new_connection() -> None:
+async def test_close_with_reads_queued_for_the_window_opens_no_new_connection(
+        window: int) -> None:
     server = await FaultyServer(lambda frames: b"").start()  # holds every request
     drv = ModbusDriver()
     ios = [drv.attach(config_device(f"m{u}", unit=u), ONE,
-                      server.conn(max_in_flight=2, timeout_s=10.0)) for u in range(1, 6)]
+                      server.conn(max_in_flight=min(window, 2), timeout_s=10.0))
+           for u in range(1, 6)]
     reads = [asyncio.create_task(io.read()) for io in ios]
     try:
-        await until(lambda: len(server.frames) == 2, "the window full")
+        await until(lambda: len(server.frames) == min(window, 2), "the window full")
         await drv.close()
         results = await bounded(*reads)
         assert all(isinstance(r, DeviceOffline) for r in results), results

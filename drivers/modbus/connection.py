@@ -34,6 +34,19 @@ class ModbusTcp(_Network):
     # requests in flight at once on the connection, told apart by their transaction ids;
     # 1 = one at a time (some devices and TCP-to-serial gateways handle no more)
     max_in_flight: Annotated[int, Field(ge=1, le=32)] = 1
+    # "lean": our own Modbus TCP framing (drivers/modbus/pipeline.py), the default;
+    # "pymodbus": the pymodbus client, one request at a time (an escape hatch for a device
+    # the lean link does not suit; max_in_flight must stay 1 with it)
+    client: Literal["lean", "pymodbus"] = "lean"
+
+    def check(self, index: int, src: Source) -> list[Problem]:
+        out = super().check(index, src)
+        if self.client == "pymodbus" and self.max_in_flight > 1:
+            out.append(src.problem(("connections", index, "max_in_flight"),
+                                   f"max_in_flight {self.max_in_flight} needs the lean "
+                                   f"client; the pymodbus client sends one request at a "
+                                   f"time (remove 'client: pymodbus' or set max_in_flight: 1)"))
+        return out
 
 
 class ModbusRtuOverTcp(_Network):

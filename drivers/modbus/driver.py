@@ -23,11 +23,11 @@ class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):
     ``max_gap``: undeclared registers a coalesced read may bridge (0 = never read an
     address the template does not declare; devices differ in how they answer those).
 
-    Modbus TCP with ``max_in_flight`` > 1 goes through the lean pipelining link of
-    ``pipeline`` (that many requests at once); everything else (one request at a time, RTU
-    over TCP, serial) through pymodbus clients. Both have the same outage handling
-    (backoff reset only on a good answer, garbage frames, one log line per outage), each
-    tested against misbehaving servers.
+    Modbus TCP goes through the lean link of ``pipeline`` (our own framing; up to
+    ``max_in_flight`` requests at once, default 1) unless its connection says ``client:
+    pymodbus``; RTU over TCP and serial go through pymodbus clients. Both have the same
+    outage handling (backoff reset only on a good answer, garbage frames, one log line per
+    outage), each tested against misbehaving servers.
     ``client_factory`` makes the pymodbus clients; passing one keeps Modbus TCP on pymodbus
     too (fault-injection tests).
     """
@@ -60,7 +60,7 @@ class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):
         key = endpoint_key(connection)
         ep = self._endpoints.get(key)
         if ep is None:
-            if isinstance(connection, ModbusTcp) and connection.max_in_flight > 1 \
+            if isinstance(connection, ModbusTcp) and connection.client == "lean" \
                     and self._client_factory is make_client:
                 ep = PipelinedEndpoint(connection)
             else:

@@ -23,6 +23,7 @@ import struct
 from collections import deque
 from collections.abc import Sequence
 from time import monotonic
+from typing import Any
 
 from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError
 from drivers.modbus.endpoint import EXCEPTION_NAMES, Endpoint, ModbusExceptionResponse, _what
@@ -35,6 +36,7 @@ _FC = {Function.COIL: 1, Function.DISCRETE: 2, Function.HOLDING: 3, Function.INP
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length, unit id
 _READ = struct.Struct(">BHH")  # function, address, count (FC1-4); FC5/FC6 have the same shape
 _REGS: dict[int, struct.Struct] = {}
+_REQUEST_CACHE = 4096  # read plans whose packed requests an endpoint keeps
 
 # one request: unit, function code, PDU bytes
 Request = tuple[int, int, bytes]
@@ -55,16 +57,35 @@ def _regs(n: int) -> struct.Struct:
     return s
 
 
+class _Chain:
+    """Requests sent one at a time by the link itself: the next goes out from the
+    callback that received the answer before it, so a device read of several blocks
+    wakes its task once, not once per block (each wake-up is an extra loop pass with an
+    epoll call)."""
+
+    __slots__ = ("answers", "fut", "requests")
+
+    def __init__(self, requests: Sequence[Request], fut: asyncio.Future[list[bytes]]) -> None:
+        self.requests = requests
+        self.answers: list[bytes] = []
+        self.fut = fut
+
+
+def _future_of(waiter: asyncio.Future[bytes] | _Chain) -> asyncio.Future[Any]:
+    return waiter.fut if isinstance(waiter, _Chain) else waiter
+
+
 class _Link(asyncio.Protocol):
     """One TCP connection: frames out, answers matched to their requests by transaction id."""
 
     def __init__(self, ep: PipelinedEndpoint) -> None:
         self.ep = ep
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes], int, int]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[bytes] | _Chain, int, int]] = {}
         self.abandoned: set[int] = set()  # ids whose asker gave up (cancelled)
         self._buf = bytearray()
         self._tid = 0
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -76,7 +97,8 @@ class _Link(asyncio.Protocol):
 
     def fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, {}
-        for fut, _, _ in pending.values():
+        for waiter, _, _ in pending.values():
+            fut = _future_of(waiter)
             if not fut.done():
                 fut.set_exception(exc)
 
@@ -97,11 +119,27 @@ class _Link(asyncio.Protocol):
         self.transport.write(out)
         return futs
 
-    def abandon(self, futs: Sequence[asyncio.Future[bytes]]) -> None:
+    def send_chain(self, requests: Sequence[Request]) -> asyncio.Future[list[bytes]]:
+        """Send ``requests`` one at a time (each after the answer to the one before);
+        one future for all their answers' PDUs, in order."""
+        chain = _Chain(requests, self.loop.create_future())
+        self._send_link(chain)
+        return chain.fut
+
+    def _send_link(self, chain: _Chain) -> None:
+        assert self.transport is not None
+        unit, fc, pdu = chain.requests[len(chain.answers)]
+        self._tid = tid = (self._tid + 1) & 0xFFFF
+        if self.abandoned:
+            self.abandoned.discard(tid)
+        self.pending[tid] = (chain, unit, fc)
+        self.transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+
+    def abandon(self, futs: Sequence[asyncio.Future[Any]]) -> None:
         """The asker gave up on these: a late answer to them is dropped quietly."""
         gone = set(futs)
-        for tid, (fut, _, _) in list(self.pending.items()):
-            if fut in gone:
+        for tid, (waiter, _, _) in list(self.pending.items()):
+            if _future_of(waiter) in gone:
                 del self.pending[tid]
                 self.abandoned.add(tid)
 
@@ -124,7 +162,7 @@ class _Link(asyncio.Protocol):
                     del buf[:end]
                     continue
                 return self._garbage(f"answer to transaction {tid}, which is not in flight")
-            fut, want_unit, fc = entry
+            waiter, want_unit, fc = entry
             why = None
             if unit != want_unit:
                 why = f"answer from unit {unit}, asked unit {want_unit}"
@@ -133,8 +171,16 @@ class _Link(asyncio.Protocol):
             if why is not None:
                 self.pending[tid] = entry  # fails with the rest
                 return self._garbage(why)
-            if not fut.done():
-                fut.set_result(bytes(buf[7:end]))
+            if isinstance(waiter, _Chain):
+                chain = waiter
+                if not chain.fut.done():
+                    chain.answers.append(bytes(buf[7:end]))
+                    if len(chain.answers) < len(chain.requests):
+                        self._send_link(chain)
+                    else:
+                        chain.fut.set_result(chain.answers)
+            elif not waiter.done():
+                waiter.set_result(bytes(buf[7:end]))
             del buf[:end]
         return None
 
@@ -142,6 +188,13 @@ class _Link(asyncio.Protocol):
         self._buf.clear()
         self.fail_all(_Garbled(why))
         self.ep._link_garbled(self, why)
+
+
+def _retrieve(futs: Sequence[asyncio.Future[Any]]) -> None:
+    """Mark the failures of ``futs`` retrieved (no "never retrieved" warnings)."""
+    for f in futs:
+        if f.done() and not f.cancelled():
+            f.exception()
 
 
 class PipelinedEndpoint(Endpoint):
@@ -154,6 +207,8 @@ class PipelinedEndpoint(Endpoint):
         self._slot_waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
+        self._request_cache: dict[int, tuple[Sequence[tuple[Function, int, int]], int,
+                                             list[Request]]] = {}
 
     @property
     def pipeline_window(self) -> int:
@@ -167,18 +222,40 @@ class PipelinedEndpoint(Endpoint):
 
     async def read(self, function: Function, address: int, count: int, unit: int,
                    stats: IOStats, device: str = "") -> Sequence[int]:
-        return (await self.read_many([(function, address, count)], unit, stats, device))[0]
+        # a one-off (a write's read-back): packed here, not kept in the plan cache
+        fc = _FC[function]
+        blocks = ((function, address, count),)
+        return (await self._read(blocks, [(unit, fc, _READ.pack(fc, address, count))], unit,
+                                 stats, device))[0]
+
+    def _requests_of(self, blocks: Sequence[tuple[Function, int, int]],
+                     unit: int) -> list[Request]:
+        """The request PDUs of a device's read plan, packed once per plan: a device reads
+        the same blocks every poll (its plan object is kept until the plan changes)."""
+        key = id(blocks)
+        hit = self._request_cache.get(key)
+        if hit is not None and hit[0] is blocks and hit[1] == unit:
+            return hit[2]
+        requests = [(unit, _FC[f], _READ.pack(_FC[f], a, n)) for f, a, n in blocks]
+        if len(self._request_cache) >= _REQUEST_CACHE:
+            self._request_cache.clear()  # plans that changed or devices that left
+        self._request_cache[key] = (blocks, unit, requests)  # holds blocks: its id stays
+        return requests
 
     async def read_many(self, blocks: Sequence[tuple[Function, int, int]], unit: int,
                         stats: IOStats, device: str = "") -> list[Sequence[int]]:
         """Every block's registers (or bits), all requests sent at once, one deadline."""
-        requests = [(unit, _FC[f], _READ.pack(_FC[f], a, n)) for f, a, n in blocks]
-        answers = await self._exchange(requests, stats, device, "reading",
-                                       [(f, a, n) for f, a, n in blocks])
+        return await self._read(blocks, self._requests_of(blocks, unit), unit, stats, device)
+
+    async def _read(self, blocks: Sequence[tuple[Function, int, int]], requests: list[Request],
+                    unit: int, stats: IOStats, device: str) -> list[Sequence[int]]:
+        answers = await self._exchange(requests, stats, device, "reading", blocks)
         out: list[Sequence[int]] = []
         for i, ((function, address, count), pdu) in enumerate(zip(blocks, answers,
                                                                   strict=True)):
-            self._check_exception(pdu, i, "reading", function, address, count, unit, device)
+            if pdu[0] & 0x80:
+                self._check_exception(pdu, i, "reading", function, address, count, unit,
+                                      device)
             nbytes = pdu[1] if len(pdu) > 1 else 0
             if function.is_bit:
                 bits = [bool(pdu[2 + k // 8] >> (k % 8) & 1)
@@ -189,8 +266,8 @@ class PipelinedEndpoint(Endpoint):
                                         f"{what} on {self.key}")
                 out.append(bits)
                 continue
-            got = min(nbytes, len(pdu) - 2) // 2
-            if got != count or nbytes != 2 * count:
+            if nbytes != 2 * count or len(pdu) - 2 < nbytes:
+                got = min(nbytes, len(pdu) - 2) // 2
                 what = _what("reading", function, address, count, unit, device)
                 raise ProtocolError(f"short response: {got} of {count} registers "
                                     f"{what} on {self.key}")
@@ -218,20 +295,22 @@ class PipelinedEndpoint(Endpoint):
                      unit: int, stats: IOStats, device: str) -> None:
         (answer,) = await self._exchange([(unit, fc, pdu)], stats, device, "writing",
                                          [(function, address, count)])
-        self._check_exception(answer, 0, "writing", function, address, count, unit, device)
+        if answer[0] & 0x80:
+            self._check_exception(answer, 0, "writing", function, address, count, unit,
+                                  device)
 
     def _check_exception(self, pdu: bytes, index: int, verb: str, function: Function,
                          address: int, count: int, unit: int, device: str) -> None:
-        if pdu[0] & 0x80:
-            code = pdu[1] if len(pdu) > 1 else 0
-            name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
-            exc = ModbusExceptionResponse(
-                f"{name} ({code}) {_what(verb, function, address, count, unit, device)}", code)
-            exc.block = index
-            raise exc
+        """Raise the exception answer ``pdu`` (its function code has the 0x80 bit)."""
+        code = pdu[1] if len(pdu) > 1 else 0
+        name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
+        exc = ModbusExceptionResponse(
+            f"{name} ({code}) {_what(verb, function, address, count, unit, device)}", code)
+        exc.block = index
+        raise exc
 
     async def _exchange(self, requests: list[Request], stats: IOStats, device: str,
-                        verb: str, what: list[tuple[Function, int, int]]) -> list[bytes]:
+                        verb: str, what: Sequence[tuple[Function, int, int]]) -> list[bytes]:
         """Send ``requests`` and return their answers' PDUs in order.
 
         With a window of 1 the read holds the connection and sends one request after the
@@ -270,8 +349,14 @@ class PipelinedEndpoint(Endpoint):
         """The answers to ``requests[start:]``, or to as many of them as the window let
         go out together (at least one)."""
         self._check_usable()
-        slots = await self._take_slots(len(requests) - start)
-        futs: list[asyncio.Future[bytes]] = []
+        want = len(requests) - start
+        need = want if want < self.window else self.window
+        if not self._slot_waiters and self._free >= need:  # no wait: no coroutine
+            self._free -= need
+            slots = need
+        else:
+            slots = await self._take_slots(want)
+        futs: list[asyncio.Future[Any]] = []
         answers: list[bytes] = []
         link: _Link | None = None
         # decided once the slots are granted: the window may have shrunk meanwhile
@@ -283,14 +368,13 @@ class PipelinedEndpoint(Endpoint):
                 link = self._link or await self._connect_link(stats)
                 stats.requests += len(chunk)
                 if one_by_one:
-                    for request in chunk:
-                        (fut,) = link.send((request,))
-                        futs.append(fut)
-                        answers.append(await fut)
+                    futs = [link.send_chain(chunk)]
+                    answers = await futs[0]
                 else:
                     futs = link.send(chunk)
                     answers = [await f for f in futs]
         except TimeoutError:
+            _retrieve(futs)
             if link is not None and link is self._link:
                 self._drop()  # a late answer must not meet a later request
             if (len(futs) > 1 and not one_by_one and self.window > 1
@@ -306,13 +390,15 @@ class PipelinedEndpoint(Endpoint):
         except asyncio.CancelledError:
             if link is not None:
                 link.abandon(futs)
+            _retrieve(futs)
+            raise
+        except BaseException:
+            _retrieve(futs)  # a failed link fails them all: one is raised, none left unread
             raise
         finally:
             self._give_slots(slots)
-            for f in futs:  # a failed link fails them all: one is raised, none left unread
-                if f.done() and not f.cancelled():
-                    f.exception()
-        self._answered()
+        if self._down_reason is not None:
+            self._answered()
         return answers
 
     def _check_usable(self) -> None:
