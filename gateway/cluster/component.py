@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from gateway.cluster.sitewide import SiteWide
 from gateway.cluster.store import Change, ClusterStore, FencedWrite, Value
 from gateway.cluster.telemetry import Telemetry, remote_device_state
 
@@ -66,6 +67,7 @@ class ClusterComponent:
         self._unsubs: list[Any] = []
         self._seq = 0
         self.seeded: tuple[int | None, dict[str, Any]] | None = None  # (term, setpoints)
+        self.sitewide = SiteWide(self)  # forwarded commands, mode/overrides/audit stored
         daemon.ports.cluster = self
 
     # -- life cycle --------------------------------------------------------------------------
@@ -81,6 +83,7 @@ class ClusterComponent:
         applier = self.daemon.ports.applier
         if applier is not None:
             applier.on_outcome.append(self._outcome)
+        self.sitewide.start()
         self.telemetry.start()
         if self.daemon.api is not None:
             self.daemon.api.register("cluster", lambda _r, _c: self.status(), role="viewer",
@@ -97,6 +100,7 @@ class ClusterComponent:
         applier = self.daemon.ports.applier
         if applier is not None and self._outcome in applier.on_outcome:
             applier.on_outcome.remove(self._outcome)
+        await self.sitewide.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -127,6 +131,10 @@ class ClusterComponent:
     def leader_id(self) -> str | None:
         return self.store.leader
 
+    async def forward(self, cmd: str, req: dict[str, Any], caller: Any) -> Any:
+        """An operator command given here, run by the leader (see sitewide.py)."""
+        return await self.sitewide.forward(cmd, req, caller)
+
     async def wait_leading(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for this gateway to lead; True when it does."""
         if not self.leading():
@@ -139,6 +147,7 @@ class ClusterComponent:
         self._leading.clear()  # (gained: set once seeded from the committed setpoints)
         self._pending = None
         if is_leader:
+            self.sitewide.became_leader()
             self._tasks.append(asyncio.create_task(self._seed(term), name="cluster seed"))
             if alarms is not None:
                 alarms.clear("cluster", "fenced")
@@ -155,6 +164,7 @@ class ClusterComponent:
                 entries = await self.store.get_prefix("setpoints/")
                 last = {e.key.removeprefix("setpoints/"): dict(e.value.get("points") or {})
                         for e in entries}
+            await self.sitewide.take_over()  # mode and overrides held across failover
         except Exception as exc:  # the store is away: the fenced writes will say so
             log.warning("new leader could not read the committed setpoints: %s", exc)
         if not self.store.is_leader or self.store.term != term:
@@ -216,11 +226,13 @@ class ClusterComponent:
                 items[f"commands/{dev}"] = {"point": point, "value": value,
                                             "writer": self.gateway, "term": term, "at": now,
                                             "seq": self._seq}
+            items.update(self.sitewide.site_items())
             if not items:
                 continue
             t0 = time.perf_counter()
             res = await self.store.fenced_put(items)
             self._record(res, sorted(items), (time.perf_counter() - t0) * 1000.0)
+            self.sitewide.committed(res.ok, list(items))
             if not res.ok and res.unknown and commands:
                 # Not known to be committed: carry the commands into the next write
                 # (they are idempotent: trip, close, zero).

@@ -55,6 +55,12 @@ async def _answer(fut: asyncio.Future[WriteOutcome], what: str, then: str) -> Wr
     return outcome
 
 
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    return isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) < 0.05
+
+
 def register(comp: ControlComponent, api: ApiServer) -> None:
     c = comp.controller
     store = comp.store
@@ -68,11 +74,10 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             try:
                 cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
                 if cluster is not None and not cluster.leading():
-                    # the controller here does not run: acting on it would change nothing
-                    raise ApiError(f"this gateway does not run the site controller; the "
-                                   f"cluster leader is {cluster.leader_id() or 'not elected'}"
-                                   f": send the command there")
-                result = fn(req, caller)
+                    # the controller here does not run: the leader carries it out
+                    result = cluster.forward(action, req, caller)
+                else:
+                    result = fn(req, caller)
             except ApiError as exc:
                 store.audit(caller.user, action, detail, ok=False, reason=str(exc))
                 raise
@@ -225,6 +230,8 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         return {"device": dev_id, "point": point, "command": True, **outcome.as_dict()}
 
     async def _override_written(o: dict[str, Any], dev_id: str, point: str) -> Any:
+        if getattr(comp.daemon.ports, "cluster", None) is not None:
+            return await _cluster_written(o, dev_id, point)
         fut = comp.applier.waiter(dev_id, point)
         if fut is None and c.last.get(dev_id, {}).get(point) is None:
             raise ApiError(f"control produced no {point} for {dev_id} this cycle: the "
@@ -234,6 +241,30 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
                     "at": None, "unchanged": True}
         outcome = await _answer(fut, f"{dev_id}.{point}",
                                 "the override stays set and is retried")
+        return {**o, **outcome.as_dict(), "value_written": outcome.value}
+
+    async def _cluster_written(o: dict[str, Any], dev_id: str, point: str) -> Any:
+        """On a cluster the setpoint goes through the store to this gateway's applier: the
+        reply is the device's next answer for the point; none within ANSWER_S means it
+        already had the value (said so, with what was last written) or it did not answer."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[WriteOutcome] = loop.create_future()
+
+        def listener(out: WriteOutcome) -> None:
+            if out.device == dev_id and out.point == point and not fut.done():
+                fut.set_result(out)
+        comp.applier.on_outcome.append(listener)
+        try:
+            outcome = await _answer(fut, f"{dev_id}.{point}",
+                                    "the override stays set and is retried")
+        except ApiError:
+            want, had = c.last.get(dev_id, {}).get(point), comp.applier.last_written(
+                dev_id, point)
+            if want is None or had is None or not _close(want, had):
+                raise
+            return {**o, "written": True, "read_back": had, "at": None, "unchanged": True}
+        finally:
+            comp.applier.on_outcome.remove(listener)
         return {**o, **outcome.as_dict(), "value_written": outcome.value}
 
     def override_clear(req: dict[str, Any], caller: Caller) -> Any:

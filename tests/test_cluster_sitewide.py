@@ -1,0 +1,124 @@
+"""The site as one, on three real etcd members with two gateway daemons (in process): an
+operator on the gateway that does not lead acts through the leader (the reply says what
+the leader and the device did), the leader writes mode, overrides and audit rows into the
+store, and the next leader takes the mode and overrides over (an operator's island stays
+held)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.apiclient import ApiClient, ApiRequestError
+from gateway.cluster.etcdproc import EtcdCluster
+from tests.cluster_sim_site import site
+from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
+from tests.test_cluster_daemon import comp, gateways
+from tests.waiting import until
+
+
+async def _until_store(fetch: Any, what: str, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = await fetch()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_forwarded_commands_and_stored_mode_survive_failover(
+        tmp_path: Path, etcd3: EtcdCluster) -> None:  # noqa: F811
+    cfg = site(tmp_path, etcd3, ["gw-a", "gw-b"])
+    async with gateways(cfg, ["gw-a", "gw-b"]) as (runner, ds):
+        cs = {g: comp(d) for g, d in ds.items()}
+        await until(lambda: cs["gw-a"].leading() and cs["gw-b"].leader_id() == "gw-a",
+                    "gw-a leads and gw-b knows it")
+        await until(lambda: "bat" in ds["gw-a"].ports.controller.visible,  # type: ignore
+                    "the leader sees the battery")
+        term_a = cs["gw-a"].store.term
+        async with ApiClient(ds["gw-b"].socket_path) as api:
+            # An override on the gateway that does not lead: the leader holds it and the
+            # reply is what the battery (on gw-a) took.
+            o = await api.request("override_set", device="bat", point="p_set_kw",
+                                  value=3.0, duration_s=600)
+            assert o["carried_out_by"] == "gw-a" and o["term"] == term_a, o
+            assert o["device"] == "bat" and o["written"] is True and o["at"] is not None, o
+            assert o["read_back"] == pytest.approx(3.0, abs=0.05), o
+            # An operator's island, from gw-b: the leader opens the PCC breaker (gw-a's).
+            m = await api.request("mode_request", mode="island", reason="storm drill")
+            assert m["carried_out_by"] == "gw-a" and m["mode"] == "island", m
+            assert m["held"] is True
+            assert [b["device"] for b in m["breakers"]] == ["pcc"], m
+            # A refusal at the leader comes back as the refusal, with the leader's name.
+            with pytest.raises(ApiRequestError, match=r"cluster leader gw-a .*unknown device"):
+                await api.request("override_set", device="nope", point="p_set_kw",
+                                  value=1.0)
+            local = await api.request("audit")
+        assert runner.values("pcc")["closed"] in (False, 0)
+        # gw-b audits what its operator asked and what came back (newest first)
+        assert [r["action"] for r in local[:3]] == ["override_set", "mode_request",
+                                                    "override_set"], local[:3]
+        assert [r["ok"] for r in local[:3]] == [False, True, True]
+        store = cs["gw-b"].store
+
+        async def stored_island() -> Any:
+            e = await store.get("site/control")
+            return e.value if e and e.value["mode"] == "island" and e.value["overrides"] \
+                else None
+        ctl = await _until_store(stored_island, "the island and override in the store")
+        assert ctl["held"] is True and ctl["writer"] == "gw-a" and ctl["term"] == term_a
+        assert [(o["device"], o["point"], o["value"]) for o in ctl["overrides"]] == [
+            ("bat", "p_set_kw", 3.0)]
+
+        async def audit_rows() -> Any:
+            rows = [e.value for e in await store.get_prefix("audit/")]
+            mine = [r for r in rows if r["user"].endswith("@gw-b")]
+            return rows if len(mine) >= 3 else None
+        rows = sorted(await _until_store(audit_rows, "the forwarded rows in the store's "
+                                                     "audit"), key=lambda r: r["seq"])
+        fwd = [r for r in rows if r["user"].endswith("@gw-b")]
+        assert [(r["action"], r["ok"]) for r in fwd] == [
+            ("override_set", True), ("mode_request", True), ("override_set", False)]
+        assert all(r["writer"] == "gw-a" and r["term"] == term_a for r in fwd)
+        assert [r["seq"] for r in rows] == list(range(rows[0]["seq"],
+                                                      rows[0]["seq"] + len(rows)))
+        # Every gateway shows the same site: gw-b's view of the store.
+        async with ApiClient(ds["gw-b"].socket_path) as api:
+            view = await api.request("cluster_site")
+        assert view["control"]["mode"] == "island" and view["leader"] == "gw-a"
+        assert "site:mode" in [a["key"] for a in view["alarms"]["gw-a"]], view["alarms"]
+
+        # The leader stops: gw-b leads a newer term, still in the operator's island (held:
+        # no automatic reconnection) and holding the override.
+        await ds["gw-a"].shutdown()
+        await until(lambda: cs["gw-b"].leading(), "gw-b leads")
+        ctl_b: Any = ds["gw-b"].ports.controller
+        assert ctl_b is not None
+        assert ctl_b.modes.mode == "island" and ctl_b.modes.held is True, \
+            ctl_b.modes.as_dict()
+        assert ("bat", "p_set_kw") in ctl_b.overrides
+        term_b = cs["gw-b"].store.term
+        assert term_b is not None and term_a is not None and term_b > term_a
+
+        async def rewritten() -> Any:
+            e = await store.get("site/control")
+            return e.value if e and e.value["writer"] == "gw-b" else None
+        again = await _until_store(rewritten, "the new leader's site/control")
+        assert again["mode"] == "island" and again["held"] is True
+        assert again["term"] == term_b
+        # The new leader appends to the same audit, after the old leader's rows.
+        async with ApiClient(ds["gw-b"].socket_path) as api:
+            await api.request("override_clear", device="bat")
+
+        async def cleared_row() -> Any:
+            got = [e.value for e in await store.get_prefix("audit/")
+                   if e.value["action"] == "override_clear"]
+            return got or None
+        row = (await _until_store(cleared_row, "gw-b's audit row in the store"))[0]
+        assert row["writer"] == "gw-b" and row["term"] == term_b
+        assert row["seq"] > rows[-1]["seq"]
