@@ -93,6 +93,10 @@ class SiteWide:
             api.register("cluster_site", lambda _r, _c: self.site(), role="viewer",
                          help="the site as stored: mode, overrides, alarms of every "
                               "gateway, the last audit rows")
+            from gateway.cluster.view import cluster_view
+            api.register("cluster_view", lambda _r, _c: cluster_view(self.comp),
+                         role="viewer", help="the console's Cluster screen: members, "
+                                             "leader, leases, gateways, takeovers")
         self._alarm_wake.set()
         self._tasks = [asyncio.create_task(self._audit_loop(), name="cluster audit"),
                        asyncio.create_task(self._alarm_loop(), name="cluster alarms")]
