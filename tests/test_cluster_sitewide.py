@@ -18,6 +18,7 @@ from gateway.cluster.etcdproc import EtcdCluster
 from tests.cluster_sim_site import site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.test_cluster_daemon import comp, gateways
+from tests.test_cluster_failover import cluster_site, start_with_leader
 from tests.waiting import until
 
 
@@ -122,3 +123,29 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         row = (await _until_store(cleared_row, "gw-b's audit row in the store"))[0]
         assert row["writer"] == "gw-b" and row["term"] == term_b
         assert row["seq"] > rows[-1]["seq"]
+
+
+async def test_no_leader_means_a_clear_refusal(tmp_path: Path,
+                                               etcd3: EtcdCluster) -> None:  # noqa: F811
+    """Gateways as processes (failed grpc calls in process keep grpc's poller thread)."""
+    async with cluster_site(tmp_path, etcd3, observe="gw-b") as s:
+        await start_with_leader(s, "gw-a")
+        # Two of three members gone: no quorum, so no one can lead; gw-a steps down.
+        etcd3.kill("gw-a")
+        etcd3.kill("gw-c")
+
+        async def stepped_down() -> bool:
+            st = await s.api("gw-a", "cluster")
+            return not st["is_leader"]
+        deadline = time.monotonic() + 30
+        while not await stepped_down():
+            assert time.monotonic() < deadline, "gw-a never stepped down"
+            await asyncio.sleep(0.1)
+        for gw in ("gw-a", "gw-b"):
+            with pytest.raises(ApiRequestError, match=r"not carried out|may or may not"):
+                await s.api(gw, "mode_request", mode="island")
+            audit = await s.api(gw, "audit")
+            assert audit[0]["action"] == "mode_request" and not audit[0]["ok"], audit[0]
+        with pytest.raises(ApiRequestError, match="no cluster leader is elected"):
+            await s.api("gw-a", "shed", load="heater")
+        etcd3.restart_all()
