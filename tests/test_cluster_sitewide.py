@@ -7,6 +7,7 @@ held)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from gateway.apiclient import ApiClient, ApiRequestError
 from gateway.cluster.etcdproc import EtcdCluster
+from gateway.summary import fetch_picture, render
 from tests.cluster_sim_site import site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.test_cluster_daemon import comp, gateways
@@ -91,8 +93,12 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         # Every gateway shows the same site: gw-b's view of the store.
         async with ApiClient(ds["gw-b"].socket_path) as api:
             view = await api.request("cluster_site")
+            page = render(await fetch_picture(api))  # what `autogrid status` prints
         assert view["control"]["mode"] == "island" and view["leader"] == "gw-a"
         assert "site:mode" in [a["key"] for a in view["alarms"]["gw-a"]], view["alarms"]
+        assert "Site mode island (held by an operator)" in page, page
+        assert re.search(r"override bat\.p_set_kw = 3\.0 by \S+@gw-b, 10 min left", page), page
+        assert "gw-a site: site in island mode" in page, page
 
         # The leader stops: gw-b leads a newer term, still in the operator's island (held:
         # no automatic reconnection) and holding the override.

@@ -245,13 +245,15 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
 
     async def _cluster_written(o: dict[str, Any], dev_id: str, point: str) -> Any:
         """On a cluster the setpoint goes through the store to this gateway's applier: the
-        reply is the device's next answer for the point; none within ANSWER_S means it
+        reply is the device's answer to the value control now holds; none within ANSWER_S: it
         already had the value (said so, with what was last written) or it did not answer."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[WriteOutcome] = loop.create_future()
 
         def listener(out: WriteOutcome) -> None:
-            if out.device == dev_id and out.point == point and not fut.done():
+            # (an answer to a write from before the override is not the override's)
+            if out.device == dev_id and out.point == point and not fut.done() and \
+                    _close(out.value, c.last.get(dev_id, {}).get(point)):
                 fut.set_result(out)
         comp.applier.on_outcome.append(listener)
         try:
