@@ -46,7 +46,8 @@ class ClusterPort(Protocol):
 
     async def wait_leading(self, timeout_s: float) -> bool: ...  # True: leads now
 
-    async def forward(self, cmd: str, req: dict[str, Any], caller: Any) -> Any: ...
+    async def forward(self, cmd: str, req: dict[str, Any], caller: Any,
+                      to: str | None = None) -> Any: ...  # run by the leader (or ``to``)
 
     def dispatch(self, setpoints: dict[str, dict[str, Any]],
                  commands: list[tuple[str, str, Any]]) -> None: ...

@@ -99,6 +99,20 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         assert "Site mode island (held by an operator)" in page, page
         assert re.search(r"override bat\.p_set_kw = 3\.0 by \S+@gw-b, 10 min left", page), page
         assert "gw-a site: site in island mode" in page, page
+        # gw-a's alarm acknowledged from gw-b: done on gw-a, published acknowledged.
+        async with ApiClient(ds["gw-b"].socket_path) as api:
+            acked = await api.request("alarm_ack", key="site:mode", gateway="gw-a")
+            with pytest.raises(ApiRequestError, match=r"gw-a.*unknown alarm 'nope'"):
+                await api.request("alarm_ack", key="nope", gateway="gw-a")
+        assert acked["carried_out_by"] == "gw-a" and acked["acked_by"].endswith("@gw-b")
+        assert ds["gw-a"].ports.alarms is not None
+        assert ds["gw-a"].ports.alarms.alarms["site:mode"].acked_by == acked["acked_by"]
+
+        async def published_ack() -> Any:
+            e = await store.get("alarms/gw-a")
+            return e and any(a["key"] == "site:mode" and a["acked_by"]
+                             for a in e.value["alarms"])
+        await _until_store(published_ack, "gw-a's alarm published as acknowledged")
 
         # The leader stops: gw-b leads a newer term, still in the operator's island (held:
         # no automatic reconnection) and holding the override.

@@ -131,9 +131,10 @@ class ClusterComponent:
     def leader_id(self) -> str | None:
         return self.store.leader
 
-    async def forward(self, cmd: str, req: dict[str, Any], caller: Any) -> Any:
-        """An operator command given here, run by the leader (see sitewide.py)."""
-        return await self.sitewide.forward(cmd, req, caller)
+    async def forward(self, cmd: str, req: dict[str, Any], caller: Any,
+                      to: str | None = None) -> Any:
+        """An operator command given here, run by the leader or by gateway ``to``."""
+        return await self.sitewide.forward(cmd, req, caller, to)
 
     async def wait_leading(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for this gateway to lead; True when it does."""

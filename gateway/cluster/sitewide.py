@@ -19,7 +19,9 @@ operating state in the store so that it outlives a leader.
   (``seq`` modulo ``AUDIT_KEEP``: bounded retention, rows never rewritten otherwise) with
   writer, term and time.
 - Alarms: each gateway publishes its alarms under ``alarms/<gateway>`` (leased: they go
-  with the gateway).
+  with the gateway). An acknowledgement of another gateway's alarm
+  (``alarm_ack {key, gateway}``) is forwarded like a command, to that gateway instead of
+  the leader (``for_leader`` false), and answered by it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class SiteWide:
         self.store = comp.store
         self.gateway = comp.gateway
         self.leader_since: float | None = None
+        self.started_at = time.time()  # requests to this gateway itself: from then on
         self.written: dict[str, Any] | None = None  # site/control as last committed
         self.audit_seq = 0
         self.audit_appended = 0
@@ -82,6 +85,7 @@ class SiteWide:
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
+        self.started_at = time.time()
         self._unsubs = [self.store.watch_prefix("requests/", self._on_request),
                         self.store.watch_prefix(f"answers/{self.gateway}", self._on_answer)]
         alarms = self.comp.daemon.ports.alarms
@@ -121,13 +125,17 @@ class SiteWide:
             fut.cancel()
 
     # -- a follower: forward to the leader -------------------------------------------------
-    async def forward(self, cmd: str, req: dict[str, Any], caller: Caller) -> Any:
-        """Have the leader run ``cmd``; its reply (or refusal) is this command's."""
+    async def forward(self, cmd: str, req: dict[str, Any], caller: Caller,
+                      to: str | None = None) -> Any:
+        """Have the leader (or gateway ``to``: an alarm's own gateway) run ``cmd``; its
+        reply (or refusal) is this command's."""
         async with self._forward_lock:
-            leader = self.store.leader
+            leader = to or self.store.leader
             if leader is None or leader == self.gateway:
                 raise ApiError(f"no cluster leader is elected (gateway {self.gateway} "
                                f"cannot reach one): '{cmd}' was not carried out")
+            if to is not None and to not in [g.id for g in self.comp.daemon.cfg.gateways]:
+                raise ApiError(f"unknown gateway {to!r}: '{cmd}' was not carried out")
             rid = uuid.uuid4().hex
             fut: asyncio.Future[Value] = asyncio.get_running_loop().create_future()
             self._answers[rid] = fut
@@ -137,7 +145,7 @@ class SiteWide:
                     await self.store.put(f"requests/{self.gateway}", {
                         "id": rid, "cmd": cmd, "args": args, "user": caller.user,
                         "role": caller.role, "from": self.gateway, "to": leader,
-                        "at": time.time()})
+                        "for_leader": to is None, "at": time.time()})
                 except Exception as exc:
                     raise ApiError(f"'{cmd}' could not be forwarded to the cluster leader "
                                    f"{leader}: {exc}; it was not carried out") from None
@@ -169,10 +177,18 @@ class SiteWide:
     # -- the leader: run forwarded requests ------------------------------------------------
     def _on_request(self, ch: Change) -> None:
         v = ch.value
-        if v is None or not self.comp.leading() or self.leader_since is None:
+        if v is None:
+            return
+        if v.get("for_leader", True):
+            if not self.comp.leading() or self.leader_since is None:
+                return
+            since = self.leader_since
+        elif v.get("to") == self.gateway:
+            since = self.started_at
+        else:
             return
         at, rid = v.get("at"), v.get("id")
-        if not isinstance(at, int | float) or at < self.leader_since or \
+        if not isinstance(at, int | float) or at < since or \
                 not isinstance(rid, str) or rid in self._done:
             return  # from before this leadership (may have been run): never twice
         self._done.add(rid)

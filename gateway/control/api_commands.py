@@ -134,6 +134,14 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         answers who acknowledged it and writes no second audit row."""
         key = req.get("key")
         detail = {"key": key}
+        gw = req.get("gateway")
+        cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        if gw is not None and gw != comp.daemon.gateway_id:
+            if cluster is None:
+                raise ApiError(f"this gateway is not in a cluster: no gateway {gw!r} here")
+            return _ack_elsewhere(cluster.forward("alarm_ack", {"key": key}, caller,
+                                                  to=str(gw)), caller.user,
+                                  {**detail, "gateway": gw})
         if not isinstance(key, str) or key not in store.alarms:
             why = f"unknown alarm {key!r}"
             store.audit(caller.user, "alarm_ack", detail, ok=False, reason=why)
@@ -142,6 +150,17 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             return {**store.alarms[key].as_dict(), "already_acknowledged": True}
         out = store.ack(key, caller.user).as_dict()
         store.audit(caller.user, "alarm_ack", detail)
+        return out
+
+    async def _ack_elsewhere(result: Awaitable[Any], user: str, detail: dict[str, Any]
+                             ) -> Any:
+        """Another gateway's alarm: acknowledged there, audited here with its answer."""
+        try:
+            out = await result
+        except ApiError as exc:
+            store.audit(user, "alarm_ack", detail, ok=False, reason=str(exc))
+            raise
+        store.audit(user, "alarm_ack", detail)
         return out
 
     def ev_set(req: dict[str, Any], caller: Caller) -> Any:
@@ -411,7 +430,8 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             ("ev_sessions", sessions, "EV sessions, active and recent"),
             ("plan", plan, "the scheduler's current plan")):
         api.register(name, fn, role="viewer", help=help_)
-    api.register("alarm_ack", ack, role="operator", help="acknowledge an alarm {key}")
+    api.register("alarm_ack", ack, role="operator", help="acknowledge an alarm {key, gateway? "
+                                                         "(another gateway's, on a cluster)}")
     for name, fn, help_ in (
             ("ev_set", ev_set, "change a session {charger, priority?, departure_s? | "
                                "departure_in_h?, energy_kwh?, departure_soc_pct?, "
