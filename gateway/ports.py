@@ -46,6 +46,8 @@ class ClusterPort(Protocol):
 
     async def wait_leading(self, timeout_s: float) -> bool: ...  # True: leads now
 
+    def follower_status(self, status: dict[str, Any]) -> dict[str, Any]: ...  # stored mode
+
     async def forward(self, cmd: str, req: dict[str, Any], caller: Any,
                       to: str | None = None) -> Any: ...  # run by the leader (or ``to``)
 

@@ -93,10 +93,14 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         # Every gateway shows the same site: gw-b's view of the store.
         async with ApiClient(ds["gw-b"].socket_path) as api:
             view = await api.request("cluster_site")
+            follower = await api.request("control_status")  # the console's mode
             page = render(await fetch_picture(api))  # what `autogrid status` prints
         assert view["control"]["mode"] == "island" and view["leader"] == "gw-a"
         assert "site:mode" in [a["key"] for a in view["alarms"]["gw-a"]], view["alarms"]
         assert "Site mode island (held by an operator)" in page, page
+        assert follower["mode"]["mode"] == "island" and follower["mode"]["held"] is True
+        assert follower["mode"]["stored_by"] == "gw-a", follower["mode"]
+        assert [o["device"] for o in follower["overrides"]] == ["bat"]
         assert re.search(r"override bat\.p_set_kw = 3\.0 by \S+@gw-b, 10 min left", page), page
         assert "gw-a site: site in island mode" in page, page
         # gw-a's alarm acknowledged from gw-b: done on gw-a, published acknowledged.

@@ -71,6 +71,12 @@ async def test_cluster_screen_in_tmux(tmp_path: Path, etcd3: EtcdCluster,  # noq
                 assert f"{gw} " in screen and "alive  lease" in screen
             assert screen.count("up  etcd") == 3, screen
             assert "meter good" in screen and "ev_a good" in screen, screen
+            # The follower's Overview shows the site's mode as the leader stored it.
+            tm.keys("1")
+            await asyncio.to_thread(tm.wait_for, "Site mode island", f"Leader {lead}",
+                                    save="follower-overview")
+            tm.keys("c")
+            await asyncio.to_thread(tm.wait_for, "Members", save="cluster-again")
             # A gateway killed: its lease runs out and the screen says it is gone.
             gone = next(g for g in GWS if g not in (lead, follower))
             s.procs[gone].send_signal(signal.SIGKILL)

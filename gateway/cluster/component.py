@@ -131,6 +131,9 @@ class ClusterComponent:
     def leader_id(self) -> str | None:
         return self.store.leader
 
+    def follower_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        return self.sitewide.follower_status(status)
+
     async def forward(self, cmd: str, req: dict[str, Any], caller: Any,
                       to: str | None = None) -> Any:
         """An operator command given here, run by the leader or by gateway ``to``."""

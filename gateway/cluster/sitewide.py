@@ -72,6 +72,7 @@ class SiteWide:
         self.leader_since: float | None = None
         self.started_at = time.time()  # requests to this gateway itself: from then on
         self.written: dict[str, Any] | None = None  # site/control as last committed
+        self.control: Value | None = None  # site/control as the store has it (watched)
         self.audit_seq = 0
         self.audit_appended = 0
         self._audit_rows: list[dict[str, Any]] = []
@@ -86,7 +87,8 @@ class SiteWide:
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         self.started_at = time.time()
-        self._unsubs = [self.store.watch_prefix("requests/", self._on_request),
+        self._unsubs = [self.store.watch_prefix("site/control", self._on_control),
+                        self.store.watch_prefix("requests/", self._on_request),
                         self.store.watch_prefix(f"answers/{self.gateway}", self._on_answer)]
         alarms = self.comp.daemon.ports.alarms
         if alarms is not None:
@@ -123,6 +125,21 @@ class SiteWide:
         self._tasks = []
         for fut in self._answers.values():
             fut.cancel()
+
+    def _on_control(self, ch: Change) -> None:
+        if ch.key == "site/control":
+            self.control = ch.value
+
+    def follower_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        """``control_status`` on a gateway that does not lead: the mode and overrides the
+        leader stored (this gateway's own controller does not run)."""
+        v = self.control
+        if v is None:
+            return status
+        mode = {**(status.get("mode") or {}),
+                **{k: v.get(k) for k in ("mode", "stage", "reason", "held", "source")},
+                "stored_by": v.get("writer"), "term": v.get("term")}
+        return {**status, "mode": mode, "overrides": list(v.get("overrides") or [])}
 
     # -- a follower: forward to the leader -------------------------------------------------
     async def forward(self, cmd: str, req: dict[str, Any], caller: Caller,

@@ -99,8 +99,12 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
 
     # -- viewing --------------------------------------------------------------------------
     def status(req: dict[str, Any], caller: Caller) -> Any:
-        return {**c.status(), **comp.stats(),
-                "alarms_active": sum(1 for a in store.alarms.values() if a.active)}
+        out = {**c.status(), **comp.stats(),
+               "alarms_active": sum(1 for a in store.alarms.values() if a.active)}
+        cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        if cluster is not None and not cluster.leading():  # the site's mode, not ours
+            out = cluster.follower_status(out)
+        return out
 
     def alarms(req: dict[str, Any], caller: Caller) -> Any:
         return store.listing(active_only=bool(req.get("active_only", False)))
