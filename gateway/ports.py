@@ -48,6 +48,8 @@ class ClusterPort(Protocol):
 
     def follower_status(self, status: dict[str, Any]) -> dict[str, Any]: ...  # stored mode
 
+    def site_alarms(self, own: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
     async def forward(self, cmd: str, req: dict[str, Any], caller: Any,
                       to: str | None = None) -> Any: ...  # run by the leader (or ``to``)
 

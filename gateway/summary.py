@@ -141,6 +141,8 @@ def site_wide(snap: dict[str, Any], site: Any) -> None:
         snap["mode"] = mode_text(ctl) + (" (held by an operator)" if ctl.get("held") else "")
         snap["overrides"] = [o for o in ctl.get("overrides") or [] if isinstance(o, dict)]
     me = snap.get("gateway")
+    if any(isinstance(a, dict) and a.get("gateway") for a in snap.get("alarms") or []):
+        return  # `alarms` already lists every gateway's
     mine = [{**a, "gateway": me} for a in snap.get("alarms") or []]
     others = [{**a, "gateway": gw} for gw, alarms in (site.get("alarms") or {}).items()
               if gw != me and isinstance(alarms, list) for a in alarms if isinstance(a, dict)]

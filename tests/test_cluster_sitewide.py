@@ -105,7 +105,9 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         assert "gw-a site: site in island mode" in page, page
         # gw-a's alarm acknowledged from gw-b: done on gw-a, published acknowledged.
         async with ApiClient(ds["gw-b"].socket_path) as api:
-            acked = await api.request("alarm_ack", key="site:mode", gateway="gw-a")
+            listed = await api.request("alarms")  # every gateway's, keyed <gateway>/<key>
+            assert "gw-a/site:mode" in [a["key"] for a in listed], listed
+            acked = await api.request("alarm_ack", key="gw-a/site:mode")
             with pytest.raises(ApiRequestError, match=r"gw-a.*unknown alarm 'nope'"):
                 await api.request("alarm_ack", key="nope", gateway="gw-a")
         assert acked["carried_out_by"] == "gw-a" and acked["acked_by"].endswith("@gw-b")

@@ -75,6 +75,10 @@ async def test_cluster_screen_in_tmux(tmp_path: Path, etcd3: EtcdCluster,  # noq
             tm.keys("1")
             await asyncio.to_thread(tm.wait_for, "Site mode island", f"Leader {lead}",
                                     save="follower-overview")
+            # ... and its Alarms screen the leader's alarm about it (gw-a raised it).
+            tm.keys("7")
+            await asyncio.to_thread(tm.wait_for, "site in island mode",
+                                    save="follower-alarms")
             tm.keys("c")
             await asyncio.to_thread(tm.wait_for, "Members", save="cluster-again")
             # A gateway killed: its lease runs out and the screen says it is gone.

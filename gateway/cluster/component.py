@@ -131,6 +131,9 @@ class ClusterComponent:
     def leader_id(self) -> str | None:
         return self.store.leader
 
+    def site_alarms(self, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.sitewide.site_alarms(own)
+
     def follower_status(self, status: dict[str, Any]) -> dict[str, Any]:
         return self.sitewide.follower_status(status)
 

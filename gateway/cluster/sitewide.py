@@ -73,6 +73,7 @@ class SiteWide:
         self.started_at = time.time()  # requests to this gateway itself: from then on
         self.written: dict[str, Any] | None = None  # site/control as last committed
         self.control: Value | None = None  # site/control as the store has it (watched)
+        self.published: dict[str, list[dict[str, Any]]] = {}  # gateway -> its alarms
         self.audit_seq = 0
         self.audit_appended = 0
         self._audit_rows: list[dict[str, Any]] = []
@@ -88,6 +89,7 @@ class SiteWide:
     def start(self) -> None:
         self.started_at = time.time()
         self._unsubs = [self.store.watch_prefix("site/control", self._on_control),
+                        self.store.watch_prefix("alarms/", self._on_alarms),
                         self.store.watch_prefix("requests/", self._on_request),
                         self.store.watch_prefix(f"answers/{self.gateway}", self._on_answer)]
         alarms = self.comp.daemon.ports.alarms
@@ -129,6 +131,22 @@ class SiteWide:
     def _on_control(self, ch: Change) -> None:
         if ch.key == "site/control":
             self.control = ch.value
+
+    def _on_alarms(self, ch: Change) -> None:
+        gw = ch.key.removeprefix("alarms/")
+        alarms = (ch.value or {}).get("alarms")
+        if isinstance(alarms, list) and ch.value is not None:
+            self.published[gw] = [a for a in alarms if isinstance(a, dict)]
+        else:
+            self.published.pop(gw, None)  # its lease ended: gone with it
+
+    def site_alarms(self, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """This gateway's alarms and the active ones every other gateway published, keyed
+        ``<gateway>/<key>`` (``alarm_ack`` with that key acknowledges it there)."""
+        others = [{**a, "key": f"{gw}/{a.get('key')}", "gateway": gw}
+                  for gw, alarms in sorted(self.published.items()) if gw != self.gateway
+                  for a in alarms]
+        return [{**a, "gateway": self.gateway} for a in own] + others
 
     def follower_status(self, status: dict[str, Any]) -> dict[str, Any]:
         """``control_status`` on a gateway that does not lead: the mode and overrides the

@@ -107,7 +107,9 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         return out
 
     def alarms(req: dict[str, Any], caller: Caller) -> Any:
-        return store.listing(active_only=bool(req.get("active_only", False)))
+        rows = store.listing(active_only=bool(req.get("active_only", False)))
+        cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        return rows if cluster is None else cluster.site_alarms(rows)
 
     def audit(req: dict[str, Any], caller: Caller) -> Any:
         """A page of the audit log, newest first; the next page: ``before`` = last id."""
@@ -140,6 +142,10 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         detail = {"key": key}
         gw = req.get("gateway")
         cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        if gw is None and cluster is not None and isinstance(key, str) and \
+                key not in store.alarms and key.split("/", 1)[0] in \
+                [g.id for g in comp.daemon.cfg.gateways]:
+            gw, key = key.split("/", 1)  # another gateway's, as `alarms` lists it
         if gw is not None and gw != comp.daemon.gateway_id:
             if cluster is None:
                 raise ApiError(f"this gateway is not in a cluster: no gateway {gw!r} here")
