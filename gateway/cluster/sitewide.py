@@ -119,12 +119,12 @@ class SiteWide:
                 alarms.listeners.remove(self._alarm_changed)
             with contextlib.suppress(ValueError):
                 alarms.on_audit.remove(self._audited)
-        for t in self._tasks:
+        tasks, self._tasks = list(self._tasks), []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        self._tasks = []
         for fut in self._answers.values():
             fut.cancel()
 
@@ -230,8 +230,13 @@ class SiteWide:
         if len(self._done) > 10_000:
             self._done.clear()
         src = ch.key.removeprefix("requests/")
-        self._tasks.append(asyncio.create_task(self._run(src, rid, v),
-                                               name=f"cluster request {src}"))
+        task = asyncio.create_task(self._run(src, rid, v), name=f"cluster request {src}")
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
 
     async def _run(self, src: str, rid: str, v: Value) -> None:
         term = self.store.term

@@ -36,7 +36,7 @@ async def cluster_view(comp: ClusterComponent) -> dict[str, Any]:
     me = comp.store.status()
     try:
         gathered = await gather(d.cfg, timeout_s=TIMEOUT_S, gateway=comp.gateway,
-                                config_dir=d.config_dir)
+                                config_dir=d.config_dir, collect=False)
     except Exception as exc:  # e.g. certificates gone: say so, never guess
         gathered = {"members": [], "reachable": False, "error": str(exc)}
     owners: list[dict[str, Any]] = []
