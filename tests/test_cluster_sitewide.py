@@ -52,6 +52,12 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
             assert o["carried_out_by"] == "gw-a" and o["term"] == term_a, o
             assert o["device"] == "bat" and o["written"] is True and o["at"] is not None, o
             assert o["read_back"] == pytest.approx(3.0, abs=0.05), o
+            # An EV priority, from gw-b, for the car at gw-b's charger: the leader's session.
+            await until(lambda: "ev_a" in ds["gw-a"].ports.controller.sessions.active,  # type: ignore
+                        "the leader sees the car at ev_a")
+            ev = await api.request("ev_set", charger="ev_a", priority="emergency",
+                                   departure_in_h=2)
+            assert ev["carried_out_by"] == "gw-a" and ev["priority"] == "emergency", ev
             # An operator's island, from gw-b: the leader opens the PCC breaker (gw-a's).
             m = await api.request("mode_request", mode="island", reason="storm drill")
             assert m["carried_out_by"] == "gw-a" and m["mode"] == "island", m
@@ -64,9 +70,9 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
             local = await api.request("audit")
         assert runner.values("pcc")["closed"] in (False, 0)
         # gw-b audits what its operator asked and what came back (newest first)
-        assert [r["action"] for r in local[:3]] == ["override_set", "mode_request",
-                                                    "override_set"], local[:3]
-        assert [r["ok"] for r in local[:3]] == [False, True, True]
+        assert [r["action"] for r in local[:4]] == ["override_set", "mode_request",
+                                                    "ev_set", "override_set"], local[:4]
+        assert [r["ok"] for r in local[:4]] == [False, True, True, True]
         store = cs["gw-b"].store
 
         async def stored_island() -> Any:
@@ -81,12 +87,13 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         async def audit_rows() -> Any:
             rows = [e.value for e in await store.get_prefix("audit/")]
             mine = [r for r in rows if r["user"].endswith("@gw-b")]
-            return rows if len(mine) >= 3 else None
+            return rows if len(mine) >= 4 else None
         rows = sorted(await _until_store(audit_rows, "the forwarded rows in the store's "
                                                      "audit"), key=lambda r: r["seq"])
         fwd = [r for r in rows if r["user"].endswith("@gw-b")]
         assert [(r["action"], r["ok"]) for r in fwd] == [
-            ("override_set", True), ("mode_request", True), ("override_set", False)]
+            ("override_set", True), ("ev_set", True), ("mode_request", True),
+            ("override_set", False)]
         assert all(r["writer"] == "gw-a" and r["term"] == term_a for r in fwd)
         assert [r["seq"] for r in rows] == list(range(rows[0]["seq"],
                                                       rows[0]["seq"] + len(rows)))
@@ -129,6 +136,9 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         assert ctl_b.modes.mode == "island" and ctl_b.modes.held is True, \
             ctl_b.modes.as_dict()
         assert ("bat", "p_set_kw") in ctl_b.overrides
+        sess = ctl_b.sessions.active["ev_a"]  # the operator's priority and departure held
+        assert sess.priority == "emergency", sess
+        assert abs((sess.departure_s - ctl_b.clock()) / 3600 - 2) < 0.1, sess
         term_b = cs["gw-b"].store.term
         assert term_b is not None and term_a is not None and term_b > term_a
 

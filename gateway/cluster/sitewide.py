@@ -12,7 +12,8 @@ operating state in the store so that it outlives a leader.
   A leader runs only requests written after it became leader (one from before, left
   unanswered by a leader that died, may have been carried out: never run twice).
 - Site state: the leader writes ``site/control`` (mode, stage, reason, whether an operator
-  holds it, active overrides with their wall-clock expiry), fenced, whenever it changes.
+  holds it, active overrides with their wall-clock expiry, operators' changes to EV
+  sessions such as priority and departure), fenced, whenever it changes.
   A new leader takes them over before its first cycle, so an island held by an operator
   stays held and an estop stays.
 - Audit: every audit row the leader records is appended, fenced, as ``audit/<slot>``
@@ -58,8 +59,18 @@ def _site_value(ctl: Any, clock_now: float, wall_now: float) -> dict[str, Any] |
                  for o in getattr(ctl, "overrides", {}).values()
                  if o.expires_s > clock_now]
     overrides.sort(key=lambda o: (o["device"], o["point"]))
+    ev: dict[str, Any] = {}  # operators' changes to EV sessions (priority, departure, ...)
+    book = getattr(ctl, "sessions", None)
+    for charger, sess in sorted(getattr(book, "active", {}).items()):
+        if sess.overrides:
+            ev[charger] = {
+                "overrides": {k: v for k, v in sess.overrides.items() if k != "departure_s"},
+                "departure_at": (wall_now + (sess.overrides["departure_s"] - clock_now)
+                                 if "departure_s" in sess.overrides else None),
+                "arrival_at": wall_now - (clock_now - sess.arrival_s),
+                "_departure_s": sess.overrides.get("departure_s")}
     return {"mode": modes.mode, "stage": modes.stage, "reason": modes.reason,
-            "held": modes.held, "source": modes.source, "overrides": overrides}
+            "held": modes.held, "source": modes.source, "overrides": overrides, "ev": ev}
 
 
 class SiteWide:
@@ -288,13 +299,17 @@ class SiteWide:
         value = _site_value(ctl, ctl.clock(), time.time())
         if value is None:
             return {}
+        # (compared without the wall-clock times, which move with every cycle)
         cmp = {**value, "overrides": [{k: o[k] for k in ("device", "point", "value", "user")}
-                                      for o in value["overrides"]]}
+                                      for o in value["overrides"]],
+               "ev": {c: (e["overrides"], e["_departure_s"]) for c, e in value["ev"].items()}}
         if cmp == self.written:
             return {}
         self.written = cmp  # (a write that fails resets it: see committed())
-        return {"site/control": {**value, "writer": self.gateway, "term": self.store.term,
-                                 "at": time.time()}}
+        ev = {c: {k: x for k, x in e.items() if k != "_departure_s"}
+              for c, e in value["ev"].items()}
+        return {"site/control": {**value, "ev": ev, "writer": self.gateway,
+                                 "term": self.store.term, "at": time.time()}}
 
     def committed(self, ok: bool, keys: list[str]) -> None:
         if not ok and "site/control" in keys:
@@ -321,6 +336,7 @@ class SiteWide:
                         str(o.get("user") or "?"), now)
             except (KeyError, TypeError, ValueError):
                 log.warning("stored override %r skipped: malformed", o)
+        self._take_ev(ctl, v.get("ev"), now, wall)
         mode = v.get("mode")
         if mode in HELD_MODES and modes.mode != mode:
             modes._enter(str(mode), now, f"taken over from the store (leader "
@@ -334,6 +350,34 @@ class SiteWide:
                     changed()
         log.info("leader took over mode %s and %d override(s) from the store", modes.mode,
                  len(ctl.overrides))
+
+    @staticmethod
+    def _take_ev(ctl: Any, stored: Any, now: float, wall: float) -> None:
+        """Operators' EV session changes: the session goes on here with them (the car's
+        own readings update it from the next cycle; it closes when the car leaves)."""
+        book = getattr(ctl, "sessions", None)
+        if book is None or not isinstance(stored, dict):
+            return
+        from gateway.control.config import EvDefaults
+        from gateway.control.sessions import EvSession
+        for charger, e in stored.items():
+            try:
+                o = dict(e["overrides"])
+                if e.get("departure_at") is not None:
+                    o["departure_s"] = now + (float(e["departure_at"]) - wall)
+                sess = book.active.get(charger)
+                if sess is None:
+                    d = book.defaults.get(charger) or EvDefaults()
+                    arrival = now - (wall - float(e["arrival_at"]))
+                    sess = EvSession(charger, arrival, arrival + d.dwell_h * 3600.0,
+                                     d.energy_kwh, d.priority, d.v2g_allowed,
+                                     d.departure_soc_pct)
+                    book.active[charger] = sess
+                for key, value in o.items():
+                    sess.overrides[key] = value
+                    setattr(sess, key, value)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.warning("stored EV session change for %s skipped: malformed", charger)
 
     # -- audit rows ------------------------------------------------------------------------
     def _audited(self, row: dict[str, Any]) -> None:
