@@ -52,6 +52,14 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
             assert o["carried_out_by"] == "gw-a" and o["term"] == term_a, o
             assert o["device"] == "bat" and o["written"] is True and o["at"] is not None, o
             assert o["read_back"] == pytest.approx(3.0, abs=0.05), o
+            # An override of a device that gw-b polls, through the leader's controller: the
+            # reply is gw-b's report of what its charger took, through the store.
+            o2 = await api.request("override_set", device="ev_a", point="p_set_kw",
+                                   value=4.0, duration_s=600)
+            assert o2["carried_out_by"] == "gw-a" and o2["written"] is True, o2
+            assert o2["read_back"] == pytest.approx(4.0, abs=0.05), o2
+            await until(lambda: cs["gw-b"].applied["ev_a"][1]["p_set_kw"] == 4.0,
+                        "gw-b applying the override")
             # An EV priority, from gw-b, for the car at gw-b's charger: the leader's session.
             await until(lambda: "ev_a" in ds["gw-a"].ports.controller.sessions.active,  # type: ignore
                         "the leader sees the car at ev_a")
@@ -70,9 +78,10 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
             local = await api.request("audit")
         assert runner.values("pcc")["closed"] in (False, 0)
         # gw-b audits what its operator asked and what came back (newest first)
-        assert [r["action"] for r in local[:4]] == ["override_set", "mode_request",
-                                                    "ev_set", "override_set"], local[:4]
-        assert [r["ok"] for r in local[:4]] == [False, True, True, True]
+        assert [r["action"] for r in local[:5]] == ["override_set", "mode_request",
+                                                    "ev_set", "override_set",
+                                                    "override_set"], local[:5]
+        assert [r["ok"] for r in local[:5]] == [False, True, True, True, True]
         store = cs["gw-b"].store
 
         async def stored_island() -> Any:
@@ -82,18 +91,18 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         ctl = await _until_store(stored_island, "the island and override in the store")
         assert ctl["held"] is True and ctl["writer"] == "gw-a" and ctl["term"] == term_a
         assert [(o["device"], o["point"], o["value"]) for o in ctl["overrides"]] == [
-            ("bat", "p_set_kw", 3.0)]
+            ("bat", "p_set_kw", 3.0), ("ev_a", "p_set_kw", 4.0)]
 
         async def audit_rows() -> Any:
             rows = [e.value for e in await store.get_prefix("audit/")]
             mine = [r for r in rows if r["user"].endswith("@gw-b")]
-            return rows if len(mine) >= 4 else None
+            return rows if len(mine) >= 5 else None
         rows = sorted(await _until_store(audit_rows, "the forwarded rows in the store's "
                                                      "audit"), key=lambda r: r["seq"])
         fwd = [r for r in rows if r["user"].endswith("@gw-b")]
         assert [(r["action"], r["ok"]) for r in fwd] == [
-            ("override_set", True), ("ev_set", True), ("mode_request", True),
-            ("override_set", False)]
+            ("override_set", True), ("override_set", True), ("ev_set", True),
+            ("mode_request", True), ("override_set", False)]
         assert all(r["writer"] == "gw-a" and r["term"] == term_a for r in fwd)
         assert [r["seq"] for r in rows] == list(range(rows[0]["seq"],
                                                       rows[0]["seq"] + len(rows)))
@@ -107,7 +116,7 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         assert "Site mode island (held by an operator)" in page, page
         assert follower["mode"]["mode"] == "island" and follower["mode"]["held"] is True
         assert follower["mode"]["stored_by"] == "gw-a", follower["mode"]
-        assert [o["device"] for o in follower["overrides"]] == ["bat"]
+        assert [o["device"] for o in follower["overrides"]] == ["bat", "ev_a"]
         assert re.search(r"override bat\.p_set_kw = 3\.0 by \S+@gw-b, 10 min left", page), page
         assert "gw-a site: site in island mode" in page, page
         # gw-a's alarm acknowledged from gw-b: done on gw-a, published acknowledged.

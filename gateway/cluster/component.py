@@ -68,6 +68,7 @@ class ClusterComponent:
         self._seq = 0
         self.seeded: tuple[int | None, dict[str, Any]] | None = None  # (term, setpoints)
         self.sitewide = SiteWide(self)  # forwarded commands, mode/overrides/audit stored
+        self.on_report: list[Any] = []  # listeners of remote devices' write outcomes
         daemon.ports.cluster = self
 
     # -- life cycle --------------------------------------------------------------------------
@@ -130,6 +131,10 @@ class ClusterComponent:
 
     def leader_id(self) -> str | None:
         return self.store.leader
+
+    def polled_elsewhere(self, dev_id: str) -> str | None:
+        """The gateway that polls ``dev_id`` when it is not this one."""
+        return self.remote.get(dev_id)
 
     def site_alarms(self, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.sitewide.site_alarms(own)
@@ -332,11 +337,15 @@ class ClusterComponent:
         from gateway.control.applier import WriteOutcome
         v = ch.value
         try:
-            ctl.outcome(WriteOutcome(dev, str(v["point"]), v["value"], bool(v["ok"]),
-                                     float(v["at"]), read_back=v.get("read_back"),
-                                     error=v.get("error"), command=bool(v.get("command"))))
+            out = WriteOutcome(dev, str(v["point"]), v["value"], bool(v["ok"]),
+                               float(v["at"]), read_back=v.get("read_back"),
+                               error=v.get("error"), command=bool(v.get("command")))
         except (KeyError, TypeError, ValueError):
             log.debug("malformed report for %s skipped", dev)
+            return
+        ctl.outcome(out)
+        for listener in list(self.on_report):  # e.g. an override's reply waiting for it
+            listener(out)
 
     def status(self) -> dict[str, Any]:
         ages = sorted(self.telemetry.ages_s)

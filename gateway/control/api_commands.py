@@ -226,7 +226,9 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         if c.modes.mode == "estop":
             raise ApiError("emergency stop is active: overrides are not applied")
         io = comp.daemon.ios.get(dev_id)
-        if io is None:
+        cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        elsewhere = cluster.polled_elsewhere(dev_id) if cluster is not None else None
+        if io is None and elsewhere is None:
             raise ApiError(f"{dev_id} is not polled by this gateway")
         writable = getattr(getattr(io, "template", None), "writable", None)
         if isinstance(writable, list) and point not in writable:
@@ -238,6 +240,9 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         if dev_id in c.lockouts:
             raise ApiError(f"{dev_id} is held at zero by protection: {c.lockouts[dev_id]}")
         if point in COMMAND_POINTS:
+            if io is None:
+                raise ApiError(f"{dev_id} is polled by gateway {elsewhere}: a breaker command "
+                               f"is given on the gateway that polls it")
             if value is not True:
                 raise ApiError(f"'{point}' is a command: send true to {point} the breaker")
             return _breaker_command(dev_id, point)
@@ -284,7 +289,10 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             if out.device == dev_id and out.point == point and not fut.done() and \
                     _close(out.value, c.last.get(dev_id, {}).get(point)):
                 fut.set_result(out)
+        cluster = comp.daemon.ports.cluster
+        reports = cluster.on_report if cluster is not None else []  # (another gateway's)
         comp.applier.on_outcome.append(listener)
+        reports.append(listener)
         try:
             outcome = await _answer(fut, f"{dev_id}.{point}",
                                     "the override stays set and is retried")
@@ -296,6 +304,7 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             return {**o, "written": True, "read_back": had, "at": None, "unchanged": True}
         finally:
             comp.applier.on_outcome.remove(listener)
+            reports.remove(listener)
         return {**o, **outcome.as_dict(), "value_written": outcome.value}
 
     def override_clear(req: dict[str, Any], caller: Caller) -> Any:
