@@ -194,3 +194,26 @@ async def test_no_leader_means_a_clear_refusal(tmp_path: Path,
         with pytest.raises(ApiRequestError, match="no cluster leader is elected"):
             await s.api("gw-a", "shed", load="heater")
         etcd3.restart_all()
+
+
+async def test_an_emergency_stop_stays_across_failover(tmp_path: Path,
+                                                       etcd3: EtcdCluster) -> None:  # noqa: F811
+    cfg = site(tmp_path, etcd3, ["gw-a", "gw-b"])
+    async with gateways(cfg, ["gw-a", "gw-b"]) as (runner, ds):
+        cs = {g: comp(d) for g, d in ds.items()}
+        await until(lambda: cs["gw-b"].leader_id() == "gw-a", "gw-b knows the leader")
+        await until(lambda: float(runner.values("ev_a")["p_kw"]) > 1.0, "ev_a charging")
+        async with ApiClient(ds["gw-b"].socket_path) as api:
+            stop = await api.request("emergency_stop", reason="smoke in the plant room")
+        assert stop["carried_out_by"] == "gw-a" and stop["mode"] == "estop", stop
+        await until(lambda: cs["gw-a"].sitewide.written is not None
+                    and cs["gw-a"].sitewide.written["mode"] == "estop", "estop stored")
+        await ds["gw-a"].shutdown()
+        await until(lambda: cs["gw-b"].leading(), "gw-b leads")
+        ctl: Any = ds["gw-b"].ports.controller
+        assert ctl.modes.mode == "estop", ctl.modes.as_dict()
+        # the new leader's own setpoint keeps gw-b's charger at zero
+        term = cs["gw-b"].store.term
+        await until(lambda: cs["gw-b"].applied_term.get("ev_a") == term,
+                    "the new leader's setpoint for ev_a applied")
+        assert cs["gw-b"].applied["ev_a"][1].get("p_set_kw") == 0.0
