@@ -19,10 +19,15 @@ OWNERS = {"meter": "gw-a", "bat": "gw-a", "pcc": "gw-a", "crit": "gw-a", "heater
 
 
 def site_dict(tmp: Path, etcd: EtcdCluster, gateways: list[str], *, cycle_s: float = 0.2,
-              lease_ttl_s: float = 2.0, port: int = 1) -> dict[str, Any]:
+              lease_ttl_s: float = 2.0, port: int = 1,
+              standby: dict[str, list[str]] | None = None,
+              handback_after_s: float | None = None) -> dict[str, Any]:
     def dev(i: int, id_: str, nature: str, template: str, **kw: Any) -> dict[str, Any]:
+        extra = {"standby_gateways": standby[id_]} if standby and id_ in standby else {}
         return {"id": id_, "nature": nature, "template": template, "connection": "tcp",
-                "unit_id": i, "poll_interval_s": POLL_S, "gateway": OWNERS[id_], **kw}
+                "unit_id": i, "poll_interval_s": POLL_S, "gateway": OWNERS[id_], **extra,
+                **kw}
+    handback = {} if handback_after_s is None else {"handback_after_s": handback_after_s}
     return {
         "site": {"name": "cluster", "timezone": "UTC", "grid": {"import_limit_kw": 30.0}},
         "gateways": [{"id": g, "api_socket": str(tmp / f"{g}.sock")} for g in gateways],
@@ -42,7 +47,7 @@ def site_dict(tmp: Path, etcd: EtcdCluster, gateways: list[str], *, cycle_s: flo
         "historian": {"enabled": False},
         "control": {"cycle_s": cycle_s, "emergency": {"pcc_breaker": "pcc"}},
         "cluster": {"backend": "etcd", "allow_plaintext": True, "lease_ttl_s": lease_ttl_s,
-                    "prefix": "/autogrid/test",
+                    "prefix": "/autogrid/test", **handback,
                     "members": [{"gateway": g, "client_url": etcd.members[g].client_url,
                                  "peer_url": etcd.members[g].peer_url} for g in gateways]},
         "simulation": {"seed": 3, "clock": {"start": "2025-06-21T09:00:00+00:00"},

@@ -78,5 +78,5 @@ def test_pv_with_the_weather_forecast_and_its_fallback_without() -> None:
     assert "pv" not in fc.notes
     without = fc.predict(start, pd.Timedelta(hours=24))
     assert "no weather forecast" in fc.notes["pv"] and pv.fallback.split("_")[0] in (
-        "rf", "lr", "seasonal", "cs")
+        "rf", "lr", "avg", "seasonal", "cs")
     assert not np.allclose(with_wx["pv"]["p50"], without["pv"]["p50"])

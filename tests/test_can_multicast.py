@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -76,6 +77,19 @@ def in_ns(ns: str, args: list[str], tmp: Path) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_frames(ns: str, seconds: float = 60) -> None:
+    """Block until a frame of the simulator arrives on the group inside the namespace: a
+    simulator that starts slowly (a loaded machine) is not a device going offline."""
+    listen = ("import can, sys\n"
+              f"bus = can.Bus(interface='udp_multicast', channel='{GROUP}')\n"
+              f"msg = bus.recv({seconds})\n"
+              "bus.shutdown()\n"
+              "sys.exit(0 if msg is not None else 1)\n")
+    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", listen],
+                       capture_output=True, text=True, timeout=seconds + 30)
+    assert r.returncode == 0, f"no frame from the simulator within {seconds} s: {r.stderr}"
+
+
 def wait_status(cfg: Path, tmp: Path, done: Any, seconds: float = 60) -> dict[str, Any]:
     """The daemon's snapshot once ``done(snapshot)`` holds (or the last one seen)."""
     deadline = time.monotonic() + seconds
@@ -97,6 +111,7 @@ def test_sim_and_daemon_talk_can_over_loopback_multicast(netns: str, tmp_path: P
     sim = in_ns(netns, ["sim", "-c", str(cfg)], tmp_path)
     daemon = None
     try:
+        wait_for_frames(netns)
         daemon = in_ns(netns, ["run", "-c", str(cfg)], tmp_path)
         snap = wait_status(cfg, tmp_path,
                            lambda s: s["summary"]["devices"]["good"] == 2)

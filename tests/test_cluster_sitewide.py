@@ -41,8 +41,8 @@ async def test_forwarded_commands_and_stored_mode_survive_failover(
         cs = {g: comp(d) for g, d in ds.items()}
         await until(lambda: cs["gw-a"].leading() and cs["gw-b"].leader_id() == "gw-a",
                     "gw-a leads and gw-b knows it")
-        await until(lambda: "bat" in ds["gw-a"].ports.controller.visible,  # type: ignore
-                    "the leader sees the battery")
+        await until(lambda: {"bat", "ev_a"} <= ds["gw-a"].ports.controller.visible,  # type: ignore
+                    "the leader sees the battery and gw-b's charger")
         term_a = cs["gw-a"].store.term
         async with ApiClient(ds["gw-b"].socket_path) as api:
             # An override on the gateway that does not lead: the leader holds it and the

@@ -108,8 +108,10 @@ def folds(last: pd.Timestamp, days: int, retrain_days: int
 
 def candidates(target: str, weather: bool, kinds: tuple[str, ...] = models.KINDS
                ) -> tuple[str, ...]:
-    wx = tuple(f"{k}_wx" for k in kinds) if weather and models.WX_COLS.get(target) else ()
-    return (*kinds, *wx, *models.naive_names(target))
+    ens = tuple(k for k, m in models.ENSEMBLE.items() if set(m) <= set(kinds))
+    own = (*kinds, *ens)
+    wx = tuple(f"{k}_wx" for k in own) if weather and models.WX_COLS.get(target) else ()
+    return (*own, *wx, *models.naive_names(target))
 
 
 def has_weather(frame: pd.DataFrame, target: str) -> bool:
@@ -137,10 +139,15 @@ def rolling_origin(frame: pd.DataFrame, info: SiteInfo, target: str, days: int,
         train = idx < t0
         test = (idx >= t0) & (idx < t1)
         for k in kinds:
+            if models.members(k):  # the mean of its members' forecasts, not refitted
+                continue
             m, cols = models.fit(k, target, feats[train], y[train], n_trees, n_jobs)
             preds[k].append(models.predict(m, cols, feats[test], target))
             if tick and k not in models.NAIVE:
                 tick()
+        for k in kinds:
+            if models.members(k):
+                preds[k].append(np.mean([preds[m][-1] for m in models.members(k)], axis=0))
         rows.append(np.flatnonzero(test))
         fold_no.append(np.full(int(test.sum()), i))
     sel = np.concatenate(rows)

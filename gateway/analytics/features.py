@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pvlib
 
+from gateway.analytics import pvchain
 from gateway.analytics.data import local_days
 from gateway.analytics.site import SiteInfo
 
@@ -70,15 +71,25 @@ def weather_features(idx: pd.DatetimeIndex, target: str, info: SiteInfo,
         ghi = w["ghi_fc_w_m2"].to_numpy(dtype=float) if "ghi_fc_w_m2" in w else nan
         kt = np.clip(ghi / np.maximum(clear_sky_ghi(idx, info), 1.0), 0.0, 1.2)
         kt = np.where(np.isfinite(ghi), kt, np.nan)
-        return {"kt_fc": kt, "pv_fc": (cs if cs is not None else nan) * kt}
+        temp = w["temp_fc_c"].to_numpy(dtype=float) if "temp_fc_c" in w else None
+        return {"kt_fc": kt, "pv_fc": (cs if cs is not None else nan) * kt,
+                "pv_phys": pvchain.forecast_pv(idx, info, ghi, temp)}
     if target == "load":
         temp = w["temp_fc_c"].to_numpy(dtype=float) if "temp_fc_c" in w else nan
         day = pd.Series(temp, index=idx).groupby(local_days(idx, info.timezone)).transform(
             "mean").to_numpy()
         hdd = np.maximum(0.0, 15.0 - day)
         hours = idx.tz_convert(info.timezone).hour.to_numpy()
+        # heating degrees against the week the load level (level_7d) was measured in:
+        # a level learnt in a mild week under-forecasts a cold day, and the other way round
+        ld = local_days(idx, info.timezone)
+        daily_hdd = pd.Series(hdd, index=ld).groupby(level=0).mean()
+        prev = np.column_stack([daily_hdd.reindex(ld - k).to_numpy() for k in range(1, 8)])
+        n = np.isfinite(prev).sum(axis=1)
+        week = np.where(n > 0, np.nansum(prev, axis=1) / np.maximum(n, 1), np.nan)
         return {"temp_fc": temp, "hdd_fc": hdd,
-                "hdd_fc_day": hdd * ((hours >= 6) & (hours < 22))}
+                "hdd_fc_day": hdd * ((hours >= 6) & (hours < 22)),
+                "hdd_delta": np.where(np.isfinite(week), hdd - week, 0.0)}
     return {}
 
 
@@ -127,6 +138,11 @@ def build(y: pd.Series, target: str, info: SiteInfo, cs: np.ndarray | None = Non
     f["lag_7d"] = y.shift(WEEK).to_numpy()
     f["mean_1d"] = _prev_day(y, local_day, 1, "mean")
     f["mean_7d"] = _prev_day(y, local_day, 7, "mean")
+    # the level of the last week, every weekday once: what a step in consumption moves
+    week = np.column_stack([_prev_day(y, local_day, k, "mean") for k in range(1, 8)])
+    known = np.isfinite(week).sum(axis=1)
+    f["level_7d"] = np.where(known >= 4, np.nansum(week, axis=1) / np.maximum(known, 1),
+                             np.nan)
     if target == "pv":
         c = clear_sky_pv(idx, info) if cs is None else cs
         f["cs"] = c

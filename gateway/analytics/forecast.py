@@ -29,7 +29,7 @@ from gateway.analytics.site import SiteInfo
 
 HISTORY_KEEP = pd.Timedelta(days=15)
 INTRADAY_TAU_S = 7200.0  # how fast the latest observed error fades out of a forecast
-FORMAT = 2
+FORMAT = 3  # 3: load models learn load over its weekly level; a format-2 file is refitted
 DAY_AHEAD = pd.Timedelta(hours=24)
 
 
@@ -175,7 +175,7 @@ class Forecaster:
         pv[origin + 1:] = np.nan
         pv_fc = None
         if weather is not None and "ghi_fc_w_m2" in weather:
-            pv_fc = features.weather_features(idx, "pv", self.info, weather, cs)["pv_fc"]
+            pv_fc = features.weather_features(idx, "pv", self.info, weather, cs)["pv_phys"]
         near_kw = near.predict(pv, cs, local_days(idx, self.info.timezone), pv_fc, origin)
         out = y.to_numpy(dtype=float).copy()
         span = out[origin + 1:origin + 1 + intraday.LEADS]

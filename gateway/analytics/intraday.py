@@ -203,7 +203,8 @@ def _arrays(frame: pd.DataFrame, info: SiteInfo
     day = local_days(idx, info.timezone)
     pv_fc = None
     if "ghi_fc_w_m2" in frame and frame["ghi_fc_w_m2"].notna().any():
-        pv_fc = features.weather_features(idx, "pv", info, frame[["ghi_fc_w_m2"]], cs)["pv_fc"]
+        wx = frame[[c for c in ("ghi_fc_w_m2", "temp_fc_c") if c in frame]]
+        pv_fc = features.weather_features(idx, "pv", info, wx, cs)["pv_phys"]
     return pv, cs, day, pv_fc
 
 

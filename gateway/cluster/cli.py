@@ -171,6 +171,39 @@ def _run_status(args: argparse.Namespace) -> int:
     return EXIT_OK if st["reachable"] and st.get("leader") and not st.get("error") else 1
 
 
+# --- autogrid cluster move ----------------------------------------------------------------
+
+def _move_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="site config (YAML)")
+    p.add_argument("device", help="a device with standby_gateways")
+    p.add_argument("to", metavar="GATEWAY", help="its owner or one of its standby gateways")
+    p.add_argument("--on", help="the gateway whose API is asked (the leader does the move; "
+                                "default: the first gateway)")
+
+
+def _run_move(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.apiclient import ApiClient, ApiRequestError, ApiUnavailable
+    from gateway.daemon import socket_path_for
+
+    loaded, _cluster = _site(args)
+    cfg = loaded.config
+    on = args.on or cfg.gateways[0].id
+    if on not in [g.id for g in cfg.gateways]:
+        raise ClusterCommandError(f"--on: unknown gateway '{on}'")
+
+    async def ask() -> Any:
+        async with ApiClient(socket_path_for(cfg, on)) as api:
+            return await api.request("device_move", device=args.device, gateway=args.to)
+    try:
+        got = asyncio.run(ask())
+    except (ApiRequestError, ApiUnavailable) as exc:
+        raise ClusterCommandError(f"device_move on {on}: {exc}") from None
+    print(f"{got['device']} moves to {got['gateway']} (ownership record written by {on})")
+    return EXIT_OK
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("certs", "make the site CA and each gateway's etcd TLS certificate and key",
                _certs_args, _run_certs),
@@ -179,6 +212,9 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("status", "members, leader and term, lease ages, per-gateway health and "
                          "devices (exit 1: no member answers or no gateway leads)",
                _status_args, _run_status),
+    Subcommand("move", "move a standby-capable device to its owner or a standby gateway "
+                       "(asks the leader's API; operator role; audited)",
+               _move_args, _run_move),
 ]
 
 

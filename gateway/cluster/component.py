@@ -69,6 +69,8 @@ class ClusterComponent:
         self.seeded: tuple[int | None, dict[str, Any]] | None = None  # (term, setpoints)
         self.sitewide = SiteWide(self)  # forwarded commands, mode/overrides/audit stored
         self.on_report: list[Any] = []  # listeners of remote devices' write outcomes
+        from gateway.cluster.takeover import Takeover
+        self.takeover = Takeover(self)  # standby_gateways: who polls which device
         daemon.ports.cluster = self
 
     # -- life cycle --------------------------------------------------------------------------
@@ -76,6 +78,7 @@ class ClusterComponent:
         for dev_id, gw in self.remote.items():
             if dev_id not in self.daemon.state.devices:
                 self.daemon.state.add_device(remote_device_state(self.daemon.cfg, dev_id, gw))
+        await self.takeover.detach_configured()
         await self.store.start()
         self._unsubs = [self.store.on_leadership(self._leadership),
                         self.store.watch_prefix("setpoints/", self._on_setpoint),
@@ -86,6 +89,7 @@ class ClusterComponent:
             applier.on_outcome.append(self._outcome)
         self.sitewide.start()
         self.telemetry.start()
+        self.takeover.start()
         if self.daemon.api is not None:
             self.daemon.api.register("cluster", lambda _r, _c: self.status(), role="viewer",
                                      help="cluster: leader, term, lease age, this gateway's "
@@ -108,6 +112,7 @@ class ClusterComponent:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        await self.takeover.stop()
         await self.telemetry.stop()
         await self.store.stop()  # leading() is False from here on: control stays off
 
@@ -120,6 +125,7 @@ class ClusterComponent:
         self.remote.update({d.id: (d.gateway or cfg.gateways[0].id) for d in cfg.devices
                             if d.enabled and d.id not in self.own})
         self.telemetry.own_set = set(self.own)
+        self.takeover.rebind()
         for dev_id, gw in self.remote.items():
             if dev_id not in self.daemon.state.devices:
                 self.daemon.state.add_device(remote_device_state(cfg, dev_id, gw))
@@ -351,7 +357,7 @@ class ClusterComponent:
         ages = sorted(self.telemetry.ages_s)
         return {**self.store.status(), "own": self.own,
                 "gone": dict(self.telemetry.gone), "acked": len(self.acked),
-                "refusals": list(self.refusals)[-5:],
+                "refusals": list(self.refusals)[-5:], "takeover": self.takeover.status(),
                 "remote_age_s_p50": ages[len(ages) // 2] if ages else None,
                 "remote_age_s_p99": ages[min(len(ages) - 1, int(0.99 * len(ages)))]
                 if ages else None}

@@ -1,7 +1,8 @@
 """`autogrid cluster status -c site.yaml`: the cluster as etcd holds it, read from any
 member that answers: members (up or down, etcd version, raft leader), the leader gateway
 and its term, each gateway's lease (time left) and telemetry age, devices per gateway with
-their quality, and the last setpoint write. Nothing is written.
+their quality (where the ownership records put them: a device taken over by a standby is
+listed under the standby, marked so), and the last setpoint write. Nothing is written.
 """
 
 from __future__ import annotations
@@ -102,10 +103,16 @@ async def _site(client: Any, cfg: SiteConfig, now: float, timeout_s: float) -> d
         since = (value or {}).get("since")
         leader = {"gateway": (value or {}).get("gateway"), "term": int(kv.create_revision),
                   "since": since, "for_s": now - since if isinstance(since, float) else None}
+    # Devices per gateway: where the ownership records (takeover) put them, else configured.
+    configured = {d.id: gw.id for gw in cfg.gateways for d in cfg.devices_of(gw.id)}
+    holder = {k.removeprefix("owners/"): str(v.get("gateway")) for k, (_kv, v) in keys.items()
+              if k.startswith("owners/") and isinstance(v, dict)}
     gateways: list[dict[str, Any]] = []
     for gw in cfg.gateways:
-        row: dict[str, Any] = {"gateway": gw.id,
-                               "devices": {d.id: None for d in cfg.devices_of(gw.id)}}
+        mine = [d for d, g in configured.items() if holder.get(d, g) == gw.id]
+        row: dict[str, Any] = {"gateway": gw.id, "devices": {d: None for d in mine},
+                               "taken_over": {d: configured[d] for d in mine
+                                              if configured[d] != gw.id}}
         entry = keys.get(f"telemetry/{gw.id}")
         if entry is None:
             row.update({"alive": False, "lease_left_s": None, "telemetry_age_s": None})
@@ -165,7 +172,10 @@ def render(st: dict[str, Any], out: TextIO) -> None:
                       f"{_s(g['telemetry_age_s'])} old")
         else:
             health = "GONE (no lease: stopped, or silent past its lease)"
-        devs = ", ".join(f"{d} {q or '?'}" for d, q in g["devices"].items()) or "no devices"
+        over = g.get("taken_over") or {}
+        devs = ", ".join(f"{d} {q or '?'}" + (f" (taken over from {over[d]})" if d in over
+                                               else "")
+                         for d, q in g["devices"].items()) or "no devices"
         out.write(f"  gateway {g['gateway']:<12} {health}; {devs}\n")
     sp = st["setpoints"]
     if sp.get("revision"):
