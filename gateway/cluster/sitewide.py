@@ -43,7 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("autogrid.cluster")
 
-FORWARD_WAIT_S = 10.0  # > the leader's own wait for a device's answer (5 s)
+# Inside the API clients' 5 s (the console's, the CLI's): a device that answers the leader
+# later than this is reported as "no answer yet, may or may not have been carried out",
+# and the leader's audit row says what happened.
+FORWARD_WAIT_S = 4.5
 AUDIT_KEEP = 1000  # audit rows kept in the store (the oldest slot is reused)
 ALARM_PUBLISH_S = 0.2  # alarms are published at most this often
 HELD_MODES = ("island", "estop", "black_start", "reconnect")
