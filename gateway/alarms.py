@@ -81,6 +81,7 @@ class AlarmStore:
         self._lock = threading.Lock()
         self.alarms: dict[str, Alarm] = {}
         self.listeners: list[Callable[[Alarm], None]] = []
+        self.on_audit: list[Callable[[dict[str, Any]], None]] = []  # each row (cluster)
         self._audit_mem: list[tuple[int, float, str, str, str, int, str | None]] = []
         self._mem_id = 0
         self._last_prune = float("-inf")
@@ -197,6 +198,9 @@ class AlarmStore:
                None if reason is None else _cut(str(reason)))
         self._mem_id += 1
         self._audit_mem.append((self._mem_id, *row))
+        for fn in list(self.on_audit):
+            fn({"ts": now, "user": row[1], "action": row[2], "detail": detail, "ok": ok,
+                "reason": row[5]})
         del self._audit_mem[:-1000]
         with self._lock:
             if self._db is None:

@@ -46,6 +46,17 @@ class ClusterPort(Protocol):
 
     async def wait_leading(self, timeout_s: float) -> bool: ...  # True: leads now
 
+    on_report: list[Any]  # listeners of remote devices' write outcomes (at the leader)
+
+    def polled_elsewhere(self, dev_id: str) -> str | None: ...  # its gateway, if not this
+
+    def follower_status(self, status: dict[str, Any]) -> dict[str, Any]: ...  # stored mode
+
+    def site_alarms(self, own: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+    async def forward(self, cmd: str, req: dict[str, Any], caller: Any,
+                      to: str | None = None) -> Any: ...  # run by the leader (or ``to``)
+
     def dispatch(self, setpoints: dict[str, dict[str, Any]],
                  commands: list[tuple[str, str, Any]]) -> None: ...
 

@@ -126,7 +126,28 @@ async def fetch_picture(client: Any) -> dict[str, Any]:
     snap["mode"] = mode_text(status)
     snap["alarms"] = active_alarms(alarms)
     snap["site_time"] = clock
+    if "cluster_site" in have:  # a cluster: the site as the leader stored it
+        site_wide(snap, await client.request("cluster_site"))
     return snap
+
+
+def site_wide(snap: dict[str, Any], site: Any) -> None:
+    """On a cluster every gateway shows the same site: the mode and overrides the leader
+    stored, and the alarms every gateway published (this gateway's own from itself)."""
+    if not isinstance(site, dict):
+        return
+    ctl = site.get("control")
+    if isinstance(ctl, dict):
+        snap["mode"] = mode_text(ctl) + (" (held by an operator)" if ctl.get("held") else "")
+        snap["overrides"] = [o for o in ctl.get("overrides") or [] if isinstance(o, dict)]
+    me = snap.get("gateway")
+    if any(isinstance(a, dict) and a.get("gateway") for a in snap.get("alarms") or []):
+        return  # `alarms` already lists every gateway's
+    mine = [{**a, "gateway": me} for a in snap.get("alarms") or []]
+    others = [{**a, "gateway": gw} for gw, alarms in (site.get("alarms") or {}).items()
+              if gw != me and isinstance(alarms, list) for a in alarms if isinstance(a, dict)]
+    if snap.get("alarms") is not None or others:
+        snap["alarms"] = mine + (active_alarms(others) or [])
 
 
 def render(snapshot: dict[str, Any], title: str = "AutoGrid", now: float | None = None) -> str:
@@ -150,10 +171,17 @@ def render(snapshot: dict[str, Any], title: str = "AutoGrid", now: float | None 
         n = "n/a" if alarms is None else str(len(alarms))
         lines += ["", f"Site mode {snapshot['mode']}   Active alarms {n}"]
         for a in (alarms or [])[:5]:
-            lines.append(f"  [{a.get('severity', '?')}] {a.get('source', '?')}: "
+            where = f"{a['gateway']} " if a.get("gateway") else ""
+            lines.append(f"  [{a.get('severity', '?')}] {where}{a.get('source', '?')}: "
                          f"{a.get('message', '')}")
         if alarms and len(alarms) > 5:
             lines.append(f"  ... and {len(alarms) - 5} more (autogrid console, Alarms)")
+        for o in snapshot.get("overrides") or []:
+            left = o.get("expires_at")
+            lines.append(f"  override {o.get('device')}.{o.get('point')} = {o.get('value')} "
+                         f"by {o.get('user')}"
+                         + (f", {max(0.0, (left - now) / 60):.0f} min left"
+                            if isinstance(left, int | float) else ""))
     counts = s.get("devices", {})
     lines += ["", f"Devices  {counts.get('good', 0)} ok, {counts.get('stale', 0)} stale, "
                   f"{counts.get('offline', 0)} offline"]

@@ -79,7 +79,8 @@ def check_history(events: list[Event], acked: dict[str, list[dict[str, Any]]]) -
                 if not terms or terms[-1][0] != term:
                     terms.append((term, leader))
             continue
-        if ev.key.startswith(("setpoints/", "commands/", "owners/")) and ev.value is not None:
+        if ev.key.startswith(("setpoints/", "commands/", "owners/", "site/", "audit/")) \
+                and ev.value is not None:  # every fenced key
             writes += 1
             assert term is not None, f"{ev.key} written at revision {ev.revision} with no " \
                                      f"leader alive"

@@ -249,7 +249,8 @@ def test_every_screen_renders_at_every_size(size: tuple[int, int]) -> None:
         assert lines[0].lstrip().startswith("AutoGrid")
         if size[0] >= 80:  # the key bar and the clock are whole, not cut
             nav = lines[-1].rstrip()
-            label = NAV_LABELS[[s.name for s in app.screens].index(name)]
+            numbered = [s.name for s in app.screens]
+            label = NAV_LABELS[numbered.index(name)] if name in numbered else ""  # by letter
             assert f" {label}" in nav and nav.endswith("q Quit ? Help"), (name, size, nav)
             assert re.search(r"\d\d:\d\d:\d\d \S+$", lines[0].rstrip()), lines[0]
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from gateway.cluster.sitewide import SiteWide
 from gateway.cluster.store import Change, ClusterStore, FencedWrite, Value
 from gateway.cluster.telemetry import Telemetry, remote_device_state
 
@@ -66,6 +67,8 @@ class ClusterComponent:
         self._unsubs: list[Any] = []
         self._seq = 0
         self.seeded: tuple[int | None, dict[str, Any]] | None = None  # (term, setpoints)
+        self.sitewide = SiteWide(self)  # forwarded commands, mode/overrides/audit stored
+        self.on_report: list[Any] = []  # listeners of remote devices' write outcomes
         from gateway.cluster.takeover import Takeover
         self.takeover = Takeover(self)  # standby_gateways: who polls which device
         daemon.ports.cluster = self
@@ -84,6 +87,7 @@ class ClusterComponent:
         applier = self.daemon.ports.applier
         if applier is not None:
             applier.on_outcome.append(self._outcome)
+        self.sitewide.start()
         self.telemetry.start()
         self.takeover.start()
         if self.daemon.api is not None:
@@ -101,6 +105,7 @@ class ClusterComponent:
         applier = self.daemon.ports.applier
         if applier is not None and self._outcome in applier.on_outcome:
             applier.on_outcome.remove(self._outcome)
+        await self.sitewide.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -133,6 +138,21 @@ class ClusterComponent:
     def leader_id(self) -> str | None:
         return self.store.leader
 
+    def polled_elsewhere(self, dev_id: str) -> str | None:
+        """The gateway that polls ``dev_id`` when it is not this one."""
+        return self.remote.get(dev_id)
+
+    def site_alarms(self, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.sitewide.site_alarms(own)
+
+    def follower_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        return self.sitewide.follower_status(status)
+
+    async def forward(self, cmd: str, req: dict[str, Any], caller: Any,
+                      to: str | None = None) -> Any:
+        """An operator command given here, run by the leader or by gateway ``to``."""
+        return await self.sitewide.forward(cmd, req, caller, to)
+
     async def wait_leading(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for this gateway to lead; True when it does."""
         if not self.leading():
@@ -145,6 +165,7 @@ class ClusterComponent:
         self._leading.clear()  # (gained: set once seeded from the committed setpoints)
         self._pending = None
         if is_leader:
+            self.sitewide.became_leader()
             self._tasks.append(asyncio.create_task(self._seed(term), name="cluster seed"))
             if alarms is not None:
                 alarms.clear("cluster", "fenced")
@@ -161,6 +182,7 @@ class ClusterComponent:
                 entries = await self.store.get_prefix("setpoints/")
                 last = {e.key.removeprefix("setpoints/"): dict(e.value.get("points") or {})
                         for e in entries}
+            await self.sitewide.take_over()  # mode and overrides held across failover
         except Exception as exc:  # the store is away: the fenced writes will say so
             log.warning("new leader could not read the committed setpoints: %s", exc)
         if not self.store.is_leader or self.store.term != term:
@@ -222,11 +244,13 @@ class ClusterComponent:
                 items[f"commands/{dev}"] = {"point": point, "value": value,
                                             "writer": self.gateway, "term": term, "at": now,
                                             "seq": self._seq}
+            items.update(self.sitewide.site_items())
             if not items:
                 continue
             t0 = time.perf_counter()
             res = await self.store.fenced_put(items)
             self._record(res, sorted(items), (time.perf_counter() - t0) * 1000.0)
+            self.sitewide.committed(res.ok, list(items))
             if not res.ok and res.unknown and commands:
                 # Not known to be committed: carry the commands into the next write
                 # (they are idempotent: trip, close, zero).
@@ -319,11 +343,15 @@ class ClusterComponent:
         from gateway.control.applier import WriteOutcome
         v = ch.value
         try:
-            ctl.outcome(WriteOutcome(dev, str(v["point"]), v["value"], bool(v["ok"]),
-                                     float(v["at"]), read_back=v.get("read_back"),
-                                     error=v.get("error"), command=bool(v.get("command"))))
+            out = WriteOutcome(dev, str(v["point"]), v["value"], bool(v["ok"]),
+                               float(v["at"]), read_back=v.get("read_back"),
+                               error=v.get("error"), command=bool(v.get("command")))
         except (KeyError, TypeError, ValueError):
             log.debug("malformed report for %s skipped", dev)
+            return
+        ctl.outcome(out)
+        for listener in list(self.on_report):  # e.g. an override's reply waiting for it
+            listener(out)
 
     def status(self) -> dict[str, Any]:
         ages = sorted(self.telemetry.ages_s)

@@ -161,6 +161,14 @@ class EtcdCluster:
         self._spawn(m, "existing")
         self.wait_healthy(timeout_s, only=[name])
 
+    def restart_all(self, timeout_s: float = 30.0) -> None:
+        """Start every stopped member again on its data dir at once (one alone has no
+        quorum to be healthy with) and wait until each answers healthy."""
+        for m in self.members.values():
+            if not m.running():
+                self._spawn(m, "existing")
+        self.wait_healthy(timeout_s)
+
     def wait_healthy(self, timeout_s: float = 30.0, only: list[str] | None = None) -> None:
         deadline = time.monotonic() + timeout_s
         for name in only or list(self.members):

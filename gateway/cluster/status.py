@@ -37,8 +37,11 @@ def _client(cfg: SiteConfig, url: str, gateway: str, config_dir: Path) -> Any:
 
 
 async def gather(cfg: SiteConfig, timeout_s: float = TIMEOUT_S, gateway: str | None = None,
-                 config_dir: Path | None = None) -> dict[str, Any]:
-    """What `cluster status` shows, as a dict (also the ``--json`` output)."""
+                 config_dir: Path | None = None, collect: bool = True) -> dict[str, Any]:
+    """What `cluster status` shows, as a dict (also the ``--json`` output). ``collect``:
+    free each client's grpc channel at once with a full GC (a short-lived command, the
+    tests); the daemon (the console's Cluster screen) leaves it to the usual GC, since
+    a full collection there would stall its event loop."""
     cl = cfg.cluster
     assert cl is not None and cl.backend == "etcd"
     gw = gateway or cfg.gateways[0].id
@@ -58,7 +61,7 @@ async def gather(cfg: SiteConfig, timeout_s: float = TIMEOUT_S, gateway: str | N
         except Exception as exc:
             row.update({"up": False, "error": str(exc) or type(exc).__name__})
         if client is not reader:
-            await _close(client)
+            await _close(client, collect)
         members.append(row)
     out: dict[str, Any] = {"prefix": cl.prefix, "lease_ttl_s": cl.lease_ttl_s,
                            "members": members, "reachable": reader is not None}
@@ -69,17 +72,18 @@ async def gather(cfg: SiteConfig, timeout_s: float = TIMEOUT_S, gateway: str | N
     except Exception as exc:  # e.g. a raft election under way: say so, do not guess
         out["error"] = f"reading the store failed: {exc or type(exc).__name__}"
     finally:
-        await _close(reader)
+        await _close(reader, collect)
     return out
 
 
-async def _close(client: Any) -> None:
+async def _close(client: Any, collect: bool = True) -> None:
     import contextlib
     import gc
 
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.close(), 1.0)
-    gc.collect()  # frees the grpc channel (and its poller thread) now
+    if collect:
+        gc.collect()  # frees the grpc channel (and its poller thread) now
 
 
 async def _site(client: Any, cfg: SiteConfig, now: float, timeout_s: float) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from gateway.console import caps, widgets
 from gateway.console.bridge import Bridge
 from gateway.console.data import ConsoleData
 from gateway.console.dialogs import Dialog
-from gateway.console.screens import SCREENS, Screen
+from gateway.console.screens import EXTRA_SCREENS, SCREENS, Screen
 from gateway.console.theme import palette
 from gateway.console.widgets import FitText
 from gateway.summary import safe_text
@@ -48,7 +48,8 @@ class ConsoleApp:
         self.color = color
         self.unicode = unicode
         self.screens: list[Screen] = [cls(self) for cls in SCREENS]
-        self.by_name = {s.name: s for s in self.screens}
+        self.extra = {key: cls(self) for key, cls in EXTRA_SCREENS.items()}  # by letter
+        self.by_name = {s.name: s for s in [*self.screens, *self.extra.values()]}
         self.current = self.screens[0]
         self.header_text = FitText()
         self.clock = urwid.Text("", align="right", wrap="clip")
@@ -184,7 +185,8 @@ class ConsoleApp:
         hints: list[Any] = []
         for key, label in self.current.actions:
             hints += [("key", f" {key} "), ("text", f" {label}  ")]
-        self.hints.set_text(hints or [("dim", "F1-F9 or 1-9 switch screens")])
+        extra = "".join(f", {k} {s.title}" for k, s in self.extra.items())
+        self.hints.set_text(hints or [("dim", f"F1-F9 or 1-9 switch screens{extra}")])
 
     def _nav(self, labels: list[str] | None, quit_: str, help_: str) -> list[Any]:
         """The key bar with ``labels`` for the other screens (None: numbers only); the
@@ -227,7 +229,8 @@ class ConsoleApp:
                 self._quit.set()
             return True
         nav = {**{str(i): s.name for i, s in enumerate(self.screens, 1)},
-               **{f"f{i}": s.name for i, s in enumerate(self.screens, 1)}}
+               **{f"f{i}": s.name for i, s in enumerate(self.screens, 1)},
+               **{k: s.name for k, s in self.extra.items()}}
         if key in nav:
             self.go(nav[key])
             return True
@@ -240,6 +243,7 @@ class ConsoleApp:
         from gateway.console.dialogs import Choice
 
         lines = [(s.name, f"{i} / F{i}  {s.title}") for i, s in enumerate(self.screens, 1)]
+        lines += [(s.name, f"{k}       {s.title}") for k, s in self.extra.items()]
         self.dialog(Choice(" Keys ", "Screens (Enter opens). Arrows move, Tab switches "
                            "lists, Esc closes. q quits.", lines, self._help_done))
 

@@ -20,6 +20,8 @@ class Cap:
 CONTROL = "site control: add a control section to the site config"
 ANALYTICS = "analytics: it runs with the historian on"
 CLUSTER = "several gateways in a cluster, not part of this gateway yet"
+CLUSTER_VIEW = ("several gateways in a cluster: a cluster section with backend etcd in the "
+                "site config")
 TRADING = "energy trading, not part of this gateway yet"
 
 CAPS: dict[str, Cap] = {
@@ -46,6 +48,7 @@ CAPS: dict[str, Cap] = {
     "training_status": Cap(("analytics_training",), ANALYTICS),  # {run, state, error?, ...}
     # cluster and trading
     "cluster": Cap(("cluster_status", "cluster"), CLUSTER),
+    "cluster_view": Cap(("cluster_view",), CLUSTER_VIEW),  # gateway/cluster/view.py
     "orders": Cap(("order_book", "orders"), TRADING),
     "ledger": Cap(("ledger",), TRADING),
 }

@@ -10,10 +10,10 @@ from pathlib import Path
 from gateway.console.theme import unicode_ok, want_color
 
 SCREEN_NAMES = ("overview", "devices", "grid", "ev", "trading", "analytics", "alarms",
-                "diagnostics", "emergency")
+                "diagnostics", "emergency", "cluster")
 # The words on the tabs (and their numbers) open the same screens as their names.
 ALIASES = {"forecast": "analytics", "diag": "diagnostics", "emergencies": "emergency",
-           **{str(i): name for i, name in enumerate(SCREEN_NAMES, 1)}}
+           **{str(i): name for i, name in enumerate(SCREEN_NAMES[:9], 1)}}
 
 
 def screen_name(text: str) -> str:

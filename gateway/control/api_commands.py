@@ -55,6 +55,12 @@ async def _answer(fut: asyncio.Future[WriteOutcome], what: str, then: str) -> Wr
     return outcome
 
 
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    return isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) < 0.05
+
+
 def register(comp: ControlComponent, api: ApiServer) -> None:
     c = comp.controller
     store = comp.store
@@ -68,11 +74,10 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             try:
                 cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
                 if cluster is not None and not cluster.leading():
-                    # the controller here does not run: acting on it would change nothing
-                    raise ApiError(f"this gateway does not run the site controller; the "
-                                   f"cluster leader is {cluster.leader_id() or 'not elected'}"
-                                   f": send the command there")
-                result = fn(req, caller)
+                    # the controller here does not run: the leader carries it out
+                    result = cluster.forward(action, req, caller)
+                else:
+                    result = fn(req, caller)
             except ApiError as exc:
                 store.audit(caller.user, action, detail, ok=False, reason=str(exc))
                 raise
@@ -94,11 +99,17 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
 
     # -- viewing --------------------------------------------------------------------------
     def status(req: dict[str, Any], caller: Caller) -> Any:
-        return {**c.status(), **comp.stats(),
-                "alarms_active": sum(1 for a in store.alarms.values() if a.active)}
+        out = {**c.status(), **comp.stats(),
+               "alarms_active": sum(1 for a in store.alarms.values() if a.active)}
+        cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        if cluster is not None and not cluster.leading():  # the site's mode, not ours
+            out = cluster.follower_status(out)
+        return out
 
     def alarms(req: dict[str, Any], caller: Caller) -> Any:
-        return store.listing(active_only=bool(req.get("active_only", False)))
+        rows = store.listing(active_only=bool(req.get("active_only", False)))
+        cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        return rows if cluster is None else cluster.site_alarms(rows)
 
     def audit(req: dict[str, Any], caller: Caller) -> Any:
         """A page of the audit log, newest first; the next page: ``before`` = last id."""
@@ -129,6 +140,18 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         answers who acknowledged it and writes no second audit row."""
         key = req.get("key")
         detail = {"key": key}
+        gw = req.get("gateway")
+        cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        if gw is None and cluster is not None and isinstance(key, str) and \
+                key not in store.alarms and key.split("/", 1)[0] in \
+                [g.id for g in comp.daemon.cfg.gateways]:
+            gw, key = key.split("/", 1)  # another gateway's, as `alarms` lists it
+        if gw is not None and gw != comp.daemon.gateway_id:
+            if cluster is None:
+                raise ApiError(f"this gateway is not in a cluster: no gateway {gw!r} here")
+            return _ack_elsewhere(cluster.forward("alarm_ack", {"key": key}, caller,
+                                                  to=str(gw)), caller.user,
+                                  {**detail, "gateway": gw})
         if not isinstance(key, str) or key not in store.alarms:
             why = f"unknown alarm {key!r}"
             store.audit(caller.user, "alarm_ack", detail, ok=False, reason=why)
@@ -137,6 +160,17 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             return {**store.alarms[key].as_dict(), "already_acknowledged": True}
         out = store.ack(key, caller.user).as_dict()
         store.audit(caller.user, "alarm_ack", detail)
+        return out
+
+    async def _ack_elsewhere(result: Awaitable[Any], user: str, detail: dict[str, Any]
+                             ) -> Any:
+        """Another gateway's alarm: acknowledged there, audited here with its answer."""
+        try:
+            out = await result
+        except ApiError as exc:
+            store.audit(user, "alarm_ack", detail, ok=False, reason=str(exc))
+            raise
+        store.audit(user, "alarm_ack", detail)
         return out
 
     def ev_set(req: dict[str, Any], caller: Caller) -> Any:
@@ -192,7 +226,9 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         if c.modes.mode == "estop":
             raise ApiError("emergency stop is active: overrides are not applied")
         io = comp.daemon.ios.get(dev_id)
-        if io is None:
+        cluster = getattr(getattr(comp.daemon, "ports", None), "cluster", None)
+        elsewhere = cluster.polled_elsewhere(dev_id) if cluster is not None else None
+        if io is None and elsewhere is None:
             raise ApiError(f"{dev_id} is not polled by this gateway")
         writable = getattr(getattr(io, "template", None), "writable", None)
         if isinstance(writable, list) and point not in writable:
@@ -204,6 +240,9 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         if dev_id in c.lockouts:
             raise ApiError(f"{dev_id} is held at zero by protection: {c.lockouts[dev_id]}")
         if point in COMMAND_POINTS:
+            if io is None:
+                raise ApiError(f"{dev_id} is polled by gateway {elsewhere}: a breaker command "
+                               f"is given on the gateway that polls it")
             if value is not True:
                 raise ApiError(f"'{point}' is a command: send true to {point} the breaker")
             return _breaker_command(dev_id, point)
@@ -225,6 +264,8 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         return {"device": dev_id, "point": point, "command": True, **outcome.as_dict()}
 
     async def _override_written(o: dict[str, Any], dev_id: str, point: str) -> Any:
+        if getattr(comp.daemon.ports, "cluster", None) is not None:
+            return await _cluster_written(o, dev_id, point)
         fut = comp.applier.waiter(dev_id, point)
         if fut is None and c.last.get(dev_id, {}).get(point) is None:
             raise ApiError(f"control produced no {point} for {dev_id} this cycle: the "
@@ -234,6 +275,36 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
                     "at": None, "unchanged": True}
         outcome = await _answer(fut, f"{dev_id}.{point}",
                                 "the override stays set and is retried")
+        return {**o, **outcome.as_dict(), "value_written": outcome.value}
+
+    async def _cluster_written(o: dict[str, Any], dev_id: str, point: str) -> Any:
+        """On a cluster the setpoint goes through the store to this gateway's applier: the
+        reply is the device's answer to the value control now holds; none within ANSWER_S: it
+        already had the value (said so, with what was last written) or it did not answer."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[WriteOutcome] = loop.create_future()
+
+        def listener(out: WriteOutcome) -> None:
+            # (an answer to a write from before the override is not the override's)
+            if out.device == dev_id and out.point == point and not fut.done() and \
+                    _close(out.value, c.last.get(dev_id, {}).get(point)):
+                fut.set_result(out)
+        cluster = comp.daemon.ports.cluster
+        reports = cluster.on_report if cluster is not None else []  # (another gateway's)
+        comp.applier.on_outcome.append(listener)
+        reports.append(listener)
+        try:
+            outcome = await _answer(fut, f"{dev_id}.{point}",
+                                    "the override stays set and is retried")
+        except ApiError:
+            want, had = c.last.get(dev_id, {}).get(point), comp.applier.last_written(
+                dev_id, point)
+            if want is None or had is None or not _close(want, had):
+                raise
+            return {**o, "written": True, "read_back": had, "at": None, "unchanged": True}
+        finally:
+            comp.applier.on_outcome.remove(listener)
+            reports.remove(listener)
         return {**o, **outcome.as_dict(), "value_written": outcome.value}
 
     def override_clear(req: dict[str, Any], caller: Caller) -> Any:
@@ -378,7 +449,8 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
             ("ev_sessions", sessions, "EV sessions, active and recent"),
             ("plan", plan, "the scheduler's current plan")):
         api.register(name, fn, role="viewer", help=help_)
-    api.register("alarm_ack", ack, role="operator", help="acknowledge an alarm {key}")
+    api.register("alarm_ack", ack, role="operator", help="acknowledge an alarm {key, gateway? "
+                                                         "(another gateway's, on a cluster)}")
     for name, fn, help_ in (
             ("ev_set", ev_set, "change a session {charger, priority?, departure_s? | "
                                "departure_in_h?, energy_kwh?, departure_soc_pct?, "
