@@ -63,32 +63,31 @@ def layout(db: sqlite3.Connection) -> Layout:
     return COMPACT if compact else OLD
 
 
-def points_of_devices(lay: Layout, devices: list[str], point: str,
-                      since_s: float | None) -> tuple[str, list[str | float | int]]:
-    """Good samples (device, ts, value) of one point of several devices, by time."""
-    sql = (f"SELECT p.device, {lay.ts} AS ts, h.value FROM points p "
+def _good_samples(lay: Layout, label: str, fixed: str, fixed_value: str, among: list[str],
+                  since_s: float | None) -> tuple[str, list[str | float | int]]:
+    """Good samples (``label``, ts, value) where points.``fixed`` is ``fixed_value`` and the
+    other of (device, point) is one of ``among``, by time."""
+    sql = (f"SELECT p.{label}, {lay.ts} AS ts, h.value FROM points p "
            f"CROSS JOIN {lay.table} h ON h.point_id = p.id "
-           f"WHERE p.point = ? AND p.device IN ({','.join('?' * len(devices))}) "
+           f"WHERE p.{fixed} = ? AND p.{label} IN ({','.join('?' * len(among))}) "
            "AND h.quality = 0")
-    args: list[str | float | int] = [point, *devices]
+    args: list[str | float | int] = [fixed_value, *among]
     if since_s is not None:
         sql += f" AND h.{lay.ts_col} >= ?"
         args.append(lay.at_or_after(since_s))
     return sql + f" ORDER BY h.{lay.ts_col}", args
+
+
+def points_of_devices(lay: Layout, devices: list[str], point: str,
+                      since_s: float | None) -> tuple[str, list[str | float | int]]:
+    """Good samples (device, ts, value) of one point of several devices, by time."""
+    return _good_samples(lay, "device", "point", point, devices, since_s)
 
 
 def points_of_device(lay: Layout, device: str, points: list[str] | tuple[str, ...],
                      since_s: float | None) -> tuple[str, list[str | float | int]]:
     """Good samples (point, ts, value) of several points of one device, by time."""
-    sql = (f"SELECT p.point, {lay.ts} AS ts, h.value FROM points p "
-           f"CROSS JOIN {lay.table} h ON h.point_id = p.id "
-           f"WHERE p.device = ? AND p.point IN ({','.join('?' * len(points))}) "
-           "AND h.quality = 0")
-    args: list[str | float | int] = [device, *points]
-    if since_s is not None:
-        sql += f" AND h.{lay.ts_col} >= ?"
-        args.append(lay.at_or_after(since_s))
-    return sql + f" ORDER BY h.{lay.ts_col}", args
+    return _good_samples(lay, "point", "device", device, list(points), since_s)
 
 
 def all_points_until(lay: Layout, until_s: float) -> tuple[str, list[str | float | int]]:
