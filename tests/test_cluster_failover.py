@@ -9,6 +9,7 @@ every acknowledged write is there, in order)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -91,9 +92,11 @@ class Site:
 
 @asynccontextmanager
 async def cluster_site(tmp: Path, etcd: EtcdCluster, via: dict[str, int] | None = None,
-                       observe: str = "gw-a") -> AsyncIterator[Site]:
+                       observe: str = "gw-a", switch_members: bool = True
+                       ) -> AsyncIterator[Site]:
     """The site with its gateways' etcd URLs, except ``via``: gateway -> a proxy port in
-    front of its member (the member itself listens where etcd3 put it)."""
+    front of its member (the member itself listens where etcd3 put it).
+    ``switch_members`` False: a gateway reaches its own member only."""
     cfg = site(tmp, etcd, GWS)
     runner = SimRunner(cfg, port_overrides={"tcp": 0}, step_s=0.05)
     ports = await runner.start()
@@ -101,6 +104,7 @@ async def cluster_site(tmp: Path, etcd: EtcdCluster, via: dict[str, int] | None 
     for m in raw["cluster"]["members"]:
         if m["gateway"] in (via or {}):
             m["client_url"] = f"http://127.0.0.1:{(via or {})[m['gateway']]}"
+    raw["cluster"]["switch_members"] = switch_members
     path = write_site(tmp / "site.yaml", raw)
     observer = EtcdStore("observer", etcd.members[observe].host_port, PREFIX,
                          campaign=False)
@@ -241,7 +245,8 @@ async def test_leader_cut_off_from_its_member_steps_down_and_rejoins(
     from tests.tcp_fault_proxy import TcpFaultProxy
 
     async with TcpFaultProxy(*etcd3.members["gw-a"].host_port) as proxy, \
-            cluster_site(tmp_path, etcd3, via={"gw-a": proxy.port}, observe="gw-b") as s:
+            cluster_site(tmp_path, etcd3, via={"gw-a": proxy.port}, observe="gw-b",
+                         switch_members=False) as s:
         term = await start_with_leader(s, "gw-a")
         proxy.set_mode("black-hole")  # a cut cable: gw-a's calls go unanswered
         new_leader, new_term = await s.until_leader(not_term=term)
@@ -310,3 +315,43 @@ async def test_frozen_leader_is_fenced_and_steps_down(
         checked = check_history(events, acked)
         assert acked.get("gw-c") and acked.get(new_leader)
         assert [t for t, _ in checked.terms][:2] == [old_term, new_term]
+
+
+async def test_leader_whose_member_dies_goes_on_through_another(
+        tmp_path: Path, etcd3: EtcdCluster) -> None:  # noqa: F811
+    """The leader's own etcd member is killed while the other two still form a majority:
+    the leader switches to another member (keeping its lease, or another gateway leads)
+    and setpoints keep coming; the member returns: writes go on."""
+    async with cluster_site(tmp_path, etcd3) as s:
+        term = await start_with_leader(s, "gw-c")  # gw-c polls nothing: a pure leader
+        n_kill = len(s.writes)
+        t_kill = time.monotonic()
+        await asyncio.to_thread(etcd3.kill, "gw-c")
+
+        async def switched() -> bool:
+            st = await s.api("gw-c", "cluster")
+            return not st["own_endpoint"] and int(st["member_switches"]) >= 1
+        deadline = time.monotonic() + 30
+        while not await switched():
+            assert time.monotonic() < deadline, "gw-c did not switch to another member"
+            await asyncio.sleep(0.1)
+        await until(lambda: len(s.writes) > n_kill + 10, "setpoints after the kill",
+                    timeout_s=60)
+        times = [t_kill] + [t for t, _ in s.writes[n_kill:]]
+        gap = max(b - a for a, b in itertools.pairwise(times))
+        leader, now_term = await s.until_leader()
+        print(f"\nleader's own member killed: leader now {leader} (term {now_term}, was "
+              f"{term}); longest gap between setpoint writes {gap:.2f} s")
+        st = await s.api("gw-c", "cluster")
+        assert leader != "gw-c" or st["is_leader"]
+        # The member returns: no disruption, writes go on.
+        await asyncio.to_thread(etcd3.restart, "gw-c")
+        await asyncio.to_thread(etcd3.wait_healthy, 30.0)
+        n_back = len(s.writes)
+        await until(lambda: len(s.writes) > n_back + 10, "setpoints after the restart",
+                    timeout_s=60)
+        assert await s.until_leader() == (leader, now_term)  # no new term
+        acked = s.acked()  # before the history is read: every ack is older than it
+        events = await read_history(etcd3.members["gw-a"].host_port, PREFIX)
+        checked = check_history(events, acked)
+        assert checked.terms[0] == (term, "gw-c")

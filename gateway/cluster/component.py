@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -385,6 +386,12 @@ def build(daemon: Daemon) -> ClusterComponent | None:
         client_for(cl, gw, config_dir=config_dir)  # (https without tls: and the like)
     except ValueError as exc:
         raise ConfigRuntimeError(f"cluster: {exc}") from None
+    others: list[tuple[tuple[str, int], Any]] = []
+    if cl.switch_members:  # the other members, to go on through when its own is down
+        others = [(endpoint_of(m.client_url), functools.partial(
+            client_for, cl, gw, config_dir=config_dir, member_of=m.gateway))
+            for m in cl.members if m.gateway != gw]
     store = EtcdStore(gw, endpoint_of(member.client_url), cl.prefix, cl.lease_ttl_s,
-                      client_factory=lambda: client_for(cl, gw, config_dir=config_dir))
+                      client_factory=lambda: client_for(cl, gw, config_dir=config_dir),
+                      others=others)
     return ClusterComponent(daemon, store)

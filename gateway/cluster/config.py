@@ -80,6 +80,9 @@ class ClusterConfig(_Strict):
     # A device taken over by a standby goes back to its owner only after the owner has been
     # healthy this long (or an operator moves it back): no flapping.
     handback_after_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    # A gateway whose own member fails goes on through the other members (false: only its
+    # own member, so losing it cuts the gateway off).
+    switch_members: bool = True
     # etcd's initial cluster token (keeps members of different sites apart).
     token: str = "autogrid"
 

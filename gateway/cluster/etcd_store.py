@@ -10,6 +10,12 @@
 - A leader that has not renewed its lease for (nearly) a TTL steps down by itself, from a
   local deadline measured from when its last successful keepalive was *sent*: by then the
   lease may have expired at etcd and another gateway may lead.
+- Endpoints: the gateway's own member first, then the site's other members. When a call to
+  the current one fails, the client is closed and a fresh one connects to the next
+  (:meth:`EtcdStore.switch_member`): the lease is cluster-wide, so it is kept alive
+  through any member, and watches resume from the revision after the last one seen. The
+  local deadline above still counts from the last keepalive that held, so a switch that
+  takes too long steps the leader down first.
 
 aetcd (and grpc) are imported here only: a standalone site never loads them.
 """
@@ -75,12 +81,20 @@ class EtcdStore(ClusterStore):
     def __init__(self, gateway: str, endpoint: tuple[str, int], prefix: str,
                  lease_ttl_s: float = 2.0, campaign: bool = True,
                  clock: Callable[[], float] = time.monotonic,
-                 client_factory: Callable[[], Any] | None = None) -> None:
+                 client_factory: Callable[[], Any] | None = None,
+                 others: list[tuple[tuple[str, int], Callable[[], Any]]] | None = None
+                 ) -> None:
         super().__init__(gateway)
-        self.endpoint = endpoint  # this gateway's own member
-        # How to reach it: plaintext by default; a site's TLS client from
-        # gateway.cluster.tlsclient.client_for (the same aetcd client over TLS)
-        self.client_factory = client_factory or (lambda: aetcd.Client(*endpoint))
+        # How to reach a member: plaintext by default; a site's TLS client from
+        # gateway.cluster.tlsclient.client_for (the same aetcd client over TLS).
+        # Own member first, then ``others`` (the site's other members) to switch to.
+        self.endpoints: list[tuple[tuple[str, int], Callable[[], Any]]] = [
+            (endpoint, client_factory or (lambda: aetcd.Client(*endpoint))), *(others or [])]
+        self.current = 0
+        self.endpoint = endpoint  # the member in use now
+        self.client_factory = self.endpoints[0][1]
+        self.switches = 0
+        self._switch_lock = asyncio.Lock()
         self.prefix = prefix
         self.ttl = max(2, round(lease_ttl_s))  # etcd grants whole seconds, at least 2
         self.campaign = campaign  # False: a reader (status, bench) never stands
@@ -144,6 +158,7 @@ class EtcdStore(ClusterStore):
             await asyncio.wait_for(self.client.close(), RPC_TIMEOUT_S)
         # grpc's poller thread lives until its last channel is freed: free ours now
         # (a closed call may still hold one until the loop has run its callbacks).
+        self.current, (self.endpoint, self.client_factory) = 0, self.endpoints[0]
         self.client = self.client_factory()
         for _ in range(3):
             await asyncio.sleep(0.02)
@@ -168,9 +183,17 @@ class EtcdStore(ClusterStore):
         deadline = self.lease_deadline()
         return deadline is None or self.clock() >= deadline
 
+    def _pause(self) -> float:
+        """Until the next keepalive: right after a switch to another member, at once
+        (until every member has been tried in this run of failures)."""
+        failing = self.keepalive_failures
+        if failing and len(self.endpoints) > 1 and failing % len(self.endpoints):
+            return 0.0
+        return self.ttl / 3.0
+
     async def _keepalive_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.ttl / 3.0)
+            await asyncio.sleep(self._pause())
             if self.lease_id is None or self.lease_lapsed():
                 await self._renew_lost_lease()
                 continue
@@ -181,6 +204,7 @@ class EtcdStore(ClusterStore):
                 self.keepalive_failures += 1
                 if self.keepalive_failures == 1:
                     log.warning("cluster lease keepalive failed: %s", exc or "timeout")
+                await self.switch_member(f"keepalive failed: {exc or 'timeout'}")
                 continue
             if reply is None or reply.TTL <= 0:  # expired at etcd: our keys are gone
                 self._step_down("lease expired at etcd")
@@ -201,8 +225,36 @@ class EtcdStore(ClusterStore):
             self.keepalive_failures += 1
             if self.keepalive_failures == 1:
                 log.warning("cluster lease cannot be granted: %s", exc or "timeout")
+            await self.switch_member(f"lease grant failed: {exc or 'timeout'}")
             return
+        self.keepalive_failures = 0
         self._leader_changed.set()
+
+    async def switch_member(self, why: str) -> bool:
+        """Close the client of the member in use and connect a fresh one to the next;
+        False when there is no other member. Watches and calls under way on the old
+        client fail and retry on the new one (watches from their next revision)."""
+        if len(self.endpoints) < 2:
+            return False
+        async with self._switch_lock:
+            old = self.client
+            self.current = (self.current + 1) % len(self.endpoints)
+            endpoint, factory = self.endpoints[self.current]
+            log.warning("cluster store: member %s:%d failed (%s); switching to %s:%d",
+                        *self.endpoint, why, *endpoint)
+            self.endpoint = endpoint
+            self.client = factory()
+            self.switches += 1
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), RPC_TIMEOUT_S)
+            del old
+            gc.collect()  # free the old channel now (grpc keeps it while referenced)
+            try:
+                await rpc(self.client.connect())
+            except (etcd_errors.ClientError, TimeoutError, OSError) as exc:
+                log.warning("cluster store: cannot connect to %s:%d: %s", *endpoint,
+                            exc or "timeout")
+        return True
 
     async def _deadline_loop(self) -> None:
         """Step down the moment the local lease deadline passes (no write after it)."""
@@ -285,6 +337,7 @@ class EtcdStore(ClusterStore):
         rev: int | None = None
         failures = 0
         while True:
+            client = self.client
             try:
                 if rev is None:
                     res = await rpc(self.client.get_prefix(self.full(prefix)))
@@ -315,6 +368,8 @@ class EtcdStore(ClusterStore):
                 if failures == 1:
                     log.warning("cluster watch on %s lost: %s; retrying", prefix,
                                 exc or "timeout")
+            if self.client is not client:  # switched to another member: resume there now
+                failures = 0
             await asyncio.sleep(min(2.0, 0.1 * 2 ** min(failures, 5)))
 
     @staticmethod
@@ -370,6 +425,7 @@ class EtcdStore(ClusterStore):
         out = super().status()
         last = self.last_keepalive
         out.update({"endpoint": f"{self.endpoint[0]}:{self.endpoint[1]}",
+                    "own_endpoint": self.current == 0, "member_switches": self.switches,
                     "lease_ttl_s": self.ttl,
                     "lease_age_s": None if last is None else self.clock() - last,
                     "keepalive_failures": self.keepalive_failures})

@@ -67,14 +67,17 @@ class TlsClient(aetcd.Client):
 
 
 def client_for(cluster: ClusterConfig, gateway: str, *, config_dir: Path,
-               endpoint: tuple[str, int] | None = None, **kwargs: Any) -> aetcd.Client:
-    """The client with which ``gateway`` reaches etcd: at its own member's client URL (or
-    at ``endpoint``, e.g. a proxy in front of it), over TLS with its certificate when the
-    URL is https. Relative tls: paths are relative to ``config_dir`` (the config file's
+               endpoint: tuple[str, int] | None = None, member_of: str | None = None,
+               **kwargs: Any) -> aetcd.Client:
+    """The client with which ``gateway`` reaches etcd: at its own member's client URL, or
+    the member of gateway ``member_of`` (or at ``endpoint``, e.g. a proxy in front of
+    it), over TLS with ``gateway``'s certificate when the URL is https, checking the
+    member's name. Relative tls: paths are relative to ``config_dir`` (the config file's
     directory), as `autogrid cluster etcd-config` writes them for etcd."""
-    member = cluster.member(gateway)
+    member = cluster.member(member_of or gateway)
     if member is None:
-        raise ValueError(f"gateway '{gateway}' has no etcd member in cluster.members")
+        raise ValueError(f"gateway '{member_of or gateway}' has no etcd member in "
+                         f"cluster.members")
     url = urlsplit(member.client_url)
     host, port = endpoint or (url.hostname or "", url.port or 2379)
     if url.scheme == "http":
