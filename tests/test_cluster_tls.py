@@ -141,3 +141,70 @@ def test_client_for_a_plaintext_site_and_for_a_gateway_without_member() -> None:
     assert type(client) is aetcd.Client  # allow_plaintext: no TLS, no certificate files
     with pytest.raises(ValueError, match="'gw-x' has no etcd member"):
         client_for(plain, "gw-x", config_dir=Path("/nonexistent"))
+
+
+def test_store_switches_to_another_member_over_tls_keeping_lease_and_watch(
+        site: TlsSite) -> None:
+    """gw-a's own member is cut off (black-holed): its store goes on through another
+    member with gw-a's certificate, on the same lease and term, and its watch sees a write
+    made after the switch. In a child process: failed grpc calls keep grpc's poller
+    thread alive in the process that made them."""
+    import json
+    import subprocess
+    import sys
+
+    arg = json.dumps({"root": str(site.root), "config": str(site.config)})
+    out = subprocess.run(
+        [sys.executable, "-c", "import asyncio, json, sys, tests.test_cluster_tls as t; "
+         "print(json.dumps(asyncio.run(t.switch_scenario(json.loads(sys.argv[1])))))", arg],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["switched_to"] != got["own"] and got["switches"] >= 1, got
+    assert got["lease_after"] == got["lease_before"], got  # renewed through another member
+    assert got["term_after"] == got["term_before"] and got["leads"], got
+    assert got["watch_saw_later_write"], got
+
+
+async def switch_scenario(arg: dict[str, str]) -> dict[str, object]:
+    from gateway.cluster.component import endpoint_of
+    from gateway.cluster.etcd_store import EtcdStore
+    from gateway.config.loader import load_config
+    from tests.waiting import until
+
+    root = Path(arg["root"])
+    cl = load_config(Path(arg["config"])).config.cluster
+    assert cl is not None
+    own = cl.member("gw-a")
+    assert own is not None
+    own_ep = endpoint_of(own.client_url)
+    async with TcpFaultProxy(*own_ep) as proxy:
+        others = [(endpoint_of(m.client_url),
+                   lambda g=m.gateway: client_for(cl, "gw-a", config_dir=root, member_of=g))
+                  for m in cl.members if m.gateway != "gw-a"]
+        store = EtcdStore("gw-a", ("127.0.0.1", proxy.port), "/autogrid/switch-test",
+                          client_factory=lambda: client_for(
+                              cl, "gw-a", config_dir=root,
+                              endpoint=("127.0.0.1", proxy.port)),
+                          others=others)
+        seen: list[str] = []
+        await store.start()
+        try:
+            cancel = store.watch_prefix("x/", lambda ch: seen.append(ch.key))
+            await until(lambda: store.is_leader, "the only gateway leads", timeout_s=20)
+            lease, term = store.lease_id, store.term
+            proxy.set_mode("black-hole")
+            await until(lambda: store.current != 0 and store.keepalive_failures == 0,
+                        "keepalives through another member", timeout_s=20)
+            await until(lambda: store.is_leader, "leading again", timeout_s=20)
+            async with client_for(cl, "gw-c", config_dir=root, timeout=TIMEOUT_S) as other:
+                await other.put(b"/autogrid/switch-test/x/after", b"{}")
+            await until(lambda: "x/after" in seen, "the watch resumed", timeout_s=20)
+            cancel()
+            return {"own": list(own_ep), "switched_to": list(store.endpoint),
+                    "switches": store.switches, "lease_before": lease,
+                    "lease_after": store.lease_id, "term_before": term,
+                    "term_after": store.term, "leads": store.is_leader,
+                    "watch_saw_later_write": "x/after" in seen}
+        finally:
+            await store.stop()

@@ -63,6 +63,18 @@ async def rpc(call: Awaitable[T], timeout_s: float = RPC_TIMEOUT_S) -> T:
         raise etcd_errors.ClientError("call cancelled: its connection was closed") from None
 
 
+async def close_client(client: Any) -> None:
+    """Close a client fully, even one whose member does not answer: its channel first
+    (every call and stream on it ends at once), then aetcd's own close (the watcher);
+    grpc keeps a channel that was never closed, and its poller thread, alive."""
+    channel = getattr(client, "channel", None)
+    if channel is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(channel.close(None), RPC_TIMEOUT_S)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), RPC_TIMEOUT_S)
+
+
 def _dump(value: Value) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -154,8 +166,7 @@ class EtcdStore(ClusterStore):
         if self.lease_id is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.client.revoke_lease(self.lease_id), RPC_TIMEOUT_S)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.client.close(), RPC_TIMEOUT_S)
+        await close_client(self.client)
         # grpc's poller thread lives until its last channel is freed: free ours now
         # (a closed call may still hold one until the loop has run its callbacks).
         self.current, (self.endpoint, self.client_factory) = 0, self.endpoints[0]
@@ -245,9 +256,9 @@ class EtcdStore(ClusterStore):
             self.endpoint = endpoint
             self.client = factory()
             self.switches += 1
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(old.close(), RPC_TIMEOUT_S)
+            await close_client(old)
             del old
+            await asyncio.sleep(0)  # let the ended calls run their callbacks
             gc.collect()  # free the old channel now (grpc keeps it while referenced)
             try:
                 await rpc(self.client.connect())
