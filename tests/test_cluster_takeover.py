@@ -48,6 +48,8 @@ async def takeover_site(tmp: Path, etcd: EtcdCluster, via: dict[str, int] | None
     for m in raw["cluster"]["members"]:
         if m["gateway"] in (via or {}):
             m["client_url"] = f"http://127.0.0.1:{(via or {})[m['gateway']]}"
+    if via:  # a gateway cut off from its member is cut off from all (no switching)
+        raw["cluster"]["switch_members"] = False
     path = write_site(tmp / "site.yaml", raw)
     observer = EtcdStore("observer", etcd.members["gw-c"].host_port, PREFIX, campaign=False)
     await observer.start()
