@@ -2,7 +2,7 @@
 one-request-per-point client, on the same servers, interleaved over several rounds.
 
     python bench/poll.py [--devices 200] [--per-endpoint 10] [--seconds 10] [--rounds 3]
-                         [--window 8] [--clients autogrid,bare,...] [--pin] [--json]
+                         [--window 8] [--clients autogrid,bare,...] [--no-pin] [--json]
     python bench/poll.py --inline KIND --seconds S   # one client in this process (callgrind)
 
 Servers: cheap Modbus TCP servers (bench/servers.py) spread over processes of at most 250
@@ -26,8 +26,9 @@ CPU seconds per 1000 device reads and the share of it spent in the kernel, peak 
 client process. The CPU-per-read ratio is also given for user CPU alone: on a shared VM
 the kernel side of loopback TCP (send() does the receiver's TCP work and wakes it) swings
 by 3x for the same client from run to run with where the scheduler puts client and
-servers, while user CPU is what the client's code decides. ``--pin`` puts the servers on
-the first CPU and every client on the last, so each phase runs with the same placement.
+servers, while user CPU is what the client's code decides. So by default the servers run
+on the first CPU and every client on the last, and each phase has the same placement
+(``--no-pin`` leaves placement to the scheduler).
 Ratios against both baselines (bare pymodbus, naive socket) are computed per round and
 refused for a round in which either side got less than half a core (starved by the
 machine) or a server was saturated.
@@ -343,8 +344,9 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=8, help="max_in_flight of autogrid-pipe")
     ap.add_argument("--clients", default=",".join(CLIENTS),
                     help="comma-separated subset of the clients to run (default: all)")
-    ap.add_argument("--pin", action="store_true",
-                    help="servers on the first CPU, every client on the last one")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let the scheduler place servers and clients (by default the "
+                    "servers run on the first CPU and every client on the last one)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     ap.add_argument("--inline", choices=CLIENTS, help="run one client in this process "
                     "for --seconds and print its reads (for callgrind)")
@@ -371,10 +373,14 @@ def main() -> int:
         ports = farm.start()
         os.sched_setaffinity(0, cpus)
         cfgs = _configs(endpoints, ports, args.window)
+        placement = (f"servers on CPU {cpus[0]}, clients on CPU {client_cpu}"
+                     if client_cpu is not None else "unpinned")
         print(f"{args.devices} devices ({len(modbus_templates())} Modbus templates) on "
               f"{len(endpoints)} endpoints, {len(farm.procs)} server processes; "
               f"{args.rounds} rounds x {len(clients)} clients x {args.seconds:g} s; "
-              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {platform.node()}; "
+              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+              f"{placement}; "
+              f"{platform.node()}; "
               f"{time.strftime('%Y-%m-%d %H:%M')}")
         watch = CpuWatch(farm)
         for rnd in range(args.rounds):
