@@ -2,7 +2,7 @@
 one-request-per-point client, on the same servers, interleaved over several rounds.
 
     python bench/poll.py [--devices 200] [--per-endpoint 10] [--seconds 10] [--rounds 3]
-                         [--window 8] [--json]
+                         [--window 8] [--clients autogrid,bare,...] [--no-pin] [--json]
     python bench/poll.py --inline KIND --seconds S   # one client in this process (callgrind)
 
 Servers: cheap Modbus TCP servers (bench/servers.py) spread over processes of at most 250
@@ -22,10 +22,16 @@ Clients, each in a fresh process, each polling every device as fast as it can:
                 point that has one, as common integrations do
 The phases run in a rotated order in each round, so a noisy neighbour hits all of them.
 Printed per client: device reads/s and points/s (median and range over the rounds), client
-CPU seconds per 1000 device reads, peak RSS of the client process. Ratios against both
-baselines (bare pymodbus, naive socket) are computed per round and refused for a round in
-which either side got less than half a core (starved by the machine) or a server was
-saturated.
+CPU seconds per 1000 device reads and the share of it spent in the kernel, peak RSS of the
+client process. The CPU-per-read ratio is also given for user CPU alone: on a shared VM
+the kernel side of loopback TCP (send() does the receiver's TCP work and wakes it) swings
+by 3x for the same client from run to run with where the scheduler puts client and
+servers, while user CPU is what the client's code decides. So by default the servers run
+on the first CPU and every client on the last, and each phase has the same placement
+(``--no-pin`` leaves placement to the scheduler).
+Ratios against both baselines (bare pymodbus, naive socket) are computed per round and
+refused for a round in which either side got less than half a core (starved by the
+machine) or a server was saturated.
 
 ``--inline KIND`` runs one client for ``--seconds`` in this process (servers still in
 their own processes) and prints its device reads: run it under ``valgrind
@@ -228,8 +234,12 @@ def _run_client(kind: str, cfg: SiteConfig, seconds: float) -> tuple[int, int]:
     return asyncio.run(_pymodbus(cfg, seconds, naive=kind == "naive"))
 
 
-def _client_main(kind: str, cfg_json: str, seconds: float, pipe: Connection) -> None:
+def _client_main(kind: str, cfg_json: str, seconds: float, pipe: Connection,
+                 cpu: int | None = None) -> None:
     import logging
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # links closed at phase end
     cfg = SiteConfig.model_validate_json(cfg_json)
@@ -238,15 +248,17 @@ def _client_main(kind: str, cfg_json: str, seconds: float, pipe: Connection) -> 
     reads, points = _run_client(kind, cfg, seconds)
     elapsed = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    pipe.send({"reads": reads, "points": points, "seconds": elapsed, "cpu_s": cpu,
-               "rss_mb": ru1.ru_maxrss / 1024})
+    user, system = ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime
+    pipe.send({"reads": reads, "points": points, "seconds": elapsed, "cpu_s": user + system,
+               "user_s": user, "sys_s": system, "rss_mb": ru1.ru_maxrss / 1024})
 
 
-def run_phase(kind: str, cfg: SiteConfig, seconds: float, watch: CpuWatch) -> dict[str, Any]:
+def run_phase(kind: str, cfg: SiteConfig, seconds: float, watch: CpuWatch,
+              cpu: int | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    p = ctx.Process(target=_client_main, args=(kind, cfg.model_dump_json(), seconds, child))
+    p = ctx.Process(target=_client_main,
+                    args=(kind, cfg.model_dump_json(), seconds, child, cpu))
     p.start()
     watch.start()
     if not parent.poll(seconds + 120):
@@ -259,6 +271,7 @@ def run_phase(kind: str, cfg: SiteConfig, seconds: float, watch: CpuWatch) -> di
     result["reads_per_s"] = result["reads"] / result["seconds"]
     result["points_per_s"] = result["points"] / result["seconds"]
     result["cpu_s_per_1000"] = result["cpu_s"] / max(result["reads"], 1) * 1000
+    result["sys_share"] = result["sys_s"] / max(result["cpu_s"], 1e-9)
     return result
 
 
@@ -274,7 +287,7 @@ def _ratios(rs: list[dict[str, Any]], bs: list[dict[str, Any]]
             ) -> tuple[dict[str, list[float]], list[str]]:
     """Per-round ratios of ``rs`` to the baseline ``bs`` (same round), refusing a round in
     which either side was starved or a server saturated."""
-    got: dict[str, list[float]] = {"reads": [], "cpu": [], "points": []}
+    got: dict[str, list[float]] = {"reads": [], "cpu": [], "user": [], "points": []}
     refused = []
     for r, b in zip(rs, bs, strict=True):
         why = _why_invalid(b) or _why_invalid(r)
@@ -284,6 +297,8 @@ def _ratios(rs: list[dict[str, Any]], bs: list[dict[str, Any]]
         got["reads"].append(r["reads_per_s"] / b["reads_per_s"])
         got["points"].append(r["points_per_s"] / b["points_per_s"])
         got["cpu"].append(r["cpu_s_per_1000"] / b["cpu_s_per_1000"])
+        got["user"].append((r["user_s"] / max(r["reads"], 1))
+                           / (b["user_s"] / max(b["reads"], 1)))
     return got, refused
 
 
@@ -327,6 +342,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window", type=int, default=8, help="max_in_flight of autogrid-pipe")
+    ap.add_argument("--clients", default=",".join(CLIENTS),
+                    help="comma-separated subset of the clients to run (default: all)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let the scheduler place servers and clients (by default the "
+                    "servers run on the first CPU and every client on the last one)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     ap.add_argument("--inline", choices=CLIENTS, help="run one client in this process "
                     "for --seconds and print its reads (for callgrind)")
@@ -336,27 +356,43 @@ def main() -> int:
     if args.rounds < 3:
         print("note: fewer than 3 rounds give no meaningful range", file=sys.stderr)
 
+    clients = tuple(k for k in CLIENTS if k in args.clients.split(","))
+    unknown = set(args.clients.split(",")) - set(CLIENTS)
+    if unknown or not clients:
+        print(f"--clients: unknown {', '.join(sorted(unknown)) or 'empty list'} "
+              f"(known: {', '.join(CLIENTS)})", file=sys.stderr)
+        return 2
     endpoints = layout(args.devices, args.per_endpoint)
     farm = ServerFarm(endpoints)
-    results: dict[str, list[dict[str, Any]]] = {k: [] for k in CLIENTS}
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in clients}
+    cpus = sorted(os.sched_getaffinity(0))
+    client_cpu = cpus[-1] if args.pin and len(cpus) > 1 else None
     try:
+        if client_cpu is not None:
+            os.sched_setaffinity(0, {cpus[0]})  # the server processes inherit it
         ports = farm.start()
+        os.sched_setaffinity(0, cpus)
         cfgs = _configs(endpoints, ports, args.window)
+        placement = (f"servers on CPU {cpus[0]}, clients on CPU {client_cpu}"
+                     if client_cpu is not None else "unpinned")
         print(f"{args.devices} devices ({len(modbus_templates())} Modbus templates) on "
               f"{len(endpoints)} endpoints, {len(farm.procs)} server processes; "
-              f"{args.rounds} rounds x {len(CLIENTS)} clients x {args.seconds:g} s; "
-              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {platform.node()}; "
+              f"{args.rounds} rounds x {len(clients)} clients x {args.seconds:g} s; "
+              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+              f"{placement}; "
+              f"{platform.node()}; "
               f"{time.strftime('%Y-%m-%d %H:%M')}")
         watch = CpuWatch(farm)
         for rnd in range(args.rounds):
-            order = CLIENTS[rnd % len(CLIENTS):] + CLIENTS[:rnd % len(CLIENTS)]
+            order = clients[rnd % len(clients):] + clients[:rnd % len(clients)]
             for kind in order:
-                r = run_phase(kind, cfgs[kind], args.seconds, watch)
+                r = run_phase(kind, cfgs[kind], args.seconds, watch, client_cpu)
                 r["round"] = rnd
                 results[kind].append(r)
                 flag = _why_invalid(r)
                 print(f"  round {rnd + 1} {kind:<18}{r['reads_per_s']:>9.0f} reads/s "
-                      f"{r['cpu_s_per_1000']:>7.3f} CPU s/1000 reads  client "
+                      f"{r['cpu_s_per_1000']:>7.3f} CPU s/1000 reads "
+                      f"({100 * r['sys_share']:.0f} % system)  client "
                       f"{100 * r['client_share']:>3.0f} % of a core, busiest server "
                       f"{100 * r['server_share']:>3.0f} %{'  [' + flag + ']' if flag else ''}")
     finally:
@@ -364,18 +400,18 @@ def main() -> int:
 
     print(f"\n{'client':<19}{'reads/s':>20}{'points/s':>26}{'CPU s/1000 reads':>26}"
           f"{'RSS MB':>8}")
-    for kind in CLIENTS:
+    for kind in clients:
         rs = results[kind]
         print(f"{kind:<19}{_spread([r['reads_per_s'] for r in rs], '.0f'):>20}"
               f"{_spread([r['points_per_s'] for r in rs], '.0f'):>26}"
               f"{_spread([r['cpu_s_per_1000'] for r in rs], '.3f'):>26}"
               f"{max(r['rss_mb'] for r in rs):>8.0f}")
     ratios: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for base in BASELINES:
+    for base in (b for b in BASELINES if b in clients):
         print(f"\nratios against {base}, per round (a round is refused when either side "
               f"was starved or a server saturated):")
         ratios[base] = {}
-        for kind in CLIENTS:
+        for kind in clients:
             if kind == base:
                 continue
             got, refused = _ratios(results[kind], results[base])
@@ -383,7 +419,8 @@ def main() -> int:
             if got["reads"]:
                 print(f"  {kind:<18} reads/s x{_spread(got['reads'], '.2f')}, points/s "
                       f"x{_spread(got['points'], '.2f')}, CPU per read "
-                      f"x{_spread(got['cpu'], '.2f')}  ({len(got['reads'])} valid rounds)")
+                      f"x{_spread(got['cpu'], '.2f')} (user CPU alone "
+                      f"x{_spread(got['user'], '.2f')})  ({len(got['reads'])} valid rounds)")
             else:
                 print(f"  {kind:<18} no ratio: every round was refused")
             for line in refused:

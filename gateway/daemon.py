@@ -18,7 +18,7 @@ from drivers.registry import driver_for_connection_type, get_driver
 from gateway import components
 from gateway.alarms import AlarmStore, alarms_path
 from gateway.api import ApiServer, default_socket_path
-from gateway.cluster.takeover import held_back
+from gateway.cluster.config import held_back
 from gateway.components import Component
 from gateway.config.models import Device, SiteConfig
 from gateway.historian import Historian
@@ -103,8 +103,9 @@ class Daemon:
                                  self.cfg.api)
             await self.api.start()
             for dev in self.cfg.devices_of(self.gateway_id):
-                if not held_back(self.cfg, dev):  # (a standby-capable device waits for
-                    self.poller.add(self.ios[dev.id], dev.poll_interval_s)  # its record)
+                # a standby-capable device waits for its ownership record (cluster takeover)
+                if not held_back(self.cfg.cluster, dev.standby_gateways):
+                    self.poller.add(self.ios[dev.id], dev.poll_interval_s)
             for comp in self._build_components():
                 await comp.start()
                 self.components.append(comp)

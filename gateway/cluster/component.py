@@ -26,8 +26,8 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from gateway.cluster.config import endpoint_of
 from gateway.cluster.sitewide import SiteWide
 from gateway.cluster.store import Change, ClusterStore, FencedWrite, Value
 from gateway.cluster.telemetry import Telemetry, remote_device_state
@@ -362,12 +362,6 @@ class ClusterComponent:
                 "remote_age_s_p50": ages[len(ages) // 2] if ages else None,
                 "remote_age_s_p99": ages[min(len(ages) - 1, int(0.99 * len(ages)))]
                 if ages else None}
-
-
-def endpoint_of(url: str) -> tuple[str, int]:
-    u = urlsplit(url)
-    assert u.hostname is not None and u.port is not None
-    return u.hostname, u.port
 
 
 def build(daemon: Daemon) -> ClusterComponent | None:

@@ -112,3 +112,17 @@ class ClusterConfig(_Strict):
 
     def member(self, gateway: str) -> Member | None:
         return next((m for m in self.members if m.gateway == gateway), None)
+
+
+def held_back(cluster: ClusterConfig | None, standby_gateways: list[str]) -> bool:
+    """True for a device that is not polled at start: it names standby gateways on an etcd
+    cluster, so it is polled only under an ownership record naming this gateway (the
+    takeover loop of gateway.cluster.takeover)."""
+    return bool(standby_gateways) and cluster is not None and cluster.backend == "etcd"
+
+
+def endpoint_of(url: str) -> tuple[str, int]:
+    """(host, port) of a member URL (validated by the section: both are there)."""
+    u = urlsplit(url)
+    assert u.hostname is not None and u.port is not None
+    return u.hostname, u.port

@@ -24,7 +24,7 @@ def _client(cfg: SiteConfig, url: str, gateway: str, config_dir: Path) -> Any:
     (the member is checked against the site CA by the host name in its URL)."""
     import aetcd
 
-    from gateway.cluster.component import endpoint_of
+    from gateway.cluster.config import endpoint_of
 
     host, port = endpoint_of(url)
     cl = cfg.cluster

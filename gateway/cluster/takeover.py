@@ -51,19 +51,11 @@ if TYPE_CHECKING:
     from drivers.base import Invalid
     from gateway.api import Caller
     from gateway.cluster.component import ClusterComponent
-    from gateway.config.models import Device, SiteConfig
 
 log = logging.getLogger("autogrid.cluster.takeover")
 DROP_SHARE = 0.75  # drop held devices once the lease is this share of its TTL unrenewed
 LOOP_S = 0.05
 INFLIGHT_WAIT_S = 5.0
-
-
-def held_back(cfg: SiteConfig, dev: Device) -> bool:
-    """True for a device that is not polled at start: it names standby gateways on an etcd
-    cluster, so it is polled only under an ownership record naming this gateway."""
-    cl = cfg.cluster
-    return bool(dev.standby_gateways) and cl is not None and cl.backend == "etcd"
 
 
 GATED = "this gateway may no longer hold it (cluster lease not renewed, or the store moved it)"
