@@ -167,7 +167,7 @@ def test_store_switches_to_another_member_over_tls_keeping_lease_and_watch(
 
 
 async def switch_scenario(arg: dict[str, str]) -> dict[str, object]:
-    from gateway.cluster.component import endpoint_of
+    from gateway.cluster.config import endpoint_of
     from gateway.cluster.etcd_store import EtcdStore
     from gateway.config.loader import load_config
     from tests.waiting import until
