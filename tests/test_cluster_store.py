@@ -4,6 +4,7 @@ members (election on a lease, fenced writes refused for an old term, watches, re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -134,6 +135,62 @@ async def test_lapsed_local_deadline_stops_writes_before_etcd(
     assert not lead.is_leader
     got = await lead.get("setpoints/x")
     assert got is not None and got.value == {"v": 1}
+
+
+async def test_lapsed_lease_is_revoked_so_the_site_need_not_wait_for_it(
+        stores: dict[str, EtcdStore], etcd3: EtcdCluster) -> None:  # noqa: F811
+    """A leader whose lease lapsed locally gets a new lease and revokes the old one, which
+    may still live at etcd (here something keeps it alive, as a member back from an outage
+    extends every lease): its leader key goes and a new term is elected."""
+    await until(lambda: len(leaders(stores)) == 1)
+    lead = stores[leaders(stores)[0]]
+    old_lease, old_term = lead.lease_id, lead.term
+    assert old_lease is not None and old_term is not None
+    admin = aetcd.Client(*etcd3.members["gw-a"].host_port)
+
+    async def keep_alive() -> None:
+        while True:
+            await admin.refresh_lease(old_lease)
+            await asyncio.sleep(0.3)
+    keeper = asyncio.create_task(keep_alive())
+    try:
+        now = [lead.clock()]
+        lead.clock = lambda: now[0]
+        now[0] += lead.ttl  # its last keepalive was sent a whole TTL ago: lapsed
+        await until(lambda: any(s.is_leader and s.term is not None and s.term > old_term
+                                for s in stores.values()))
+        assert lead.lease_id != old_lease
+        ttl = await admin.get_lease_info(old_lease)
+        assert ttl.TTL == -1  # revoked, though kept alive the whole time
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await keeper
+        await admin.close()
+
+
+async def test_sole_member_back_after_an_outage_is_reached_with_a_fresh_client(
+        tmp_path: Path) -> None:
+    """One member only (no other to switch to): while it is down the store makes fresh
+    clients to it (gRPC's own redial backs off for up to two minutes), and once it is back
+    the gateway leads again."""
+    cluster = EtcdCluster.loopback(["solo"], tmp_path / "etcd", unsafe_no_fsync=True)
+    cluster.start()
+    store = EtcdStore("gw", cluster.members["solo"].host_port, PREFIX, lease_ttl_s=2)
+    try:
+        await store.start()
+        await until(lambda: store.is_leader)
+        await asyncio.to_thread(cluster.kill, "solo")
+        await until(lambda: store.keepalive_failures >= 8 and not store.is_leader,
+                    limit_s=30.0)
+        assert store.status()["member_redials"] >= 2
+        await asyncio.to_thread(cluster.restart, "solo")
+        await until(lambda: store.is_leader and store.keepalive_failures == 0,
+                    limit_s=30.0)
+        assert store.status()["own_endpoint"] and store.switches == 0
+    finally:
+        await store.stop()
+        cluster.close()
 
 
 async def test_resign_hands_over_and_watch_sees_published_key_go(

@@ -47,7 +47,17 @@ from gateway.cluster.store import (
 log = logging.getLogger("autogrid.cluster.etcd")
 RPC_TIMEOUT_S = 2.0
 DEADLINE_MARGIN = 0.1  # step down this share of a TTL before the lease could expire
+# With a single member, a fresh client on the 1st, 4th, 7th... failure in a row (keepalives
+# are tried every TTL/3, so about once a TTL): a returning member is found within a TTL.
+SOLE_MEMBER_REDIAL_EVERY = 3
 T = TypeVar("T")
+
+
+def err_text(exc: BaseException) -> str:
+    """An etcd/grpc error as text, for logs and reasons: a log record or reason that held
+    the exception itself would keep its failed call, and with it the closed client's
+    channel (and grpc's poller thread), alive."""
+    return str(exc) or "timeout"
 
 
 async def rpc(call: Awaitable[T], timeout_s: float = RPC_TIMEOUT_S) -> T:
@@ -105,7 +115,8 @@ class EtcdStore(ClusterStore):
         self.current = 0
         self.endpoint = endpoint  # the member in use now
         self.client_factory = self.endpoints[0][1]
-        self.switches = 0
+        self.switches = 0  # to another member
+        self.redials = 0  # fresh clients to the same (only) member
         self._switch_lock = asyncio.Lock()
         self.prefix = prefix
         self.ttl = max(2, round(lease_ttl_s))  # etcd grants whole seconds, at least 2
@@ -141,7 +152,7 @@ class EtcdStore(ClusterStore):
             await self._new_lease()
         except (etcd_errors.ClientError, TimeoutError) as exc:  # keepalive loop retries
             log.warning("cluster store %s:%d not reachable yet: %s", *self.endpoint,
-                        exc or "timeout")
+                        err_text(exc))
         self._tasks = [asyncio.create_task(self._keepalive_loop(), name="cluster keepalive"),
                        asyncio.create_task(self._deadline_loop(), name="cluster deadline"),
                        asyncio.create_task(self._campaign_loop(), name="cluster campaign")]
@@ -209,13 +220,16 @@ class EtcdStore(ClusterStore):
                 await self._renew_lost_lease()
                 continue
             sent = self.clock()
+            failed: str | None = None
             try:
                 reply = await rpc(self.client.refresh_lease(self.lease_id), self.ttl / 3.0)
             except (etcd_errors.ClientError, TimeoutError) as exc:
+                failed = err_text(exc)
+            if failed is not None:  # switched outside the handler: no call held meanwhile
                 self.keepalive_failures += 1
                 if self.keepalive_failures == 1:
-                    log.warning("cluster lease keepalive failed: %s", exc or "timeout")
-                await self.switch_member(f"keepalive failed: {exc or 'timeout'}")
+                    log.warning("cluster lease keepalive failed: %s", failed)
+                await self.switch_member(f"keepalive failed: {failed}")
                 continue
             if reply is None or reply.TTL <= 0:  # expired at etcd: our keys are gone
                 self._step_down("lease expired at etcd")
@@ -230,32 +244,56 @@ class EtcdStore(ClusterStore):
 
     async def _renew_lost_lease(self) -> None:
         self._step_down("lease not renewed in time")
+        lapsed = self.lease_id
+        failed: str | None = None
         try:
             await self._new_lease()
         except (etcd_errors.ClientError, TimeoutError) as exc:
+            failed = err_text(exc)
+        if failed is not None:
             self.keepalive_failures += 1
             if self.keepalive_failures == 1:
-                log.warning("cluster lease cannot be granted: %s", exc or "timeout")
-            await self.switch_member(f"lease grant failed: {exc or 'timeout'}")
+                log.warning("cluster lease cannot be granted: %s", failed)
+            await self.switch_member(f"lease grant failed: {failed}")
             return
         self.keepalive_failures = 0
+        if lapsed is not None and lapsed != self.lease_id:
+            # The lapsed lease may still live at etcd (a member back from an outage
+            # extends every lease by a TTL): it holds the leader key and this gateway's
+            # published keys, which this gateway no longer trusts. Revoked now, the site
+            # need not wait for it to expire before a leader is elected.
+            with contextlib.suppress(etcd_errors.ClientError, TimeoutError):
+                await rpc(self.client.revoke_lease(lapsed))
         self._leader_changed.set()
 
     async def switch_member(self, why: str) -> bool:
-        """Close the client of the member in use and connect a fresh one to the next;
-        False when there is no other member. Watches and calls under way on the old
-        client fail and retry on the new one (watches from their next revision)."""
-        if len(self.endpoints) < 2:
+        """Close the client of the member in use and connect a fresh one to the next
+        member (with a single member: to the same one again, every
+        ``SOLE_MEMBER_REDIAL_EVERY`` failures; False on the failures in between).
+        Watches and calls under way on the old client fail and retry on the new one
+        (watches from their next revision).
+
+        A fresh client rather than the old channel's own redial: gRPC backs a channel's
+        reconnection attempts off up to two minutes, so a member back after a long
+        outage would be found late; a new channel dials at once."""
+        sole = len(self.endpoints) < 2
+        if sole and (self.keepalive_failures - 1) % SOLE_MEMBER_REDIAL_EVERY:
             return False
         async with self._switch_lock:
             old = self.client
             self.current = (self.current + 1) % len(self.endpoints)
             endpoint, factory = self.endpoints[self.current]
-            log.warning("cluster store: member %s:%d failed (%s); switching to %s:%d",
-                        *self.endpoint, why, *endpoint)
+            if not sole:
+                log.warning("cluster store: member %s:%d failed (%s); switching to %s:%d",
+                            *self.endpoint, why, *endpoint)
+            elif self.keepalive_failures <= 1:
+                log.warning("cluster store: its only member %s:%d failed (%s); "
+                            "reconnecting with a fresh client until it answers",
+                            *endpoint, why)
+            self.redials += sole
             self.endpoint = endpoint
             self.client = factory()
-            self.switches += 1
+            self.switches += not sole
             await close_client(old)
             del old
             await asyncio.sleep(0)  # let the ended calls run their callbacks
@@ -264,7 +302,7 @@ class EtcdStore(ClusterStore):
                 await rpc(self.client.connect())
             except (etcd_errors.ClientError, TimeoutError, OSError) as exc:
                 log.warning("cluster store: cannot connect to %s:%d: %s", *endpoint,
-                            exc or "timeout")
+                            err_text(exc))
         return True
 
     async def _deadline_loop(self) -> None:
@@ -294,7 +332,7 @@ class EtcdStore(ClusterStore):
                 try:
                     await self._campaign_once()
                 except (etcd_errors.ClientError, TimeoutError) as exc:
-                    log.debug("campaign failed: %s", exc)
+                    log.debug("campaign failed: %s", err_text(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._leader_changed.wait(), self.ttl / 4.0)
 
@@ -378,7 +416,7 @@ class EtcdStore(ClusterStore):
                 failures += 1
                 if failures == 1:
                     log.warning("cluster watch on %s lost: %s; retrying", prefix,
-                                exc or "timeout")
+                                err_text(exc))
             if self.client is not client:  # switched to another member: resume there now
                 failures = 0
             await asyncio.sleep(min(2.0, 0.1 * 2 ** min(failures, 5)))
@@ -415,7 +453,7 @@ class EtcdStore(ClusterStore):
                 success=[t.put(self.full(k), _dump(v)) for k, v in items.items()],
                 failure=[t.get(self.leader_key)]), RPC_TIMEOUT_S)
         except (etcd_errors.ClientError, TimeoutError) as exc:
-            return FencedWrite(False, term, reason=f"store did not answer: {exc or 'timeout'}",
+            return FencedWrite(False, term, reason=f"store did not answer: {err_text(exc)}",
                                unknown=True)
         if ok:
             return FencedWrite(True, term, int(resp[0].response_put.header.revision))
@@ -437,6 +475,7 @@ class EtcdStore(ClusterStore):
         last = self.last_keepalive
         out.update({"endpoint": f"{self.endpoint[0]}:{self.endpoint[1]}",
                     "own_endpoint": self.current == 0, "member_switches": self.switches,
+                    "member_redials": self.redials,
                     "lease_ttl_s": self.ttl,
                     "lease_age_s": None if last is None else self.clock() - last,
                     "keepalive_failures": self.keepalive_failures})
