@@ -8,6 +8,8 @@ new leader or a restarted gw-b, nor run when it reaches gw-b late."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -24,8 +26,9 @@ from gateway.config.models import SiteConfig
 from gateway.daemon import Daemon
 from gateway.demo import with_ports
 from gateway.model import Quality
-from tests.cluster_sim_site import site_dict
+from tests.cluster_sim_site import site_dict, write_site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
+from tests.test_cli import AUTOGRID, env_for
 from tests.test_cluster_daemon import comp, gateways
 from tests.waiting import until, until_async
 
@@ -197,7 +200,7 @@ async def test_device_move_from_a_follower(tmp_path: Path,
     raw = site_dict(tmp_path, etcd3, ["gw-a", "gw-b"], standby={"bat": ["gw-b"]},
                     handback_after_s=3600)
     cfg = SiteConfig.model_validate(raw)
-    async with gateways(cfg, ["gw-a", "gw-b"]) as (_runner, ds):
+    async with gateways(cfg, ["gw-a", "gw-b"]) as (runner, ds):
         a, b = comp(ds["gw-a"]), comp(ds["gw-b"])
         await until(lambda: a.takeover.held == {"bat"} and b.leader_id() == "gw-a"
                     and "gw-b" in a.takeover.live, "gw-a holding its battery, gw-b live",
@@ -224,3 +227,15 @@ async def test_device_move_from_a_follower(tmp_path: Path,
         assert "may not hold" in site[2]["reason"]
         local = [r for r in await ask(ds["gw-b"], "audit") if r["action"] == "device_move"]
         assert [r["ok"] for r in local] == [False, False, True], local  # newest first
+        # `autogrid cluster move --on` a follower: the leader moves it back.
+        raw["connections"][0]["port"] = runner.ports["tcp"]
+        path = write_site(tmp_path / "site.yaml", raw)
+        done = await asyncio.to_thread(
+            subprocess.run, [*AUTOGRID, "cluster", "move", "-c", str(path), "bat", "gw-a",
+                             "--on", "gw-b"], cwd=tmp_path, env=env_for(tmp_path),
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "bat moves to gw-a (ownership record written by gw-a, asked on gw-b)" in \
+            done.stdout, done.stdout
+        await until(lambda: a.takeover.held == {"bat"} and not b.takeover.held,
+                    "gw-a holding its battery again", timeout_s=30)
