@@ -80,21 +80,30 @@ async def test_breaker_on_a_follower_from_any_gateway(
         await ready(ds)
         assert closed(runner)
         term = comp(ds["gw-a"]).store.term
+        took: dict[str, float] = {}
         # (c) on gw-c, which polls nothing: forwarded to the leader, run by gw-b
+        t0 = time.perf_counter()
         r = await ask(ds["gw-c"], "override_set", device="feeder", point="trip", value=True)
+        took["gw-c"] = time.perf_counter() - t0
         assert r["carried_out_by"] == "gw-a" and r["term"] == term, r
         assert r["polled_by"] == "gw-b" and r["written"] is True and r["read_back"] is True
         assert not closed(runner)
         # (b) on gw-b itself, which polls it (a follower: through the leader too)
+        t0 = time.perf_counter()
         r = await ask(ds["gw-b"], "override_set", device="feeder", point="close", value=True)
+        took["gw-b"] = time.perf_counter() - t0
         assert r["carried_out_by"] == "gw-a" and r["polled_by"] == "gw-b", r
         assert r["written"] is True and r["read_back"] is True
         assert closed(runner)
         # (a) on the leader
+        t0 = time.perf_counter()
         r = await ask(ds["gw-a"], "override_set", device="feeder", point="trip", value=True)
+        took["gw-a"] = time.perf_counter() - t0
         assert "carried_out_by" not in r and r["polled_by"] == "gw-b", r
         assert r["written"] is True and r["read_back"] is True
         assert not closed(runner)
+        print("\nbreaker on gw-b, reply with its read-back, asked on: " + ", ".join(
+            f"{g} {t * 1000:.0f} ms" for g, t in sorted(took.items())))
         store = comp(ds["gw-c"]).store
         assert comp(ds["gw-b"]).commands.ran == 3 and comp(ds["gw-a"]).commands.sent == 3
 

@@ -7,7 +7,9 @@
   alarmed, never claimed.
 - Every gateway watches ``setpoints/`` and ``commands/`` and hands those of the devices it
   owns to its own applier (clamp, read-back, rewrite), and writes what the device took to
-  ``reports/<device>``; the leader feeds remote reports to its controller.
+  ``reports/<device>``; the leader feeds remote reports to its controller. An operator's
+  breaker command on a device another gateway polls carries an id and is run there at
+  most once: :mod:`gateway.cluster.commands`.
 - Readings: see :mod:`gateway.cluster.telemetry`.
 - A new leader starts from the committed setpoints in the store (no jump).
 

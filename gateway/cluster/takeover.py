@@ -23,7 +23,8 @@ The rule that keeps two gateways from ever poll-writing one device:
    a record with that lease.
 3. The leader moves a device only away from a gateway whose ``live`` key is gone, by
    handback (the configured owner has been live ``cluster.handback_after_s``), or by an
-   operator's ``device_move``; for the latter two the new holder waits for rule 1.
+   operator's ``device_move`` (given on any gateway: one that does not lead forwards it
+   to the leader); for the latter two the new holder waits for rule 1.
 
 Devices without ``standby_gateways`` are not affected: their owner polls them as before.
 Until a leader has written its first record, a standby-capable device is not polled (the
