@@ -103,25 +103,26 @@ class RemoteCommands:
             res = await self.store.fenced_put({f"commands/{dev}": {
                 "id": cid, "point": point, "value": value, "user": user, "to": to,
                 "writer": self.gateway, "term": self.store.term, "at": time.time()}})
-            if not res.ok and res.unknown:
-                raise ApiError(f"{what}: the store did not answer ({res.reason}): the "
-                               f"command may or may not reach {to}; it is not retried")
-            if not res.ok:
+            if not res.ok and not res.unknown:
                 raise ApiError(f"{what} not sent: {res.reason}")
+            # (a write the store did not answer may still have committed: wait as well)
             self.sent += 1
             try:
                 ans = await asyncio.wait_for(asyncio.shield(fut), COMMAND_WAIT_S)
             except TimeoutError:
-                raise ApiError(f"{what} was sent to gateway {to}, which did not answer "
-                               f"within {COMMAND_WAIT_S:g} s: the breaker may or may not "
-                               f"have acted (see {to}'s log); it is not retried") from None
+                sent = (f"was sent to gateway {to}, which" if res.ok else
+                        f"may or may not have reached gateway {to} (the store did not "
+                        f"answer the write: {res.reason}), which")
+                raise ApiError(f"{what} {sent} did not answer within {COMMAND_WAIT_S:g} "
+                               f"s: the breaker may or may not have acted (see {to}'s "
+                               f"log); it is not retried") from None
         finally:
             self._waiting.pop(cid, None)
         if not ans.get("ok"):
             raise ApiError(str(ans.get("error")))  # (it names the gateway and device)
         return {"device": dev, "point": point, "command": True, "written": True,
                 "read_back": ans.get("read_back"), "at": ans.get("at"),
-                "polled_by": to}
+                "polled_by": ans.get("gateway") or to}
 
     def _on_answer(self, ch: Change) -> None:
         if ch.value is None:
