@@ -35,6 +35,8 @@ class ApplierPort(Protocol):
 
     def command(self, dev_id: str, point: str, value: Any) -> Any: ...
 
+    def cancel_command(self, dev_id: str, point: str, why: str) -> None: ...  # not retried
+
 
 class ClusterPort(Protocol):
     """What the control component uses of the cluster: whether this gateway runs the site
@@ -59,6 +61,9 @@ class ClusterPort(Protocol):
 
     def dispatch(self, setpoints: dict[str, dict[str, Any]],
                  commands: list[tuple[str, str, Any]]) -> None: ...
+
+    async def command(self, dev_id: str, point: str, value: Any, user: str
+                      ) -> dict[str, Any]: ...  # one-shot, run once by the polling gateway
 
 
 class ForecastPort(Protocol):

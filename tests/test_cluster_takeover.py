@@ -156,13 +156,17 @@ async def test_standby_takes_over_hands_back_and_obeys_the_operator(
         held = (await s.api("gw-c", "cluster"))["takeover"]["moves"][-1]
         assert held["to"] == "gw-a" and "handback" in held["why"], held
         assert held["at"] - w_back >= HANDBACK_S, held
-        # Operator moves: refused where not allowed, done where allowed.
-        assert "does not lead" in await refused(s, "gw-a", device="bat", gateway="gw-b")
+        # Operator moves: refused where not allowed (on a follower too: the leader's
+        # refusal), done where allowed.
+        assert "cluster leader gw-c" in await refused(s, "gw-a", device="bat",
+                                                      gateway="gw-c")
         assert "may not hold" in await refused(s, "gw-c", device="bat", gateway="gw-c")
         assert "no standby_gateways" in await refused(s, "gw-c", device="heater",
                                                        gateway="gw-b")
-        no = await autogrid_move(s, "bat", "gw-b", "--on", "gw-b")
-        assert no.returncode != 0 and "the leader is gw-c" in no.stderr, (no.stdout, no.stderr)
+        no = await autogrid_move(s, "bat", "gw-c", "--on", "gw-b")
+        assert no.returncode != 0 and "cluster leader gw-c" in no.stderr, (no.stdout,
+                                                                           no.stderr)
+        assert "may not hold" in no.stderr, no.stderr
         w2 = time.time()
         got = await s.api("gw-c", "device_move", device="bat", gateway="gw-b")
         assert got["written"] and got["gateway"] == "gw-b"

@@ -177,7 +177,8 @@ def _move_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, help="site config (YAML)")
     p.add_argument("device", help="a device with standby_gateways")
     p.add_argument("to", metavar="GATEWAY", help="its owner or one of its standby gateways")
-    p.add_argument("--on", help="the gateway whose API is asked (the leader does the move; "
+    p.add_argument("--on", help="the gateway whose API is asked (any: one that does not "
+                                "lead forwards it to the leader, which does the move; "
                                 "default: the first gateway)")
 
 
@@ -200,7 +201,9 @@ def _run_move(args: argparse.Namespace) -> int:
         got = asyncio.run(ask())
     except (ApiRequestError, ApiUnavailable) as exc:
         raise ClusterCommandError(f"device_move on {on}: {exc}") from None
-    print(f"{got['device']} moves to {got['gateway']} (ownership record written by {on})")
+    by = got.get("carried_out_by") or on  # (asked on a follower: the leader wrote it)
+    print(f"{got['device']} moves to {got['gateway']} (ownership record written by {by}"
+          + (f", asked on {on})" if by != on else ")"))
     return EXIT_OK
 
 
@@ -213,7 +216,7 @@ SUBCOMMANDS: list[Subcommand] = [
                          "devices (exit 1: no member answers or no gateway leads)",
                _status_args, _run_status),
     Subcommand("move", "move a standby-capable device to its owner or a standby gateway "
-                       "(asks the leader's API; operator role; audited)",
+                       "(asked on any gateway, done by the leader; operator role; audited)",
                _move_args, _run_move),
 ]
 

@@ -7,7 +7,9 @@
   alarmed, never claimed.
 - Every gateway watches ``setpoints/`` and ``commands/`` and hands those of the devices it
   owns to its own applier (clamp, read-back, rewrite), and writes what the device took to
-  ``reports/<device>``; the leader feeds remote reports to its controller.
+  ``reports/<device>``; the leader feeds remote reports to its controller. An operator's
+  breaker command on a device another gateway polls carries an id and is run there at
+  most once: :mod:`gateway.cluster.commands`.
 - Readings: see :mod:`gateway.cluster.telemetry`.
 - A new leader starts from the committed setpoints in the store (no jump).
 
@@ -72,6 +74,8 @@ class ClusterComponent:
         self.on_report: list[Any] = []  # listeners of remote devices' write outcomes
         from gateway.cluster.takeover import Takeover
         self.takeover = Takeover(self)  # standby_gateways: who polls which device
+        from gateway.cluster.commands import RemoteCommands
+        self.commands = RemoteCommands(self)  # operators' breaker commands, other gateways
         daemon.ports.cluster = self
 
     # -- life cycle --------------------------------------------------------------------------
@@ -89,6 +93,7 @@ class ClusterComponent:
         if applier is not None:
             applier.on_outcome.append(self._outcome)
         self.sitewide.start()
+        self.commands.start()
         self.telemetry.start()
         self.takeover.start()
         if self.daemon.api is not None:
@@ -107,6 +112,7 @@ class ClusterComponent:
         if applier is not None and self._outcome in applier.on_outcome:
             applier.on_outcome.remove(self._outcome)
         await self.sitewide.stop()
+        await self.commands.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -153,6 +159,12 @@ class ClusterComponent:
                       to: str | None = None) -> Any:
         """An operator command given here, run by the leader or by gateway ``to``."""
         return await self.sitewide.forward(cmd, req, caller, to)
+
+    async def command(self, dev_id: str, point: str, value: Any, user: str
+                      ) -> dict[str, Any]:
+        """The leader: an operator's one-shot command on a device another gateway polls,
+        run there once (:mod:`gateway.cluster.commands`); the reply is what it took."""
+        return await self.commands.send(dev_id, point, value, user)
 
     async def wait_leading(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for this gateway to lead; True when it does."""
@@ -305,6 +317,9 @@ class ClusterComponent:
 
     def _on_command(self, ch: Change) -> None:
         dev = ch.key.removeprefix("commands/")
+        if ch.value is not None and "id" in ch.value and dev in self.own:
+            self.commands.on_command(dev, ch.value)  # an operator's: once, or said why not
+            return
         if ch.value is None or not self._fresh(dev, ch.value):
             return
         if time.time() - float(ch.value.get("at") or 0.0) > SETPOINT_MAX_AGE_S:
@@ -359,6 +374,7 @@ class ClusterComponent:
         return {**self.store.status(), "own": self.own,
                 "gone": dict(self.telemetry.gone), "acked": len(self.acked),
                 "refusals": list(self.refusals)[-5:], "takeover": self.takeover.status(),
+                "commands": self.commands.status(),
                 "remote_age_s_p50": ages[len(ages) // 2] if ages else None,
                 "remote_age_s_p99": ages[min(len(ages) - 1, int(0.99 * len(ages)))]
                 if ages else None}

@@ -23,7 +23,8 @@ The rule that keeps two gateways from ever poll-writing one device:
    a record with that lease.
 3. The leader moves a device only away from a gateway whose ``live`` key is gone, by
    handback (the configured owner has been live ``cluster.handback_after_s``), or by an
-   operator's ``device_move``; for the latter two the new holder waits for rule 1.
+   operator's ``device_move`` (given on any gateway: one that does not lead forwards it
+   to the leader); for the latter two the new holder waits for rule 1.
 
 Devices without ``standby_gateways`` are not affected: their owner polls them as before.
 Until a leader has written its first record, a standby-capable device is not polled (the
@@ -460,8 +461,7 @@ class Takeover:
                 alarms.audit(caller.user, "device_move", detail, ok=False, reason=why)
             return ApiError(why)
         if not self.comp.leading():
-            raise refuse(f"this gateway does not lead the cluster; the leader is "
-                         f"{self.comp.leader_id() or 'unknown'}")
+            return await self._forward_move(req, caller, detail)
         if dev not in self.prefs:
             raise refuse(f"'{dev}' has no standby_gateways: it stays with its owner")
         if to not in self.prefs[dev]:
@@ -476,6 +476,22 @@ class Takeover:
         if alarms is not None:
             alarms.audit(caller.user, "device_move", detail)
         return {"device": dev, "gateway": to, "written": True}
+
+    async def _forward_move(self, req: dict[str, Any], caller: Caller,
+                            detail: dict[str, Any]) -> Any:
+        """A gateway that does not lead: the leader moves the device (and audits it in
+        the site's audit); the reply is the leader's, audited here as this operator's."""
+        from gateway.api import ApiError
+        alarms = self.daemon.ports.alarms
+        try:
+            got = await self.comp.forward("device_move", req, caller)
+        except ApiError as exc:
+            if alarms is not None:
+                alarms.audit(caller.user, "device_move", detail, ok=False, reason=str(exc))
+            raise
+        if alarms is not None:
+            alarms.audit(caller.user, "device_move", detail)
+        return got
 
     def status(self) -> dict[str, Any]:
         return {"owners": {d: (r.get("gateway"), r.get("why"))

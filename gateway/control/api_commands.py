@@ -240,11 +240,11 @@ def register(comp: ControlComponent, api: ApiServer) -> None:
         if dev_id in c.lockouts:
             raise ApiError(f"{dev_id} is held at zero by protection: {c.lockouts[dev_id]}")
         if point in COMMAND_POINTS:
-            if io is None:
-                raise ApiError(f"{dev_id} is polled by gateway {elsewhere}: a breaker command "
-                               f"is given on the gateway that polls it")
             if value is not True:
                 raise ApiError(f"'{point}' is a command: send true to {point} the breaker")
+            if io is None and cluster is not None:
+                # another gateway polls it: the leader hands it over through the store
+                return cluster.command(dev_id, point, True, caller.user)
             return _breaker_command(dev_id, point)
         if not comp.control.controller:
             raise ApiError("the site controller does not run on this gateway "

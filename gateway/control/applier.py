@@ -159,6 +159,14 @@ class Applier:
         self._kick(dev_id, d)
         return fut
 
+    def cancel_command(self, dev_id: str, point: str, why: str) -> None:
+        """Stop retrying a command that is still queued (an operator's command from
+        another gateway, answered as failed: it must not act later)."""
+        d = self.devs.get(dev_id)
+        intent = d.queue.get(point) if d else None
+        if d is not None and intent is not None and intent.command:
+            self._drop(dev_id, d, point, why)
+
     def _queue(self, dev_id: str, d: _Dev, point: str, value: PointValue, command: bool,
                waiter: bool = False) -> asyncio.Future[WriteOutcome] | None:
         old = d.queue.get(point)
