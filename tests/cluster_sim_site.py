@@ -103,3 +103,9 @@ def device_writes(events: list[Event], rows: list[WriteRecord], gateways: list[s
           f"value had been superseded: {got.max_lag_s:.3f} s; old holder's tail writes "
           f"{got.tails}; writes per term {got.terms}")
     return got
+
+
+def writers(rows: list[WriteRecord], device: str) -> set[str]:
+    """The gateways a device saw writes from (by their source addresses)."""
+    by_ip = {ip: gw for gw, ip in SOURCES.items()}
+    return {by_ip.get(r.peer[0], r.peer[0]) for r in rows if r.device == device and r.peer}
