@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +49,16 @@ class ConnectionBase(BaseModel):
         """The physical endpoint (a key, and how to name it), so two connections cannot
         name the same one; None when the idea does not apply."""
         return None
+
+    def for_gateway(self, gateway_id: str) -> Self:
+        """This connection as gateway ``gateway_id`` uses it (options given per gateway
+        resolved to that gateway's value); most connections are the same everywhere."""
+        return self
+
+    def gateway_refs(self) -> dict[tuple[str, ...], list[str]]:
+        """Gateway ids this connection names (field path below it -> ids), so the site
+        checks can refuse unknown ones."""
+        return {}
 
     def check(self, index: int, src: Source) -> list[Problem]:
         """Cross-field problems of this connection, positioned at ``connections[index]``."""

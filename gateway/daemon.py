@@ -149,7 +149,7 @@ class Daemon:
 
     def attach_device(self, dev: Device, cfg: SiteConfig) -> tuple[DeviceIO, DeviceState]:
         """Attach one device to its driver (no I/O yet); a config reload uses it too."""
-        conn = cfg.connection(dev.connection)
+        conn = cfg.connection(dev.connection).for_gateway(self.gateway_id)
         name = driver_for_connection_type(conn.type)
         driver = self.drivers.get(name)
         if driver is None:

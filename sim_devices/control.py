@@ -14,6 +14,9 @@ the request's ``id`` echoed when given. Commands:
   set_fault   device, kind, params={}           -> {kind, ...params}
   clear_fault device, kind=null (all)           -> [kinds cleared]
   grid        available: bool                   -> {"available": bool}
+  journal     device=null (all)                 -> [{at, device, unit, block, address,
+                                                     values, points, peer, ok}]
+                                                   (the write journal; error when off)
 """
 
 from __future__ import annotations
@@ -140,8 +143,15 @@ class ControlServer:
             available = _arg(req, "available", bool)
             r.set_grid(available)
             return {"available": available}
+        if cmd == "journal":
+            device = req.get("device")
+            if device is not None and not isinstance(device, str):
+                raise ValueError('"device" must be a string or null')
+            if r.journal is None:
+                raise ValueError("the write journal is off (simulation.write_journal)")
+            return [row.as_dict() for row in r.journal.rows(device)]
         raise ValueError(f"unknown command '{cmd}' (known: ping, devices, ports, values, "
-                         "faults, set_fault, clear_fault, grid)")
+                         "faults, set_fault, clear_fault, grid, journal)")
 
 
 def _arg(req: dict[str, Any], name: str, typ: type) -> Any:

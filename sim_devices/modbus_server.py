@@ -23,6 +23,7 @@ from pymodbus.server import ModbusTcpServer
 
 from gateway.config.models import ModbusRtuOverTcp, ModbusTcp
 from sim_devices.faults import Fault, FaultKind, corrupt
+from sim_devices.journal import JournalingTcpServer, WriteJournal
 from sim_devices.registers import FC_BLOCK, DeviceImage
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,25 @@ class _Unit:
         self.image.refresh(block, start, registers)
         if set_values is None:
             return None
-        return self.image.write(block, start, address, registers, set_values)
+        journal = self.endpoint.journal
+        if journal is None:
+            return self.image.write(block, start, address, registers, set_values)
+        sent = list(set_values)  # the model may replace the values (clamps)
+        points: dict[str, Any] = {}
+        result = self.image.write(block, start, address, registers, set_values, points)
+        journal.record(self.image.device_id, self.image.unit_id, block, address, sent,
+                       points, result is None)
+        return result
 
 
 class EndpointServer:
     """The pymodbus server of one connection, with its fault switches."""
 
     def __init__(self, conn: ModbusTcp | ModbusRtuOverTcp, images: list[DeviceImage],
-                 port: int | None = None, host: str = HOST) -> None:
+                 port: int | None = None, host: str = HOST,
+                 journal: WriteJournal | None = None) -> None:
+        """``journal``: where every write request that reaches a device model is
+        recorded with its peer (None: not recorded, nothing paid)."""
         if conn.type not in SERVED_TYPES:
             raise ValueError(f"connection '{conn.id}': type '{conn.type}' is not served by the "
                              f"simulator (served: {', '.join(SERVED_TYPES)})")
@@ -70,6 +82,7 @@ class EndpointServer:
         self.host = host
         self.port = conn.port if port is None else port
         self.rtu = conn.type == "modbus_rtu_over_tcp"
+        self.journal = journal
         self.units: dict[int, _Unit] = {}
         for image in images:
             if image.unit_id in self.units:
@@ -91,7 +104,8 @@ class EndpointServer:
         """Listen; returns the bound port (the real one when asked for port 0)."""
         if self._server is not None:
             return self.port
-        server = ModbusTcpServer(
+        server_type = ModbusTcpServer if self.journal is None else JournalingTcpServer
+        server = server_type(
             [u.image.sim_device(u.action) for u in self.units.values()],
             framer=FramerType.RTU if self.rtu else FramerType.SOCKET,
             address=(self.host, self.port), trace_pdu=self._trace_pdu,  # type: ignore[arg-type]

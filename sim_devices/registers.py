@@ -191,9 +191,11 @@ class DeviceImage:
                         name, value, self.template.model or "?", exc)
 
     def write(self, block: str, start: int, address: int, registers: list[int],
-              values: list[int] | list[bool]) -> ExcCodes | None:
+              values: list[int] | list[bool],
+              decoded: dict[str, PointValue] | None = None) -> ExcCodes | None:
         """Apply a client write: decode, let the model clamp or refuse, and put the
-        accepted value into ``values`` (pymodbus stores them after this returns)."""
+        accepted value into ``values`` (pymodbus stores them after this returns).
+        ``decoded`` (when given) gets each point's value as the client sent it."""
         owners = self._owner.get(block)
         if owners is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -216,6 +218,8 @@ class DeviceImage:
                 value = decode(pt, [int(w) for w in values[off:off + pt.width]], sf)
             if value is None:
                 return ExcCodes.ILLEGAL_VALUE
+            if decoded is not None:
+                decoded[name] = value
             try:
                 accepted = self.model.write_point(name, value)
             except ValueError as exc:

@@ -20,8 +20,10 @@ from sim_devices.can_nodes import attach_can
 from sim_devices.clock import ManualClock
 from sim_devices.dnp3_server import attach_dnp3
 from sim_devices.faults import ENDPOINT_KINDS, Fault, FaultKind, make_fault
+from sim_devices.journal import WriteJournal
 from sim_devices.modbus_server import HOST, SERVED_TYPES, EndpointServer
 from sim_devices.registers import DeviceImage, Generation
+from sim_devices.settings import load_simulation_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,15 @@ class SimRunner:
     def __init__(self, cfg: SiteConfig, *, port_overrides: dict[str, int] | None = None,
                  speed: float | None = None, step_s: float = 0.1,
                  site: SiteLike | None = None, host: str = HOST,
-                 templates: dict[str, ModbusTemplate] | None = None) -> None:
+                 templates: dict[str, ModbusTemplate] | None = None,
+                 journal: WriteJournal | None = None) -> None:
         """``port_overrides`` maps connection id -> port (0 = any free port); ``speed``
         overrides the site clock's speed (simulated seconds per wall second);
         ``step_s`` is the wall time between physics steps;
         ``site`` replaces the physics built from ``cfg`` (tests); ``templates`` adds
-        templates by name in front of the built-in ones."""
+        templates by name in front of the built-in ones; ``journal`` records every write
+        that reaches a Modbus device model, with its peer (default: as the config's
+        ``simulation.write_journal`` says, off without it)."""
         if not step_s > 0:
             raise ValueError(f"step_s must be > 0, found {step_s}")
         self.cfg = cfg
@@ -67,6 +72,12 @@ class SimRunner:
         self.skipped: dict[str, str] = {}  # device id -> why it is not served
         self._task: asyncio.Task[None] | None = None
         self._faults: dict[str, dict[FaultKind, Fault]] = {}
+        self.journal_path: str | None = None
+        if journal is None and (cfg.simulation or {}).get("write_journal") is not None:
+            wanted = load_simulation_settings(cfg).write_journal
+            assert wanted is not None
+            journal, self.journal_path = WriteJournal(wanted.per_device), wanted.path
+        self.journal = journal
         overrides = port_overrides or {}
         models: dict[str, Any] = dict(self.site.models)
         by_conn: dict[str, list[DeviceImage]] = {}
@@ -94,7 +105,8 @@ class SimRunner:
         for conn_id, images in by_conn.items():
             conn = cfg.connection(conn_id)
             assert isinstance(conn, ModbusTcp | ModbusRtuOverTcp)
-            self.endpoints[conn_id] = EndpointServer(conn, images, overrides.get(conn_id), host)
+            self.endpoints[conn_id] = EndpointServer(conn, images, overrides.get(conn_id), host,
+                                                     journal)
         attach_dnp3(self, overrides, host, templates)  # DNP3 outstations, same physics
         attach_can(self, templates)  # CAN nodes on a pty (slcan) or python-can bus
         for dev_id, why in self.skipped.items():
@@ -126,6 +138,9 @@ class SimRunner:
                 await task
         for ep in self.endpoints.values():
             await ep.stop()
+        if self.journal is not None and self.journal_path is not None:
+            n = self.journal.dump(self.journal_path)
+            log.info("write journal: %d rows in %s", n, self.journal_path)
 
     async def __aenter__(self) -> SimRunner:
         await self.start()

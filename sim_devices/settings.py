@@ -199,6 +199,16 @@ OVERRIDES: dict[Nature, type[BaseModel]] = {
 }
 
 
+class WriteJournalSettings(_Strict):
+    """The devices' own record of the writes that reached them (sim_devices.journal):
+    the last ``per_device`` of each device, written as JSON lines to ``path`` (relative:
+    to the working directory) when the simulator stops, and served on its control
+    channel (``journal``)."""
+
+    per_device: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    path: str | None = None
+
+
 class _Section(_Strict):
     """The raw section; per-device entries are checked once their nature is known."""
 
@@ -206,6 +216,7 @@ class _Section(_Strict):
     clock: ClockSettings = Field(default_factory=ClockSettings)
     weather: WeatherSettings = Field(default_factory=WeatherSettings)
     background_load: LoadSim | None = None  # unmetered site consumption behind the PCC
+    write_journal: WriteJournalSettings | None = None  # off unless given
     devices: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -216,6 +227,7 @@ class SimulationSettings(_Strict):
     clock: ClockSettings = Field(default_factory=ClockSettings)
     weather: WeatherSettings = Field(default_factory=WeatherSettings)
     background_load: LoadSim | None = None
+    write_journal: WriteJournalSettings | None = None
     devices: dict[str, DeviceSim] = Field(default_factory=dict)
 
     def device(self, device_id: str, kind: type[Any]) -> Any:
@@ -253,7 +265,8 @@ def load_simulation_settings(cfg: SiteConfig, src: Source | None = None
     if problems:
         raise SourceError(problems)
     return SimulationSettings(seed=section.seed, clock=section.clock, weather=section.weather,
-                              background_load=section.background_load, devices=devices)
+                              background_load=section.background_load,
+                              write_journal=section.write_journal, devices=devices)
 
 
 def _key_problem(src: Source, path: PathKey, message: str) -> Problem:

@@ -1,7 +1,8 @@
 """Two gateway daemons (in process) on three real etcd members and one simulated site:
 the leader controls devices that the other gateway polls, through fenced setpoints; the
 other applies them and reports; a stopped leader hands over without a jump; the store's
-history passes the checker."""
+history passes the checker, and so do the devices' own write journals (each gateway
+connects from its own loopback address)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from gateway.demo import with_ports
 from gateway.model import Quality
 from sim_devices.runner import SimRunner
 from tests.cluster_history import check_history, read_history
-from tests.cluster_sim_site import site
+from tests.cluster_sim_site import device_writes, journal_rows, site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.waiting import until
 
@@ -104,10 +105,16 @@ async def test_leader_controls_remote_devices_and_hands_over(
         await until(lambda: cs[other].applied_term.get("ev_a") == new_term,
                     "gw-b applying the new leader's setpoints")
         acked[other] = list(cs[other].acked)
+        rows = journal_rows(runner)  # before the history: every value in it committed
         events = await read_history(etcd3.members[other].host_port, "/autogrid/test")
         checked = check_history(events, acked)
         assert checked.writes >= len(acked[lead]) and len(checked.terms) >= 2
         assert [t for t, _ in checked.terms] == sorted(t for t, _ in checked.terms)
+        # The devices saw only their own gateway's writes, of values the store held then
+        # (ev_a's from both terms: the witness is the device, not the gateways).
+        by_dev = device_writes(events, rows, ["gw-a", "gw-b"])
+        assert by_dev.writes.get("gw-b") and by_dev.writes.get("gw-a"), by_dev
+        assert by_dev.terms.get(old_term) and by_dev.terms.get(new_term), by_dev
         # The new leader started from what the old one committed last (no jump).
         last_old = [e for e in events if e.key == "setpoints/ev_a" and e.value is not None
                     and e.value["term"] == old_term][-1]

@@ -4,7 +4,8 @@ simulated site on loopback. (a) SIGKILL the leader: another leads and writes set
 alarm naming it. (b) SIGSTOP the leader past its lease, let a new leader write, SIGCONT:
 the old one steps down and no write of its old term commits. The store's history is
 checked in both (every committed setpoint carries the term current when it committed;
-every acknowledged write is there, in order)."""
+every acknowledged write is there, in order), and so are the devices' own write journals
+against it (each write from the device's gateway, of a value the store held then)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from gateway.cluster.etcdproc import EtcdCluster
 from gateway.cluster.store import Change
 from sim_devices.runner import SimRunner
 from tests.cluster_history import check_history, read_history
-from tests.cluster_sim_site import site, site_dict, write_site
+from tests.cluster_sim_site import device_writes, journal_rows, site, site_dict, write_site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.test_cli import AUTOGRID, env_for
 from tests.waiting import until
@@ -173,10 +174,14 @@ async def test_killed_leader_is_replaced_and_a_dead_owner_alarmed(
         assert all(status["devices"][d]["quality"] == "offline" for d in victims), \
             {d: status["devices"][d]["quality"] for d in victims}
         acked = s.acked()  # before the history is read: every ack is older than it
+        rows = journal_rows(s.runner)
         events = await read_history(etcd3.members[new_leader].host_port, PREFIX)
         checked = check_history(events, acked)
         assert acked.get("gw-c") and checked.terms[0] == (old_term, "gw-c")
         assert (new_term, new_leader) in checked.terms
+        by_dev = device_writes(events, rows, GWS)  # the devices' side of both terms
+        assert by_dev.terms.get(old_term) and by_dev.terms.get(new_term), by_dev
+        assert "gw-c" not in by_dev.writes  # it polls nothing, so it wrote nothing
         # `autogrid cluster status` with the first leader's etcd member down too.
         etcd3.kill("gw-c")
         await asyncio.to_thread(etcd3.wait_healthy, 30.0, [new_leader])
@@ -235,9 +240,11 @@ async def test_lost_majority_stops_writes_and_the_site_recovers(
             assert time.monotonic() < deadline, "the alarm stayed"
             await asyncio.sleep(0.1)
         acked = s.acked()
+        rows = journal_rows(s.runner)
         events = await read_history(etcd3.members["gw-a"].host_port, PREFIX)
         checked = check_history(events, acked)
         assert checked.terms[0] == (term, "gw-a")
+        device_writes(events, rows, GWS)
 
 
 async def test_leader_cut_off_from_its_member_steps_down_and_rejoins(
@@ -277,9 +284,12 @@ async def test_leader_cut_off_from_its_member_steps_down_and_rejoins(
             assert time.monotonic() < deadline, "gw-a did not rejoin"
             await asyncio.sleep(0.1)
         acked = s.acked()
+        rows = journal_rows(s.runner)
         events = await read_history(etcd3.members["gw-b"].host_port, PREFIX)
         checked = check_history(events, acked)
         assert checked.terms[:2] == [(term, "gw-a"), (new_term, new_leader)]
+        by_dev = device_writes(events, rows, GWS)
+        assert by_dev.terms.get(term) and by_dev.terms.get(new_term), by_dev
 
 
 async def cluster_status(s: Site, *args: str) -> subprocess.CompletedProcess[str]:
@@ -311,10 +321,15 @@ async def test_frozen_leader_is_fenced_and_steps_down(
         await until(lambda: len(s.writes) > n_before + 5, "writes after the resume")
         assert all(v["writer"] == new_leader for _, v in s.writes[n_before:])
         acked = s.acked()  # before the history is read: every ack is older than it
+        rows = journal_rows(s.runner)
         events = await read_history(etcd3.members["gw-a"].host_port, PREFIX)
         checked = check_history(events, acked)
         assert acked.get("gw-c") and acked.get(new_leader)
         assert [t for t, _ in checked.terms][:2] == [old_term, new_term]
+        # The devices: no value of the frozen leader's term reached one once the new
+        # term's had been current for a lease TTL, whoever applied it.
+        by_dev = device_writes(events, rows, GWS)
+        assert by_dev.terms.get(old_term) and by_dev.terms.get(new_term), by_dev
 
 
 async def test_leader_whose_member_dies_goes_on_through_another(
@@ -352,6 +367,8 @@ async def test_leader_whose_member_dies_goes_on_through_another(
                     timeout_s=60)
         assert await s.until_leader() == (leader, now_term)  # no new term
         acked = s.acked()  # before the history is read: every ack is older than it
+        rows = journal_rows(s.runner)
         events = await read_history(etcd3.members["gw-a"].host_port, PREFIX)
         checked = check_history(events, acked)
         assert checked.terms[0] == (term, "gw-c")
+        device_writes(events, rows, GWS)

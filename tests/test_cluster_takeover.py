@@ -5,7 +5,8 @@ printed) and the leader's setpoints go on without gw-a's other devices; gw-a ret
 gets the battery back after handback_after_s; an operator moves it (and is refused where
 not allowed). The store's history is checked (fencing, ownership records of the term's
 leader) and no two gateways ever held the battery at the same time, every write to it
-made by the gateway that held it then."""
+made by the gateway that held it then: by the gateways' own logs, and by the battery's
+write journal (who connected from where) against the store's ownership records."""
 
 from __future__ import annotations
 
@@ -26,7 +27,16 @@ from gateway.cluster.etcdproc import EtcdCluster
 from gateway.cluster.store import Change
 from sim_devices.runner import SimRunner
 from tests.cluster_history import check_history, check_ownership, read_history
-from tests.cluster_sim_site import POLL_S, site, site_dict, write_site
+from tests.cluster_sim_site import (
+    POLL_S,
+    SOURCES,
+    device_writes,
+    journal_rows,
+    site,
+    site_dict,
+    write_site,
+    writers,
+)
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.test_cli import AUTOGRID, env_for
 from tests.test_cluster_failover import GWS, PREFIX, Site, cluster_status, start_with_leader
@@ -184,12 +194,16 @@ async def test_standby_takes_over_hands_back_and_obeys_the_operator(
         # History: fencing and ownership records; no two holders; writes by the holder.
         acked = s.acked()
         logs = owned_logs(s)
+        rows = journal_rows(s.runner)
         events = await read_history(etcd3.members["gw-c"].host_port, PREFIX)
         checked = check_history(events, acked)
         assert sum(1 for e in events if e.key == "owners/bat") >= 5, checked
         writes = check_ownership(logs, {"gw-a": [w_kill]})
         print(f"battery writes checked against the holding periods: {writes}")
         assert writes.get("gw-a") and writes.get("gw-b"), writes
+        # The battery's own account: every write from the holder of the record then.
+        device_writes(events, rows, GWS)
+        assert writers(rows, "bat") == {"gw-a", "gw-b"}, writers(rows, "bat")
 
 
 async def test_cut_off_owner_lets_go_before_the_standby_takes_over(
@@ -218,12 +232,16 @@ async def test_cut_off_owner_lets_go_before_the_standby_takes_over(
         w1 = time.time()
         await until_async(lambda: polls(s, "gw-a", "bat", w1), "gw-a polling bat",
                           timeout_s=30)
-        writes = check_ownership(owned_logs(s), {})
-        print(f"battery writes checked against the holding periods: {writes}")
-        assert writes.get("gw-a") and writes.get("gw-b"), writes
         acked = s.acked()  # before the history is read: every ack is older than it
+        logs = owned_logs(s)
+        rows = journal_rows(s.runner)
         events = await read_history(etcd3.members["gw-c"].host_port, PREFIX)
         check_history(events, acked)
+        device_writes(events, rows, GWS)  # no write from the cut-off owner after the move
+        assert writers(rows, "bat") == {"gw-a", "gw-b"}, writers(rows, "bat")
+        writes = check_ownership(logs, {})
+        print(f"battery writes checked against the holding periods: {writes}")
+        assert writes.get("gw-a") and writes.get("gw-b"), writes
 
 
 async def test_frozen_owner_does_no_io_once_its_lease_is_unrenewed(
@@ -258,6 +276,15 @@ async def test_frozen_owner_does_no_io_once_its_lease_is_unrenewed(
                           timeout_s=30)
         writes = check_ownership(owned_logs(s), {})
         assert writes.get("gw-a") and writes.get("gw-b"), writes
+        # The battery's side: nothing from the frozen owner once gw-b held it, nothing
+        # from it after it woke until the handback.
+        acked = s.acked()
+        rows = journal_rows(s.runner)
+        events = await read_history(etcd3.members["gw-c"].host_port, PREFIX)
+        check_history(events, acked)
+        device_writes(events, rows, GWS)
+        by_ip = {r.peer[0] for r in rows if r.device == "bat" and r.peer and r.at > w_stop}
+        assert writers(rows, "bat") == {"gw-a", "gw-b"} and SOURCES["gw-b"] in by_ip, by_ip
 
 
 async def autogrid_move(s: Site, *args: str) -> subprocess.CompletedProcess[str]:

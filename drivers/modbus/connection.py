@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import ipaddress
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import Field
 
 from drivers.connection import HOST, ConnectionBase, PositiveS, host_problems, network_endpoint
-from gateway.yamlsrc import Problem, Source
+from gateway.yamlsrc import PathKey, Problem, Source
 
 
 class _Conn(ConnectionBase):
@@ -20,13 +21,59 @@ class _Conn(ConnectionBase):
 class _Network(_Conn):
     host: str
     port: Annotated[int, Field(ge=1, le=65535)] = 502
+    # the local address the client socket is bound to before it connects (a gateway with
+    # several interfaces or addresses on the device's network): one IP literal for every
+    # gateway, or gateway id -> IP literal (a gateway not named lets the OS choose)
+    source_address: str | dict[str, str] | None = None
 
     def endpoint(self) -> tuple[tuple[str, ...], str] | None:
         return network_endpoint(self.host, self.port)
 
+    def for_gateway(self, gateway_id: str) -> Self:
+        if not isinstance(self.source_address, dict):
+            return self
+        return self.model_copy(update={"source_address":
+                                       self.source_address.get(gateway_id)})
+
+    def bind_address(self) -> str | None:
+        """The source address to bind to; None: the OS chooses (also for a per-gateway
+        mapping not resolved with ``for_gateway``)."""
+        return self.source_address if isinstance(self.source_address, str) else None
+
+    def gateway_refs(self) -> dict[tuple[str, ...], list[str]]:
+        if isinstance(self.source_address, dict):
+            return {("source_address",): list(self.source_address)}
+        return {}
+
     def check(self, index: int, src: Source) -> list[Problem]:
         return super().check(index, src) + host_problems(
-            self.host, index, src, serial_hint="use type 'modbus_serial' with 'port: {host}'")
+            self.host, index, src, serial_hint="use type 'modbus_serial' with 'port: {host}'"
+        ) + self._source_problems(index, src)
+
+    def _source_problems(self, index: int, src: Source) -> list[Problem]:
+        given = self.source_address
+        if given is None:
+            return []
+        items: list[tuple[str | None, str]] = (list(given.items()) if isinstance(given, dict)
+                                               else [(None, given)])
+        try:
+            target = ipaddress.ip_address(self.host)
+        except ValueError:
+            target = None  # a host name: its family is known only when resolved
+        out = []
+        for gw, addr in items:
+            here: PathKey = ("connections", index, "source_address",
+                             *([gw] if gw is not None else []))
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError:
+                out.append(src.problem(here, f"expected an IPv4 or IPv6 address literal of "
+                                             f"this gateway (found '{addr}')"))
+                continue
+            if target is not None and ip.version != target.version:
+                out.append(src.problem(here, f"{addr} is IPv{ip.version} but host "
+                                             f"{self.host} is IPv{target.version}"))
+        return out
 
 
 class ModbusTcp(_Network):

@@ -99,7 +99,9 @@ def make_client(conn: ConnectionConfig, name: str) -> Client:
                                        baudrate=conn.baudrate, bytesize=conn.bytesize,
                                        parity=conn.parity, stopbits=conn.stopbits, **common)
     framer = FramerType.RTU if isinstance(conn, ModbusRtuOverTcp) else FramerType.SOCKET
-    return AsyncModbusTcpClient(conn.host, port=conn.port, framer=framer, **common)
+    bind = conn.bind_address()
+    return AsyncModbusTcpClient(conn.host, port=conn.port, framer=framer,
+                                source_address=(bind, 0) if bind else None, **common)
 
 
 def _not_a_frame(data: bytes, unit: int, tid: int, fc: int) -> str | None:

@@ -469,8 +469,10 @@ class PipelinedEndpoint(Endpoint):
         self._attempts += 1
         loop = asyncio.get_running_loop()
         try:
+            bind = self.conn.bind_address()  # connect from this local address
             _, link = await loop.create_connection(lambda: _Link(self), self.conn.host,
-                                                   self.conn.port)
+                                                   self.conn.port,
+                                                   local_addr=(bind, 0) if bind else None)
         except OSError as exc:
             log.debug("connect to %s: %s", self.key, exc)
             self._outage("cannot connect")

@@ -86,8 +86,13 @@ def check_connections(cfg: SiteConfig, src: Source) -> list[Problem]:
     physical endpoint."""
     out: list[Problem] = []
     endpoints: dict[tuple[str, ...], int] = {}
+    gateways = [g.id for g in cfg.gateways]
     for i, conn in enumerate(cfg.connections):
         out.extend(conn.check(i, src))
+        for field, named in conn.gateway_refs().items():
+            out.extend(src.problem(("connections", i, *field, gw),
+                                   unknown_name("gateway", gw, gateways, where="gateways"))
+                       for gw in named if gw not in gateways)
         found = conn.endpoint()
         if found is None:
             continue
