@@ -7,11 +7,11 @@ target quarter directly, per lead time, from what that baseline cannot use: the 
 index over several windows and how much it varies, the day's index so far, the height of
 the sun at the target and, with a day-ahead weather forecast, the forecast's index at the
 target and its error now (measured minus forecast, over the last quarter, the last hour and
-the day so far), which the fit lets decay with the lead. Three methods are candidates
-(``METHODS``): a linear model per lead fitted for least absolute PV error, one gradient-
-boosted tree model over all leads (lead as a feature), and their mean; the method and the
-fitting span are chosen on validation weeks, and where no method beat clear-sky persistence
-there, persistence is used. The index is clipped to [0, KT_MAX].
+the day so far), which the fit lets decay with the lead. Two models: a linear one per lead
+fitted for least absolute PV error, and gradient-boosted trees over all leads (lead as a
+feature); the forecast is their blend, with the trees' weight per hour of lead
+(``BLEND_STEPS``) and the fitting span chosen on validation weeks; where the blend did not
+beat clear-sky persistence there, persistence is used. The index is clipped to [0, KT_MAX].
 Each scored week's model is fitted on the weeks before it; test weeks are scored once
 (``evaluate``). Weeks interleave (fit, validation, fit, test, ...) so each window spans the
 seasons.
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from gateway.analytics import features
 from gateway.analytics.data import local_days
@@ -34,9 +35,10 @@ WINDOWS = (1, 2, 4, 8)  # quarter hours persistence holds the index of (its best
 MIN_CS_SHARE = 0.03  # an index needs clear-sky PV above this share of its peak (low sun: noise)
 KT_MAX = 1.3  # an index above this is a measurement or model error, not sunshine
 SPANS_WEEKS = (52,)  # history the model is fitted on (6 weeks lost to 52 on validation)
-METHODS = ("linear", "boosted", "mean")
+BLEND_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the trees' weight per hour of lead, chosen
+BLEND = "blend"
 PERSISTENCE = "clear-sky persistence"
-TREE_ROWS = 40_000  # at most this many (origin, lead) rows train the trees (fit in seconds)
+TREE_ROWS = 20_000  # at most this many (origin, lead) rows train the trees (fit in seconds)
 MIN_ROWS = 200  # per lead: fewer rows than this fit no model
 
 
@@ -124,47 +126,56 @@ def _fit_lad(a: np.ndarray, y: np.ndarray, rounds: int = 8) -> np.ndarray:
 class _Part:
     """The model for one case (with or without the weather forecast)."""
 
-    method: str  # one of METHODS or PERSISTENCE
+    method: str  # BLEND or PERSISTENCE
     coef: np.ndarray | None = None  # (LEADS, columns): the linear model per lead
     trees: HistGradientBoostingRegressor | None = None
+    tree_w: np.ndarray | None = None  # (LEADS,): the trees' weight in the blend per lead
+
+    def parts(self, xd: np.ndarray, lead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The linear model's and the trees' index at rows ``xd`` ``lead`` quarters ahead."""
+        if self.coef is None or self.trees is None:
+            raise ValueError("persistence has no fitted models")
+        c = self.coef[lead - 1]
+        lin = (np.nan_to_num(xd[:, :c.shape[1]]) * c).sum(axis=1)
+        cols = int(self.trees.n_features_in_) - 1
+        return lin, self.trees.predict(np.column_stack([xd[:, :cols], lead]))
 
     def kt(self, xd: np.ndarray, lead: np.ndarray, persist: np.ndarray) -> np.ndarray:
         """The index at rows ``xd`` (design columns) ``lead`` quarters ahead."""
-        out: list[np.ndarray] = []
-        if self.method in ("linear", "mean") and self.coef is not None:
-            c = self.coef[lead - 1]
-            out.append((np.nan_to_num(xd[:, :c.shape[1]]) * c).sum(axis=1))
-        if self.method in ("boosted", "mean") and self.trees is not None:
-            cols = int(self.trees.n_features_in_) - 1
-            out.append(self.trees.predict(np.column_stack([xd[:, :cols], lead])))
-        kt = np.mean(out, axis=0) if out else persist
-        return np.clip(kt, 0.0, KT_MAX)
+        if self.method == PERSISTENCE or self.coef is None or self.trees is None:
+            return np.clip(persist, 0.0, KT_MAX)
+        lin, trees = self.parts(xd, lead)
+        w = self.tree_w[lead - 1] if self.tree_w is not None else 0.5
+        return np.clip((1.0 - w) * lin + w * trees, 0.0, KT_MAX)
 
 
-def _fit_part(method: str, xd: np.ndarray, lead: np.ndarray, cs_t: np.ndarray,
-              y_kw: np.ndarray, seed: int = 0) -> _Part:
-    """Fit ``method`` on rows (design, lead, clear-sky PV and measured PV at the target).
-    A lead with too few rows keeps persistence of the 15-min index (coefficient 1 on it)."""
-    part = _Part(method)
-    if method in ("linear", "mean"):
-        coef = np.zeros((LEADS, xd.shape[1]))
-        coef[:, 0] = 1.0
-        for k in range(1, LEADS + 1):
-            m = lead == k
-            if m.sum() >= max(MIN_ROWS, 10 * xd.shape[1]):
-                coef[k - 1] = _fit_lad(xd[m] * cs_t[m, None], y_kw[m])
-        part.coef = coef
-    if method in ("boosted", "mean") and len(y_kw) >= MIN_ROWS:
-        rows = np.arange(len(y_kw))
-        if len(rows) > TREE_ROWS:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, TREE_ROWS, replace=False))
-        kt = np.clip(y_kw[rows] / np.maximum(cs_t[rows], 1e-9), 0.0, KT_MAX)
-        trees = HistGradientBoostingRegressor(loss="absolute_error", max_iter=200,
-                                              learning_rate=0.1, max_leaf_nodes=15,
-                                              min_samples_leaf=100, random_state=seed)
-        # weighted by the clear-sky PV, the index error is the PV error (the score)
+def _fit_part(xd: np.ndarray, lead: np.ndarray, cs_t: np.ndarray, y_kw: np.ndarray,
+              seed: int = 0) -> _Part:
+    """Fit both models on rows (design, lead, clear-sky PV and measured PV at the target);
+    the blend weights are set by the caller. A lead with too few rows keeps persistence of
+    the 15-min index (coefficient 1 on it); too few rows in all: persistence."""
+    if len(y_kw) < MIN_ROWS:
+        return _Part(PERSISTENCE)
+    part = _Part(BLEND)
+    coef = np.zeros((LEADS, xd.shape[1]))
+    coef[:, 0] = 1.0
+    for k in range(1, LEADS + 1):
+        m = lead == k
+        if m.sum() >= max(MIN_ROWS, 10 * xd.shape[1]):
+            coef[k - 1] = _fit_lad(xd[m] * cs_t[m, None], y_kw[m])
+    part.coef = coef
+    rows = np.arange(len(y_kw))
+    if len(rows) > TREE_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, TREE_ROWS, replace=False))
+    kt = np.clip(y_kw[rows] / np.maximum(cs_t[rows], 1e-9), 0.0, KT_MAX)
+    trees = HistGradientBoostingRegressor(loss="absolute_error", max_iter=100,
+                                          learning_rate=0.15, max_leaf_nodes=15,
+                                          min_samples_leaf=100, random_state=seed)
+    # weighted by the clear-sky PV, the index error is the PV error (the score); one
+    # thread: on a shared box OpenMP threads fighting for the cores made it 3x slower
+    with threadpool_limits(1):
         trees.fit(np.column_stack([xd[rows], lead[rows]]), kt, sample_weight=cs_t[rows])
-        part.trees = trees
+    part.trees = trees
     return part
 
 
@@ -181,7 +192,10 @@ class IntradayModel:
         """For the forecast reply: the method used with and without a weather forecast
         (clear-sky persistence where no method beat it on validation)."""
         def what(p: _Part) -> str:
-            return p.method if p.method == PERSISTENCE else f"{p.method} index model"
+            if p.method == PERSISTENCE or p.tree_w is None:
+                return PERSISTENCE
+            return ("blend of a linear and a boosted-trees index model, trees' weight per "
+                    "hour of lead " + "/".join(f"{w:g}" for w in p.tree_w[::4]))
         return {"horizon_h": LEADS / 4, "index_window_min": self.window * 15,
                 "with_weather": what(self.with_wx), "without_weather": what(self.plain)}
 
@@ -250,19 +264,42 @@ def _rows(pv: np.ndarray, cs: np.ndarray, day: np.ndarray, pv_fc: np.ndarray | N
                  {w: x[f"n{w}"][o] for w in WINDOWS})
 
 
-def _fit_on(rows: _Rows, sel: np.ndarray, method: str, weather: bool) -> _Part:
-    """``method`` fitted on the rows ``sel`` whose origin has an index in every window (the
+def _fit_on(rows: _Rows, sel: np.ndarray, weather: bool) -> _Part:
+    """Both models fitted on the rows ``sel`` whose origin has an index in every window (the
     rows it is scored on; with the weather columns: rows that have them)."""
     m = sel & rows.full & rows.has_wx if weather else sel & rows.full
     xd = rows.design(weather)
-    return _fit_part(method, xd[m], rows.lead[m], rows.cs_t[m], rows.y[m])
+    return _fit_part(xd[m], rows.lead[m], rows.cs_t[m], rows.y[m])
 
 
-def _kw(part: _Part, rows: _Rows, sel: np.ndarray, weather: bool, window: int = 1
-        ) -> np.ndarray:
-    """PV (kW) of ``part`` at rows ``sel``; where weather rows lack a forecast, NaN."""
+def _kw2(part: _Part, rows: _Rows, sel: np.ndarray, weather: bool, window: int = 1
+         ) -> np.ndarray:
+    """PV (kW) of the linear model and of the trees at rows ``sel`` ((2, rows); both
+    persistence of ``window`` where ``part`` is persistence)."""
     xd = rows.design(weather)[sel]
-    return rows.cs_t[sel] * part.kt(xd, rows.lead[sel], rows.persist[window][sel])
+    if part.method == PERSISTENCE:
+        p = rows.cs_t[sel] * rows.persist[window][sel]
+        return np.vstack([p, p])
+    lin, trees = part.parts(xd, rows.lead[sel])
+    return rows.cs_t[sel] * np.clip(np.vstack([lin, trees]), 0.0, KT_MAX)
+
+
+def _mix(kw2: np.ndarray, lead: np.ndarray, tree_w: np.ndarray) -> np.ndarray:
+    w = tree_w[lead - 1]
+    return (1.0 - w) * kw2[0] + w * kw2[1]
+
+
+def _choose_weights(kw2: np.ndarray, y: np.ndarray, lead: np.ndarray) -> np.ndarray:
+    """The trees' weight per lead: per hour of lead, the step of ``BLEND_STEPS`` with the
+    least absolute error on these (validation) rows."""
+    out = np.full(LEADS, 0.5)
+    for h in range(LEADS // 4):
+        m = (lead > 4 * h) & (lead <= 4 * h + 4) & np.isfinite(kw2).all(axis=0)
+        if m.any():
+            err = [float(np.abs(y[m] - (1 - w) * kw2[0, m] - w * kw2[1, m]).sum())
+                   for w in BLEND_STEPS]
+            out[4 * h:4 * h + 4] = BLEND_STEPS[int(np.argmin(err))]
+    return out
 
 
 def _arrays(frame: pd.DataFrame, info: SiteInfo
@@ -330,9 +367,9 @@ def _mae_per_lead(rows: _Rows, sel: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 
 def evaluate(frame: pd.DataFrame, info: SiteInfo, weather: bool = True) -> IntradayResult:
-    """Choose the method and the fitting span on validation weeks, score test weeks once.
-    Each scored week is forecast by a model fitted on the ``span`` weeks before it (as the
-    daemon refits on its recent history), never on a test week.
+    """Choose the blend weights and the fitting span on validation weeks, score test weeks
+    once. Each scored week is forecast by models fitted on the ``span`` weeks before it (as
+    the daemon refits on its recent history), never on a test week.
 
     The model and clear-sky persistence, whatever its window, are scored on the same
     (origin, lead) pairs: daylight targets whose origin has a measured index in every window.
@@ -340,14 +377,19 @@ def evaluate(frame: pd.DataFrame, info: SiteInfo, weather: bool = True) -> Intra
     alongside elsewhere), as the daemon does.
     """
     pv, cs, day, pv_fc = _arrays(frame, info)
-    if not weather:
-        pv_fc = None
+    return evaluate_series(pv, cs, day, pv_fc if weather else None)
+
+
+def evaluate_series(pv: np.ndarray, cs: np.ndarray, day: np.ndarray,
+                    pv_fc: np.ndarray | None) -> IntradayResult:
+    """``evaluate`` on quarter-hourly arrays: measured PV, clear-sky PV, local day number
+    and the weather forecast's PV (kW; None: without a weather forecast)."""
     part = split(day)
     week = (day - day.min()) // 7
     val, test = part == 1, part == 2
     if not (val.any() and test.any()):
         raise ValueError(f"intraday evaluation needs 4 weeks of history, found "
-                         f"{len(frame) / 96:.1f} days")
+                         f"{len(pv) / 96:.1f} days")
     rows = _rows(pv, cs, day, pv_fc)
     wk = week[rows.o]
     common = rows.full & (wk > week.min())  # a scored week needs a week before it to fit on
@@ -357,58 +399,66 @@ def evaluate(frame: pd.DataFrame, info: SiteInfo, weather: bool = True) -> Intra
     def base(w: int) -> np.ndarray:
         return rows.cs_t * rows.persist[w]
 
-    def rolling(method: str, span: int, scored: np.ndarray) -> np.ndarray:
-        """PV (kW) of ``method`` at every scored row, each week fitted on the weeks before."""
-        out = np.full(len(rows.y), np.nan)
+    def rolling(span: int, scored: np.ndarray) -> np.ndarray:
+        """PV (kW) of the linear model and the trees ((2, rows), NaN where not scored), each
+        scored week fitted on the weeks before it."""
+        out = np.full((2, len(rows.y)), np.nan)
         for w_ in np.unique(wk[scored]):
             past = (wk < w_) & (wk >= w_ - span) & ~test[rows.o]
             now = scored & (wk == w_)
             now_wx = now & rows.has_wx if use_wx else np.zeros_like(now)
             if (now & ~now_wx).any():  # rows without a forecast: the plain model
-                out[now & ~now_wx] = _kw(_fit_on(rows, past, method, False), rows,
-                                         now & ~now_wx, False)
+                out[:, now & ~now_wx] = _kw2(_fit_on(rows, past, False), rows,
+                                             now & ~now_wx, False)
             if now_wx.any():
-                out[now_wx] = _kw(_fit_on(rows, past, method, True), rows, now_wx, True)
+                out[:, now_wx] = _kw2(_fit_on(rows, past, True), rows, now_wx, True)
         return out
 
     base_val = {w: _mae_per_lead(rows, on_val, base(w)) for w in WINDOWS}
     w_b = min(WINDOWS, key=lambda w: float(base_val[w].sum()))
-    val_pred: dict[tuple[str, int], np.ndarray] = {}
+    by_method: dict[str, float] = {}
+    cands: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # span: (tree weights, val MAE)
     for sp in SPANS_WEEKS:
-        for method in ("linear", "boosted"):
-            val_pred[(method, sp)] = rolling(method, sp, on_val)
-        val_pred[("mean", sp)] = (val_pred[("linear", sp)] + val_pred[("boosted", sp)]) / 2
-    model_val = {c: _mae_per_lead(rows, on_val, p) for c, p in val_pred.items()}
-    method, sp = min(model_val, key=lambda c: float(model_val[c].sum()))
-    by_method = {f"{m} {s} weeks": _skill(v, base_val[w_b]) for (m, s), v in model_val.items()}
+        kw2 = rolling(sp, on_val)
+        tree_w = _choose_weights(kw2[:, on_val], rows.y[on_val], rows.lead[on_val])
+        for name, tw in (("linear", np.zeros(LEADS)), ("boosted", np.ones(LEADS)),
+                         (BLEND, tree_w)):
+            mae = _mae_per_lead(rows, on_val, _mix(kw2, rows.lead, tw))
+            by_method[f"{name} {sp} weeks"] = _skill(mae, base_val[w_b])
+        cands[sp] = (tree_w, _mae_per_lead(rows, on_val, _mix(kw2, rows.lead, tree_w)))
+    sp = min(cands, key=lambda c: float(cands[c][1].sum()))
+    tree_w, val_mae = cands[sp]
     test_base = _mae_per_lead(rows, on_test, base(w_b))
     pairs = int(on_test.sum())
-    if model_val[(method, sp)].sum() >= base_val[w_b].sum():  # never a worse model
-        return IntradayResult(PERSISTENCE, w_b, use_wx, model_val[(method, sp)],
-                              base_val[w_b], test_base.copy(), test_base, pairs,
+    if val_mae.sum() >= base_val[w_b].sum():  # never a worse model
+        return IntradayResult(PERSISTENCE, w_b, use_wx, val_mae, base_val[w_b],
+                              test_base.copy(), test_base, pairs,
                               persistence(w_b, _cap(cs)), sp, True, by_method)
-    if method == "mean":
-        test_pred = (rolling("linear", sp, on_test) + rolling("boosted", sp, on_test)) / 2
-    else:
-        test_pred = rolling(method, sp, on_test)
-    test_mae = _mae_per_lead(rows, on_test, test_pred)
+    test_mae = _mae_per_lead(rows, on_test, _mix(rolling(sp, on_test), rows.lead, tree_w))
     final = ~test[rows.o] & (wk >= week.max() - sp)
-    plain = _fit_on(rows, final, method, False)
-    model = IntradayModel(w_b, _cap(cs), _fit_on(rows, final, method, True) if use_wx
-                          else plain, plain)
-    return IntradayResult(method, w_b, use_wx, model_val[(method, sp)], base_val[w_b],
-                          test_mae, test_base, pairs, model, sp, False, by_method)
+    plain = _fit_on(rows, final, False)
+    with_wx = _fit_on(rows, final, True) if use_wx else plain
+    for p in (plain, with_wx):
+        p.tree_w = tree_w
+    return IntradayResult(BLEND, w_b, use_wx, val_mae, base_val[w_b], test_mae, test_base,
+                          pairs, IntradayModel(w_b, _cap(cs), with_wx, plain), sp, False,
+                          by_method)
 
 
 def fit(frame: pd.DataFrame, info: SiteInfo) -> IntradayModel:
-    """The daemon's model: each method fitted on even weeks and scored on odd ones, with
-    and without the weather forecast; the best is refit on all of ``frame``, and where none
-    beat clear-sky persistence (its best window) on the odd weeks, persistence is used.
-    Needs two weeks of PV history."""
-    pv, cs, day, pv_fc = _arrays(frame, info)
+    """The daemon's model: both models fitted on even weeks and scored on odd ones, with
+    and without the weather forecast, which chooses the blend weights; then refit on all
+    of ``frame``. Where the blend did not beat clear-sky persistence (its best window) on
+    the odd weeks, persistence. Needs two weeks of PV history."""
+    return fit_series(*_arrays(frame, info))
+
+
+def fit_series(pv: np.ndarray, cs: np.ndarray, day: np.ndarray, pv_fc: np.ndarray | None
+               ) -> IntradayModel:
+    """``fit`` on quarter-hourly arrays (as ``evaluate_series``)."""
     week = (day - day.min()) // 7
     if not (week % 2 == 1).any():
-        raise ValueError(f"intraday PV needs 14 days of history, found {len(frame) / 96:.1f}")
+        raise ValueError(f"intraday PV needs 14 days of history, found {len(pv) / 96:.1f}")
     rows = _rows(pv, cs, day, pv_fc)
     wk = week[rows.o]
     train = wk % 2 == 0
@@ -418,17 +468,17 @@ def fit(frame: pd.DataFrame, info: SiteInfo) -> IntradayModel:
 
     def choose(weather: bool) -> _Part:
         v = val & rows.has_wx if weather else val
-        if not v.any():
+        part = _fit_on(rows, train, weather)
+        if not v.any() or part.method == PERSISTENCE:
             return _Part(PERSISTENCE)
-        base = float(np.abs(rows.y - rows.cs_t * rows.persist[window])[v].sum())
-        kw = {m: _kw(_fit_on(rows, train, m, weather), rows, v, weather)
-              for m in ("linear", "boosted")}
-        kw["mean"] = (kw["linear"] + kw["boosted"]) / 2
-        score = {m: float(np.abs(rows.y[v] - p).sum()) for m, p in kw.items()}
-        best = min(score, key=lambda m: score[m])
-        if score[best] >= base:
+        kw2 = _kw2(part, rows, v, weather)
+        tree_w = _choose_weights(kw2, rows.y[v], rows.lead[v])
+        score = float(np.abs(rows.y[v] - _mix(kw2, rows.lead[v], tree_w)).sum())
+        if score >= float(np.abs(rows.y - rows.cs_t * rows.persist[window])[v].sum()):
             return _Part(PERSISTENCE)
-        return _fit_on(rows, np.ones(len(rows.y), dtype=bool), best, weather)
+        final = _fit_on(rows, np.ones(len(rows.y), dtype=bool), weather)
+        final.tree_w = tree_w
+        return final
 
     plain = choose(False)  # with no forecast in the history, a forecast adds nothing yet
     return IntradayModel(window, _cap(cs), choose(True) if pv_fc is not None else plain,
