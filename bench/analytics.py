@@ -16,7 +16,8 @@
    precision, recall, false alarms per detector, days to find each fault.
 6. Intraday PV (15 min .. 6 h ahead, from the latest measured clear-sky index) against
    clear-sky persistence at 1, 2 and 3 h, with and without the day-ahead weather
-   forecast: window and fitting span chosen on validation weeks, skill on test weeks
+   forecast: method (linear per lead, boosted trees, their mean) and fitting span chosen
+   on validation weeks, skill on test weeks
    (``--intraday-only`` runs just this part).
 """
 
@@ -124,9 +125,11 @@ def print_intraday(frame: pd.DataFrame, info: object) -> None:
         t = time.perf_counter()
         r = intraday.evaluate(frame, info, weather=weather)  # type: ignore[arg-type]
         what = "with the day-ahead weather forecast" if weather else "without weather"
-        print(f"  {what}: index window {r.window * 15} min, fitted on {r.span_weeks} weeks, "
+        print(f"  {what}: method {r.method}, fitted on {r.span_weeks} weeks, "
               f"persistence window {r.baseline_window * 15} min (its best); "
               f"{r.test_pairs} test pairs; {time.perf_counter() - t:.1f} s")
+        print("    validation 1-3 h skill of each candidate: " + ", ".join(
+            f"{k} {v:+.1f} %" for k, v in (r.val_by_method or {}).items()))
         for name, test in (("validation", False), ("test", True)):
             print(f"    {name:10s} skill " + ", ".join(
                 f"{h} h {r.skill(h, test):+.1f} %" for h in (1, 2, 3))

@@ -29,7 +29,7 @@ from gateway.analytics.site import SiteInfo
 
 HISTORY_KEEP = pd.Timedelta(days=15)
 INTRADAY_TAU_S = 7200.0  # how fast the latest observed error fades out of a forecast
-FORMAT = 3  # 3: load models learn load over its weekly level; a format-2 file is refitted
+FORMAT = 4  # 4: intraday PV is a blend of index models (3: load over its weekly level)
 DAY_AHEAD = pd.Timedelta(hours=24)
 
 
