@@ -111,8 +111,12 @@ def summary_history(db_path: Path, devices: dict[str, tuple[Nature, str | None]]
     start = now - window_s
     steps = [start + step_s * (i + 1) for i in range(int(window_s // step_s))]
     totals: dict[str, list[float | None]] = {}
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2.0)
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2.0,
+                         isolation_level=None)
     try:
+        # one snapshot for all the queries below: a merge committed between them would
+        # otherwise show its rows twice (staged, then merged)
+        db.execute("BEGIN")
         grid = _grid_meters(devices)
         ids = _point_ids(db, [(dev, point) for dev, (nature, _) in devices.items()
                               for point in ("p_kw", "soc_pct")])
