@@ -240,7 +240,8 @@ def main() -> int:
                 r["written"].append(written / n)
                 load.append(os.getloadavg()[0])
     print(f"{n} rows of {args.points} points, {args.per_call} a call, batches of {args.batch}, "
-          f"merges every {merge_rows} rows ({n // merge_rows} in a run + the stop's), "
+          f"merges every {merge_rows} rows ({n // merge_rows} in a run"
+          f"{', then the stop' + chr(39) + 's' if n % merge_rows else ''}), "
           f"{args.rounds} rounds; {time.strftime('%Y-%m-%d %H:%M')}, load "
           f"{min(load):.1f}-{max(load):.1f}")
     med = statistics.median
