@@ -365,3 +365,43 @@ def test_merge_settings_are_checked(tmp_path: Path, tpl_dir: Path,  # noqa: F811
     p = problems[0]
     assert p.path == "historian." + line.split(":")[0] and message in p.message, str(p)
     assert p.mark is not None and p.mark.line == BASE.count("\n") + 1
+
+
+# The compact format as written before the stage existed: history and a view over it.
+UNSTAGED_SCHEMA = """
+CREATE TABLE points (id INTEGER PRIMARY KEY, device TEXT NOT NULL, point TEXT NOT NULL,
+                     unit TEXT NOT NULL DEFAULT '', UNIQUE (device, point));
+CREATE TABLE history (point_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value REAL,
+                      text TEXT, quality INTEGER NOT NULL, PRIMARY KEY (point_id, ts_ms))
+                      WITHOUT ROWID;
+CREATE VIEW samples AS
+    SELECT point_id, ts_ms / 1000.0 AS ts, value, text, quality FROM history;
+"""
+
+
+async def test_a_file_from_before_the_stage_is_read_and_then_gains_it(tmp_path: Path) -> None:
+    path, reference = tmp_path / "h.sqlite", tmp_path / "ref.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(UNSTAGED_SCHEMA)
+        db.execute("INSERT INTO points VALUES (1, 'pv1', 'p_kw', 'kW')")
+        db.executemany("INSERT INTO history VALUES (1, ?, ?, NULL, 0)",
+                       [(round((T0 + k) * 1000), float(k)) for k in range(5)])
+    db.close()
+    with sqlite3.connect(path) as db:
+        assert history_sql.layout(db) == history_sql.UNSTAGED
+    old = exports(path)
+    assert old[0].count("\n") == 1 + 5
+    h = Historian(config(path))
+    await h.start()
+    for k in range(5, 8):
+        h.record("pv1", {"p_kw": Reading(float(k), "kW", T0 + k)})
+    await h.stop(merge=False)
+    assert counts(path) == (5, 3)
+    h = Historian(config(reference))
+    await h.start()
+    for k in range(8):
+        h.record("pv1", {"p_kw": Reading(float(k), "kW", T0 + k)})
+    await h.stop()
+    assert exports(path) == exports(reference)
+    assert exports(path)[0].startswith(old[0])  # the old rows, then the new ones
+    assert readers(path)["view"] == readers(reference)["view"]
