@@ -18,9 +18,10 @@ process, user and kernel) includes the merges, the stop (its final merge) and a 
 WAL checkpoint, on every side. Rounds rotate the order; printed: median and range of CPU
 seconds per 100k rows, bytes per row stored (file after the checkpoint, its free pages
 apart: after a merge the stage's, one merge's worth of rows), and bytes per
-row written (``wchar`` of /proc/self/io: every write() to the WAL and the database, the
-flash wear figure; ``write_bytes``, what reached the block layer, is printed too but
-depends on the kernel's writeback timing), and the ratios to "before".
+row written (``wchar`` of /proc/self/io: every write() to the WAL, the database and the
+merge's temporary sort file, the flash wear figure at most; ``write_bytes`` less
+``cancelled_write_bytes``, what reached the block layer, is printed too: the sort file is
+deleted before writeback and never does), and the ratios to "before".
 
 CPU seconds are noisy on a shared machine; instructions are not. ``--only`` runs one side
 once (``none``: only build the rows) for counting under callgrind, e.g.
@@ -82,7 +83,9 @@ def cpu_now() -> Spent:
     bytes it has written (write syscalls; reaching the block layer)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
-    return ru.ru_utime, ru.ru_stime, int(io["wchar"]), int(io["write_bytes"])
+    # write_bytes less what was cancelled: a deleted temporary file never reaches the disk
+    return (ru.ru_utime, ru.ru_stime, int(io["wchar"]),
+            int(io["write_bytes"]) - int(io["cancelled_write_bytes"]))
 
 
 def spent(since: Spent) -> Spent:

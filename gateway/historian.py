@@ -165,8 +165,6 @@ class Historian:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-                # the merge sorts the stage: in memory, not in temporary files
-                db.execute("PRAGMA temp_store=MEMORY")
                 old = db.execute("SELECT type FROM sqlite_master WHERE name='samples'"
                                  ).fetchone()
                 db.executescript("BEGIN;" + SCHEMA + "COMMIT;")
