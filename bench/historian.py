@@ -261,7 +261,8 @@ def main() -> int:
         print(f"{kind}/before: CPU per row x{ratio['cpu']:.2f} (rounds "
               f"x{min(per_round):.2f}..x{max(per_round):.2f}; user x{ratio['user']:.2f}, "
               f"kernel x{ratio['kernel']:.2f}), bytes per row stored x{ratio['bytes']:.2f}, "
-              f"written x{ratio['wchar']:.2f} (target <= 0.5 each)")
+              f"written x{ratio['wchar']:.3f} (block layer x{ratio['written']:.3f}) "
+              "(target <= 0.5 each)")
     return 0
 
 
