@@ -34,21 +34,60 @@ def _grid_meters(devices: dict[str, tuple[Nature, str | None]]) -> set[str]:
     return grid
 
 
-def _series(db: sqlite3.Connection, device: str, point: str, start: float
-            ) -> list[tuple[float, float]]:
-    """Good samples of one point since ``start``, led by the last one before it."""
-    pid = db.execute("SELECT id FROM points WHERE device=? AND point=?",
-                     (device, point)).fetchone()
+Series = list[tuple[float, float]]
+IN_LIST_MAX = 500  # point ids in one IN (...); beyond it the stage is filtered here
+
+
+def _staged(db: sqlite3.Connection, pids: list[int]) -> dict[int, list[tuple[int, float]]]:
+    """Good staged samples (ts_ms, value) of these points, not merged yet, by time, in one
+    pass over the stage (it has no index); none for a file written before the stage."""
+    if not pids or db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                              "name='history_stage'").fetchone() is None:
+        return {}
+    sql = "SELECT point_id, ts_ms, value FROM history_stage WHERE quality=0 AND value IS NOT NULL"
+    args: list[int] = []
+    if len(pids) <= IN_LIST_MAX:
+        sql += f" AND point_id IN ({','.join('?' * len(pids))})"
+        args = pids
+    wanted = set(pids)
+    out: dict[int, list[tuple[int, float]]] = {}
+    for pid, ts, v in db.execute(sql, args):
+        if pid in wanted:
+            out.setdefault(pid, []).append((ts, float(v)))
+    for rows in out.values():
+        rows.sort()
+    return out
+
+
+def _point_ids(db: sqlite3.Connection, wanted: Iterable[tuple[str, str]]
+               ) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for key in wanted:
+        pid = db.execute("SELECT id FROM points WHERE device=? AND point=?", key).fetchone()
+        if pid is not None:
+            out[key] = int(pid[0])
+    return out
+
+
+def _series(db: sqlite3.Connection, pid: int | None, start: float,
+            staged: list[tuple[int, float]]) -> Series:
+    """Good samples of one point since ``start``, led by the last one before it; the
+    point's ``staged`` samples (all later than its merged ones) included."""
     if pid is None:
         return []
     # on the (point_id, ts_ms) key itself, so each query is a range of one B-tree
     start_ms = math.floor(start * 1000.0)
     before = db.execute("SELECT ts_ms, value FROM history WHERE point_id=? AND ts_ms<? AND "
                         "quality=0 AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
-                        (pid[0], start_ms)).fetchall()
+                        (pid, start_ms)).fetchall()
     rows = db.execute("SELECT ts_ms, value FROM history WHERE point_id=? AND ts_ms>=? AND "
                       "quality=0 AND value IS NOT NULL ORDER BY ts_ms",
-                      (pid[0], start_ms)).fetchall()
+                      (pid, start_ms)).fetchall()
+    if staged:
+        older = [r for r in staged if r[0] < start_ms]
+        if older:  # a staged sample is later than every merged one of its point
+            before = older[-1:]
+        rows += [r for r in staged if r[0] >= start_ms]
     return [(t / 1000.0, float(v)) for t, v in [*before, *rows]]
 
 
@@ -72,20 +111,32 @@ def summary_history(db_path: Path, devices: dict[str, tuple[Nature, str | None]]
     start = now - window_s
     steps = [start + step_s * (i + 1) for i in range(int(window_s // step_s))]
     totals: dict[str, list[float | None]] = {}
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2.0)
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2.0,
+                         isolation_level=None)
     try:
+        # one snapshot for all the queries below: a merge committed between them would
+        # otherwise show its rows twice (staged, then merged)
+        db.execute("BEGIN")
         grid = _grid_meters(devices)
+        ids = _point_ids(db, [(dev, point) for dev, (nature, _) in devices.items()
+                              for point in ("p_kw", "soc_pct")])
+        staged = _staged(db, list(ids.values()))
+
+        def series(dev: str, point: str) -> Series:
+            pid = ids.get((dev, point))
+            return _series(db, pid, start, staged.get(pid, []) if pid is not None else [])
+
         socs: list[list[float | None]] = []
         for dev, (nature, _) in devices.items():
             key = "grid_kw" if dev in grid else SUM_KEYS.get(nature)
             if key is not None:
-                vals = _at_steps(_series(db, dev, "p_kw", start), steps)
+                vals = _at_steps(series(dev, "p_kw"), steps)
                 acc = totals.setdefault(key, [None] * len(steps))
                 for j, v in enumerate(vals):
                     if v is not None:
                         acc[j] = (acc[j] or 0.0) + v
             if nature is Nature.BESS:
-                socs.append(_at_steps(_series(db, dev, "soc_pct", start), steps))
+                socs.append(_at_steps(series(dev, "soc_pct"), steps))
     finally:
         db.close()
     g = totals.get("grid_kw")

@@ -123,11 +123,10 @@ def read_history(db_path: Path, start: str | None = None, end: str | None = None
         raise FileNotFoundError(f"{db_path}: no historian database here")
     uri = f"file:{db_path}?mode=ro"
     with sqlite3.connect(uri, uri=True) as db:
-        compact = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
-                             "name='history'").fetchone() is not None
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        compact = "history" in tables
         # integer milliseconds since the compact format; seconds (REAL) before it
-        ts, table, scale = (("s.ts_ms", "history", 1000.0) if compact
-                            else ("s.ts", "samples", 1.0))
+        ts, scale = ("s.ts_ms", 1000.0) if compact else ("s.ts", 1.0)
         where: list[str] = []
         args: list[float | str] = []
         t0, t1 = _epoch(start), _epoch(end)
@@ -140,12 +139,23 @@ def read_history(db_path: Path, start: str | None = None, end: str | None = None
         if devices:
             where.append(f"p.device IN ({','.join('?' * len(devices))})")
             args.extend(devices)
-        sql = (f"SELECT {ts} AS ts, p.device, p.point, s.value, s.text, p.unit, s.quality "
-               f"FROM {table} s JOIN points p ON p.id = s.point_id")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {ts}, s.point_id" if compact else " ORDER BY s.ts"
-        df = pd.read_sql_query(sql, db, params=args)
+        cond = " WHERE " + " AND ".join(where) if where else ""
+
+        def part(table: str) -> str:
+            return (f"SELECT {ts} AS ts, s.point_id AS pid, p.device, p.point, s.value, "
+                    f"s.text, p.unit, s.quality FROM {table} s JOIN points p "
+                    f"ON p.id = s.point_id{cond}")
+
+        if not compact:
+            sql = part("samples") + " ORDER BY s.ts"
+        elif "history_stage" in tables:
+            # the staged rows too; no key is in both tables (see gateway/historian_stage.py)
+            sql = (f"SELECT * FROM ({part('history')} UNION ALL {part('history_stage')}) "
+                   "ORDER BY ts, pid")
+            args = args + args
+        else:  # written before the stage existed
+            sql = part("history") + " ORDER BY ts, pid"
+        df = pd.read_sql_query(sql, db, params=args).drop(columns=["pid"])
     raw = df.pop("ts").astype(float)
     site_ts = to_site_clock(raw / 1000.0 if compact else raw, db_path)
     df["time"] = pd.Series(pd.to_datetime(site_ts, unit="s", utc=True),

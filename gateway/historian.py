@@ -8,8 +8,21 @@ are deleted after ``retention_days``.
 
 Storage: ``history`` is keyed (point_id, ts_ms) WITHOUT ROWID, integer milliseconds, one
 B-tree and no other index: a row costs about a third of the old rowid table with two
-indexes. ``samples`` is a view with the old shape (ts in seconds) for readers written
-against it; a database in the old format is converted when it is opened.
+indexes. A flush does not write there: keyed by point, a batch over N points dirties about
+N pages and every commit appends each to the WAL (~4 KiB of writes per row at 2000
+points). It appends to ``history_stage`` instead (rowid = arrival order, no index, a few
+sequential pages per flush), and the writer merges the staged rows into ``history`` in key
+order every ``merge_interval_s`` or ``merge_rows``, so each point's page is written once
+per merge. Readers see both: ``samples`` (a view with the old shape, ts in seconds) and
+the daemon's readers (gateway/export.py, gateway/analytics/history_sql.py,
+gateway/apihistory.py) read ``history`` UNION ALL ``history_stage``. That needs no
+de-duplication because the writer keeps every staged key unique and absent from
+``history``: a row is staged only when it is later than every row stored for its point; an
+earlier or equal one (a clock stepped back, two readings in one millisecond) is written
+to ``history`` after the stage is merged, in the same transaction, replacing the row it
+repeats. So a point's staged rows all come after its merged ones. A database in the old
+format is converted when it is opened; one in the compact format before staging gains
+the stage table.
 
 A full disk (SQLITE_FULL) or a broken file never stops polling: the first failure is
 logged with the path, the rows stay buffered (at most BUFFER_BATCHES batches; the oldest
@@ -25,56 +38,37 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
 
 from gateway.aio import cancel_and_wait
 from gateway.config.models import Historian as HistorianConfig
 from gateway.dbfiles import create_private, describe
+from gateway.historian_stage import (
+    MIGRATE,
+    SCHEMA,
+    STAGE,
+    TABLE,
+    VIEW,
+    insert_sql,
+    latest_ts,
+    merge,
+    staged_rows,
+)
 from gateway.model import Quality, Reading
 
 log = logging.getLogger("autogrid.historian")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS points (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    point TEXT NOT NULL,
-    unit TEXT NOT NULL DEFAULT '',
-    UNIQUE (device, point)
-);
-CREATE TABLE IF NOT EXISTS history (
-    point_id INTEGER NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    value REAL,
-    text TEXT,
-    quality INTEGER NOT NULL,
-    PRIMARY KEY (point_id, ts_ms)
-) WITHOUT ROWID;
-"""
-_VIEW = """
-CREATE VIEW IF NOT EXISTS samples AS
-    SELECT point_id, ts_ms / 1000.0 AS ts, value, text, quality FROM history;
-"""
-# A database written before the history table: its rows move over once, on open.
-_MIGRATE = """
-INSERT OR REPLACE INTO history
-    SELECT point_id, CAST(round(ts * 1000) AS INTEGER), value, text, quality FROM samples;
-DROP INDEX IF EXISTS samples_ts;
-DROP INDEX IF EXISTS samples_point_ts;
-DROP TABLE samples;
-"""
 
 QUALITY_CODE = {Quality.GOOD: 0, Quality.STALE: 1, Quality.OFFLINE: 2, Quality.INVALID: 3}
 QUALITY_NAME = {v: str(k) for k, v in QUALITY_CODE.items()}
 
 BUFFER_BATCHES = 50  # rows kept in memory while the disk refuses them, in batches
-# Rows are keyed by point, so a batch dirties about one page per point it holds, and every
-# commit appends each of those pages to the WAL. SQLite's default checkpoint (every 1000
-# pages) then copies the same pages into the database after nearly every batch; at 10000
-# pages (a WAL of up to ~40 MB) a page changed by several batches is copied once: kernel
-# CPU per row -25 % in bench/historian.py (2000 points, batches of 1000).
+# A merge dirties about one page per point and a flush a few pages of the stage; SQLite's
+# default checkpoint (every 1000 pages) would copy a merge's pages into the database in
+# several pieces; at 10000 pages (a WAL of up to ~40 MB) a page is copied once.
 WAL_CHECKPOINT_PAGES = 10_000
+MERGE_RETRY_S = 10.0  # a merge that failed (disk full) is tried again after this
 
 # A buffered row, built once by record() in the shape the INSERT takes: point id, ts_ms,
 # value, text, quality code. A point the writer has not given an id yet carries
@@ -96,19 +90,18 @@ _NAN = float("nan")
 ROWS_PER_INSERT = 50
 
 
-def _insert_sql(rows: int) -> str:
-    one = "(?{0}, ?{1}, ?{2}, CASE WHEN ?{4} & 4 THEN ?{3} END, ?{4} & 3)"
-    return "INSERT OR REPLACE INTO history VALUES " + ", ".join(
-        one.format(*range(5 * j + 1, 5 * j + 6)) for j in range(rows))
-
-
-_INSERT_ONE = _insert_sql(1)
-_INSERT_MANY = _insert_sql(ROWS_PER_INSERT)
+_SCHEMA, _VIEW = SCHEMA, VIEW  # the tables, for tests that build a file by hand
+_STAGE_ONE = insert_sql(STAGE, 1)
+_STAGE_MANY = insert_sql(STAGE, ROWS_PER_INSERT)
+_INSERT_ONE = insert_sql(TABLE, 1)
+_NO_TS = -(1 << 62)
 
 
 class Historian:
-    def __init__(self, cfg: HistorianConfig) -> None:
+    def __init__(self, cfg: HistorianConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
+        self._clock = clock  # for the merge interval
         self.path = Path(cfg.path)
         self._buffer: list[Row] = []
         self._unresolved = 0  # buffered rows that carry a PointKey, not an id yet
@@ -129,6 +122,14 @@ class Historian:
         self.last_error: str | None = None
         self.disk_full = False
         self._dropping = False  # the current failure episode has dropped rows (logged)
+        # point id -> latest ts_ms stored (writer thread); None: to be read from the file
+        self._latest: dict[int, int] | None = None
+        self.staged = 0  # rows in the stage, not merged yet
+        self.merges = 0
+        self.merged_rows = 0
+        self.merge_error: str | None = None
+        self._merged_at = clock()
+        self._merge_not_before = 0.0  # after a failed merge
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -136,13 +137,16 @@ class Historian:
         await asyncio.to_thread(self._open)
         self._task = asyncio.create_task(self._flush_loop(), name="historian flush")
 
-    async def stop(self) -> int:
-        """Flush everything still buffered, then close; returns the rows that could not be
-        written (and are lost), after saying so in the log."""
+    async def stop(self, merge: bool = True) -> int:
+        """Flush everything still buffered, merge the stage (unless not ``merge``: it stays
+        staged, read as before and merged by the next run), then close; returns the rows
+        that could not be written (and are lost), after saying so in the log."""
         if self._task:
             await cancel_and_wait([self._task])
             self._task = None
-        await self.flush()
+        await self.flush(merge=False)
+        if merge and self.staged:
+            await self.merge()  # a failed one leaves the stage as it was: read and merged later
         lost = len(self._buffer)
         if lost:
             self.dropped += lost
@@ -163,15 +167,17 @@ class Historian:
                 db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
                 old = db.execute("SELECT type FROM sqlite_master WHERE name='samples'"
                                  ).fetchone()
-                db.executescript(_SCHEMA)
+                db.executescript("BEGIN;" + SCHEMA + "COMMIT;")
                 if old is not None and old[0] == "table":
                     n = db.execute("SELECT count(*) FROM samples").fetchone()[0]
                     log.info("historian %s: converting %d rows to the compact format",
                              self.path, n)
-                    db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
-                db.executescript(_VIEW)
+                    db.executescript("BEGIN;" + MIGRATE + "COMMIT;")
+                db.executescript("BEGIN;" + VIEW + "COMMIT;")
                 for pid, device, point in db.execute("SELECT id, device, point FROM points"):
                     self._ids.setdefault(device, {})[point] = pid
+                self._latest = latest_ts(db)
+                self.staged = staged_rows(db)  # left by a run that stopped before merging
             except BaseException:
                 db.close()
                 raise
@@ -281,7 +287,15 @@ class Historian:
                 last_retention = time.time()
                 await asyncio.to_thread(self._apply_retention)
 
-    async def flush(self) -> int:
+    async def flush(self, merge: bool = True) -> int:
+        """Write the buffered rows to the stage (one transaction); then merge the stage if
+        it is due (``merge``). Returns the rows written."""
+        n = await self._flush_buffer()
+        if merge and self.staged and self._merge_due():
+            await self.merge()
+        return n
+
+    async def _flush_buffer(self) -> int:
         if not self._buffer or self._db is None:
             return 0
         batch, self._buffer = self._buffer, []
@@ -307,36 +321,128 @@ class Historian:
             self._dropping = False
         return n
 
+    def _merge_due(self) -> bool:
+        now = self._clock()
+        if now < self._merge_not_before:
+            return False
+        return (self.staged >= self.cfg.merge_rows
+                or now - self._merged_at >= self.cfg.merge_interval_s)
+
+    async def merge(self) -> int:
+        """Move the staged rows into ``history`` (one transaction). A merge that fails
+        leaves the stage as it was (still read by every reader) and is tried again after
+        MERGE_RETRY_S; the first failure of an episode is logged. Returns the rows moved."""
+        if self._db is None:
+            return 0
+        try:
+            n = await asyncio.to_thread(self._merge)
+        except sqlite3.Error as exc:
+            why = describe(exc)
+            self._merge_not_before = self._clock() + MERGE_RETRY_S
+            if self.merge_error != why:
+                log.error("historian: %s merging %d staged rows into the history of %s (they "
+                          "stay staged, are read as before and the merge is retried)",
+                          why, self.staged, self.path)
+            self.merge_error = why
+            return 0
+        if self.merge_error is not None:
+            log.info("historian merges into %s recovered", self.path)
+            self.merge_error = None
+        return n
+
+    def _merge(self) -> int:
+        with self._db_lock:
+            db = self._db
+            if db is None:
+                return 0
+            db.execute("BEGIN")
+            try:
+                n = merge(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            self._merged(n)
+            return n
+
+    def _merged(self, n: int) -> None:
+        self.staged = 0
+        self.merges += 1
+        self.merged_rows += n
+        self._merged_at = self._clock()
+
     def _write(self, batch: list[Row], unresolved: int = 0) -> int:
         """Write ``batch`` in one transaction; ``unresolved``: rows in it that carry a
-        PointKey instead of an id (new points), given ids here first."""
+        PointKey instead of an id (new points), given ids here first.
+
+        Rows later than every stored row of their point are appended to the stage; any
+        other (a repeated millisecond, a clock stepped back) goes to ``history`` after the
+        stage is merged in the same transaction, replacing the row it repeats: the later
+        reading wins, and no key is ever both staged and merged."""
         with self._db_lock:
             db = self._db
             if db is None:
                 return 0
             new: dict[PointKey, int] = {}
+            latest = self._latest
+            if latest is None:  # a write failed after changing it: as the file says
+                latest = self._latest = latest_ts(db)
             db.execute("BEGIN")
             try:
                 if unresolved:
                     batch = self._resolve(db, batch, new)
-                # two readings of one point in the same millisecond: the later one wins
-                whole = len(batch) - len(batch) % ROWS_PER_INSERT
+                staged, late = self._split(batch, latest)
+                whole = len(staged) - len(staged) % ROWS_PER_INSERT
                 if whole:
-                    flat = chain.from_iterable(batch[:whole])  # whole rows per statement
-                    db.executemany(_INSERT_MANY,
+                    flat = chain.from_iterable(staged[:whole])  # whole rows per statement
+                    db.executemany(_STAGE_MANY,
                                    zip(*[flat] * (5 * ROWS_PER_INSERT), strict=False))
-                if whole < len(batch):
-                    db.executemany(_INSERT_ONE, batch[whole:])
+                if whole < len(staged):
+                    db.executemany(_STAGE_ONE, staged[whole:])
+                merged = -1
+                if late:
+                    merged = merge(db)
+                    db.executemany(_INSERT_ONE, late)
                 db.execute("COMMIT")
             except BaseException:
+                self._latest = None  # updated for rows that were not written
                 if db.in_transaction:  # SQLITE_FULL has already rolled it back
                     db.execute("ROLLBACK")
                 raise
             # only ids that were committed: a rolled-back id may be given to another point
             for (device, point, _), pid in new.items():
                 self._ids.setdefault(device, {})[point] = pid
+            if merged >= 0:
+                self._merged(merged)
+            else:
+                self.staged += len(staged)
             self.rows_written += len(batch)
             return len(batch)
+
+    @staticmethod
+    def _split(batch: list[Row], latest: dict[int, int]) -> tuple[list[Row], list[Row]]:
+        """(rows to stage, rows to write to ``history``), each in arrival order; ``latest``
+        is moved on to the staged rows."""
+        get = latest.get
+        i = 0
+        for row in batch:  # the usual case: every row is later than its point's last
+            pid, ms = row[0], row[1]
+            if ms <= get(pid, _NO_TS):  # type: ignore[arg-type]
+                break
+            latest[pid] = ms  # type: ignore[index]
+            i += 1
+        else:
+            return batch, []
+        staged, late = batch[:i], []
+        for row in batch[i:]:
+            pid, ms = row[0], row[1]
+            if ms <= get(pid, _NO_TS):  # type: ignore[arg-type]
+                late.append(row)
+            else:
+                latest[pid] = ms  # type: ignore[index]
+                staged.append(row)
+        return staged, late
 
     def _resolve(self, db: sqlite3.Connection, batch: list[Row],
                  new: dict[PointKey, int]) -> list[Row]:
@@ -364,8 +470,11 @@ class Historian:
                          (device, point)).fetchone()
         return int(row[0])
 
-    def _apply_retention(self) -> None:
-        cutoff_ms = round((time.time() - self.cfg.retention_days * 86400.0) * 1000.0)
+    def _apply_retention(self, now: float | None = None) -> None:
+        """Delete rows older than ``retention_days`` before ``now`` (wall clock), merged
+        and staged alike."""
+        now = time.time() if now is None else now
+        cutoff_ms = round((now - self.cfg.retention_days * 86400.0) * 1000.0)
         with self._db_lock:
             db = self._db
             if db is None:
@@ -377,11 +486,15 @@ class Historian:
                     for (pid,) in db.execute("SELECT id FROM points").fetchall():
                         n += db.execute("DELETE FROM history WHERE point_id = ? AND ts_ms < ?",
                                         (pid, cutoff_ms)).rowcount
+                    staged = db.execute(f"DELETE FROM {STAGE} WHERE ts_ms < ?",  # small
+                                        (cutoff_ms,)).rowcount
+                    n += staged
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
+                self.staged -= staged
             except sqlite3.Error as exc:
                 log.warning("historian retention on %s failed: %s", self.path, describe(exc))
                 return
@@ -394,4 +507,6 @@ class Historian:
         return {"path": str(self.path), "rows_written": self.rows_written,
                 "buffered": len(self._buffer), "dropped": self.dropped,
                 "suppressed": self.suppressed, "size_bytes": size,
-                "last_error": self.last_error, "disk_full": self.disk_full}
+                "last_error": self.last_error, "disk_full": self.disk_full,
+                "staged": self.staged, "merges": self.merges, "merged_rows": self.merged_rows,
+                "merge_error": self.merge_error}

@@ -75,6 +75,9 @@ def test_every_query_reads_history_by_its_key_range(db_path: Path) -> None:
         plan = _plan(db_path, sql, args)
         assert "SEARCH h USING PRIMARY KEY (point_id=? AND ts_ms>?)" in plan, plan
         assert not [p for p in plan if p.startswith("SCAN h")], plan
+        # the staged rows (no index): one pass over the stage, each row's point by its id
+        assert plan.count("SCAN st") == 1, plan
+        assert "SEARCH p USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
     sql, args = history_sql.all_points_until(lay, T0 + 100.0)
     plan = _plan(db_path, sql, args)
     assert "SEARCH h USING PRIMARY KEY (point_id=? AND ts_ms<?)" in plan, plan

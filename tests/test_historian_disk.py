@@ -24,6 +24,7 @@ from tests.test_cli import env_for
 from tests.waiting import WAIT_S
 
 BATCH = 10
+KEEP_DAYS = 36500.0  # the rows below are from 2001: the flush task's retention keeps them
 
 
 def readings(n: int, start: float = 1e9) -> list[dict[str, Reading]]:
@@ -51,7 +52,8 @@ def disk_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_disk_full_is_named_bounded_counted_and_survived(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "history.sqlite"
-    h = Historian(HistorianConfig(path=path, batch_size=BATCH, flush_interval_s=3600))
+    h = Historian(HistorianConfig(path=path, batch_size=BATCH, flush_interval_s=3600,
+                                  retention_days=KEEP_DAYS))
     await h.start()
     caplog.set_level(logging.INFO, logger="autogrid.historian")
     make_full(h)
@@ -82,7 +84,8 @@ async def test_disk_full_is_named_bounded_counted_and_survived(
 async def test_writes_resume_when_space_comes_back(tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "history.sqlite"
-    h = Historian(HistorianConfig(path=path, batch_size=BATCH, flush_interval_s=3600))
+    h = Historian(HistorianConfig(path=path, batch_size=BATCH, flush_interval_s=3600,
+                                  retention_days=KEEP_DAYS))
     await h.start()
     try:
         caplog.set_level(logging.INFO, logger="autogrid.historian")

@@ -151,6 +151,10 @@ class Historian(Strict):
     flush_interval_s: PositiveS = 2.0
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
     deadband_pct: Annotated[float, Field(ge=0, le=100)] = 0.0  # 0 = store every sample
+    # flushes append to a staging table; its rows move into the keyed table this often,
+    # or once this many are staged (what readers scan unindexed stays small)
+    merge_interval_s: Annotated[float, Field(ge=1, le=3600)] = 120.0
+    merge_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 500_000
 
 
 class Logging(Strict):
