@@ -224,6 +224,12 @@ class _Link(asyncio.Protocol):
         self.ep._link_garbled(self, why)
 
 
+def _expire(fut: asyncio.Future[Any]) -> None:
+    """A read's deadline passed: its answers' future fails with TimeoutError."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 def _retrieve(futs: Sequence[asyncio.Future[Any]]) -> None:
     """Mark the failures of ``futs`` retrieved (no "never retrieved" warnings)."""
     for f in futs:
@@ -400,16 +406,29 @@ class PipelinedEndpoint(Endpoint):
         chunk = requests[start:] if one_by_one else requests[start:start + slots]
         try:
             self._check_usable()  # closed or failed while this read waited for the window
-            async with asyncio.timeout(self.conn.timeout_s):
-                link = self._link or await self._connect_link(stats)
-                stats.requests += len(chunk)
-                if one_by_one:
-                    futs = [link.send_chain(chunk)]
-                    answers = await futs[0]
-                else:
-                    group = link.send(chunk)
-                    futs = [group.fut]
-                    answers = await group.fut
+            # One deadline for connecting and the exchange. On an open link (nearly every
+            # read) it is a bare timer that fails the answers' future: no Timeout object,
+            # no task cancellation machinery per read.
+            link = self._link
+            deadline = None
+            if link is None:
+                deadline = asyncio.get_running_loop().time() + self.conn.timeout_s
+                async with asyncio.timeout_at(deadline):
+                    link = await self._connect_link(stats)
+            stats.requests += len(chunk)
+            if one_by_one:
+                fut = link.send_chain(chunk)
+            else:
+                group = link.send(chunk)
+                fut = group.fut
+            futs = [fut]
+            loop = link.loop
+            timer = loop.call_at(loop.time() + self.conn.timeout_s if deadline is None
+                                 else deadline, _expire, fut)
+            try:
+                answers = await fut
+            finally:
+                timer.cancel()
         except TimeoutError:
             _retrieve(futs)
             if link is not None and link is self._link:
