@@ -1,8 +1,8 @@
 """Scale: the real `autogrid run` daemon at 200/500/1000/2000 devices polled at 1 Hz.
 
     python bench/scale.py [--sizes 200,500,1000,2000] [--seconds 60] [--warmup 10]
-                          [--window 1] [--client lean|pymodbus] [--control] [--analytics]
-                          [--json]
+                          [--window 1] [--client lean|pymodbus] [--slot S] [--control]
+                          [--analytics] [--json]
 
 For each size: cheap Modbus TCP servers (bench/servers.py, 10 devices per endpoint, at
 most 250 devices per server process, each checked to stay below half a core) and the
@@ -58,7 +58,8 @@ def layout(n: int) -> list[list[tuple[int, str]]]:
 
 
 def site_yaml(n: int, ports: list[int], tmp: Path, window: int, control: bool,
-              analytics: bool, client: str = "lean") -> dict[str, Any]:
+              analytics: bool, client: str = "lean",
+              slot_s: float | None = None) -> dict[str, Any]:
     conns, devices = [], []
     for e, port in enumerate(ports):
         conns.append({"id": f"ep{e}", "type": "modbus_tcp", "host": "127.0.0.1", "port": port,
@@ -78,7 +79,8 @@ def site_yaml(n: int, ports: list[int], tmp: Path, window: int, control: bool,
     cfg: dict[str, Any] = {
         "site": {"name": "scale", "latitude": 48.1, "longitude": 11.6,
                  "grid": {"import_limit_kw": 100000, "export_limit_kw": 100000}},
-        "gateways": [{"id": "gw1", "api_socket": str(tmp / "api.sock")}],
+        "gateways": [{"id": "gw1", "api_socket": str(tmp / "api.sock"),
+                      **({} if slot_s is None else {"poll_slot_s": slot_s})}],
         "connections": conns, "devices": devices,
         "historian": {"path": str(tmp / "history.sqlite"), "flush_interval_s": 2.0},
         "analytics": {"enabled": analytics},
@@ -114,7 +116,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             cfg = tmp / "site.yaml"
             cfg.write_text(yaml.safe_dump(site_yaml(n, ports, tmp, args.window,
                                                     args.control, args.analytics,
-                                                    args.client)))
+                                                    args.client, args.slot)))
             daemon = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c",
                                        str(cfg)], cwd=tmp, stdout=subprocess.DEVNULL,
                                       stderr=open(tmp / "daemon.log", "w"),  # noqa: SIM115
@@ -187,6 +189,8 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=1, help="max_in_flight per endpoint")
     ap.add_argument("--client", choices=("lean", "pymodbus"), default="lean",
                     help="the Modbus TCP client of every connection")
+    ap.add_argument("--slot", type=float, default=None,
+                    help="the gateway's poll_slot_s (default: the daemon's own default)")
     ap.add_argument("--analytics", action="store_true", help="analytics component on")
     ap.add_argument("--control", action="store_true", help="site controller on")
     ap.add_argument("--json", action="store_true")
@@ -197,7 +201,8 @@ def main() -> int:
               file=sys.stderr)
     print(f"autogrid run at {sizes} devices, 1 Hz, historian on, control "
           f"{'on' if args.control else 'off'}, analytics {'on' if args.analytics else 'off'},"
-          f" client {args.client}, max_in_flight {args.window}; {args.seconds:g} s each after "
+          f" client {args.client}, max_in_flight {args.window}, poll_slot_s "
+          f"{'default' if args.slot is None else f'{args.slot:g}'}; {args.seconds:g} s each after "
           f"{args.warmup:g} s "
           f"warm-up; {os.cpu_count()} CPUs; {platform.node()}; {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'devices':>8}{'CPU %':>8}{'RSS MB':>8}{'rate Hz':>9}{'skipped':>9}"

@@ -63,7 +63,8 @@ class Daemon:
         self.gateway_id = pick_gateway(cfg, gateway_id)
         self.socket_path = socket_path or socket_path_for(cfg, self.gateway_id)
         self.state = SiteState()
-        self.poller = Poller(self.state)
+        gateway = next(g for g in cfg.gateways if g.id == self.gateway_id)
+        self.poller = Poller(self.state, slot_s=gateway.poll_slot_s)
         self.drivers: dict[str, Driver] = {}
         self.ios: dict[str, DeviceIO] = {}
         self.historian: Historian | None = None

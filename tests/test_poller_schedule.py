@@ -6,8 +6,11 @@ flight per endpoint, and skipped slots counted and logged once per episode."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +209,65 @@ async def test_each_reading_carries_the_time_its_own_device_was_read() -> None:
     assert len(ios[1].started) >= 1 and ios[1].started[0] <= ios[0].started[0]
     assert state.devices["ev1"].readings["p_kw"].ts <= meter_started
     assert state.devices["grid"].readings["p_kw"].ts >= released
+
+
+def test_phases_on_a_slot_grid_stay_stable_and_spread() -> None:
+    ids = [f"tcp://10.0.{i // 250}.{i % 250}:502" for i in range(2000)]
+    phases = [phase_of(d, 1.0, 0.02) for d in ids]
+    assert phases == [phase_of(d, 1.0, 0.02) for d in ids]
+    for d, p in zip(ids, phases, strict=True):
+        assert 0.0 <= p < 1.0
+        assert abs(p / 0.02 - round(p / 0.02)) < 1e-9  # on the grid
+        assert phase_of(d, 1.0) - 0.02 < p <= phase_of(d, 1.0)  # the slot it falls in
+    per_slot = [phases.count(k * 0.02) for k in range(50)]
+    assert sum(per_slot) == 2000 and min(per_slot) > 15 and max(per_slot) < 70, per_slot
+    assert phase_of("x", 0.01, 0.02) == phase_of("x", 0.01)  # a slot wider than the interval
+
+
+async def test_endpoints_of_one_slot_share_their_due_time_and_keep_exact_periods() -> None:
+    interval, slot = 0.2, 0.05
+    keys = [f"tcp://10.0.0.{i}:502" for i in range(40)]
+    by_slot: dict[float, list[str]] = {}
+    for k in keys:
+        by_slot.setdefault(phase_of(k, interval, slot), []).append(k)
+    assert len(by_slot) == 4 and all(len(v) > 1 for v in by_slot.values()), by_slot
+    ios = [FakeIO(f"dev{i}", endpoint=k) for i, k in enumerate(keys)]
+    poller = Poller(_state(ios), slot_s=slot)
+    firsts: dict[str, float] = {}
+    try:
+        for io in ios:
+            poller.add(io, interval)
+            firsts[io.device_id] = poller.jobs[io.device_id].due
+            await asyncio.sleep(0.003)  # added at different times, as a daemon does
+        await until(lambda: all(len(io.started) >= 5 for io in ios), "five polls of each")
+    finally:
+        await poller.stop()
+    for phase, members in by_slot.items():
+        # the endpoints of one slot are due on one lattice (phase + k intervals), so their
+        # timers fire together, in one loop pass, however far apart they were added
+        for io in ios:
+            if io.endpoint in members:
+                k = (firsts[io.device_id] - phase) / interval
+                assert abs(k - round(k)) < 1e-9, (io.endpoint, k)
+    for io in ios:
+        rounds = [(t - firsts[io.device_id]) / interval for t in io.started]
+        assert rounds[0] >= -1e-9  # never before its slot
+        # one poll per interval, each in its own: the period holds over the rounds
+        slots = [math.floor(r + 1e-9) for r in rounds]
+        assert all(b > a for a, b in itertools.pairwise(slots)), rounds
+
+
+def test_the_slot_grid_is_a_gateway_setting_with_a_positioned_error(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from gateway.config.loader import run_check
+
+    path = tmp_path / "site.yaml"
+    path.write_text("site: {name: x}\ngateways:\n  - {id: gw1, poll_slot_s: 5}\n")
+    out = StringIO()
+    assert run_check(str(path), out) == 1
+    lines = out.getvalue().replace(str(path), "site.yaml").splitlines()
+    assert lines[0].startswith("site.yaml:3:") and "gateways[0].poll_slot_s" in lines[0], lines
+    assert len(lines) == 2 and "Traceback" not in out.getvalue()
+    path.write_text("site: {name: x}\ngateways:\n  - {id: gw1, poll_slot_s: 0.05}\n")
+    assert run_check(str(path), StringIO()) == 0

@@ -71,8 +71,24 @@ class _Chain:
         self.fut = fut
 
 
-def _future_of(waiter: asyncio.Future[bytes] | _Chain) -> asyncio.Future[Any]:
-    return waiter.fut if isinstance(waiter, _Chain) else waiter
+class _Group:
+    """Requests sent together (a pipelined device read): one future for all their
+    answers, set when the last one arrives, so the read wakes its task once however many
+    blocks it has."""
+
+    __slots__ = ("answers", "fut", "missing")
+
+    def __init__(self, n: int, fut: asyncio.Future[list[bytes]]) -> None:
+        self.answers: list[bytes] = [b""] * n
+        self.missing = n
+        self.fut = fut
+
+    @property
+    def answered(self) -> int:
+        return len(self.answers) - self.missing
+
+
+_Waiter = _Chain | _Group
 
 
 class _Link(asyncio.Protocol):
@@ -81,11 +97,13 @@ class _Link(asyncio.Protocol):
     def __init__(self, ep: PipelinedEndpoint) -> None:
         self.ep = ep
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes] | _Chain, int, int]] = {}
+        # transaction id -> (waiter, unit, function code, index of the answer in a group)
+        self.pending: dict[int, tuple[_Waiter, int, int, int]] = {}
         self.abandoned: set[int] = set()  # ids whose asker gave up (cancelled)
         self._buf = bytearray()
         self._tid = 0
         self.loop = asyncio.get_running_loop()
+        self._out: bytearray | None = None  # frames queued in this loop pass, not yet written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -97,27 +115,39 @@ class _Link(asyncio.Protocol):
 
     def fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, {}
-        for waiter, _, _ in pending.values():
-            fut = _future_of(waiter)
-            if not fut.done():
-                fut.set_exception(exc)
+        for waiter, _, _, _ in pending.values():
+            if not waiter.fut.done():
+                waiter.fut.set_exception(exc)
 
-    def send(self, requests: Sequence[Request]) -> list[asyncio.Future[bytes]]:
-        """Write every request in one go; a future per request for its answer's PDU."""
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        out = bytearray()
-        futs: list[asyncio.Future[bytes]] = []
-        for unit, fc, pdu in requests:
+    def send(self, requests: Sequence[Request]) -> _Group:
+        """Send every request at once; the group's one future gets all their answers'
+        PDUs, in order.
+
+        The frames are not written at once but queued until the end of this loop pass:
+        the reads of every device of an endpoint that fall in one slot start in the same
+        pass, so their requests leave in one write (one syscall, and one wake-up of the
+        server) instead of one write per device.
+        """
+        group = _Group(len(requests), self.loop.create_future())
+        out = self._out
+        if out is None:
+            out = self._out = bytearray()
+            self.loop.call_soon(self._flush)
+        pending, abandoned = self.pending, self.abandoned
+        for index, (unit, fc, pdu) in enumerate(requests):
             self._tid = tid = (self._tid + 1) & 0xFFFF
-            self.abandoned.discard(tid)
+            if abandoned:
+                abandoned.discard(tid)
             out += _MBAP.pack(tid, 0, len(pdu) + 1, unit)
             out += pdu
-            fut: asyncio.Future[bytes] = loop.create_future()
-            self.pending[tid] = (fut, unit, fc)
-            futs.append(fut)
-        self.transport.write(out)
-        return futs
+            pending[tid] = (group, unit, fc, index)
+        return group
+
+    def _flush(self) -> None:
+        out, self._out = self._out, None
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.ep.writes += 1
+            self.transport.write(out)
 
     def send_chain(self, requests: Sequence[Request]) -> asyncio.Future[list[bytes]]:
         """Send ``requests`` one at a time (each after the answer to the one before);
@@ -132,14 +162,15 @@ class _Link(asyncio.Protocol):
         self._tid = tid = (self._tid + 1) & 0xFFFF
         if self.abandoned:
             self.abandoned.discard(tid)
-        self.pending[tid] = (chain, unit, fc)
+        self.pending[tid] = (chain, unit, fc, 0)
+        self.ep.writes += 1
         self.transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
 
     def abandon(self, futs: Sequence[asyncio.Future[Any]]) -> None:
         """The asker gave up on these: a late answer to them is dropped quietly."""
         gone = set(futs)
-        for tid, (waiter, _, _) in list(self.pending.items()):
-            if _future_of(waiter) in gone:
+        for tid, (waiter, _, _, _) in list(self.pending.items()):
+            if waiter.fut in gone:
                 del self.pending[tid]
                 self.abandoned.add(tid)
 
@@ -162,7 +193,7 @@ class _Link(asyncio.Protocol):
                     del buf[:end]
                     continue
                 return self._garbage(f"answer to transaction {tid}, which is not in flight")
-            waiter, want_unit, fc = entry
+            waiter, want_unit, fc, index = entry
             why = None
             if unit != want_unit:
                 why = f"answer from unit {unit}, asked unit {want_unit}"
@@ -179,8 +210,11 @@ class _Link(asyncio.Protocol):
                         self._send_link(chain)
                     else:
                         chain.fut.set_result(chain.answers)
-            elif not waiter.done():
-                waiter.set_result(bytes(buf[7:end]))
+            elif not waiter.fut.done():
+                waiter.answers[index] = bytes(buf[7:end])
+                waiter.missing -= 1
+                if not waiter.missing:
+                    waiter.fut.set_result(waiter.answers)
             del buf[:end]
         return None
 
@@ -188,6 +222,12 @@ class _Link(asyncio.Protocol):
         self._buf.clear()
         self.fail_all(_Garbled(why))
         self.ep._link_garbled(self, why)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    """A read's deadline passed: its answers' future fails with TimeoutError."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 def _retrieve(futs: Sequence[asyncio.Future[Any]]) -> None:
@@ -207,6 +247,7 @@ class PipelinedEndpoint(Endpoint):
         self._slot_waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
+        self.writes = 0  # transport writes: requests / writes is how well they coalesce
         self._request_cache: dict[int, tuple[Sequence[tuple[Function, int, int]], int,
                                              list[Request]]] = {}
 
@@ -359,31 +400,46 @@ class PipelinedEndpoint(Endpoint):
         futs: list[asyncio.Future[Any]] = []
         answers: list[bytes] = []
         link: _Link | None = None
+        group: _Group | None = None
         # decided once the slots are granted: the window may have shrunk meanwhile
         one_by_one = self.window == 1
         chunk = requests[start:] if one_by_one else requests[start:start + slots]
         try:
             self._check_usable()  # closed or failed while this read waited for the window
-            async with asyncio.timeout(self.conn.timeout_s):
-                link = self._link or await self._connect_link(stats)
-                stats.requests += len(chunk)
-                if one_by_one:
-                    futs = [link.send_chain(chunk)]
-                    answers = await futs[0]
-                else:
-                    futs = link.send(chunk)
-                    answers = [await f for f in futs]
+            # One deadline for connecting and the exchange. On an open link (nearly every
+            # read) it is a bare timer that fails the answers' future: no Timeout object,
+            # no task cancellation machinery per read.
+            link = self._link
+            deadline = None
+            if link is None:
+                deadline = asyncio.get_running_loop().time() + self.conn.timeout_s
+                async with asyncio.timeout_at(deadline):
+                    link = await self._connect_link(stats)
+            stats.requests += len(chunk)
+            if one_by_one:
+                fut = link.send_chain(chunk)
+            else:
+                group = link.send(chunk)
+                fut = group.fut
+            futs = [fut]
+            loop = link.loop
+            timer = loop.call_at(loop.time() + self.conn.timeout_s if deadline is None
+                                 else deadline, _expire, fut)
+            try:
+                answers = await fut
+            finally:
+                timer.cancel()
         except TimeoutError:
             _retrieve(futs)
             if link is not None and link is self._link:
                 self._drop()  # a late answer must not meet a later request
-            if (len(futs) > 1 and not one_by_one and self.window > 1
-                    and any(f.done() for f in futs)):
+            if (len(chunk) > 1 and not one_by_one and self.window > 1
+                    and group is not None and group.answered):
                 # Some answered, the rest never will: a server that handles one request
                 # at a time and drops what else it received (pymodbus' server does).
                 log.warning("%s: answered only part of %d requests sent together; sending "
                             "one at a time from now on (set max_in_flight: 1 for it)",
-                            self.key, len(futs))
+                            self.key, len(chunk))
                 self._free -= self.window - 1
                 self.window = 1
             raise

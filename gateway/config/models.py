@@ -107,6 +107,9 @@ class Gateway(Strict):
     id: Id
     description: str = ""
     api_socket: Path | None = None  # default: <runtime dir>/autogrid-<id>.sock
+    # endpoints' poll phases are put on a grid of this many seconds (0: no grid), so the
+    # endpoints of one slot share the event loop's passes (see gateway.poller)
+    poll_slot_s: Annotated[float, Field(ge=0, le=1)] = 0.02
 
 
 class Ratings(Strict):
