@@ -117,6 +117,9 @@ class Historian:
         self._db_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # One flush at a time: a flush() called while the flush task writes a batch waits
+        # for it, so "flushed" means those rows are readable (and batches stay in order).
+        self._flush_lock = asyncio.Lock()
         self.rows_written = 0
         self.dropped = 0  # rows lost: dropped from a full buffer, or unwritten at stop
         self.last_error: str | None = None
@@ -289,13 +292,21 @@ class Historian:
 
     async def flush(self, merge: bool = True) -> int:
         """Write the buffered rows to the stage (one transaction); then merge the stage if
-        it is due (``merge``). Returns the rows written."""
-        n = await self._flush_buffer()
+        it is due (``merge``). Returns the rows written while it ran: a flush already under
+        way (the flush task's) is waited for and its rows count, so once this returns every
+        row recorded before the call is readable or still buffered (not written)."""
+        before = self.rows_written
+        await self._flush_buffer()
+        n = self.rows_written - before
         if merge and self.staged and self._merge_due():
             await self.merge()
         return n
 
     async def _flush_buffer(self) -> int:
+        async with self._flush_lock:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> int:
         if not self._buffer or self._db is None:
             return 0
         batch, self._buffer = self._buffer, []

@@ -177,3 +177,32 @@ async def test_disk_full_raises_an_alarm_that_clears_when_writes_recover(tmp_pat
     finally:
         store.close()
         await h.stop()
+
+
+async def test_flush_waits_for_the_flush_task_under_way(tmp_path: Path) -> None:
+    """A flush() called while the flush task writes a batch returns once that batch is
+    readable, counting its rows (it used to find the buffer empty and return 0 at once)."""
+    path = tmp_path / "history.sqlite"
+    h = Historian(HistorianConfig(path=path, batch_size=BATCH, flush_interval_s=3600,
+                                  retention_days=KEEP_DAYS))
+    await h.start()
+    try:
+        h._db_lock.acquire()  # the writer thread will wait here: a slow disk
+        try:
+            fill(h, BATCH)  # a full batch wakes the flush task
+            for _ in range(200):  # until the task has taken the batch
+                if not h._buffer:
+                    break
+                await asyncio.sleep(0.01)
+            assert not h._buffer
+            mine = asyncio.create_task(h.flush())
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not mine.done()  # waits for the task's write, not "nothing to flush"
+        finally:
+            h._db_lock.release()
+        assert await asyncio.wait_for(mine, WAIT_S) == BATCH
+        with sqlite3.connect(path) as con:
+            assert con.execute("SELECT COUNT(*) FROM samples").fetchone() == (BATCH,)
+    finally:
+        await h.stop()

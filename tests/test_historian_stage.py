@@ -26,6 +26,8 @@ from gateway.analytics.detect import historian_span
 from gateway.apihistory import summary_history
 from gateway.config.loader import check_config
 from gateway.config.models import Historian as HistorianConfig
+from gateway.control.alarms import ControlStore
+from gateway.control.component import historian_alarm
 from gateway.export import export_csv
 from gateway.historian import MERGE_RETRY_S, Historian
 from gateway.model import Nature, Quality, Reading
@@ -277,6 +279,13 @@ async def test_a_merge_on_a_full_disk_keeps_the_stage_and_is_retried(
         assert await h.flush() == 0  # due: the merge fails
         assert h.merge_error == "disk full" and h.merges == 0 and h.staged == 400
         assert counts(path) == (0, 400)
+        alarms = ControlStore(tmp_path / "control.sqlite")
+        alarms.open()
+        historian_alarm(alarms, h)
+        raised = alarms.alarms["historian:merge"]
+        assert raised.active and raised.severity == "warning"
+        assert raised.message.startswith(f"disk full: cannot merge 400 staged rows into the "
+                                         f"history of {path}")
         with sqlite3.connect(path) as db:
             assert db.execute("SELECT count(*) FROM samples").fetchone()[0] == 400
         msgs = [r.getMessage() for r in caplog.records if r.name == "autogrid.historian"]
@@ -290,6 +299,9 @@ async def test_a_merge_on_a_full_disk_keeps_the_stage_and_is_retried(
         await h.flush()
         assert h.merges == 1 and h.merge_error is None and h.stats()["merge_error"] is None
         assert counts(path) == (400, 0)
+        historian_alarm(alarms, h)
+        assert not alarms.alarms["historian:merge"].active
+        alarms.close()
         assert caplog.records[-1].getMessage() == f"historian merges into {path} recovered"
     finally:
         await h.stop()

@@ -204,9 +204,17 @@ class ControlComponent:
 
 def historian_alarm(store: AlarmStore, historian: Historian | None) -> None:
     """While the historian cannot write (disk full, unwritable path), an alarm says so,
-    with the path and the rows lost so far; cleared when writes succeed again."""
+    with the path and the rows lost so far; cleared when writes succeed again. Likewise
+    while it cannot merge its staged rows (nothing is lost then: a warning)."""
     if historian is None:
         return
+    if historian.merge_error is None:
+        store.clear("historian", "merge")
+    else:  # the rows stay staged and readable; the merge is retried
+        store.raise_("historian", "merge", "warning",
+                     f"{historian.merge_error}: cannot merge {historian.staged} staged rows "
+                     f"into the history of {historian.path}; they stay staged and readable, "
+                     f"the merge is retried")
     if historian.last_error is None:
         store.clear("historian", "write")
         return
