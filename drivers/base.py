@@ -129,6 +129,18 @@ class LinkedDeviceIO(DeviceIO):
     async def _write(self, point: str, value: PointValue) -> PointValue | None:
         """Write one point and read it back (see DeviceIO.write)."""
 
+    @staticmethod
+    def chosen_points(device_id: str, template_points: Mapping[str, object],
+                      points: Sequence[str] | None) -> list[str]:
+        """The points a device polls: ``points`` as configured (all of the template's when
+        None), or UnknownPoint naming those the template does not have."""
+        names = list(template_points) if points is None else list(points)
+        unknown = [n for n in names if n not in template_points]
+        if unknown:
+            raise UnknownPoint(f"{device_id}: points {unknown} are not in the template "
+                               f"(known: {', '.join(template_points)})")
+        return names
+
     def writable_point(self, points: Mapping[str, P], writable: Sequence[str],
                        point: str) -> P:
         """The template entry of ``point``, or UnknownPoint saying it is not in the

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from cantools.database.can import Message, Signal
 
-from drivers.base import DeviceTimeout, IOStats, LinkedDeviceIO, UnknownPoint, WriteError
+from drivers.base import DeviceTimeout, IOStats, LinkedDeviceIO, WriteError
 from drivers.can.codegen import MessageDecoder, compile_message
 from drivers.can.dbc import Payload, compile_signal, resolution, signal_of
 from drivers.can.link import CanLink, frame_key
@@ -94,11 +94,7 @@ class CanDeviceIO(LinkedDeviceIO):
         self.frame_timeout_s = link.conn.frame_timeout_s
         self._on_close = on_close
         self._offset = template.id_stride * max(unit - 1, 0)
-        names = list(template.points) if points is None else list(points)
-        unknown = [n for n in names if n not in template.points]
-        if unknown:
-            raise UnknownPoint(f"{device_id}: points {unknown} are not in the template "
-                               f"(known: {', '.join(template.points)})")
+        names = self.chosen_points(device_id, template.points, points)
         specs = NATURES[template.nature]
         self.slots: dict[str, Slot] = {}
         per_message: dict[str, list[tuple[str, CanPoint, Kind]]] = {}

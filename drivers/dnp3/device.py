@@ -19,7 +19,6 @@ from drivers.base import (
     DriverError,
     IOStats,
     LinkedDeviceIO,
-    UnknownPoint,
     WriteError,
 )
 from drivers.dnp3.commands import AnalogOut, Crob, Operation, PointStatus, match_statuses
@@ -61,11 +60,7 @@ class Dnp3DeviceIO(LinkedDeviceIO):
         self.link = link
         self._on_close = on_close
         self._attached = True
-        names = list(template.points) if points is None else list(points)
-        unknown = [n for n in names if n not in template.points]
-        if unknown:
-            raise UnknownPoint(f"{device_id}: points {unknown} are not in the template "
-                               f"(known: {', '.join(template.points)})")
+        names = self.chosen_points(device_id, template.points, points)
         self.polled = tuple(n for n in names if template.points[n].readable)
         specs = NATURES[template.nature]
         self._decode = [(n, template.points[n], specs[n].kind) for n in self.polled]

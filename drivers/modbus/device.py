@@ -12,7 +12,6 @@ from drivers.base import (
     DriverError,
     IOStats,
     LinkedDeviceIO,
-    UnknownPoint,
     WriteError,
 )
 from drivers.modbus.decoders import Decoder, compile_decoder, sf_exponent
@@ -75,11 +74,7 @@ class ModbusDeviceIO(LinkedDeviceIO):
         self._ep = endpoint
         self._on_close = on_close
         self._attached = True
-        names = list(template.points) if points is None else list(points)
-        unknown = [n for n in names if n not in template.points]
-        if unknown:
-            raise UnknownPoint(f"{device_id}: points {unknown} are not in the template "
-                               f"(known: {', '.join(template.points)})")
+        names = self.chosen_points(device_id, template.points, points)
         # write-only registers are often unreadable: they are written, never polled
         self.polled = tuple(n for n in names if template.points[n].access is not Access.W)
         items = poll_items(template, self.polled)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.cluster.config import endpoint_of
+from gateway.cluster.hooks import unhook
 from gateway.cluster.sitewide import SiteWide
 from gateway.cluster.store import Change, ClusterStore, FencedWrite, Value
 from gateway.cluster.telemetry import Telemetry, remote_device_state
@@ -105,12 +106,7 @@ class ClusterComponent:
                        asyncio.create_task(self._reach_loop(), name="cluster reach")]
 
     async def stop(self) -> None:
-        for unsub in self._unsubs:
-            unsub()
-        self._unsubs = []
-        applier = self.daemon.ports.applier
-        if applier is not None and self._outcome in applier.on_outcome:
-            applier.on_outcome.remove(self._outcome)
+        unhook(self._unsubs, self.daemon, self._outcome)
         await self.sitewide.stop()
         await self.commands.stop()
         for t in self._tasks:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import DeviceIO, DriverError
+from gateway.cluster.hooks import unhook
 from gateway.cluster.store import Change, Value
 from gateway.cluster.telemetry import remote_device_state
 
@@ -167,12 +168,7 @@ class Takeover:
         self._task = asyncio.create_task(self._loop(), name="cluster takeover")
 
     async def stop(self) -> None:
-        for unsub in self._unsubs:
-            unsub()
-        self._unsubs = []
-        applier = self.daemon.ports.applier
-        if applier is not None and self._outcome in applier.on_outcome:
-            applier.on_outcome.remove(self._outcome)
+        unhook(self._unsubs, self.daemon, self._outcome)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
