@@ -31,7 +31,7 @@ from tests.cluster_history import check_history, read_history
 from tests.cluster_sim_site import device_writes, journal_rows, site, site_dict, write_site
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.test_cli import AUTOGRID, env_for
-from tests.waiting import until
+from tests.waiting import until, until_async
 
 PREFIX = "/autogrid/test"
 GWS = ["gw-a", "gw-b", "gw-c"]
@@ -46,6 +46,7 @@ class Site:
     observer: EtcdStore
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     writes: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (mono, value)
+    keys: list[tuple[float, str]] = field(default_factory=list)  # (wall time, setpoint key)
 
     def start(self, gw: str) -> None:
         log = (self.tmp / f"{gw}.log").open("ab")
@@ -93,15 +94,16 @@ class Site:
 
 @asynccontextmanager
 async def cluster_site(tmp: Path, etcd: EtcdCluster, via: dict[str, int] | None = None,
-                       observe: str = "gw-a", switch_members: bool = True
-                       ) -> AsyncIterator[Site]:
+                       observe: str = "gw-a", switch_members: bool = True,
+                       **site_kw: Any) -> AsyncIterator[Site]:
     """The site with its gateways' etcd URLs, except ``via``: gateway -> a proxy port in
     front of its member (the member itself listens where etcd3 put it).
-    ``switch_members`` False: a gateway reaches its own member only."""
-    cfg = site(tmp, etcd, GWS)
+    ``switch_members`` False: a gateway reaches its own member only. ``site_kw`` go to the
+    site builder (standby gateways, handback)."""
+    cfg = site(tmp, etcd, GWS, **site_kw)
     runner = SimRunner(cfg, port_overrides={"tcp": 0}, step_s=0.05)
     ports = await runner.start()
-    raw = site_dict(tmp, etcd, GWS, port=ports["tcp"])
+    raw = site_dict(tmp, etcd, GWS, port=ports["tcp"], **site_kw)
     for m in raw["cluster"]["members"]:
         if m["gateway"] in (via or {}):
             m["client_url"] = f"http://127.0.0.1:{(via or {})[m['gateway']]}"
@@ -115,6 +117,7 @@ async def cluster_site(tmp: Path, etcd: EtcdCluster, via: dict[str, int] | None 
     def on_write(ch: Change) -> None:
         if ch.value is not None:
             s.writes.append((time.monotonic(), ch.value))
+            s.keys.append((time.time(), ch.key))
     cancel = observer.watch_prefix("setpoints/", on_write)
     try:
         yield s
@@ -162,10 +165,7 @@ async def test_killed_leader_is_replaced_and_a_dead_owner_alarmed(
         async def gone() -> bool:
             st = await s.api(new_leader, "cluster")
             return victim in st["gone"]
-        deadline = time.monotonic() + 30
-        while not await gone():
-            assert time.monotonic() < deadline, "the dead gateway was not noticed"
-            await asyncio.sleep(0.1)
+        await until_async(gone, "the dead gateway noticed", interval_s=0.1)
         alarms = await s.api(new_leader, "alarms")
         text = json.dumps(alarms)
         assert f"gateway {victim} gone since" in text, text
@@ -213,18 +213,12 @@ async def test_lost_majority_stops_writes_and_the_site_recovers(
             st = await s.api("gw-a", "cluster")
             alarms = json.dumps(await s.api("gw-a", "alarms", active_only=True))
             return not st["is_leader"] and "cannot renew its cluster lease" in alarms
-        deadline = time.monotonic() + 30
-        while not await minority():
-            assert time.monotonic() < deadline, "gw-a did not step down with the alarm"
-            await asyncio.sleep(0.1)
+        await until_async(minority, "gw-a stepping down with the alarm", interval_s=0.1)
         stopped = len(s.acked().get("gw-a", []))
 
         async def failing(n: int) -> bool:
             return int((await s.api("gw-a", "cluster"))["keepalive_failures"]) >= n
-        deadline = time.monotonic() + 30
-        while not await failing(3):
-            assert time.monotonic() < deadline, "keepalives stopped being tried"
-            await asyncio.sleep(0.1)
+        await until_async(lambda: failing(3), "keepalives tried again and again", interval_s=0.1)
         assert len(s.acked().get("gw-a", [])) == stopped  # nothing acknowledged meanwhile
         # The members return: a leader writes again, the alarm clears.
         await asyncio.to_thread(etcd3.restart, "gw-b")
@@ -235,10 +229,7 @@ async def test_lost_majority_stops_writes_and_the_site_recovers(
         async def cleared() -> bool:
             active = await s.api("gw-a", "alarms", active_only=True)
             return "cannot renew" not in json.dumps(active)
-        deadline = time.monotonic() + 30
-        while not await cleared():
-            assert time.monotonic() < deadline, "the alarm stayed"
-            await asyncio.sleep(0.1)
+        await until_async(cleared, "the alarm to clear", interval_s=0.1)
         acked = s.acked()
         rows = journal_rows(s.runner)
         events = await read_history(etcd3.members["gw-a"].host_port, PREFIX)
@@ -265,10 +256,7 @@ async def test_leader_cut_off_from_its_member_steps_down_and_rejoins(
             st = await s.api("gw-a", "cluster")
             active = json.dumps(await s.api("gw-a", "alarms", active_only=True))
             return not st["is_leader"] and "cannot renew its cluster lease" in active
-        deadline = time.monotonic() + 30
-        while not await cut_off():
-            assert time.monotonic() < deadline, "gw-a did not say it is cut off"
-            await asyncio.sleep(0.1)
+        await until_async(cut_off, "gw-a saying it is cut off", interval_s=0.1)
         gone = json.dumps(await s.api(new_leader, "alarms", active_only=True))
         assert "gateway gw-a gone since" in gone
         proxy.set_mode("pass")  # the cable is back: gw-a rejoins as a follower
@@ -279,10 +267,7 @@ async def test_leader_cut_off_from_its_member_steps_down_and_rejoins(
             tele = await s.observer.get("telemetry/gw-a")
             return (not st["is_leader"] and st["leader"] == new_leader
                     and "cannot renew" not in active and tele is not None)
-        deadline = time.monotonic() + 60
-        while not await rejoined():
-            assert time.monotonic() < deadline, "gw-a did not rejoin"
-            await asyncio.sleep(0.1)
+        await until_async(rejoined, "gw-a rejoining", timeout_s=60, interval_s=0.1)
         acked = s.acked()
         rows = journal_rows(s.runner)
         events = await read_history(etcd3.members["gw-b"].host_port, PREFIX)
@@ -312,10 +297,7 @@ async def test_frozen_leader_is_fenced_and_steps_down(
         async def stepped_down() -> bool:
             st = await s.api("gw-c", "cluster")
             return not st["is_leader"] and st["leader"] == new_leader
-        deadline = time.monotonic() + 30
-        while not await stepped_down():
-            assert time.monotonic() < deadline, "the old leader did not step down"
-            await asyncio.sleep(0.1)
+        await until_async(stepped_down, "the old leader stepping down", interval_s=0.1)
         assert "stepped down" in s.log("gw-c")
         # Later writes come from the new leader only, and the history is clean.
         await until(lambda: len(s.writes) > n_before + 5, "writes after the resume")
@@ -346,10 +328,7 @@ async def test_leader_whose_member_dies_goes_on_through_another(
         async def switched() -> bool:
             st = await s.api("gw-c", "cluster")
             return not st["own_endpoint"] and int(st["member_switches"]) >= 1
-        deadline = time.monotonic() + 30
-        while not await switched():
-            assert time.monotonic() < deadline, "gw-c did not switch to another member"
-            await asyncio.sleep(0.1)
+        await until_async(switched, "gw-c switching to another member", interval_s=0.1)
         await until(lambda: len(s.writes) > n_kill + 10, "setpoints after the kill",
                     timeout_s=60)
         times = [t_kill] + [t for t, _ in s.writes[n_kill:]]

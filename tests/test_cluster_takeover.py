@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import time
@@ -22,24 +21,25 @@ from pathlib import Path
 from typing import Any
 
 from gateway.apiclient import ApiRequestError, ApiUnavailable
-from gateway.cluster.etcd_store import EtcdStore
 from gateway.cluster.etcdproc import EtcdCluster
-from gateway.cluster.store import Change
-from sim_devices.runner import SimRunner
 from tests.cluster_history import check_history, check_ownership, read_history
 from tests.cluster_sim_site import (
     POLL_S,
     SOURCES,
     device_writes,
     journal_rows,
-    site,
-    site_dict,
-    write_site,
     writers,
 )
 from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
 from tests.test_cli import AUTOGRID, env_for
-from tests.test_cluster_failover import GWS, PREFIX, Site, cluster_status, start_with_leader
+from tests.test_cluster_failover import (
+    GWS,
+    PREFIX,
+    Site,
+    cluster_site,
+    cluster_status,
+    start_with_leader,
+)
 from tests.waiting import until, until_async
 
 HANDBACK_S = 3.0
@@ -49,39 +49,12 @@ STANDBY = {"bat": ["gw-b"]}
 @asynccontextmanager
 async def takeover_site(tmp: Path, etcd: EtcdCluster, via: dict[str, int] | None = None
                         ) -> AsyncIterator[tuple[Site, list[tuple[float, str]]]]:
-    """The site with the battery's standby; ``via``: gateway -> a proxy port in front of
-    its etcd member."""
-    kw: dict[str, Any] = {"standby": STANDBY, "handback_after_s": HANDBACK_S}
-    runner = SimRunner(site(tmp, etcd, GWS, **kw), port_overrides={"tcp": 0}, step_s=0.05)
-    ports = await runner.start()
-    raw = site_dict(tmp, etcd, GWS, port=ports["tcp"], **kw)
-    for m in raw["cluster"]["members"]:
-        if m["gateway"] in (via or {}):
-            m["client_url"] = f"http://127.0.0.1:{(via or {})[m['gateway']]}"
-    if via:  # a gateway cut off from its member is cut off from all (no switching)
-        raw["cluster"]["switch_members"] = False
-    path = write_site(tmp / "site.yaml", raw)
-    observer = EtcdStore("observer", etcd.members["gw-c"].host_port, PREFIX, campaign=False)
-    await observer.start()
-    s = Site(tmp, etcd, runner, path, observer)
-    keys: list[tuple[float, str]] = []  # (wall time, setpoint key) as committed
-
-    def on_write(ch: Change) -> None:
-        if ch.value is not None:
-            s.writes.append((time.monotonic(), ch.value))
-            keys.append((time.time(), ch.key))
-    cancel = observer.watch_prefix("setpoints/", on_write)
-    try:
-        yield s, keys
-    finally:
-        cancel()
-        for p in s.procs.values():
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGCONT)
-                p.kill()
-            p.wait(20)
-        await observer.stop()
-        await runner.stop()
+    """The site with the battery's standby, observed from gw-c's member; ``via``: gateway ->
+    a proxy port in front of its etcd member (a gateway cut off from its member is then cut
+    off from all: no switching). Yields the site and its setpoint keys as committed."""
+    async with cluster_site(tmp, etcd, via=via, observe="gw-c", switch_members=not via,
+                            standby=STANDBY, handback_after_s=HANDBACK_S) as s:
+        yield s, s.keys
 
 
 async def owner(s: Site, dev: str) -> str | None:
