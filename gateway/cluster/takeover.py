@@ -125,6 +125,7 @@ class Takeover:
         self._published: tuple[Any, frozenset[str]] | None = None
         self.rounds = 0  # reconcile rounds run (tests wait on it)
         self._held_lease: dict[str, Any] = {}  # held device -> the lease it was taken on
+        self._last_write: dict[str, float] = {}  # device -> stamp of its last logged write
         self._leading_since: float | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -362,6 +363,8 @@ class Takeover:
             if isinstance(io, GatedIO) and (not self.lease_fresh()
                                             or lease != getattr(self.store, "lease_id", None)):
                 ended = io.last_io_end  # its right ended earlier (frozen?): the gate
+                if ended is not None:  # a write's outcome is stamped just after its IO ended
+                    ended = max(ended, self._last_write.get(dev_id, ended))
             self._log("detach", dev_id, ended)  # refused all IO after this
         if log_it:
             log.warning("gateway %s stopped polling %s: %s", self.gateway, dev_id, why)
@@ -373,7 +376,8 @@ class Takeover:
                                 "noticed": time.time(), "gateway": self.gateway}) + "\n")
 
     def _outcome(self, o: Any) -> None:
-        if o.device in self.prefs and GATED not in str(o.error or ""):  # (gated: not sent)
+        if o.device in self.prefs and o.sent and GATED not in str(o.error or ""):
+            self._last_write[o.device] = float(o.at)  # (gated or no handle: not sent)
             with contextlib.suppress(OSError), self.path.open("a") as f:
                 f.write(json.dumps({"device": o.device, "event": "write", "ok": bool(o.ok),
                                     "at": float(o.at), "gateway": self.gateway}) + "\n")

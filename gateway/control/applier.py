@@ -49,6 +49,7 @@ class WriteOutcome:
     error: str | None = None
     attempt: int = 1
     command: bool = False
+    sent: bool = True  # False: no handle to write through (nothing reached the device)
 
     def as_dict(self) -> dict[str, Any]:
         if self.ok:
@@ -340,7 +341,8 @@ class Applier:
             self.errors += 1
             self._failed(dev_id, point, intent, error)
             return WriteOutcome(dev_id, point, value, False, at, error=error,
-                                attempt=intent.attempts, command=intent.command)
+                                attempt=intent.attempts, command=intent.command,
+                                sent=io is not None)
         self.writes += 1
         d = self.devs.setdefault(dev_id, _Dev())
         d.written[point] = (value, time.monotonic())
