@@ -259,3 +259,38 @@ async def test_election_and_fenced_writes_over_tls(tmp_path: Path) -> None:
         finally:
             await b.stop()
             await a.stop()
+
+
+async def test_a_peer_lease_is_revoked_once_expired_never_while_renewed_late(
+        stores: dict[str, EtcdStore], etcd3: EtcdCluster) -> None:  # noqa: F811
+    """The reaper watches the leader's lease from the leader key, and any lease it is
+    given; a lease renewed late but in time (1.4 s apart on a 2 s TTL, so etcd shows it
+    with 0 s left for 0.4 s each time) is never revoked; once renewals stop it goes, and
+    if the reaper (not etcd's sweep) ended it, not before it expired."""
+    import time
+
+    await until(lambda: len(leaders(stores)) == 1
+                and all(s.leader == leaders(stores)[0] for s in stores.values()))
+    lead = stores[leaders(stores)[0]]
+    watcher = next(s for s in stores.values() if s is not lead)
+    await until(lambda: watcher.peer_leases.get("leader") == lead.lease_id)
+    admin = aetcd.Client(*etcd3.members["gw-a"].host_port)
+    try:
+        lease = (await admin.lease(2)).id
+        watcher.watch_lease("peer", lease)
+        last_sent = time.monotonic()
+        for _ in range(5):
+            await asyncio.sleep(1.4)
+            last_sent = time.monotonic()
+            await admin.refresh_lease(lease)
+        assert watcher.reaped == []
+        assert (await admin.get_lease_info(lease)).TTL >= 0  # alive
+        await until(lambda: "peer" not in watcher.peer_leases, limit_s=10.0)
+        assert (await admin.get_lease_info(lease)).TTL == -1
+        for _who, gone, at in watcher.reaped:
+            assert gone == lease and at >= last_sent + 2.0, \
+                f"revoked {last_sent + 2.0 - at:.3f} s before it could have expired"
+            print(f"\nrevoked by the reaper {at - last_sent - 2.0:.3f} s after the "
+                  f"earliest moment it could have expired")
+    finally:
+        await admin.close()

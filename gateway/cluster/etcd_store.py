@@ -10,6 +10,10 @@
 - A leader that has not renewed its lease for (nearly) a TTL steps down by itself, from a
   local deadline measured from when its last successful keepalive was *sent*: by then the
   lease may have expired at etcd and another gateway may lead.
+- A dead peer's lease is revoked the moment it has expired at etcd (:meth:`_reaper_loop`),
+  not up to 500 ms later when etcd's own sweep finds it: the leader key of a killed leader
+  goes sooner, so the site gets a new leader sooner. Never earlier: a lease is revoked only
+  once it cannot be renewed any more (see the loop for why).
 - Endpoints: the gateway's own member first, then the site's other members. When a call to
   the current one fails, the client is closed and a fresh one connects to the next
   (:meth:`EtcdStore.switch_member`): the lease is cluster-wide, so it is kept alive
@@ -50,6 +54,8 @@ DEADLINE_MARGIN = 0.1  # step down this share of a TTL before the lease could ex
 # With a single member, a fresh client on the 1st, 4th, 7th... failure in a row (keepalives
 # are tried every TTL/3, so about once a TTL): a returning member is found within a TTL.
 SOLE_MEMBER_REDIAL_EVERY = 3
+REAP_POLL_S = 0.1  # how often a peer's lease is looked at
+REAP_GAP_S = 0.9  # a run of TTL-0 answers counts only while they come closer than this
 T = TypeVar("T")
 
 
@@ -97,6 +103,47 @@ def _load(raw: bytes) -> Value:
     return v if isinstance(v, dict) else {"_invalid": str(v)[:200]}
 
 
+class ExpiryWatch:
+    """When a peer's lease has expired at etcd, from its remaining TTL asked again and again.
+
+    etcd answers whole seconds, truncated: a lease of 2 s or more renewed every TTL/3 always
+    shows 1 or more, and shows 0 from the moment less than 1 s remains. So the first 0,
+    received at ``t``, says the lease expires by ``t + 1``. A renewal after that shows as 1
+    or more for a whole second, so answers to questions sent less than ``REAP_GAP_S`` apart
+    see every renewal (a 1 s lease can show 0 right after one: never judged). A 0 in answer
+    to a question sent at ``t + 1`` or later, with no renewal seen, means the lease has
+    expired at etcd, and etcd refuses to renew an expired lease: revoking it then takes
+    nothing from a live gateway, only the wait for etcd's own sweep (every 500 ms)."""
+
+    def __init__(self) -> None:
+        self.first_zero: dict[int, float] = {}  # lease -> when its current run of 0s began
+        self.last_sent: dict[int, float] = {}  # lease -> when its last answered question left
+
+    def keep(self, leases: set[int]) -> None:
+        for table in (self.first_zero, self.last_sent):
+            for gone in set(table) - leases:
+                del table[gone]
+
+    def answer(self, lease: int, sent: float, got: float, ttl: int, granted: int) -> str:
+        """One answer (question sent at ``sent``, answer at ``got``, on one clock):
+        "gone" (no such lease), "expired" (revoke it now) or "alive"."""
+        prev, self.last_sent[lease] = self.last_sent.get(lease), sent
+        if ttl < 0:
+            self.first_zero.pop(lease, None)
+            return "gone"
+        if ttl > 0 or granted < 2 or prev is None or got - prev > REAP_GAP_S:
+            # alive; or a renewal could show as 0 (a 1 s lease) or have gone unseen
+            self.first_zero.pop(lease, None)
+            if ttl == 0:
+                self.first_zero[lease] = got
+            return "alive"
+        start = self.first_zero.setdefault(lease, got)
+        if sent < start + 1.0:
+            return "alive"
+        del self.first_zero[lease]
+        return "expired"
+
+
 class EtcdStore(ClusterStore):
     backend = "etcd"
 
@@ -131,6 +178,8 @@ class EtcdStore(ClusterStore):
         self._lease_lock = asyncio.Lock()
         self._watch_tasks: dict[int, asyncio.Task[None]] = {}
         self._unwatch_leader: Callable[[], None] | None = None
+        self.peer_leases: dict[str, int] = {}  # who -> lease to revoke once expired at etcd
+        self.reaped: list[tuple[str, int, float]] = []  # (who, lease, at) this store revoked
 
     # -- keys --------------------------------------------------------------------------------
     def full(self, key: str) -> bytes:
@@ -155,7 +204,8 @@ class EtcdStore(ClusterStore):
                         err_text(exc))
         self._tasks = [asyncio.create_task(self._keepalive_loop(), name="cluster keepalive"),
                        asyncio.create_task(self._deadline_loop(), name="cluster deadline"),
-                       asyncio.create_task(self._campaign_loop(), name="cluster campaign")]
+                       asyncio.create_task(self._campaign_loop(), name="cluster campaign"),
+                       asyncio.create_task(self._reaper_loop(), name="cluster lease reaper")]
         self._unwatch_leader = self.watch_prefix("leader", self._on_leader_key)
 
     async def stop(self) -> None:
@@ -321,9 +371,61 @@ class EtcdStore(ClusterStore):
             if self.is_leader:
                 self._step_down("leader key gone")
             self.leader = None
+            self.watch_lease("leader", None)
         else:
             self.leader = str(ch.value.get("gateway"))
+            lease = ch.value.get("lease")
+            self.watch_lease("leader", lease if isinstance(lease, int) else None)
         self._leader_changed.set()
+
+    # -- peers' leases -----------------------------------------------------------------------
+    def watch_lease(self, who: str, lease: int | None) -> None:
+        """Revoke ``lease`` (``who``'s: the leader, a gateway's live key) as soon as it has
+        expired at etcd; None: stop watching ``who``'s."""
+        if lease is None:
+            self.peer_leases.pop(who, None)
+        else:
+            self.peer_leases[who] = lease
+
+    async def _reaper_loop(self) -> None:
+        """Each peer lease's remaining TTL, every ``REAP_POLL_S``; revoke it the moment
+        :class:`ExpiryWatch` says it has expired at etcd."""
+        expiry = ExpiryWatch()
+        while True:
+            await asyncio.sleep(REAP_POLL_S)
+            watched = {lease for lease in self.peer_leases.values() if lease != self.lease_id}
+            expiry.keep(watched)
+            for lease in sorted(watched):
+                sent = self.clock()
+                try:
+                    info = await rpc(self.client.get_lease_info(lease, keys=False),
+                                     REAP_GAP_S / 3.0)
+                except (etcd_errors.ClientError, TimeoutError):
+                    continue
+                verdict = expiry.answer(lease, sent, self.clock(), int(info.TTL),
+                                        int(info.grantedTTL))
+                if verdict == "gone":
+                    self._forget_lease(lease)
+                elif verdict == "expired":
+                    await self._reap(lease)
+
+    async def _reap(self, lease: int) -> None:
+        whose = sorted(w for w, v in self.peer_leases.items() if v == lease)
+        try:
+            await rpc(self.client.revoke_lease(lease))
+        except etcd_errors.ClientError as exc:  # revoked meanwhile (not found) or away
+            log.debug("lease %x of %s not revoked: %s", lease, whose, err_text(exc))
+            return
+        except TimeoutError:
+            return
+        self.reaped.append((",".join(whose), lease, self.clock()))
+        log.info("cluster: the lease of %s expired at etcd; revoked it at once rather "
+                 "than after etcd's own sweep", ", ".join(whose))
+        self._forget_lease(lease)
+
+    def _forget_lease(self, lease: int) -> None:
+        for who in [w for w, v in self.peer_leases.items() if v == lease]:
+            del self.peer_leases[who]
 
     async def _campaign_loop(self) -> None:
         while True:
@@ -341,7 +443,8 @@ class EtcdStore(ClusterStore):
         ok, resp = await rpc(self.client.transaction(
             compare=[t.create(self.leader_key) == 0],
             success=[t.put(self.leader_key, _dump({"gateway": self.gateway,
-                                                   "since": time.time()}),
+                                                   "since": time.time(),
+                                                   "lease": self.lease_id}),
                            lease=self.lease_id)],
             failure=[t.get(self.leader_key)]), RPC_TIMEOUT_S)
         if ok:

@@ -128,6 +128,11 @@ class ClusterStore(ABC):
     async def fenced_put(self, items: dict[str, Value]) -> FencedWrite:
         """Write all ``items`` in one step, only while this gateway leads its term."""
 
+    def watch_lease(self, who: str, lease: int | None) -> None:
+        """Another gateway's lease (None: forget ``who``'s), to be ended as soon as it has
+        expired; nothing to do where leases do not expire (standalone)."""
+        return None
+
     def status(self) -> dict[str, Any]:
         return {"backend": self.backend, "gateway": self.gateway, "leader": self.leader,
                 "term": self.term, "is_leader": self.is_leader, "refused": self.refused,

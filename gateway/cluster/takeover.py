@@ -200,6 +200,9 @@ class Takeover:
 
     def _on_live(self, ch: Change) -> None:
         gw = ch.key.removeprefix("live/")
+        if gw != self.gateway:  # ended the moment it expires: the leader sees it gone sooner
+            lease = None if ch.value is None else ch.value.get("lease")
+            self.store.watch_lease(gw, lease if isinstance(lease, int) else None)
         if ch.value is None:
             self.live.pop(gw, None)
             self.live_since.pop(gw, None)
