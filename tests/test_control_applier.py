@@ -116,3 +116,18 @@ def test_control_references_are_checked() -> None:
         "control.protection.critical[0]: no device 'ghost'"]
     good = ControlConfig.model_validate({"emergency": {"pcc_breaker": "pcc"}})
     assert reference_problems(good, natures) == []
+
+
+async def test_nothing_is_written_after_stop() -> None:
+    """Shutdown stops control before the cluster component, whose watch may still hand the
+    applier a setpoint: it must not reach the device (nor start a writer that outlives the
+    applier, to write after the daemon's safe setpoints)."""
+    ap, log, _ = setup()
+    await ap.stop()
+    assert ap.submit({"bat": {"p_set_kw": 10.0}}, now=100.0) == 0
+    fut = ap.command("ev", "p_set_kw", 0.0)
+    assert fut is not None and fut.done()
+    out = fut.result()
+    assert not out.ok and not out.sent and out.error == "control stopped: not written"
+    await settle()
+    assert log == [] and all(d.task is None for d in ap.devs.values())

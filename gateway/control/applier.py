@@ -106,6 +106,7 @@ class Applier:
         self.skipped = 0
         self.command_issued: dict[tuple[str, str], float] = {}  # for latency benches
         self.on_outcome: list[Callable[[WriteOutcome], None]] = []
+        self.stopped = False  # after stop(): nothing more is written (shutdown order)
         self._unsub: Callable[[], None] | None = state.on_health(self._health)
 
     def rewrite_interval(self, device_id: str) -> float:
@@ -120,6 +121,8 @@ class Applier:
     def submit(self, setpoints: dict[str, dict[str, PointValue]], now: float | None = None
                ) -> int:
         """Queue what changed (or is due for a rewrite); returns how many were queued."""
+        if self.stopped:  # a late setpoint (a cluster watch) during shutdown: not written
+            return 0
         now = time.monotonic() if now is None else now
         queued = 0
         # Reductions first: the writers start in this order on a shared link, so power
@@ -151,6 +154,12 @@ class Applier:
         device this gateway has no handle for) resolves with the first outcome."""
         if dev_id not in self.ios:
             return None
+        if self.stopped:
+            done: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
+            done.set_result(WriteOutcome(dev_id, point, value, False, time.time(),
+                                         error="control stopped: not written", command=True,
+                                         sent=False))
+            return done
         self.command_issued[(dev_id, point)] = time.time()
         d = self.devs.setdefault(dev_id, _Dev())
         opposite = OPPOSITE.get(point)
@@ -372,6 +381,7 @@ class Applier:
                           f"retrying")
 
     async def stop(self) -> None:
+        self.stopped = True
         if self._unsub is not None:
             self._unsub()
             self._unsub = None
