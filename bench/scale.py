@@ -2,7 +2,7 @@
 
     python bench/scale.py [--sizes 200,500,1000,2000] [--seconds 60] [--warmup 10]
                           [--window 1] [--client lean|pymodbus] [--slot S] [--control]
-                          [--analytics] [--json]
+                          [--analytics] [--no-pin] [--json]
 
 For each size: cheap Modbus TCP servers (bench/servers.py, 10 devices per endpoint, at
 most 250 devices per server process, each checked to stay below half a core) and the
@@ -15,6 +15,12 @@ own poller statistics the read latency and the poll start lateness p50/p99. Prin
 CPU per device at each size against the smallest (flat = within 1.2x), refused when a
 size was starved (achieved rate below 95 % while the machine had more runnable work than
 cores) or a server was saturated.
+
+Placement, as in bench/poll.py: by default the servers (and this script) run on the first
+CPU and the daemon alone on the last, as a gateway's devices sit on other machines; with
+``--no-pin`` the scheduler places them, and the daemon's CPU then includes the cost of
+sharing its CPUs with the simulated devices (migrations, cross-CPU wake-ups), which swings
+run to run on a shared VM.
 """
 
 from __future__ import annotations
@@ -117,8 +123,11 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             cfg.write_text(yaml.safe_dump(site_yaml(n, ports, tmp, args.window,
                                                     args.control, args.analytics,
                                                     args.client, args.slot)))
+            cpu = args.daemon_cpu
             daemon = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c",
                                        str(cfg)], cwd=tmp, stdout=subprocess.DEVNULL,
+                                      preexec_fn=None if cpu is None else
+                                      (lambda: os.sched_setaffinity(0, {cpu})),
                                       stderr=open(tmp / "daemon.log", "w"),  # noqa: SIM115
                                       env={**os.environ, "PYTHONPATH": str(REPO)})
             print(f"  ({n} devices: daemon pid {daemon.pid}, for a profiler)", file=sys.stderr,
@@ -193,9 +202,18 @@ def main() -> int:
                     help="the gateway's poll_slot_s (default: the daemon's own default)")
     ap.add_argument("--analytics", action="store_true", help="analytics component on")
     ap.add_argument("--control", action="store_true", help="site controller on")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let the scheduler place the servers and the daemon (by default "
+                    "the servers run on the first CPU and the daemon on the last one)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    cpus = sorted(os.sched_getaffinity(0))
+    args.daemon_cpu = cpus[-1] if args.pin and len(cpus) > 1 else None
+    if args.daemon_cpu is not None:
+        os.sched_setaffinity(0, {cpus[0]})  # this script and the servers it starts
+    placement = (f"servers on CPU {cpus[0]}, daemon on CPU {args.daemon_cpu}"
+                 if args.daemon_cpu is not None else "unpinned")
     if args.seconds < 60:
         print(f"note: {args.seconds:g} s per size is a smoke run; the figures need >= 60 s",
               file=sys.stderr)
@@ -204,7 +222,8 @@ def main() -> int:
           f" client {args.client}, max_in_flight {args.window}, poll_slot_s "
           f"{'default' if args.slot is None else f'{args.slot:g}'}; {args.seconds:g} s each after "
           f"{args.warmup:g} s "
-          f"warm-up; {os.cpu_count()} CPUs; {platform.node()}; {time.strftime('%Y-%m-%d %H:%M')}")
+          f"warm-up; {os.cpu_count()} CPUs, {placement}; {platform.node()}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'devices':>8}{'CPU %':>8}{'RSS MB':>8}{'rate Hz':>9}{'skipped':>9}"
           f"{'read p50/p99 ms':>18}{'late p50/p99 ms':>18}{'server %':>10}{'load':>6}")
     results = []
