@@ -71,7 +71,8 @@ async def rpc(call: Awaitable[T], timeout_s: float = RPC_TIMEOUT_S) -> T:
     closed under it) is a ClientError, not a cancellation of the caller: only a real
     cancellation of the running task propagates, so a store error never ends a loop."""
     try:
-        return await asyncio.wait_for(call, timeout_s)
+        async with asyncio.timeout(timeout_s):  # (no task per call, as wait_for makes)
+            return await call
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
