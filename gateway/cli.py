@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -172,6 +169,8 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    import asyncio  # (here, not at the top: `autogrid --help` needs no event loop)
+
     from gateway.logsetup import setup_logging
     from sim_devices.control import serve_site
 
@@ -185,6 +184,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 async def _until_signal(work: Coroutine[Any, Any, None]) -> None:
     """Run ``work`` until it ends or SIGINT/SIGTERM arrives; then cancel it and let it clean up."""
+    import asyncio
+    import contextlib
+    import signal
+
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -198,6 +201,8 @@ async def _until_signal(work: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gateway.demo import run_demo
     from gateway.logsetup import setup_logging
 
@@ -220,6 +225,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gateway.apiclient import ApiClient
     from gateway.summary import fetch_picture, render
 

@@ -91,3 +91,14 @@ def test_daemon_with_analytics_off_imports_no_heavy_packages(tmp_path: Path) -> 
     assert "control" in str(result["components"]), result  # control and historian were on
     assert (tmp_path / "h.sqlite").exists()
     assert result["heavy"] == [], f"the daemon imported {result['heavy']} with analytics off"
+
+
+def test_help_needs_neither_config_models_nor_an_event_loop() -> None:
+    """`autogrid --help` (and a mistyped command) only builds the argument parser: no
+    pydantic config models, no asyncio. The cluster's etcd-config defaults once pulled in
+    the cluster config models (and with them pydantic), and the CLI module asyncio, for
+    0.2 s of a 0.3 s `--help`."""
+    code = _CLI.replace("set(%r)" % (HEAVY,), "{'pydantic', 'asyncio', 'yaml'}")
+    result = _run(code, "--help")
+    assert "cluster" in str(result["output"])
+    assert result["heavy"] == [], f"`autogrid --help` imported {result['heavy']}"

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.cluster.config import ClusterConfig
+if TYPE_CHECKING:  # (`autogrid --help` reads DEFAULT_DATA_DIR: no pydantic for that)
+    from gateway.cluster.config import ClusterConfig
 
 DEFAULT_DATA_DIR = Path("/var/lib/etcd/autogrid")
 
