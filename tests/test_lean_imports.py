@@ -98,7 +98,8 @@ def test_help_needs_neither_config_models_nor_an_event_loop() -> None:
     pydantic config models, no asyncio. The cluster's etcd-config defaults once pulled in
     the cluster config models (and with them pydantic), and the CLI module asyncio, for
     0.2 s of a 0.3 s `--help`."""
-    code = _CLI.replace("set(%r)" % (HEAVY,), "{'pydantic', 'asyncio', 'yaml'}")
+    code = _CLI.replace(f"set({HEAVY!r})", "{'pydantic', 'asyncio', 'yaml'}")
+    assert code != _CLI
     result = _run(code, "--help")
     assert "cluster" in str(result["output"])
     assert result["heavy"] == [], f"`autogrid --help` imported {result['heavy']}"
