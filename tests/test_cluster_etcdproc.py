@@ -57,3 +57,31 @@ def test_a_member_that_cannot_start_says_why(tmp_path: Path) -> None:
         cluster.start(timeout_s=15)
     assert "etcd member x" in str(err.value)
     assert not cluster.members["x"].running()
+
+
+def test_a_loopback_port_taken_before_etcd_binds_it_is_picked_again(tmp_path: Path) -> None:
+    """A port found free can be taken before etcd binds it (under load, as another
+    connection's local port: seen in a full test run). Loopback members then start
+    afresh on new ports; a cluster whose ports were given keeps them and fails."""
+    import socket
+    from urllib.parse import urlsplit
+
+    cluster = EtcdCluster.loopback(["solo"], tmp_path / "etcd", unsafe_no_fsync=True)
+    old = cluster.members["solo"].client_url
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        taken.bind(("127.0.0.1", urlsplit(old).port or 0))
+        taken.listen()
+        cluster.start(timeout_s=30)
+        try:
+            assert cluster.members["solo"].client_url != old
+            assert cluster.healthy("solo")
+        finally:
+            cluster.close()
+        given = EtcdCluster([("solo", old, cluster.members["solo"].peer_url)],
+                            tmp_path / "given")
+        with pytest.raises(etcdproc.EtcdStartError) as err:
+            given.start(timeout_s=15)
+        assert "address already in use" in str(err.value)
+    finally:
+        taken.close()

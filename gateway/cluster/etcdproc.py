@@ -102,13 +102,19 @@ class EtcdCluster:
         self.unsafe_no_fsync = unsafe_no_fsync  # tests on a busy machine: no fsync wait
         self.members = {name: MemberProc(name, client, peer, root / f"{name}.etcd")
                         for name, client, peer in members}
+        # loopback(): the ports were picked here, so a clash may pick others (a port
+        # found free can be taken, e.g. as another connection's local port, before etcd
+        # binds it)
+        self.ports_ours = False
 
     @classmethod
     def loopback(cls, names: list[str], root: Path, **kw: object) -> EtcdCluster:
         """Members on free 127.0.0.1 ports (plain http: loopback only)."""
         members = [(n, f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
                    for n in names]
-        return cls(members, root, **kw)  # type: ignore[arg-type]
+        cluster = cls(members, root, **kw)  # type: ignore[arg-type]
+        cluster.ports_ours = True
+        return cluster
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig, root: Path, **kw: object) -> EtcdCluster:
@@ -135,16 +141,37 @@ class EtcdCluster:
         return argv
 
     # -- life cycle --------------------------------------------------------------------------
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Start every member and wait until each answers healthy; on failure, stop all."""
+    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> None:
+        """Start every member and wait until each answers healthy; on failure, stop all.
+        On loopback, a member that finds its port taken makes all start afresh on new
+        ports (at most ``attempts`` times)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            for m in self.members.values():
-                self._spawn(m, "new")
-            self.wait_healthy(timeout_s)
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(1, attempts + 1):
+            try:
+                for m in self.members.values():
+                    self._spawn(m, "new")
+                self.wait_healthy(timeout_s)
+                return
+            except EtcdStartError:
+                self.close()
+                if not (self.ports_ours and attempt < attempts and self._port_clash()):
+                    raise
+                self._new_ports()
+            except BaseException:
+                self.close()
+                raise
+
+    def _port_clash(self) -> bool:
+        return any("address already in use" in m.last_log_line()
+                   for m in self.members.values())
+
+    def _new_ports(self) -> None:
+        """Fresh loopback ports and empty data dirs for every member (the cluster never
+        formed: nothing in them is worth keeping, and they name the old peer URLs)."""
+        for m in self.members.values():
+            m.client_url = f"http://127.0.0.1:{free_port()}"
+            m.peer_url = f"http://127.0.0.1:{free_port()}"
+            shutil.rmtree(m.data_dir, ignore_errors=True)
 
     def _spawn(self, m: MemberProc, state: str) -> None:
         if m.log is None:
