@@ -71,8 +71,9 @@ async def rpc(call: Awaitable[T], timeout_s: float = RPC_TIMEOUT_S) -> T:
     closed under it) is a ClientError, not a cancellation of the caller: only a real
     cancellation of the running task propagates, so a store error never ends a loop."""
     try:
-        async with asyncio.timeout(timeout_s):  # (no task per call, as wait_for makes)
-            return await call
+        # wait_for, not asyncio.timeout: on a cancel it waits for the call's own task to
+        # end, so grpc has let go of the call (and its channel) before a stop closes it
+        return await asyncio.wait_for(call, timeout_s)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
