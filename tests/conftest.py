@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import threading
 import time
@@ -45,7 +46,13 @@ async def _async_leak_check() -> AsyncIterator[None]:
     await asyncio.get_running_loop().shutdown_default_executor()
     if leaked:
         pytest.fail("test leaked asyncio tasks: " + "; ".join(_describe(t) for t in leaked))
-    threads = _leaked_threads(threads_before)
+    # The grace for threads runs the loop: grpc lets a cancelled call (and with it its
+    # channel and poller thread) go only once the loop has run that call's callbacks.
+    deadline = time.monotonic() + 3.0
+    while _leaked_threads(threads_before, grace_s=0.0) and time.monotonic() < deadline:
+        gc.collect()
+        await asyncio.sleep(0.05)
+    threads = _leaked_threads(threads_before, grace_s=0.0)
     if threads:
         pytest.fail("test leaked threads: " + ", ".join(threads))
 
