@@ -108,6 +108,11 @@ def test_compiled_decoder_equals_codec(type_: str, word_order: str, scale: float
 @pytest.mark.parametrize("kw", [
     {"type": "bool"}, {"type": "bool", "not_implemented": 1},
     {"type": "uint16", "enum": {0: "off", 1: "on"}}, {"type": "string", "count": 3},
+    {"type": "uint16", "enum": {0: "off", 0x4142: "ab"}, "not_implemented": 0xFFFF},
+    {"type": "int16", "enum": {-1: "fault", 1: "on"}, "scale": 0.1},
+    {"type": "int16", "enum": {-1: "fault"}, "not_implemented": 0x8000},
+    {"type": "uint32", "enum": {0x41424142: "x"}, "word_order": "little"},
+    {"type": "int32", "enum": {-1: "fault"}, "scale_factor": 7},
     {"type": "float32", "not_implemented": 0x7FC00000},
     {"function": "coil", "type": "bool"}, {"function": "discrete", "type": "bool"},
 ])
@@ -115,5 +120,7 @@ def test_compiled_decoder_equals_codec_for_other_kinds(kw: dict[str, Any]) -> No
     pt = point(**kw)
     dec = compile_decoder(pt)
     for regs in ([0] * pt.width, [1] * pt.width, [0x4142] * pt.width,
-                 ([0x7FC0] + [0] * pt.width)[:pt.width]):
-        assert _same(codec.decode(pt, regs), dec([9, *regs], 1, None))
+                 ([0x7FC0] + [0] * pt.width)[:pt.width], [0xFFFF] * pt.width,
+                 ([0x8000] + [0] * pt.width)[:pt.width]):
+        for sf in (None, -1):
+            assert _same(codec.decode(pt, regs, sf), dec([9, *regs], 1, sf))

@@ -3,8 +3,8 @@
 Each decoder takes the registers (or bits) of a whole read block, the point's offset in
 it and the SunSpec scale-factor exponent, and returns exactly what
 ``drivers.codec.decode`` returns for the same registers (tests check this over every
-type, word order and option). Plain numbers take a fast path of a few integer
-operations; enums, strings and unusual combinations fall back to the codec itself.
+type, word order and option). Plain numbers and integer enums take a fast path of a few
+integer operations; strings and unusual combinations fall back to the codec itself.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def compile_decoder(point: ModbusPoint) -> Decoder:
     if point.function.is_bit:
         return _bit if point.not_implemented is None else _fallback(point)
     t = point.type
-    if point.enum is not None or t is RegType.STRING:
+    if t is RegType.STRING or (point.enum is not None and t in (RegType.BOOL,
+                                                                RegType.FLOAT32)):
         return _fallback(point)
     if t is RegType.BOOL:
         return _reg_bool if point.not_implemented is None else _fallback(point)
@@ -88,6 +89,7 @@ def _integer(point: ModbusPoint) -> Decoder:
     span = _SPAN.get(point.type, 0)
     wide = point.type.registers(None) == 2
     big = point.word_order == "big"
+    enum = point.enum
 
     def decode(regs: Sequence[int], offset: int, sf: int | None) -> PointValue | None:
         if not wide:
@@ -100,6 +102,8 @@ def _integer(point: ModbusPoint) -> Decoder:
             return None
         if sign and u >= sign:
             u -= span
+        if enum is not None:  # a state: its name, unscaled
+            return enum.get(u, f"unknown({u})")
         value = float(u) * scale
         if sf is not None:
             value *= 10.0 ** sf
