@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -190,14 +191,18 @@ async def test_killed_leader_is_replaced_and_a_dead_owner_alarmed(
         got = json.loads(st.stdout)
         members = {m["gateway"]: m for m in got["members"]}
         assert not members["gw-c"]["up"] and members[new_leader]["up"]
-        assert got["leader"]["gateway"] == new_leader and got["leader"]["term"] == new_term
+        # The same gateway may have been elected again since, on a new term: a keepalive
+        # that found no raft leader while the members elected one (the killed member may
+        # have led them) lets its lease lapse locally and it steps down, by design.
+        assert got["leader"]["gateway"] == new_leader and got["leader"]["term"] >= new_term
         gws = {g["gateway"]: g for g in got["gateways"]}
         assert not gws[victim]["alive"] and not gws["gw-c"]["alive"]
         assert gws[new_leader]["alive"] and gws[new_leader]["lease_left_s"] >= 0
         assert set(gws[new_leader]["devices"].values()) == {"good"}
         assert got["setpoints"]["writer"] == new_leader
         text = (await cluster_status(s)).stdout
-        assert f"leader: {new_leader} (term {new_term}" in text
+        shown = re.search(rf"leader: {new_leader} \(term (\d+)", text)
+        assert shown is not None and int(shown[1]) >= got["leader"]["term"], text
         assert "member gw-c" in text and "DOWN" in text and "GONE" in text
 
 
