@@ -3,13 +3,15 @@
 The poller only sees this: it asks a DeviceIO for a read of all its points and gets
 engineering values keyed by standard point names, or a DriverError. Drivers own
 protocol I/O, connections and reconnects; the poller owns timing; control sees natures.
+A driver may also offer ``DeviceIO.read_round``: the reads of several devices of one
+link in one go (the poller's round of an endpoint), cheaper than one read at a time.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -72,11 +74,18 @@ class IOStats:
 
 
 class DeviceIO(ABC):
-    """One device behind a driver: read all points, write one point."""
+    """One device behind a driver: read all points, write one point.
+
+    ``read_round``, when not None, reads several devices that share it (the same object)
+    in one go, in order: for each device it read, (latency ms, its values or the
+    DriverError its read ended with, wall time the read ended). It may read fewer than
+    asked (a prefix); the caller reads the rest with ``read``. Each device's read means
+    what its own ``read`` would: the same values, errors and statistics."""
 
     device_id: str
     endpoint: str  # the physical link it shares with others, e.g. "tcp://127.0.0.1:5020"
     stats: IOStats
+    read_round: RoundReader | None = None
 
     @abstractmethod
     async def read(self) -> Mapping[str, PointValue | Invalid | None]:
@@ -93,6 +102,11 @@ class DeviceIO(ABC):
         Raises WriteError when the device refuses or the read-back differs.
         """
 
+
+Values = Mapping[str, PointValue | Invalid | None]
+# one device's read in a round: latency ms, its values or its error, wall time it ended
+RoundResult = tuple[float, "Values | DriverError", float]
+RoundReader = Callable[[Sequence[DeviceIO]], Awaitable[list[RoundResult]]]
 
 P = TypeVar("P")
 L = TypeVar("L")

@@ -62,6 +62,7 @@ class PollJob:
     active: bool = True
     reading: bool = False
     waiter: asyncio.Future[None] | None = None  # remove() waits here for a read in flight
+    grid: bool | None = None  # the site's grid meter (read last in its round), once known
 
 
 @dataclass
@@ -176,6 +177,24 @@ class Poller:
             return -1.0, f"internal error: {type(exc).__name__}: {exc}", time.time()
         return (time.perf_counter() - t0) * 1000.0, values, time.time()
 
+    async def _read_round(self, jobs: list[PollJob]) -> list[tuple[float, object, float]]:
+        """The reads of a round's first devices, read in one go by their driver when all
+        of them share a ``read_round`` (as ``_read`` gives them); the rest are read one
+        at a time."""
+        reader = jobs[0].io.read_round
+        if reader is None or any(job.io.read_round is not reader for job in jobs):
+            return []
+        try:
+            done = await reader([job.io for job in jobs])
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a driver bug: each device's own read reports it
+            log.exception("%s: unexpected error from driver reading a round", jobs[0].io.endpoint)
+            return []
+        return [(-1.0, str(payload) or type(payload).__name__, ts)
+                if isinstance(payload, DriverError) else (latency_ms, payload, ts)
+                for latency_ms, payload, ts in done]
+
     def _publish(self, job: PollJob, result: tuple[float, object, float]) -> bool:
         latency_ms, payload, read_ts = result
         device_id = job.io.device_id
@@ -267,6 +286,9 @@ class Poller:
         try:
             for job in jobs:
                 job.reading = True
+            if len(jobs) > 1:
+                results = await self._read_round(jobs)
+            for job in jobs[len(results):]:
                 results.append(await self._read(job))
         finally:
             for job in jobs:
@@ -286,8 +308,12 @@ class Poller:
             await asyncio.sleep(0)
 
     def _grid_last(self, job: PollJob) -> bool:
-        dev = self.state.devices.get(job.io.device_id)
-        return dev is not None and dev.role == "grid"
+        if job.grid is None:
+            dev = self.state.devices.get(job.io.device_id)
+            if dev is None:
+                return False
+            job.grid = dev.role == "grid"
+        return job.grid
 
     async def _poll_in_window(self, lane: _Lane, job: PollJob,
                               loop: asyncio.AbstractEventLoop) -> None:

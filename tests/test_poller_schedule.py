@@ -9,12 +9,13 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from drivers.base import DeviceIO, IOStats
+from drivers.base import DeviceIO, DeviceTimeout, IOStats, RoundResult
 from gateway.model import Invalid, Nature, PointValue
 from gateway.poller import Poller, phase_of
 from gateway.state import DeviceState, SiteState
@@ -271,3 +272,68 @@ def test_the_slot_grid_is_a_gateway_setting_with_a_positioned_error(tmp_path: Pa
     assert len(lines) == 2 and "Traceback" not in out.getvalue()
     path.write_text("site: {name: x}\ngateways:\n  - {id: gw1, poll_slot_s: 0.05}\n")
     assert run_check(str(path), StringIO()) == 0
+
+
+class RoundIO(FakeIO):
+    """A fake device whose driver reads rounds: ``reader`` answers for a prefix."""
+
+    def __init__(self, device_id: str, reader: Any) -> None:
+        super().__init__(device_id)
+        self.read_round = reader
+
+
+class PrefixReader:
+    """Reads the first device of a round, fails the second, leaves the rest."""
+
+    def __init__(self) -> None:
+        self.rounds: list[list[str]] = []
+
+    async def __call__(self, ios: Sequence[DeviceIO]) -> list[RoundResult]:
+        self.rounds.append([io.device_id for io in ios])
+        return [(1.5, {"p_kw": 7.0}, 1000.0),
+                (-1.0, DeviceTimeout(f"no answer from {ios[1].device_id}"), 1001.0)]
+
+
+async def test_a_round_read_by_the_driver_is_published_and_the_rest_read_one_by_one(
+        ) -> None:
+    reader = PrefixReader()
+    ios = [RoundIO(name, reader) for name in ("a", "b", "c")]
+    state = _state(ios)
+    poller = Poller(state)
+    try:
+        for io in ios:
+            poller.add(io, 0.3)
+        await until(lambda: state.devices["c"].health.polls >= 1, "a round published")
+    finally:
+        await poller.stop()
+    assert reader.rounds[0] == ["a", "b", "c"]
+    assert (len(ios[0].started), len(ios[1].started)) == (0, 0)  # the driver read them
+    assert len(ios[2].started) >= 1  # left out of the round: read on its own
+    assert state.devices["a"].readings["p_kw"].value == 7.0
+    assert state.devices["a"].readings["p_kw"].ts == 1000.0
+    assert state.devices["b"].health.last_error == "no answer from b"
+    assert state.devices["c"].readings["p_kw"].value == 1.0
+
+
+async def test_a_round_that_raises_is_logged_and_every_device_read_on_its_own(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(ios: Sequence[DeviceIO]) -> list[RoundResult]:
+        raise RuntimeError("driver bug")
+
+    mixed = PrefixReader()
+    ios = [RoundIO("a", broken), RoundIO("b", broken)]
+    others = [RoundIO("x", mixed), RoundIO("y", broken)]
+    for io in others:
+        io.endpoint = "tcp://other"
+    state = _state([*ios, *others])
+    poller = Poller(state)
+    try:
+        for io in [*ios, *others]:
+            poller.add(io, 0.3)
+        await until(lambda: all(state.devices[io.device_id].health.polls >= 1
+                                for io in [*ios, *others]), "every device read")
+    finally:
+        await poller.stop()
+    assert "unexpected error from driver reading a round" in caplog.text
+    assert all(len(io.started) >= 1 for io in [*ios, *others])
+    assert mixed.rounds == []  # devices of one endpoint with different readers: no round

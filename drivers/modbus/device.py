@@ -23,8 +23,9 @@ from gateway.model import Invalid, PointValue
 
 log = logging.getLogger("drivers.modbus")
 
-# (block index, offset in block, point name, decoder, scale-factor address or None)
-_Slot = tuple[int, int, str, Decoder, "int | None"]
+# (block index, offset in block, point name, decoder, scale-factor address or None, and
+# the template's range (lowest, highest) when it has one, else None, None)
+_Slot = tuple[int, int, str, Decoder, "int | None", "float | None", "float | None"]
 
 
 def poll_items(template: ModbusTemplate, names: Sequence[str]) -> list[Item]:
@@ -107,8 +108,12 @@ class ModbusDeviceIO(LinkedDeviceIO):
         self._slots: list[_Slot] = []
         for name in self.polled:
             bi, off = where[name]
-            self._slots.append((bi, off, name, self._decoders[name],
-                                self.template.points[name].scale_factor))
+            pt = self.template.points[name]
+            lo = hi = None
+            if name in self.validity.ranged:  # the range check inlined for good floats
+                lo = -math.inf if pt.min is None else pt.min
+                hi = math.inf if pt.max is None else pt.max
+            self._slots.append((bi, off, name, self._decoders[name], pt.scale_factor, lo, hi))
         self._requests = [(b.function, b.address, b.count) for b in self._blocks]
         self.stats.extra["requests_per_read"] = len(self._blocks)
 
@@ -126,22 +131,48 @@ class ModbusDeviceIO(LinkedDeviceIO):
 
     # ---- read -----------------------------------------------------------------------
 
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    @property
+    def plan(self) -> Sequence[tuple[Function, int, int]]:
+        """The requests of one read: (function, address, count) of each block."""
+        return self._requests
+
     async def read(self) -> dict[str, PointValue | Invalid | None]:
-        try:
-            if not self._attached:
-                raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
-            results = await self._read_blocks()
-        except DriverError as exc:
-            self.stats.errors += 1
-            self.stats.last_error = str(exc)
-            raise
+        while True:
+            try:
+                if not self._attached:
+                    raise DeviceOffline(f"{self.device_id}: detached from {self.endpoint}")
+                results = await self._ep.read_many(self._requests, self.unit, self.stats,
+                                                   self.device_id)
+            except DriverError as exc:
+                if self.read_failed(exc):
+                    continue  # read again with the finer plan
+                raise
+            return self.values_of(results)
+
+    def read_failed(self, exc: DriverError) -> bool:
+        """Note a failed read; True when it is to be read again at once (a coalesced read
+        was answered ILLEGAL DATA ADDRESS and the plan is now split)."""
+        if (isinstance(exc, ModbusExceptionResponse) and exc.code == ILLEGAL_DATA_ADDRESS
+                and self._split(exc.block)):
+            return True
+        self.stats.errors += 1
+        self.stats.last_error = str(exc)
+        return False
+
+    def values_of(self, results: Sequence[Sequence[int]]
+                  ) -> dict[str, PointValue | Invalid | None]:
+        """The points' values from the registers (or bits) of every block of the plan."""
         self.stats.last_error = None  # recovered: an old error must not look current
         sfs: dict[int, int | None] = {}
         for bi, off, addr in self._sf_slots:
             sfs[addr] = sf_exponent(results[bi][off])
         out: dict[str, PointValue | Invalid | None] = {}
-        check, ranged = self.validity.check, self.validity.ranged
-        for bi, off, name, decode, sf_addr in self._slots:
+        check = self.validity.check
+        for bi, off, name, decode, sf_addr, lo, hi in self._slots:
             missing_sf = None
             if sf_addr is None:
                 value = decode(results[bi], off, None)
@@ -151,23 +182,14 @@ class ModbusDeviceIO(LinkedDeviceIO):
                     value, missing_sf = None, sf_addr
                 else:
                     value = decode(results[bi], off, sf)
-            if value is None or name in ranged:
+            if value is None or (lo is not None and not (
+                    value.__class__ is float and lo <= value <= hi)):  # type: ignore[operator]
                 out[name] = check(name, value, results[bi], off, missing_sf)
             else:
                 out[name] = value
         if self.validity.invalid:
             self.validity.settle(out)
         return out
-
-    async def _read_blocks(self) -> list[Sequence[int]]:
-        while True:
-            try:
-                return await self._ep.read_many(self._requests, self.unit, self.stats,
-                                                self.device_id)
-            except ModbusExceptionResponse as exc:
-                if exc.code == ILLEGAL_DATA_ADDRESS and self._split(exc.block):
-                    continue  # read again with the finer plan
-                raise
 
     # ---- write ----------------------------------------------------------------------
 

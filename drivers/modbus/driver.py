@@ -11,6 +11,7 @@ from drivers.modbus.connection import CONNECTION_MODELS, ModbusConnection, Modbu
 from drivers.modbus.device import ModbusDeviceIO
 from drivers.modbus.endpoint import Client, ConnectionConfig, Endpoint, endpoint_key, make_client
 from drivers.modbus.pipeline import PipelinedEndpoint
+from drivers.modbus.rounds import ModbusRounds
 from drivers.modbus.template import ModbusTemplate
 from drivers.template_base import DeviceSpec, TemplateBase
 
@@ -46,6 +47,7 @@ class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):
         self._client_factory = client_factory
         self._endpoints: dict[str, Endpoint] = {}
         self._devices: dict[int, ModbusDeviceIO] = {}
+        self._rounds: dict[str, ModbusRounds] = {}
 
     def attach(self, device: DeviceSpec, template: ModbusTemplate,
                connection: ModbusConnection, *, max_gap: int | None = None) -> ModbusDeviceIO:
@@ -67,6 +69,11 @@ class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):
                 ep = Endpoint(connection, self._client_factory)
         io = ModbusDeviceIO(device.id, device.unit_id, template, ep, device.points,
                             self.max_gap if max_gap is None else max_gap, self._detach)
+        if isinstance(ep, PipelinedEndpoint):  # its devices due together read as a round
+            rounds = self._rounds.get(key)
+            if rounds is None or rounds.ep is not ep:
+                rounds = self._rounds[key] = ModbusRounds(ep)
+            io.read_round = rounds
         self._endpoints[key] = ep
         ep.refs += 1
         self._devices[id(io)] = io
@@ -90,6 +97,7 @@ class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):
         if ep.refs <= 0:
             ep.close()
             del self._endpoints[io.endpoint]
+            self._rounds.pop(io.endpoint, None)
 
     async def detach(self, io: ModbusDeviceIO) -> None:
         """Detach one device (same as ``await io.close()``)."""
@@ -100,3 +108,4 @@ class ModbusDriver(Driver[ModbusConnection, ModbusTemplate]):
             ep.close()
         self._endpoints.clear()
         self._devices.clear()
+        self._rounds.clear()

@@ -22,10 +22,10 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Sequence
-from time import monotonic
+from time import monotonic, perf_counter, time
 from typing import Any
 
-from drivers.base import DeviceOffline, DeviceTimeout, IOStats, ProtocolError
+from drivers.base import DeviceOffline, DeviceTimeout, DriverError, IOStats, ProtocolError
 from drivers.modbus.endpoint import EXCEPTION_NAMES, Endpoint, ModbusExceptionResponse, _what
 from drivers.template import Function
 from gateway.config.models import ModbusTcp
@@ -40,6 +40,9 @@ _REQUEST_CACHE = 4096  # read plans whose packed requests an endpoint keeps
 
 # one request: unit, function code, PDU bytes
 Request = tuple[int, int, bytes]
+# a round's outcome: each device's answers, (perf_counter, wall time) of its last answer,
+# and the error of the device the round failed on (``PipelinedEndpoint.read_round``)
+RoundAnswers = tuple[list[list[bytes]], list[tuple[float, float]], "DriverError | None"]
 
 
 class _Lost(Exception):
@@ -57,18 +60,43 @@ def _regs(n: int) -> struct.Struct:
     return s
 
 
-class _Chain:
+class _Plan:
+    """A device's read plan on the wire: its requests, and for each the answer's byte
+    count, register layout (None for bits) and register or bit count."""
+
+    __slots__ = ("blocks", "requests", "shapes", "unit")
+
+    def __init__(self, blocks: Sequence[tuple[Function, int, int]], unit: int) -> None:
+        self.blocks = blocks
+        self.unit = unit
+        self.requests: list[Request] = [(unit, _FC[f], _READ.pack(_FC[f], a, n))
+                                        for f, a, n in blocks]
+        self.shapes: list[tuple[int, struct.Struct | None, int]] = [
+            ((n + 7) // 8, None, n) if f.is_bit else (2 * n, _regs(n), n)
+            for f, _, n in blocks]
+
+
+class _Round:
     """Requests sent one at a time by the link itself: the next goes out from the
-    callback that received the answer before it, so a device read of several blocks
-    wakes its task once, not once per block (each wake-up is an extra loop pass with an
-    epoll call)."""
+    callback that received the answer before it, so a read of several blocks wakes its
+    task once, not once per block (each wake-up is an extra loop pass with an epoll call).
 
-    __slots__ = ("answers", "fut", "requests")
+    A round may hold the reads of several devices one after the other (``ends``: where
+    each device's requests end). Each device's read has its own deadline, counted from
+    when its first request goes out; ``marks`` holds (perf_counter, wall time) of each
+    device's last answer. The round ends early, after a device, when a request of another
+    asker waits for the link (a setpoint write is not held up by a whole round)."""
 
-    def __init__(self, requests: Sequence[Request], fut: asyncio.Future[list[bytes]]) -> None:
+    __slots__ = ("answers", "deadline", "ends", "fut", "marks", "requests")
+
+    def __init__(self, requests: Sequence[Request], ends: Sequence[int],
+                 fut: asyncio.Future[list[bytes]], deadline: float) -> None:
         self.requests = requests
+        self.ends = ends
         self.answers: list[bytes] = []
+        self.marks: list[tuple[float, float]] = []
         self.fut = fut
+        self.deadline = deadline
 
 
 class _Group:
@@ -76,19 +104,20 @@ class _Group:
     answers, set when the last one arrives, so the read wakes its task once however many
     blocks it has."""
 
-    __slots__ = ("answers", "fut", "missing")
+    __slots__ = ("answers", "deadline", "fut", "missing")
 
-    def __init__(self, n: int, fut: asyncio.Future[list[bytes]]) -> None:
+    def __init__(self, n: int, fut: asyncio.Future[list[bytes]], deadline: float) -> None:
         self.answers: list[bytes] = [b""] * n
         self.missing = n
         self.fut = fut
+        self.deadline = deadline
 
     @property
     def answered(self) -> int:
         return len(self.answers) - self.missing
 
 
-_Waiter = _Chain | _Group
+_Waiter = _Round | _Group
 
 
 class _Link(asyncio.Protocol):
@@ -104,6 +133,11 @@ class _Link(asyncio.Protocol):
         self._tid = 0
         self.loop = asyncio.get_running_loop()
         self._out: bytearray | None = None  # frames queued in this loop pass, not yet written
+        # One timer per link for every deadline of the requests in flight, not one per
+        # read: armed at the earliest deadline, it fails what is due and re-arms for the
+        # next (deadlines only grow, so it seldom fires while reads keep answering).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -115,11 +149,39 @@ class _Link(asyncio.Protocol):
 
     def fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, {}
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for waiter, _, _, _ in pending.values():
             if not waiter.fut.done():
                 waiter.fut.set_exception(exc)
 
-    def send(self, requests: Sequence[Request]) -> _Group:
+    def watch(self, deadline: float) -> None:
+        """Make sure the link's timer fires no later than ``deadline``."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Fail the waiters whose deadline has passed (TimeoutError); re-arm for the rest."""
+        self._timer = None
+        now = self.loop.time()
+        following: float | None = None
+        for waiter, _, _, _ in list(self.pending.values()):
+            if waiter.fut.done():
+                continue
+            if waiter.deadline <= now:
+                waiter.fut.set_exception(TimeoutError())
+            elif following is None or waiter.deadline < following:
+                following = waiter.deadline
+        if following is not None:
+            self.watch(following)
+
+    def send(self, requests: Sequence[Request], deadline: float) -> _Group:
         """Send every request at once; the group's one future gets all their answers'
         PDUs, in order.
 
@@ -128,7 +190,7 @@ class _Link(asyncio.Protocol):
         pass, so their requests leave in one write (one syscall, and one wake-up of the
         server) instead of one write per device.
         """
-        group = _Group(len(requests), self.loop.create_future())
+        group = _Group(len(requests), self.loop.create_future(), deadline)
         out = self._out
         if out is None:
             out = self._out = bytearray()
@@ -149,20 +211,21 @@ class _Link(asyncio.Protocol):
             self.ep.writes += 1
             self.transport.write(out)
 
-    def send_chain(self, requests: Sequence[Request]) -> asyncio.Future[list[bytes]]:
-        """Send ``requests`` one at a time (each after the answer to the one before);
-        one future for all their answers' PDUs, in order."""
-        chain = _Chain(requests, self.loop.create_future())
-        self._send_link(chain)
-        return chain.fut
+    def send_round(self, requests: Sequence[Request], ends: Sequence[int],
+                   deadline: float) -> _Round:
+        """Send ``requests`` one at a time (each after the answer to the one before); the
+        round's one future gets all their answers' PDUs, in order (``_Round``)."""
+        rnd = _Round(requests, ends, self.loop.create_future(), deadline)
+        self._send_link(rnd)
+        return rnd
 
-    def _send_link(self, chain: _Chain) -> None:
+    def _send_link(self, rnd: _Round) -> None:
         assert self.transport is not None
-        unit, fc, pdu = chain.requests[len(chain.answers)]
+        unit, fc, pdu = rnd.requests[len(rnd.answers)]
         self._tid = tid = (self._tid + 1) & 0xFFFF
         if self.abandoned:
             self.abandoned.discard(tid)
-        self.pending[tid] = (chain, unit, fc, 0)
+        self.pending[tid] = (rnd, unit, fc, 0)
         self.ep.writes += 1
         self.transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
 
@@ -175,59 +238,74 @@ class _Link(asyncio.Protocol):
                 self.abandoned.add(tid)
 
     def data_received(self, data: bytes) -> None:
+        # Frames are parsed where they lie: in ``data`` itself when no partial frame is
+        # held (nearly always: one answer a read), else in the buffer that holds one.
         buf = self._buf
-        buf += data
-        while len(buf) >= 8:
-            tid, proto, length, unit = _MBAP.unpack_from(buf)
+        src: bytes | bytearray = data
+        if buf:
+            buf += data
+            src = buf
+        pos = 0
+        size = len(src)
+        while size - pos >= 8:
+            tid, proto, length, unit = _MBAP.unpack_from(src, pos)
             if proto != 0:
                 return self._garbage(f"not a Modbus TCP frame (protocol id 0x{proto:04x})")
             if not 2 <= length <= 254:
                 return self._garbage(f"not a Modbus TCP frame (length {length})")
-            end = 6 + length
-            if len(buf) < end:
-                return None
+            end = pos + 6 + length
+            if size < end:
+                break
             entry = self.pending.pop(tid, None)
             if entry is None:
                 if tid in self.abandoned:
                     self.abandoned.discard(tid)
-                    del buf[:end]
+                    pos = end
                     continue
                 return self._garbage(f"answer to transaction {tid}, which is not in flight")
             waiter, want_unit, fc, index = entry
             why = None
+            got_fc = src[pos + 7]
             if unit != want_unit:
                 why = f"answer from unit {unit}, asked unit {want_unit}"
-            elif buf[7] not in (fc, fc | 0x80):
-                why = f"function code {buf[7]} in the answer to function {fc}"
+            elif got_fc != fc and got_fc != fc | 0x80:
+                why = f"function code {got_fc} in the answer to function {fc}"
             if why is not None:
                 self.pending[tid] = entry  # fails with the rest
                 return self._garbage(why)
-            if isinstance(waiter, _Chain):
-                chain = waiter
-                if not chain.fut.done():
-                    chain.answers.append(bytes(buf[7:end]))
-                    if len(chain.answers) < len(chain.requests):
-                        self._send_link(chain)
-                    else:
-                        chain.fut.set_result(chain.answers)
-            elif not waiter.fut.done():
-                waiter.answers[index] = bytes(buf[7:end])
-                waiter.missing -= 1
-                if not waiter.missing:
-                    waiter.fut.set_result(waiter.answers)
-            del buf[:end]
+            if not waiter.fut.done():
+                pdu = bytes(src[pos + 7:end])  # ``data``'s own slice: bytes() copies no more
+                if isinstance(waiter, _Round):
+                    self._round_answer(waiter, pdu)
+                else:
+                    waiter.answers[index] = pdu
+                    waiter.missing -= 1
+                    if not waiter.missing:
+                        waiter.fut.set_result(waiter.answers)
+            pos = end
+        if src is buf:
+            del buf[:pos]
+        elif pos < size:
+            buf += data[pos:]  # the start of a frame: kept for the next call
         return None
+
+    def _round_answer(self, rnd: _Round, pdu: bytes) -> None:
+        answers = rnd.answers
+        answers.append(pdu)
+        n = len(answers)
+        ends = rnd.ends
+        if n == ends[len(rnd.marks)]:  # a device's read is complete
+            rnd.marks.append((perf_counter(), time()))
+            if n == len(rnd.requests) or self.ep._slot_waiters:
+                rnd.fut.set_result(answers)  # all read, or a write waits: end here
+                return
+            rnd.deadline = self.loop.time() + self.ep.conn.timeout_s
+        self._send_link(rnd)
 
     def _garbage(self, why: str) -> None:
         self._buf.clear()
         self.fail_all(_Garbled(why))
         self.ep._link_garbled(self, why)
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    """A read's deadline passed: its answers' future fails with TimeoutError."""
-    if not fut.done():
-        fut.set_exception(TimeoutError())
 
 
 def _retrieve(futs: Sequence[asyncio.Future[Any]]) -> None:
@@ -248,8 +326,7 @@ class PipelinedEndpoint(Endpoint):
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
         self.writes = 0  # transport writes: requests / writes is how well they coalesce
-        self._request_cache: dict[int, tuple[Sequence[tuple[Function, int, int]], int,
-                                             list[Request]]] = {}
+        self._plans: dict[int, _Plan] = {}
 
     @property
     def pipeline_window(self) -> int:
@@ -264,56 +341,69 @@ class PipelinedEndpoint(Endpoint):
     async def read(self, function: Function, address: int, count: int, unit: int,
                    stats: IOStats, device: str = "") -> Sequence[int]:
         # a one-off (a write's read-back): packed here, not kept in the plan cache
-        fc = _FC[function]
         blocks = ((function, address, count),)
-        return (await self._read(blocks, [(unit, fc, _READ.pack(fc, address, count))], unit,
-                                 stats, device))[0]
+        return (await self._read(blocks, _Plan(blocks, unit), unit, stats, device))[0]
 
-    def _requests_of(self, blocks: Sequence[tuple[Function, int, int]],
-                     unit: int) -> list[Request]:
-        """The request PDUs of a device's read plan, packed once per plan: a device reads
-        the same blocks every poll (its plan object is kept until the plan changes)."""
+    def plan_of(self, blocks: Sequence[tuple[Function, int, int]], unit: int) -> _Plan:
+        """The request PDUs and answer shapes of a device's read plan, made once per plan:
+        a device reads the same blocks every poll (its plan object is kept until the plan
+        changes)."""
         key = id(blocks)
-        hit = self._request_cache.get(key)
-        if hit is not None and hit[0] is blocks and hit[1] == unit:
-            return hit[2]
-        requests = [(unit, _FC[f], _READ.pack(_FC[f], a, n)) for f, a, n in blocks]
-        if len(self._request_cache) >= _REQUEST_CACHE:
-            self._request_cache.clear()  # plans that changed or devices that left
-        self._request_cache[key] = (blocks, unit, requests)  # holds blocks: its id stays
-        return requests
+        hit = self._plans.get(key)
+        if hit is not None and hit.blocks is blocks and hit.unit == unit:
+            return hit
+        plan = _Plan(blocks, unit)
+        if len(self._plans) >= _REQUEST_CACHE:
+            self._plans.clear()  # plans that changed or devices that left
+        self._plans[key] = plan  # holds blocks: its id stays
+        return plan
 
     async def read_many(self, blocks: Sequence[tuple[Function, int, int]], unit: int,
                         stats: IOStats, device: str = "") -> list[Sequence[int]]:
         """Every block's registers (or bits), all requests sent at once, one deadline."""
-        return await self._read(blocks, self._requests_of(blocks, unit), unit, stats, device)
+        return await self._read(blocks, self.plan_of(blocks, unit), unit, stats, device)
 
-    async def _read(self, blocks: Sequence[tuple[Function, int, int]], requests: list[Request],
+    async def _read(self, blocks: Sequence[tuple[Function, int, int]], plan: _Plan,
                     unit: int, stats: IOStats, device: str) -> list[Sequence[int]]:
-        answers = await self._exchange(requests, stats, device, "reading", blocks)
+        answers = await self._exchange(plan.requests, stats, device, "reading", blocks)
+        return self.registers(plan, answers, device)
+
+    def registers(self, plan: _Plan, answers: Sequence[bytes],
+                  device: str) -> list[Sequence[int]]:
+        """Every block's registers (or bits) from the PDUs answering ``plan``'s requests.
+
+        Raises ModbusExceptionResponse for an exception answer (naming its block) and
+        ProtocolError for a short one."""
         out: list[Sequence[int]] = []
-        for i, ((function, address, count), pdu) in enumerate(zip(blocks, answers,
-                                                                  strict=True)):
-            if pdu[0] & 0x80:
-                self._check_exception(pdu, i, "reading", function, address, count, unit,
-                                      device)
-            nbytes = pdu[1] if len(pdu) > 1 else 0
-            if function.is_bit:
-                bits = [bool(pdu[2 + k // 8] >> (k % 8) & 1)
-                        for k in range(min(count, 8 * min(nbytes, len(pdu) - 2)))]
-                if len(bits) < count:
-                    what = _what("reading", function, address, count, unit, device)
-                    raise ProtocolError(f"short response: {len(bits)} of {count} bits "
-                                        f"{what} on {self.key}")
-                out.append(bits)
-                continue
-            if nbytes != 2 * count or len(pdu) - 2 < nbytes:
-                got = min(nbytes, len(pdu) - 2) // 2
-                what = _what("reading", function, address, count, unit, device)
-                raise ProtocolError(f"short response: {got} of {count} registers "
-                                    f"{what} on {self.key}")
-            out.append(_regs(count).unpack_from(pdu, 2))
+        for i, pdu in enumerate(answers):
+            nbytes, regs, count = plan.shapes[i]
+            if len(pdu) < nbytes + 2 or pdu[1] != nbytes:
+                out.append(self._odd_answer(plan, i, pdu, device))
+            elif regs is not None:
+                out.append(regs.unpack_from(pdu, 2))  # a well-formed register answer
+            else:
+                out.append([bool(pdu[2 + (k >> 3)] >> (k & 7) & 1) for k in range(count)])
         return out
+
+    def _odd_answer(self, plan: _Plan, i: int, pdu: bytes, device: str) -> Sequence[int]:
+        """An answer whose byte count is not the one asked for: the error of an exception
+        answer or of a short one, or bits when the count says more bytes than needed."""
+        function, address, count = plan.blocks[i]
+        unit = plan.unit
+        if pdu[0] & 0x80:
+            self._check_exception(pdu, i, "reading", function, address, count, unit, device)
+        nbytes = pdu[1] if len(pdu) > 1 else 0
+        if function.is_bit:
+            bits = [bool(pdu[2 + k // 8] >> (k % 8) & 1)
+                    for k in range(min(count, 8 * min(nbytes, len(pdu) - 2)))]
+            if len(bits) < count:
+                what = _what("reading", function, address, count, unit, device)
+                raise ProtocolError(f"short response: {len(bits)} of {count} bits "
+                                    f"{what} on {self.key}")
+            return bits
+        got = min(nbytes, len(pdu) - 2) // 2
+        what = _what("reading", function, address, count, unit, device)
+        raise ProtocolError(f"short response: {got} of {count} registers {what} on {self.key}")
 
     async def write_registers(self, address: int, values: list[int], unit: int,
                               stats: IOStats, device: str = "") -> None:
@@ -365,25 +455,103 @@ class PipelinedEndpoint(Endpoint):
                 try:
                     out.extend(await self._exchange_chunk(requests, start, stats))
                     break
-                except _Lost:
-                    f, a, n = what[start]
-                    raise DeviceOffline(f"connection to {self.key} lost "
-                                        f"{_what(verb, f, a, n, requests[start][0], device)}"
-                                        ) from None
-                except _Garbled as exc:
-                    f, a, n = what[start]
-                    raise ProtocolError(f"garbled response ({exc}) "
-                                        f"{_what(verb, f, a, n, requests[start][0], device)} "
-                                        f"on {self.key}") from None
-                except TimeoutError:
+                except TimeoutError as exc:
                     stats.timeouts += 1
                     if attempt < self.conn.retries:
                         continue
-                    f, a, n = what[start]
-                    raise DeviceTimeout(f"no answer within {self.conn.timeout_s} s "
-                                        f"{_what(verb, f, a, n, requests[start][0], device)} "
-                                        f"on {self.key}") from None
+                    raise self.failure(exc, verb, what[start], requests[start][0],
+                                       device) from None
+                except (_Lost, _Garbled) as exc:
+                    raise self.failure(exc, verb, what[start], requests[start][0],
+                                       device) from None
         return out
+
+    def failure(self, exc: Exception, verb: str, block: tuple[Function, int, int], unit: int,
+                device: str) -> DriverError:
+        """The error a device's exchange ends with when the link failed under it
+        (``exc``: lost, garbled or timed out), naming ``block``, its first request."""
+        f, a, n = block
+        what = _what(verb, f, a, n, unit, device)
+        if isinstance(exc, _Lost):
+            return DeviceOffline(f"connection to {self.key} lost {what}")
+        if isinstance(exc, _Garbled):
+            return ProtocolError(f"garbled response ({exc}) {what} on {self.key}")
+        return DeviceTimeout(f"no answer within {self.conn.timeout_s} s {what} on {self.key}")
+
+    async def read_round(self, plans: Sequence[_Plan], stats: Sequence[IOStats],
+                         devices: Sequence[str]) -> RoundAnswers:
+        """The reads of several devices of this endpoint, one request at a time as one
+        round (``_Round``): one wake-up of the caller for all of them, not one per device.
+
+        Returns the answers' PDUs of the devices read, in order, with (perf_counter, wall
+        time) of each one's last answer, and the error of the device after them if the
+        link failed under it (lost, garbled, timed out: the link is dropped as after any
+        device's read). Fewer devices than asked and no error: the round ended early for
+        a request of another asker (a write). Raises DriverError when the link cannot be
+        used at all (closed, backing off, cannot connect). Only on a window of 1.
+        """
+        assert self.window == 1
+        self._check_usable()
+        if not self._slot_waiters and self._free >= 1:
+            self._free -= 1
+            slots = 1
+        else:
+            slots = await self._take_slots(1)
+        requests: list[Request] = []
+        ends: list[int] = []
+        for plan in plans:
+            requests.extend(plan.requests)
+            ends.append(len(requests))
+        link: _Link | None = None
+        rnd: _Round | None = None
+        error: Exception | None = None
+        try:
+            self._check_usable()
+            link = self._link
+            if link is None:
+                deadline = asyncio.get_running_loop().time() + self.conn.timeout_s
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        link = await self._connect_link(stats[0])
+                except (TimeoutError, _Lost) as exc:
+                    error = exc
+            else:
+                deadline = link.loop.time() + self.conn.timeout_s
+            if link is not None:
+                rnd = link.send_round(requests, ends, deadline)
+                link.watch(deadline)
+                try:
+                    await rnd.fut
+                except (TimeoutError, _Lost, _Garbled) as exc:
+                    error = exc
+                    if isinstance(exc, TimeoutError) and link is self._link:
+                        self._drop()  # a late answer must not meet a later request
+        except asyncio.CancelledError:
+            if link is not None and rnd is not None:
+                link.abandon([rnd.fut])
+                _retrieve([rnd.fut])
+            raise
+        finally:
+            self._give_slots(slots)
+        marks = rnd.marks if rnd is not None else []
+        done = len(marks)
+        answers = rnd.answers if rnd is not None else []
+        out: list[list[bytes]] = []
+        begin = 0
+        for k in range(done):
+            out.append(answers[begin:ends[k]])
+            stats[k].requests += ends[k] - begin
+            begin = ends[k]
+        if done and self._down_reason is not None:
+            self._answered()
+        if error is None or done == len(plans):
+            return out, marks, None
+        failed = plans[done]
+        stats[done].requests += len(failed.requests)
+        if isinstance(error, TimeoutError):
+            stats[done].timeouts += 1
+        return out, marks, self.failure(error, "reading", failed.blocks[0], failed.unit,
+                                        devices[done])
 
     async def _exchange_chunk(self, requests: list[Request], start: int,
                               stats: IOStats) -> list[bytes]:
@@ -407,28 +575,24 @@ class PipelinedEndpoint(Endpoint):
         try:
             self._check_usable()  # closed or failed while this read waited for the window
             # One deadline for connecting and the exchange. On an open link (nearly every
-            # read) it is a bare timer that fails the answers' future: no Timeout object,
-            # no task cancellation machinery per read.
+            # read) it is the link's timer that fails the answers' future: no Timeout
+            # object, no task cancellation machinery, no timer of its own per read.
             link = self._link
-            deadline = None
             if link is None:
                 deadline = asyncio.get_running_loop().time() + self.conn.timeout_s
                 async with asyncio.timeout_at(deadline):
                     link = await self._connect_link(stats)
+            else:
+                deadline = link.loop.time() + self.conn.timeout_s
             stats.requests += len(chunk)
             if one_by_one:
-                fut = link.send_chain(chunk)
+                fut = link.send_round(chunk, (len(chunk),), deadline).fut
             else:
-                group = link.send(chunk)
+                group = link.send(chunk, deadline)
                 fut = group.fut
             futs = [fut]
-            loop = link.loop
-            timer = loop.call_at(loop.time() + self.conn.timeout_s if deadline is None
-                                 else deadline, _expire, fut)
-            try:
-                answers = await fut
-            finally:
-                timer.cancel()
+            link.watch(deadline)
+            answers = await fut
         except TimeoutError:
             _retrieve(futs)
             if link is not None and link is self._link:
