@@ -9,6 +9,11 @@ before (``PipelinedEndpoint.read_round``): the whole round wakes the poller once
 each device's read means does not change: the same requests in the same order on the
 wire, one at a time, its own deadline, values, errors and statistics, and a write that
 waits for the link goes next, between two devices, as it would between two reads.
+
+Not used where a device's read is more than one exchange: with ``retries`` > 0 (a retry
+repeats one device's read) or on a pipelined link (``max_in_flight`` > 1, whose reads
+already leave together). A device whose block is refused ILLEGAL DATA ADDRESS ends the
+round before it: its plan is split and it is read again on its own, as a plain read would.
 """
 
 from __future__ import annotations
