@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -40,6 +42,21 @@ def _units(chunks: list[bytes]) -> list[tuple[int, int]]:
     return out
 
 
+@asynccontextmanager
+async def _site(template: ModbusTemplate = ONE_BLOCK, units: tuple[int, ...] = (1, 2, 3),
+                max_gap: int = 0, **conn: Any
+                ) -> AsyncIterator[tuple[ScriptedServer, ModbusDriver, list[Any]]]:
+    """The scripted server, and devices m1, m2... on one connection to it."""
+    server = await ScriptedServer().start()
+    drv = ModbusDriver(max_gap=max_gap)
+    try:
+        yield server, drv, [drv.attach(config_device(f"m{u}", unit=u), template,
+                                       server.conn(**conn)) for u in units]
+    finally:
+        await drv.close()
+        await server.stop()
+
+
 async def _round(ios: list[Any]) -> list[RoundResult]:
     reader = ios[0].read_round
     assert reader is not None and all(io.read_round is reader for io in ios)
@@ -47,12 +64,8 @@ async def _round(ios: list[Any]) -> list[RoundResult]:
 
 
 async def test_a_round_reads_each_device_as_its_own_read_would() -> None:
-    server = await ScriptedServer().start()
-    server.auto = True
-    drv = ModbusDriver()
-    ios = [drv.attach(config_device(f"m{u}", unit=u), METER, server.conn())
-           for u in (1, 2, 3)]
-    try:
+    async with _site(METER) as (server, _, ios):
+        server.auto = True
         results = await _round(ios)
         assert [values for _, values, _ in results] == [METER_VALUES] * 3
         assert all(latency > 0 for latency, _, _ in results)
@@ -64,38 +77,35 @@ async def test_a_round_reads_each_device_as_its_own_read_would() -> None:
         assert len(server.chunks) == 6 and server.max_waiting == 1
         assert [await io.read() for io in ios] == [METER_VALUES] * 3
         assert server.connects == 1
-    finally:
-        await drv.close()
-        await server.stop()
 
 
 async def test_each_device_of_a_round_has_its_own_deadline() -> None:
-    """Each answer comes after 0.15 s with a 0.25 s timeout: every device's read is in
-    time although the round takes 0.45 s (a deadline per round would fail the third)."""
-    server = await ScriptedServer().start()
-    drv = ModbusDriver()
-    ios = [drv.attach(config_device(f"m{u}", unit=u), ONE_BLOCK,
-                      server.conn(timeout_s=0.25)) for u in (1, 2, 3)]
-    try:
-        reading = asyncio.create_task(_round(ios))
-        for _ in ios:
-            await until(lambda: len(server.waiting) == 1, "a request on the wire")
-            await asyncio.sleep(0.15)
-            server.answer(1)
-        results = await asyncio.wait_for(reading, 5)
-        assert [values for _, values, _ in results] == [{"v_v": pytest.approx(230.0)}] * 3
-        assert [io.stats.timeouts for io in ios] == [0, 0, 0]
-    finally:
-        await drv.close()
-        await server.stop()
+    """The round's deadline moves on with each device (its own timeout from its own first
+    request): when the first device's deadline comes while the second is being read, the
+    link's timer finds nothing due and re-arms for the second's. A deadline per round
+    would fail the round there."""
+    ep = PipelinedEndpoint(ModbusTcp(id="link", type="modbus_tcp", host="127.0.0.1",
+                                     port=9, timeout_s=30.0))  # never connected
+    link = _Link(ep)
+    link.transport = _Wire()  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    first_deadline = loop.time() + 0.05
+    read = b"\x03\x00\x00\x00\x01"
+    rnd = link.send_round([(1, 3, read), (2, 3, read)], [1, 2], first_deadline)
+    link.watch(first_deadline)
+    link.data_received(_answer(1, 1, 0x1234))  # the first device is read: the second's turn
+    assert rnd.deadline >= first_deadline + 29.0
+    await asyncio.sleep(0.1)  # past the first deadline: the link's timer has fired
+    assert not rnd.fut.done()
+    assert link._timer is not None and link._timer_at == rnd.deadline
+    link.data_received(_answer(2, 2, 0x5678))
+    assert rnd.fut.result() == [b"\x03\x02\x12\x34", b"\x03\x02\x56\x78"]
+    assert len(rnd.marks) == 2
+    link.fail_all(RuntimeError("done"))
 
 
 async def test_a_device_that_times_out_fails_alone_and_the_link_is_dropped() -> None:
-    server = await ScriptedServer().start()
-    drv = ModbusDriver()
-    ios = [drv.attach(config_device(f"m{u}", unit=u), ONE_BLOCK,
-                      server.conn(timeout_s=0.2)) for u in (1, 2, 3)]
-    try:
+    async with _site(timeout_s=0.2) as (server, _, ios):
         reading = asyncio.create_task(_round(ios))
         await until(lambda: len(server.waiting) == 1, "the first request")
         server.answer(1)  # the second device never answers
@@ -112,17 +122,10 @@ async def test_a_device_that_times_out_fails_alone_and_the_link_is_dropped() -> 
         server.auto = True
         assert await ios[2].read() == {"v_v": pytest.approx(230.0)}
         assert server.connects == 2  # a late answer can never meet the next request
-    finally:
-        await drv.close()
-        await server.stop()
 
 
 async def test_a_link_lost_mid_round_fails_the_device_it_was_lost_under() -> None:
-    server = await ScriptedServer().start()
-    drv = ModbusDriver()
-    ios = [drv.attach(config_device(f"m{u}", unit=u), ONE_BLOCK,
-                      server.conn(reconnect_delay_s=0.05)) for u in (1, 2, 3)]
-    try:
+    async with _site(reconnect_delay_s=0.05) as (server, _, ios):
         reading = asyncio.create_task(_round(ios))
         await until(lambda: len(server.waiting) == 1, "the first request")
         server.answer(1)
@@ -134,19 +137,12 @@ async def test_a_link_lost_mid_round_fails_the_device_it_was_lost_under() -> Non
         assert isinstance(results[1][1], DeviceOffline)
         assert "connection to" in str(results[1][1]) and "lost" in str(results[1][1])
         assert ios[1].stats.errors == 1
-    finally:
-        await drv.close()
-        await server.stop()
 
 
 async def test_a_write_waiting_for_the_link_goes_between_two_devices() -> None:
-    server = await ScriptedServer().start()
-    drv = ModbusDriver()
-    ios = [drv.attach(config_device(f"m{u}", unit=u), ONE_BLOCK, server.conn())
-           for u in (1, 2, 3)]
-    ep = drv.endpoint(ios[0].endpoint)
-    assert isinstance(ep, PipelinedEndpoint)
-    try:
+    async with _site() as (server, drv, ios):
+        ep = drv.endpoint(ios[0].endpoint)
+        assert isinstance(ep, PipelinedEndpoint)
         reading = asyncio.create_task(_round(ios))
         await until(lambda: len(server.waiting) == 1, "the first device's request")
         writing = asyncio.create_task(ep.write_registers(7, [42], 3, ios[2].stats, "m3"))
@@ -162,23 +158,16 @@ async def test_a_write_waiting_for_the_link_goes_between_two_devices() -> None:
         server.answer(len(server.waiting))
         rest = await _round(ios[1:])
         assert [values for _, values, _ in rest] == [{"v_v": pytest.approx(230.0)}] * 2
-    finally:
-        await drv.close()
-        await server.stop()
 
 
 async def test_a_refused_block_splits_its_device_which_is_read_again_on_its_own() -> None:
     bridged = ModbusTemplate(nature="meter", points={
         "p_kw": {"address": 0, "type": "int32", "scale": 0.001},
         "v_v": {"address": 3, "type": "uint16", "scale": 0.1}})
-    server = await ScriptedServer().start()
-    server.auto = True
-    # no register 2: a read across it is refused ILLEGAL DATA ADDRESS
-    server.refuse = lambda fc, start, count: 2 if start <= 2 < start + count else None
-    drv = ModbusDriver(max_gap=1)
-    ios = [drv.attach(config_device(f"m{u}", unit=u), bridged, server.conn())
-           for u in (1, 2)]
-    try:
+    async with _site(bridged, (1, 2), max_gap=1) as (server, _, ios):
+        server.auto = True
+        # no register 2: a read across it is refused ILLEGAL DATA ADDRESS
+        server.refuse = lambda fc, start, count: 2 if start <= 2 < start + count else None
         results = await _round(ios)
         assert results == []  # the first read was refused: it is split, nothing is lost
         assert [b.describe() for b in ios[0].blocks] == ["holding 0+2", "holding 3+1"]
@@ -188,17 +177,10 @@ async def test_a_refused_block_splits_its_device_which_is_read_again_on_its_own(
         assert results[0][1] == {"p_kw": pytest.approx(2300 * 65536 * 0.001 + 2.3),
                                  "v_v": pytest.approx(230.0)}
         assert await ios[1].read() == results[0][1]
-    finally:
-        await drv.close()
-        await server.stop()
 
 
 async def test_a_cancelled_round_leaves_the_link_to_the_next_read() -> None:
-    server = await ScriptedServer().start()
-    drv = ModbusDriver()
-    ios = [drv.attach(config_device(f"m{u}", unit=u), ONE_BLOCK, server.conn())
-           for u in (1, 2)]
-    try:
+    async with _site(units=(1, 2)) as (server, _, ios):
         reading = asyncio.create_task(_round(ios))
         await until(lambda: len(server.waiting) == 1, "the first request")
         reading.cancel()
@@ -210,21 +192,14 @@ async def test_a_cancelled_round_leaves_the_link_to_the_next_read() -> None:
         server.auto = True
         assert await ios[1].read() == {"v_v": pytest.approx(230.0)}
         assert server.connects == 1
-    finally:
-        await drv.close()
-        await server.stop()
 
 
 async def test_no_round_on_a_pipelined_link_or_with_retries_or_a_closed_link() -> None:
-    server = await ScriptedServer().start()
-    server.auto = True
-    drv = ModbusDriver()
-    piped = [drv.attach(config_device(f"p{u}", unit=u), ONE_BLOCK,
-                        server.conn(max_in_flight=4)) for u in (1, 2)]
-    drv2 = ModbusDriver()
-    retried = [drv2.attach(config_device(f"r{u}", unit=u), ONE_BLOCK,
-                           server.conn(retries=1)) for u in (1, 2)]
-    try:
+    async with _site(units=(1, 2), max_in_flight=4) as (server, _, piped):
+        server.auto = True
+        drv2 = ModbusDriver()
+        retried = [drv2.attach(config_device(f"r{u}", unit=u), ONE_BLOCK,
+                               server.conn(retries=1)) for u in (1, 2)]
         assert await _round(piped) == []
         assert await _round(retried) == []
         assert server.chunks == []
@@ -232,9 +207,6 @@ async def test_no_round_on_a_pipelined_link_or_with_retries_or_a_closed_link() -
         assert await _round(retried) == []  # detached: each read says so itself
         with pytest.raises(DriverError):
             await retried[0].read()
-    finally:
-        await drv.close()
-        await server.stop()
 
 
 class _Wire:
